@@ -1,0 +1,131 @@
+"""What Quartet needs to know about a linalg op: its loops, indexing maps and operand shapes.
+
+The MLIR 22 Python bindings expose no ``LinalgOp`` interface (no ``getNumLoops``, no indexing
+maps on named ops), so this module asks upstream MLIR itself: it clones the op into a scratch
+module, runs ``linalg-generalize-named-ops`` and reads the ``linalg.generic`` that comes out.
+Results are cached by the op's printed form. Everything the Roller policy, the Welder tile
+propagation and the lowerings know about an op's iteration space comes from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from mlir import ir
+from mlir.dialects import func
+from mlir.passmanager import PassManager
+
+
+@dataclass(frozen=True)
+class LinalgInfo:
+    """The iteration space of one linalg op (named or generic).
+
+    ``indexing_maps`` has one entry per operand (inputs, then inits), each a tuple of result
+    expressions as text over ``d0..dN`` (e.g. ``("d0", "d2")`` or ``("d1 + d4", "d2 * 2 + d5")``).
+    ``loop_ranges`` is the static extent of each loop, derived from the operand shapes.
+    """
+
+    name: str                         # e.g. "linalg.matmul"
+    iterator_types: tuple[str, ...]   # "parallel" | "reduction" per loop
+    indexing_maps: tuple[tuple[str, ...], ...]
+    operand_shapes: tuple[tuple[int, ...], ...]
+    element_types: tuple[str, ...]    # per operand, e.g. "f16"
+    num_inputs: int
+    loop_ranges: tuple[int, ...]
+    payload: tuple[str, ...]          # op names in the generic body, e.g. ("arith.mulf", "arith.addf")
+
+    @property
+    def num_loops(self) -> int:
+        return len(self.iterator_types)
+
+    @property
+    def parallel_loops(self) -> list[int]:
+        return [i for i, t in enumerate(self.iterator_types) if t == "parallel"]
+
+    @property
+    def reduction_loops(self) -> list[int]:
+        return [i for i, t in enumerate(self.iterator_types) if t == "reduction"]
+
+
+def is_linalg(op) -> bool:
+    name = op.operation.name
+    return name.startswith("linalg.") and name not in ("linalg.yield", "linalg.index")
+
+
+def info(op) -> LinalgInfo:
+    """The :class:`LinalgInfo` of a linalg op on tensors or memrefs with static shapes."""
+    op = op.operation
+    return _info_of_text(_standalone_text(op), op.name)
+
+
+def _standalone_text(op: ir.Operation) -> str:
+    """The op alone in a function of its operands (a clone: ``op`` is not touched)."""
+    with op.context, ir.Location.unknown():
+        scratch = ir.Module.create()
+        with ir.InsertionPoint(scratch.body):
+            # Results are returned so that the rewrite driver does not erase a dead op.
+            fn = func.FuncOp("scratch", ([v.type for v in op.operands],
+                                         [r.type for r in op.results]))
+            entry = fn.add_entry_block()
+            with ir.InsertionPoint(entry):
+                clone = op.clone()
+                for i, arg in enumerate(entry.arguments):
+                    clone.operands[i] = arg
+                func.ReturnOp(list(clone.results))
+        return str(scratch)
+
+
+@lru_cache(maxsize=4096)
+def _info_of_text(text: str, name: str) -> LinalgInfo:
+    # A fresh Context: the scratch module holds only upstream dialects.
+    with ir.Context(), ir.Location.unknown():
+        module = ir.Module.parse(text)
+        PassManager.parse("builtin.module(func.func(linalg-generalize-named-ops))").run(
+            module.operation)
+        fn = module.body.operations[0]
+        generic = next(o for o in fn.regions[0].blocks[0].operations
+                       if o.operation.name == "linalg.generic").operation
+        attrs = generic.attributes
+        iterators = tuple(_iterator_name(a) for a in ir.ArrayAttr(attrs["iterator_types"]))
+        maps = tuple(_map_results(ir.AffineMapAttr(a).value)
+                     for a in ir.ArrayAttr(attrs["indexing_maps"]))
+        shapes, elts = [], []
+        for v in generic.operands:
+            t = ir.ShapedType(v.type)
+            shapes.append(tuple(t.shape))
+            elts.append(str(t.element_type))
+        segs = list(ir.DenseI32ArrayAttr(attrs["operandSegmentSizes"]))
+        payload = tuple(o.operation.name for o in generic.regions[0].blocks[0].operations)
+        ranges = _loop_ranges(ir.ArrayAttr(attrs["indexing_maps"]), shapes, len(iterators))
+        return LinalgInfo(name=name, iterator_types=iterators, indexing_maps=maps,
+                          operand_shapes=tuple(shapes), element_types=tuple(elts),
+                          num_inputs=segs[0], loop_ranges=ranges, payload=payload)
+
+
+def _iterator_name(attr: ir.Attribute) -> str:
+    text = str(attr)  # #linalg.iterator_type<parallel>
+    return "reduction" if "reduction" in text else "parallel"
+
+
+def _map_results(amap: ir.AffineMap) -> tuple[str, ...]:
+    return tuple(str(e) for e in amap.results)
+
+
+def _loop_ranges(maps: ir.ArrayAttr, shapes, num_loops: int) -> tuple[int, ...]:
+    """Extent of each loop: the operand dimension indexed by that loop alone (``dK``)."""
+    ranges = [None] * num_loops
+    for amap_attr, shape in zip(maps, shapes):
+        amap = ir.AffineMapAttr(amap_attr).value
+        for dim, expr in zip(shape, amap.results):
+            if isinstance(expr.maybe_downcast(), ir.AffineDimExpr):
+                pos = expr.maybe_downcast().position
+                if ranges[pos] is None and dim >= 0:
+                    ranges[pos] = dim
+    # Loops that only appear in compound expressions (a convolution's filter window over a
+    # strided input) take their range from the operand whose map names them alone, which the
+    # loop above found; any left are the window loops of a pooling op whose window operand is
+    # shaped by them: already covered. A loop still unknown is an unsupported op.
+    if any(r is None for r in ranges):
+        raise ValueError("cannot derive static loop ranges (dynamic shapes are not supported)")
+    return tuple(ranges)
