@@ -1,0 +1,6 @@
+"""Every module that registers a Quartet pass or pipeline, imported once by the registry.
+
+Add a line here when you add a pass module; the order is the order of ``--list-passes``.
+"""
+
+from quartet.passes import outline  # noqa: F401  quartet-outline-tiles, quartet-inline-tiles
