@@ -79,6 +79,19 @@ def _chunks(text: str, split: bool) -> list[str]:
     return chunks
 
 
+def _process(chunk, args, source_name, new_context, parse, run_pipeline) -> str:
+    context = new_context()
+    module = parse(chunk, context, source_name)
+    if args.pass_pipeline:
+        run_pipeline(module, args.pass_pipeline,
+                     print_ir_after_all=args.mlir_print_ir_after_all,
+                     source_name=source_name, print_generic=args.mlir_print_op_generic)
+    buffer = io.StringIO()
+    with context:
+        module.operation.print(file=buffer, print_generic_op_form=args.mlir_print_op_generic)
+    return buffer.getvalue().rstrip("\n") + "\n"
+
+
 def main(argv: list[str]) -> int:
     args = _arguments().parse_args(argv)
     if args.list_passes:
@@ -91,18 +104,18 @@ def main(argv: list[str]) -> int:
     source = read_input(args.input)
     source_name = "<stdin>" if args.input == "-" else args.input
     outputs: list[str] = []
+    failed = False
     for chunk in _chunks(source, args.split_input_file):
-        context = new_context()
-        module = parse(chunk, context, source_name)
-        if args.pass_pipeline:
-            run_pipeline(module, args.pass_pipeline,
-                         print_ir_after_all=args.mlir_print_ir_after_all,
-                         source_name=source_name, print_generic=args.mlir_print_op_generic)
-        buffer = io.StringIO()
-        with context:
-            module.operation.print(file=buffer,
-                                   print_generic_op_form=args.mlir_print_op_generic)
-        outputs.append(buffer.getvalue().rstrip("\n") + "\n")
+        try:
+            outputs.append(_process(chunk, args, source_name, new_context, parse, run_pipeline))
+        except QuartetError as e:
+            if not args.split_input_file:
+                raise
+            # Like mlir-opt: report each failing chunk, go on, and fail at the end.
+            print(str(e), file=sys.stderr)
+            failed = True
+    if failed:
+        return 1
     result = f"{SPLIT_MARKER}\n".join(outputs)
     if args.output == "-":
         sys.stdout.write(result)
