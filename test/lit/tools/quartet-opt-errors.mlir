@@ -26,8 +26,8 @@
 
 // A failing run leaves no output file behind.
 // RUN: rm -f %t.out
-// RUN: not quartet-opt %S/../dialect/invalid.mlir -o %t.out 2>&1 | %filecheck %s --check-prefix=VERIFY
-// VERIFY: invalid.mlir:5:8: error: 'quartet.tile' op attribute 'block_tile' has 2 entries
+// RUN: not quartet-opt %S/inputs/bad-schedule.mlir -o %t.out 2>&1 | %filecheck %s --check-prefix=VERIFY
+// VERIFY: bad-schedule.mlir:2:8: error: 'quartet.tile' op attribute 'block_tile' has 2 entries
 // RUN: not test -e %t.out
 
 // A good run writes it.
