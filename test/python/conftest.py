@@ -1,0 +1,27 @@
+"""pytest set-up: tests marked ``gpu`` run only where an NVIDIA GPU and cuda-bindings are."""
+
+import pytest
+
+
+def _have_cuda_gpu() -> bool:
+    try:
+        from cuda.bindings import driver
+    except ImportError:
+        return False
+    try:
+        (err,) = driver.cuInit(0)
+        if err != driver.CUresult.CUDA_SUCCESS:
+            return False
+        err, count = driver.cuDeviceGetCount()
+        return err == driver.CUresult.CUDA_SUCCESS and count > 0
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _have_cuda_gpu():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU and cuda-bindings")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
