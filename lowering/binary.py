@@ -1,0 +1,461 @@
+"""The shared back end: ``func.func``s holding ``gpu.launch`` on memrefs -> native kernels.
+
+Every kernel builder of Quartet (SIMT, GEMM, persistent) ends in the same form, the one that
+transform ``gpu.map_forall_to_blocks {generate_gpu_launch}`` produces: functions on memref
+arguments whose bodies hold ``gpu.launch`` ops with constant grid and block sizes. This module
+takes that form to binaries in a few named stages, each one upstream pass pipeline (the
+staged-driver shape of Triton's ``make_ttir``/``make_llir``/``make_ptx``/``make_cubin``):
+
+* ``outline``  - ``gpu-kernel-outlining``: one ``gpu.module`` per launch; the launch becomes a
+  ``gpu.launch_func`` whose constant grid / block / dynamic shared-memory operands are read here.
+* NVIDIA (``sm_90``, ``sm_80``): ``nvvm-attach-target`` (``+ptx80``), the kernel half of
+  ``gpu-lower-to-nvvm-pipeline`` nested on ``gpu.module`` with the bare-pointer calling
+  convention for kernels, then ``gpu-module-to-binary{format=bin toolkit=...}`` with the ptxas
+  (and libdevice) of the pip package ``nvidia-cuda-nvcc``; ``format=isa`` gives the PTX.
+* AMD (``gfx942``): ``rocdl-attach-target``, ``convert-gpu-to-rocdl`` (bare pointers); the
+  ``gpu.module``'s ops are cloned into a plain module, translated with
+  ``mlir.dialects.llvm.translate_module_to_llvmir``; llvmlite's AMDGPU target machine emits the
+  ELF object and ``ld.lld -shared`` links it into a loadable code object (hsaco). The MLIR wheel
+  has no AMDGPU back end, hence llvmlite (DESIGN.md). ``ld.lld`` comes from ``$QUARTET_LD_LLD``,
+  ``PATH``, or the pip package ``ziglang`` (``python -m ziglang ld.lld``, LLD 22).
+
+The result is one :class:`~quartet.lowering.kernel.KernelSpec` per launch, its arguments in
+bare-pointer order (the kernel's operands after outlining). Binaries are cached in memory by a
+hash of the kernel module text and the options (Triton's content-keyed cache).
+
+Assumes: grid, block and dynamic shared-memory sizes are constants; the kernels read only
+memref arguments of the enclosing function (constants are sunk into the kernel by outlining).
+Which function argument is an input or an output is read from the ``quartet.role`` argument
+attribute (``"input"``/``"output"``) when present, else from ``num_inputs``.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+from mlir import ir
+from mlir.dialects import gpu
+from mlir.passmanager import PassManager
+
+from quartet.errors import QuartetError, location_of
+
+from .kernel import KernelArg, KernelSpec
+
+
+@dataclass(frozen=True)
+class Target:
+    """A code-generation target: its name, its back end and the chip options of that back end."""
+
+    name: str          # "sm_90"
+    backend: str       # "nvvm" | "rocdl"
+    chip: str          # what the attach-target pass takes
+    features: str = ""
+    warp_size: int = 32
+
+    @property
+    def is_nvidia(self) -> bool:
+        return self.backend == "nvvm"
+
+
+TARGETS: dict[str, Target] = {
+    "sm_90": Target("sm_90", "nvvm", "sm_90", "+ptx80"),
+    "sm_80": Target("sm_80", "nvvm", "sm_80", "+ptx80"),
+    "gfx942": Target("gfx942", "rocdl", "gfx942", "", warp_size=64),
+}
+
+
+def get_target(name: str, location: str | None = None) -> Target:
+    """The :class:`Target` called ``name``; a :class:`QuartetError` for an unknown name."""
+    if isinstance(name, Target):
+        return name
+    if name not in TARGETS:
+        raise QuartetError(f"unknown GPU target '{name}' (known: {', '.join(TARGETS)})",
+                           location)
+    return TARGETS[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tools: the CUDA toolkit of nvidia-cuda-nvcc, llvmlite, ld.lld
+
+
+def find_cuda_toolkit(toolkit: str | None = None) -> str:
+    """The folder holding ``bin/ptxas`` (and ``nvvm/libdevice``): ``toolkit`` if given, else
+    ``$QUARTET_CUDA_TOOLKIT``, else the ``nvidia-cuda-nvcc`` pip package."""
+    candidates = []
+    if toolkit is not None:
+        candidates = [toolkit]
+    elif os.environ.get("QUARTET_CUDA_TOOLKIT"):
+        candidates = [os.environ["QUARTET_CUDA_TOOLKIT"]]
+    else:
+        try:
+            import nvidia  # namespace package of the NVIDIA pip wheels
+            roots = list(getattr(nvidia, "__path__", []))
+        except ImportError:
+            roots = []
+        for root in roots:
+            # CUDA 13 wheels: nvidia/cu13/bin/ptxas; CUDA 12 wheels: nvidia/cuda_nvcc/bin/ptxas.
+            candidates += sorted(glob.glob(os.path.join(root, "cu*"))) + \
+                [os.path.join(root, "cuda_nvcc")]
+    for folder in candidates:
+        if os.access(os.path.join(folder, "bin", "ptxas"), os.X_OK):
+            return os.path.abspath(folder)
+    where = f" in '{toolkit}'" if toolkit is not None else ""
+    raise QuartetError(f"ptxas not found{where}: the NVIDIA back end needs it to assemble PTX "
+                       f"into a cubin; install it with `pip install nvidia-cuda-nvcc`")
+
+
+def _llvmlite():
+    try:
+        import llvmlite.binding as llvm_binding
+    except ImportError:
+        raise QuartetError("llvmlite not found: the AMDGPU back end needs its LLVM to emit the "
+                           "code object; install it with `pip install llvmlite`") from None
+    llvm_binding.initialize_all_targets()
+    llvm_binding.initialize_all_asmprinters()
+    return llvm_binding
+
+
+def find_ld_lld() -> list[str]:
+    """The command that runs ``ld.lld``: ``$QUARTET_LD_LLD``, ``ld.lld`` on PATH, or ziglang's."""
+    if os.environ.get("QUARTET_LD_LLD"):
+        return [os.environ["QUARTET_LD_LLD"]]
+    for name in ["ld.lld"] + [f"ld.lld-{v}" for v in range(30, 13, -1)]:
+        path = shutil.which(name)
+        if path:
+            return [path]
+    try:
+        import ziglang  # noqa: F401  (ships LLD; `python -m ziglang ld.lld`)
+        return [sys.executable, "-m", "ziglang", "ld.lld"]
+    except ImportError:
+        pass
+    raise QuartetError("ld.lld not found: the AMDGPU back end needs it to link the code object "
+                       "(hsaco); install it with `pip install ziglang` (or put ld.lld on PATH)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage pipelines (pass lists as data)
+
+# The kernel half of upstream gpu-lower-to-nvvm-pipeline (GPUToNVVMPipeline.cpp), nested on
+# gpu.module so that host functions are left as they are.
+_KERNEL_PREP = ["convert-vector-to-scf", "convert-scf-to-cf", "expand-strided-metadata",
+                "lower-affine", "convert-arith-to-llvm", "convert-index-to-llvm",
+                "canonicalize", "cse"]
+
+
+def _nvvm_pipeline(target: Target, opt_level: int) -> str:
+    nested = ["convert-nvgpu-to-nvvm"] + _KERNEL_PREP[:2] + ["convert-nvvm-to-llvm"] + \
+        _KERNEL_PREP[2:] + ["convert-gpu-to-nvvm{use-bare-ptr-memref-call-conv=1}",
+                            "canonicalize", "cse", "reconcile-unrealized-casts"]
+    return (f"builtin.module(nvvm-attach-target{{chip={target.chip} features={target.features} "
+            f"O={opt_level}}}, gpu.module({','.join(nested)}))")
+
+
+def _rocdl_pipeline(target: Target, opt_level: int) -> str:
+    # No ROCm device libraries here: expand math ops that have no LLVM intrinsic into arith.
+    nested = ["math-expand-ops"] + _KERNEL_PREP + [
+        f"convert-gpu-to-rocdl{{chipset={target.chip} use-bare-ptr-memref-call-conv=1}}",
+        "canonicalize", "cse", "reconcile-unrealized-casts"]
+    return (f"builtin.module(rocdl-attach-target{{chip={target.chip} O={opt_level}}}, "
+            f"gpu.module({','.join(nested)}))")
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch information
+
+
+@dataclass
+class _Launch:
+    func: str
+    kernel_module: str
+    kernel: str
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+    shared_bytes: int
+    args: tuple[KernelArg, ...]
+    location: str | None
+
+
+def _constant(value: ir.Value, what: str, where) -> int:
+    owner = value.owner
+    if isinstance(owner, ir.Operation) or hasattr(owner, "name"):
+        op = owner.operation if hasattr(owner, "operation") else owner
+        if op.name == "arith.constant":
+            return ir.IntegerAttr(op.attributes["value"]).value
+    raise QuartetError(f"'gpu.launch' op {what} must be a constant", location_of(where))
+
+
+def _arg_roles(fn, num_inputs: int | None) -> list[tuple[str, int]]:
+    """(role, index) of each argument of ``fn``."""
+    n = len(fn.arguments)
+    roles = []
+    attrs = fn.attributes["arg_attrs"] if "arg_attrs" in fn.attributes else None
+    for i in range(n):
+        role = None
+        if attrs is not None:
+            d = ir.DictAttr(ir.ArrayAttr(attrs)[i])
+            if "quartet.role" in d:
+                role = ir.StringAttr(d["quartet.role"]).value
+        if role is None:
+            k = num_inputs if num_inputs is not None else n - 1
+            role = "input" if i < k else "output"
+        roles.append(role)
+    counters = {"input": 0, "output": 0}
+    out = []
+    for role in roles:
+        out.append((role, counters[role]))
+        counters[role] += 1
+    return out
+
+
+def _dtype_name(t: ir.Type) -> str:
+    text = str(t)
+    table = {"f16": "float16", "bf16": "bfloat16", "f32": "float32", "f64": "float64",
+             "i1": "bool", "i8": "int8", "i16": "int16", "i32": "int32", "i64": "int64"}
+    return table.get(text, text)
+
+
+def _launches(module: ir.Module, num_inputs: int | None) -> list[_Launch]:
+    found: list[_Launch] = []
+    for fn in module.body.operations:
+        if fn.operation.name != "func.func":
+            continue
+        fn = fn.opview
+        roles = _arg_roles(fn, num_inputs)
+        args_of = {}
+        for i, a in enumerate(fn.arguments):
+            args_of[a] = i
+
+        def visit(op, fn=fn, roles=roles, args_of=args_of):
+            if op.operation.name != "gpu.launch_func":
+                return ir.WalkResult.ADVANCE
+            lf = op.opview
+            grid = tuple(_constant(v, "grid size", op) for v in
+                         (lf.gridSizeX, lf.gridSizeY, lf.gridSizeZ))
+            block = tuple(_constant(v, "block size", op) for v in
+                          (lf.blockSizeX, lf.blockSizeY, lf.blockSizeZ))
+            smem = lf.dynamicSharedMemorySize
+            shared = _constant(smem, "dynamic shared memory size", op) if smem is not None else 0
+            kargs = []
+            for v in lf.kernelOperands:
+                if v not in args_of or not isinstance(v.type, ir.MemRefType):
+                    raise QuartetError("a kernel may only read memref arguments of its "
+                                       f"function (got a value of type {v.type})",
+                                       location_of(op))
+                role, index = roles[args_of[v]]
+                mt = ir.MemRefType(v.type)
+                kargs.append(KernelArg(role, index, tuple(mt.shape), _dtype_name(mt.element_type)))
+            path = list(ir.SymbolRefAttr(lf.kernel).value)   # [gpu.module, gpu.func]
+            root, leaf = path[0], path[-1]
+            found.append(_Launch(ir.StringAttr(fn.sym_name).value, root, leaf, grid, block,
+                                 shared, tuple(kargs), location_of(op)))
+            return ir.WalkResult.ADVANCE
+
+        fn.operation.walk(visit)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+
+
+_CACHE: dict[str, bytes] = {}
+
+
+def outline(module: ir.Module) -> ir.Module:
+    """A copy of ``module`` with every ``gpu.launch`` outlined into a ``gpu.module`` kernel."""
+    with module.context:
+        copy = ir.Module.parse(str(module))
+        _run(copy, "builtin.module(gpu-kernel-outlining)", "kernel outlining")
+    return copy
+
+
+def compile_launch_module(module: ir.Module, target, *, emit: str = "bin",
+                          toolkit: str | None = None, num_inputs: int | None = None,
+                          name_prefix: str = "", opt_level: int = 3) -> list[KernelSpec]:
+    """Compile every ``gpu.launch`` of ``module`` for ``target``; one KernelSpec each.
+
+    ``emit``: ``"bin"`` (cubin / hsaco), ``"ptx"`` (NVIDIA: the PTX text as bytes, also put in
+    ``notes["ptx"]``) or ``"obj"`` (AMD: the relocatable ELF object, before linking).
+    ``module`` is not changed.
+    """
+    target = get_target(target)
+    if emit not in ("bin", "ptx", "obj"):
+        raise QuartetError(f"unknown emit kind '{emit}' (bin, ptx, obj)")
+    if emit == "ptx" and not target.is_nvidia:
+        raise QuartetError(f"PTX exists only for NVIDIA targets, not '{target.name}'")
+    if emit == "obj" and target.is_nvidia:
+        raise QuartetError(f"'obj' is the AMDGPU object; use 'bin' or 'ptx' for '{target.name}'")
+    tk = find_cuda_toolkit(toolkit) if target.is_nvidia else None
+    outlined = outline(module)
+    launches = _launches(outlined, num_inputs)
+    if not launches:
+        raise QuartetError("no 'gpu.launch' to compile in the module")
+    binaries = _binaries(outlined, target, emit, tk, opt_level)
+    specs = []
+    for launch in launches:
+        blob = binaries[launch.kernel_module]
+        notes = {"func": launch.func}
+        if emit == "ptx":
+            notes["ptx"] = blob.decode()
+        specs.append(KernelSpec(name=f"{name_prefix}{launch.kernel_module}",
+                                entry=launch.kernel, target=target.name, binary=blob,
+                                grid=launch.grid, block=launch.block,
+                                shared_bytes=launch.shared_bytes, args=launch.args,
+                                notes=notes))
+    return specs
+
+
+def _binaries(outlined: ir.Module, target: Target, emit: str, toolkit: str | None,
+              opt_level: int) -> dict[str, bytes]:
+    """gpu.module name -> binary bytes, for every gpu.module of ``outlined``."""
+    context = outlined.context
+    result: dict[str, bytes] = {}
+    with context, ir.Location.unknown():
+        for op in outlined.body.operations:
+            if op.operation.name != "gpu.module":
+                continue
+            name = ir.StringAttr(op.operation.attributes["sym_name"]).value
+            single = ir.Module.create()
+            single.operation.attributes["gpu.container_module"] = ir.UnitAttr.get()
+            with ir.InsertionPoint(single.body):
+                op.operation.clone()
+            text = str(single)
+            key = hashlib.sha256(f"{target}|{emit}|{toolkit}|{opt_level}|{text}".encode())\
+                .hexdigest()
+            if key not in _CACHE:
+                if target.is_nvidia:
+                    _CACHE[key] = _nvvm_binary(single, target, emit, toolkit, opt_level)
+                else:
+                    _CACHE[key] = _rocdl_binary(single, target, emit, opt_level)
+            result[name] = _CACHE[key]
+    return result
+
+
+def _run(module: ir.Module, pipeline: str, stage: str) -> None:
+    """Run an upstream pipeline; failures become one QuartetError naming the stage."""
+    messages: list[tuple[str, str]] = []
+
+    def on(diag):
+        if diag.severity == ir.DiagnosticSeverity.ERROR:
+            messages.append((str(diag.location), str(diag.message)))
+        return True
+
+    handler = module.context.attach_diagnostic_handler(on)
+    try:
+        PassManager.parse(pipeline, module.context).run(module.operation)
+    except ir.MLIRError as e:
+        diags = getattr(e, "error_diagnostics", None) or []
+        if diags:
+            d = diags[0]
+            raise QuartetError(f"{stage} failed: {d.message.splitlines()[0]}",
+                               location_of(d.location)) from None
+        if messages:
+            loc, msg = messages[0]
+            raise QuartetError(f"{stage} failed: {msg.splitlines()[0]}",
+                               location_of(loc)) from None
+        raise QuartetError(f"{stage} failed: {str(e).splitlines()[0]}") from None
+    finally:
+        handler.detach()
+
+
+def _nvvm_binary(single: ir.Module, target: Target, emit: str, toolkit: str,
+                 opt_level: int) -> bytes:
+    _run(single, _nvvm_pipeline(target, opt_level), f"lowering to NVVM ({target.name})")
+    fmt = "isa" if emit == "ptx" else "bin"
+    _run(single, f"builtin.module(gpu-module-to-binary{{format={fmt} toolkit={toolkit}}})",
+         f"{'PTX generation' if fmt == 'isa' else 'ptxas'} ({target.name})")
+    binary = next(o for o in single.body.operations if o.operation.name == "gpu.binary")
+    return bytes(gpu.ObjectAttr(binary.opview.objects[0]).object)
+
+
+def _rocdl_binary(single: ir.Module, target: Target, emit: str, opt_level: int) -> bytes:
+    from mlir.dialects import llvm as llvm_dialect
+
+    lb = _llvmlite()
+    _run(single, _rocdl_pipeline(target, opt_level), f"lowering to ROCDL ({target.name})")
+    gpu_module = next(o for o in single.body.operations if o.operation.name == "gpu.module")
+    plain = ir.Module.create()
+    attrs = gpu_module.operation.attributes
+    if "llvm.data_layout" in attrs:
+        plain.operation.attributes["llvm.data_layout"] = attrs["llvm.data_layout"]
+    plain.operation.attributes["llvm.target_triple"] = ir.StringAttr.get("amdgcn-amd-amdhsa")
+    with ir.InsertionPoint(plain.body):
+        for op in gpu_module.regions[0].blocks[0].operations:
+            op.operation.clone()
+    llvm_ir = llvm_dialect.translate_module_to_llvmir(plain.operation)
+    undefined = [line.split("@")[1].split("(")[0] for line in llvm_ir.splitlines()
+                 if line.startswith("declare") and "@llvm." not in line]
+    if undefined:
+        raise QuartetError(f"AMDGPU code calls '{undefined[0]}', a ROCm device-library "
+                           f"function that Quartet cannot link (no ROCm device libraries)")
+    try:
+        mod = lb.parse_assembly(llvm_ir)
+        mod.verify()
+        machine = lb.Target.from_triple("amdgcn-amd-amdhsa").create_target_machine(
+            cpu=target.chip, features=target.features, opt=opt_level, reloc="pic",
+            codemodel="default")
+        obj = machine.emit_object(mod)
+    except RuntimeError as e:
+        raise QuartetError(f"llvmlite could not emit AMDGPU code: {str(e).splitlines()[0]}") \
+            from None
+    if emit == "obj":
+        return obj
+    return link_hsaco(obj)
+
+
+def link_hsaco(obj: bytes) -> bytes:
+    """``ld.lld -shared``: an AMDGPU ELF object -> a loadable code object (hsaco)."""
+    command = find_ld_lld()
+    with tempfile.TemporaryDirectory(prefix="quartet-lld-") as tmp:
+        src, dst = os.path.join(tmp, "kernel.o"), os.path.join(tmp, "kernel.hsaco")
+        with open(src, "wb") as f:
+            f.write(obj)
+        done = subprocess.run(command + ["-shared", "-o", dst, src], capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            first = (done.stderr or done.stdout).strip().splitlines()
+            raise QuartetError(f"ld.lld failed: {first[0] if first else done.returncode}")
+        with open(dst, "rb") as f:
+            return f.read()
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks of the binaries (used by the tests and by --emit checks)
+
+
+def ptxas_check(ptx: str, chip: str, toolkit: str | None = None) -> str:
+    """Assemble ``ptx`` with ptxas for ``chip``; return its ``-v`` resource report, or raise."""
+    tk = find_cuda_toolkit(toolkit)
+    with tempfile.TemporaryDirectory(prefix="quartet-ptxas-") as tmp:
+        src = os.path.join(tmp, "kernel.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        done = subprocess.run([os.path.join(tk, "bin", "ptxas"), "-v", f"-arch={chip}", src,
+                               "-o", os.path.join(tmp, "kernel.cubin")],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise QuartetError(f"ptxas rejected the PTX: {done.stderr.strip()}")
+        return done.stderr
+
+
+EM_CUDA = 190
+EM_AMDGPU = 224
+EF_AMDGPU_MACH = {"gfx942": 0x04C, "gfx90a": 0x03F, "gfx908": 0x030}
+
+
+def elf_header(blob: bytes) -> dict:
+    """e_type, e_machine and e_flags of a little-endian ELF64 file."""
+    import struct
+
+    if blob[:4] != b"\x7fELF" or blob[4] != 2:
+        raise QuartetError("not an ELF64 file")
+    e_type, e_machine = struct.unpack_from("<HH", blob, 16)
+    (e_flags,) = struct.unpack_from("<I", blob, 48)
+    return {"type": e_type, "machine": e_machine, "flags": e_flags, "osabi": blob[7]}
