@@ -4,3 +4,5 @@ Add a line here when you add a pass module; the order is the order of ``--list-p
 """
 
 from quartet.passes import outline  # noqa: F401  quartet-outline-tiles, quartet-inline-tiles
+from quartet.lowering import cpu  # noqa: F401  quartet-lower-cpu
+from quartet.passes import pipelines  # noqa: F401  roller
