@@ -1,0 +1,776 @@
+"""The CPU target: configured ``quartet.tile`` ops lowered to loops, JIT-run or exported as a .so.
+
+The same tiled IR that the GPU lowerings turn into kernels is lowered here to scalar loops, so
+that every tile program can be checked for numerics on a machine with no GPU (DESIGN.md, "Where
+things run"), and so that ``--target cpu`` is an end-to-end path of its own (issue 4, item 6).
+The tile program is honoured as a loop nest: Roller's block tile (parallel extents and the
+reduction step) becomes the outer ``scf.for`` nest and the thread tile an inner one; as DESIGN.md
+says of the schedule attributes, they never change what is computed.
+
+Stages (each a short function; the pass ``quartet-lower-cpu`` runs them all):
+
+1. ``check_supported``: every op and element type must be one this path lowers; anything else is
+   a :class:`QuartetError` naming the op, never a miscompile.
+2. ``tag_and_inline``: each linalg op gets its tile sizes (its tile's ``block_tile`` /
+   ``thread_tile`` for the tile's root op, ``default_block_tile`` otherwise); then the regions of
+   ``quartet.tile`` / ``quartet.vtask`` / ``quartet.uvirtual`` are inlined (on one CPU thread a
+   persistent program is its tasks in SSA order).
+3. ``tile_and_bufferize``: one transform-dialect script: ``tile_using_for`` per tile-size group,
+   then one-shot bufferization of the whole module (function boundaries with identity layouts,
+   copies as ``linalg.copy`` so that no copy needs MLIR's runtime library).
+4. ``LLVM_PIPELINE``: results become out-parameters (``buffer-results-to-out-params``),
+   deallocation, ``convert-linalg-to-loops``, then the LLVM dialect with the bare-pointer calling
+   convention. f16/bf16 arithmetic is computed in f32 and rounded after every op
+   (``arith-emulate-unsupported-floats``), which is what LLVM's soft promotion does on x86;
+   bf16<->f32 conversions are expanded to integer code (no compiler-rt needed).
+
+The lowered module carries ``quartet.cpu_entry = {symbol, inputs, outputs}`` so that a
+LLVM-dialect module alone says how to call it.
+
+Calling convention (both the JIT and the exported .so): the entry is
+``void f(void* in0, ..., void* inN, void* out0, ..., void* outM)``: one pointer per tensor to
+dense row-major data, inputs in the function's argument order, then one caller-allocated buffer
+per result, in result order. Chosen over returned memrefs because the caller owns every buffer
+(nothing to free across the boundary, no descriptor layout to know) and because it is exactly
+what an artifact's runtime can call with ctypes. It needs static shapes and ranked tensors at the
+entry, which is what torch-mlir's import of a traced model gives.
+
+Assumes: static shapes at the entry function; bf16 values cross the Python boundary as their
+raw 16-bit patterns (``np.uint16``), since numpy has no bfloat16.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from mlir import ir
+from mlir.dialects import func
+from mlir.dialects.transform import interpreter
+from mlir.passmanager import PassManager
+
+from quartet.dialects import context as quartet_context
+from quartet.dialects import linalg_info
+from quartet.errors import QuartetError, location_of
+from quartet.passes.registry import ModulePass, register
+
+# ---------------------------------------------------------------------------------------------
+# What this target lowers.
+
+SUPPORTED_DIALECTS = ("arith", "math", "scf", "tensor", "linalg", "func", "cf", "affine",
+                      "bufferization", "memref", "index")
+# linalg ops that are not structured (LinalgOp) ops; convert-linalg-to-loops cannot take them.
+UNSUPPORTED_LINALG = ("linalg.winograd_filter_transform", "linalg.winograd_input_transform",
+                      "linalg.winograd_output_transform", "linalg.pack", "linalg.unpack")
+# linalg ops with a decomposition into structured ops (AggregatedOpInterface).
+DECOMPOSED_LINALG = ("linalg.softmax",)
+REGION_OPS = ("quartet.tile", "quartet.vtask", "quartet.uvirtual")
+SUPPORTED_ELEMENT_TYPES = {
+    "f16": np.float16, "bf16": np.uint16, "f32": np.float32, "f64": np.float64,
+    "i1": np.bool_, "i8": np.int8, "i16": np.int16, "i32": np.int32, "i64": np.int64,
+}
+ENTRY_ATTR = "quartet.cpu_entry"
+_TILE_GROUP_ATTR = "quartet.cpu_tile_group"
+
+# External symbols the lowered code may call: the C allocator and libm (convert-math-to-libm).
+_C_SYMBOLS = {"malloc", "free", "aligned_alloc", "memcpy", "memset", "memmove"}
+
+
+def default_block_tile(loop_ranges, iterator_types) -> list[int]:
+    """The tile of an unconfigured op: a 32x32 block over the two innermost parallel loops, one
+    iteration of every outer parallel loop per block, and the whole reduction per block."""
+    parallel = [i for i, t in enumerate(iterator_types) if t == "parallel"]
+    inner = set(parallel[-2:])
+    sizes = []
+    for i, (extent, kind) in enumerate(zip(loop_ranges, iterator_types)):
+        extent = max(int(extent), 1)
+        if kind == "reduction":
+            sizes.append(extent)
+        elif i in inner:
+            sizes.append(min(32, extent))
+        else:
+            sizes.append(1)
+    return sizes
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: refuse what this target does not lower.
+
+
+def _fail(op, message: str):
+    raise QuartetError(message, location_of(op))
+
+
+def check_supported(module: ir.Operation) -> None:
+    """Raise :class:`QuartetError` at the first op or element type the CPU path does not lower."""
+    errors: list[QuartetError] = []
+
+    def visit(op):
+        op = op.operation
+        try:
+            _check_op(op)
+        except QuartetError as e:
+            errors.append(e)
+            return ir.WalkResult.INTERRUPT
+        return ir.WalkResult.ADVANCE
+
+    module.walk(visit)
+    if errors:
+        raise errors[0]
+
+
+def _check_op(op: ir.Operation) -> None:
+    name = op.name
+    dialect = name.split(".", 1)[0]
+    if name == "builtin.module" or name in REGION_OPS:
+        pass
+    elif name == "gpu.yield":
+        if op.parent is None or op.parent.name not in REGION_OPS:
+            _fail(op, "operation 'gpu.yield' is not supported by the CPU target "
+                      "(only as the terminator of a quartet region)")
+    elif name in UNSUPPORTED_LINALG or dialect not in SUPPORTED_DIALECTS:
+        _fail(op, f"operation '{name}' is not supported by the CPU target")
+    for value in list(op.operands) + list(op.results):
+        _check_type(op, value.type)
+    if name == "func.func":
+        ftype = ir.FunctionType(ir.TypeAttr(op.attributes["function_type"]).value)
+        for t in list(ftype.inputs) + list(ftype.results):
+            _check_type(op, t)
+
+
+def _element_name(t: ir.Type) -> str:
+    if isinstance(t, ir.ShapedType):
+        t = ir.ShapedType(t).element_type
+    return str(t)
+
+
+def _check_type(op, t: ir.Type) -> None:
+    if isinstance(t, ir.IndexType):
+        return
+    if isinstance(t, ir.ShapedType) or isinstance(t, ir.FloatType) or isinstance(t, ir.IntegerType):
+        elem = _element_name(t)
+        if elem in SUPPORTED_ELEMENT_TYPES or elem == "index":
+            return
+        _fail(op, f"element type '{elem}' of operation '{op.name}' is not supported by the "
+                  f"CPU target (supported: {', '.join(SUPPORTED_ELEMENT_TYPES)})")
+    text = str(t)
+    if text.startswith("!transform") or text.startswith("!quartet"):
+        return
+    _fail(op, f"type '{text}' of operation '{op.name}' is not supported by the CPU target")
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: tile sizes from the schedule, then the quartet regions inlined.
+
+
+def _walk_ops(root: ir.Operation, predicate) -> list[ir.Operation]:
+    found: list[ir.Operation] = []
+
+    def visit(op):
+        if predicate(op.operation):
+            found.append(op.operation)
+        return ir.WalkResult.ADVANCE
+
+    root.walk(visit)
+    return found
+
+
+def _is_structured(op: ir.Operation) -> bool:
+    return (linalg_info.is_linalg(op) and op.name not in UNSUPPORTED_LINALG
+            and op.name not in DECOMPOSED_LINALG)
+
+
+def _inside_linalg(op: ir.Operation) -> bool:
+    parent = op.parent
+    while parent is not None:
+        if parent.name.startswith("linalg."):
+            return True
+        parent = parent.parent
+    return False
+
+
+def _enclosing_tile(op: ir.Operation):
+    parent = op.parent
+    while parent is not None:
+        if parent.name == "quartet.tile":
+            return parent
+        parent = parent.parent
+    return None
+
+
+def _i64_array(op: ir.Operation, name: str) -> list[int] | None:
+    attrs = op.attributes
+    return list(ir.DenseI64ArrayAttr(attrs[name])) if name in attrs else None
+
+
+def iteration_space(op: ir.Operation) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """(loop extents, iterator kinds) of a structured linalg op with static shapes.
+
+    Read from the op generalized in a scratch module, like ``dialects/linalg_info.py`` does;
+    kept here because ``linalg_info.info`` refuses ops with scalar operands (``linalg.fill``),
+    which every lowered model has.
+    """
+    with op.context, ir.Location.unknown():
+        scratch = ir.Module.create()
+        with ir.InsertionPoint(scratch.body):
+            # The results are returned so that nothing erases the op as dead.
+            fn = func.FuncOp("scratch", ([v.type for v in op.operands],
+                                         [r.type for r in op.results]))
+            block = fn.add_entry_block()
+            with ir.InsertionPoint(block):
+                clone = op.clone()
+                for i, arg in enumerate(block.arguments):
+                    clone.operands[i] = arg
+                func.ReturnOp(list(clone.results))
+        return _space_of_text(str(scratch))
+
+
+@lru_cache(maxsize=4096)
+def _space_of_text(text: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    with ir.Context(), ir.Location.unknown():
+        module = ir.Module.parse(text)
+        PassManager.parse("builtin.module(func.func(linalg-generalize-named-ops))").run(
+            module.operation)
+        fn = module.body.operations[0]
+        generic = next(o.operation for o in fn.regions[0].blocks[0].operations
+                       if o.operation.name == "linalg.generic")
+        attrs = generic.attributes
+        kinds = tuple("reduction" if "reduction" in str(a) else "parallel"
+                      for a in ir.ArrayAttr(attrs["iterator_types"]))
+        ranges: list[int | None] = [None] * len(kinds)
+        for map_attr, value in zip(ir.ArrayAttr(attrs["indexing_maps"]), generic.operands):
+            if not isinstance(value.type, ir.ShapedType):
+                continue
+            shape = ir.ShapedType(value.type).shape
+            for extent, expr in zip(shape, ir.AffineMapAttr(map_attr).value.results):
+                expr = expr.maybe_downcast()
+                if isinstance(expr, ir.AffineDimExpr) and ranges[expr.position] is None \
+                        and extent >= 0:
+                    ranges[expr.position] = extent
+        # A loop seen only in compound expressions (a convolution window) is not tiled.
+        return tuple(r if r is not None else 0 for r in ranges), kinds
+
+
+def _tile_sizes(op: ir.Operation, schedule: ir.Operation | None) -> tuple[tuple, tuple]:
+    """(block sizes, thread sizes) for ``tile_using_for``; 0 means "not tiled"."""
+    ranges, kinds = iteration_space(op)
+    block = thread = None
+    if schedule is not None:
+        block = _i64_array(schedule, "block_tile")
+        thread = _i64_array(schedule, "thread_tile")
+    if block is None:
+        block = default_block_tile(ranges, kinds)
+        thread = None
+    for attr, sizes in (("block_tile", block), ("thread_tile", thread)):
+        if sizes is not None and (len(sizes) != len(ranges) or any(s <= 0 for s in sizes)):
+            _fail(schedule, f"'quartet.tile' op {attr} [{', '.join(map(str, sizes))}] must have "
+                            f"one positive entry per loop of its root op '{op.name}' "
+                            f"({len(ranges)} loops)")
+    block_sizes = tuple(0 if extent == 0 or s >= extent else s
+                        for s, extent in zip(block, ranges))
+    thread_sizes: tuple = ()
+    if thread is not None:
+        inner = []
+        for s, b, extent, kind in zip(thread, block_sizes, ranges, kinds):
+            span = b or extent
+            inner.append(0 if kind == "reduction" or span == 0 or s >= span else s)
+        if any(inner):
+            thread_sizes = tuple(inner)
+    return block_sizes, thread_sizes
+
+
+def tag_and_inline(module: ir.Operation) -> dict[tuple, int]:
+    """Give every structured linalg op a tile-size group; inline every quartet region.
+
+    Returns {(block sizes, thread sizes): group id}."""
+    groups: dict[tuple, int] = {}
+    i64 = ir.IntegerType.get_signless(64)
+    for op in _walk_ops(module, lambda o: _is_structured(o) and not _inside_linalg(o)):
+        tile = _enclosing_tile(op)
+        schedule = None
+        if tile is not None and _root_of(tile) == op:
+            schedule = tile
+        key = _tile_sizes(op, schedule)
+        if not any(key[0]) and not key[1]:
+            continue
+        group = groups.setdefault(key, len(groups))
+        op.attributes[_TILE_GROUP_ATTR] = ir.IntegerAttr.get(i64, group)
+    # Tiles first, then vtasks, then uvirtuals: inner regions before the ones around them.
+    for name in REGION_OPS:
+        for region_op in _walk_ops(module, lambda o, name=name: o.name == name):
+            inline_region(region_op)
+    return groups
+
+
+def _root_of(tile: ir.Operation) -> ir.Operation | None:
+    block = tile.regions[0].blocks[0]
+    for op in reversed(list(block.operations)):
+        if linalg_info.is_linalg(op.operation):
+            return op.operation
+    return None
+
+
+def inline_region(op: ir.Operation) -> None:
+    """Move the ops of a single-block quartet region in front of it; its results become the
+    values its ``gpu.yield`` returns."""
+    block = op.regions[0].blocks[0]
+    ops = [o.operation for o in block.operations]
+    terminator = ops[-1]
+    for inner in ops[:-1]:
+        inner.move_before(op)
+    for result, value in zip(op.results, terminator.operands):
+        result.replace_all_uses_with(value)
+    terminator.erase()
+    op.erase()
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 3: tiling and bufferization in one transform script.
+
+
+def transform_script(groups: dict[tuple, int]) -> str:
+    """The transform-dialect schedule: tile each group, decompose aggregates, bufferize."""
+    lines = []
+    for (block, thread), group in sorted(groups.items(), key=lambda kv: kv[1]):
+        lines.append(
+            f"%g{group} = transform.structured.match interface{{LinalgOp}} "
+            f"attributes{{{_TILE_GROUP_ATTR} = {group} : i64}} in %root "
+            f": (!transform.any_op) -> !transform.any_op")
+        handle = f"%g{group}"
+        for level, sizes in (("b", block), ("t", thread)):
+            loops = sum(1 for s in sizes if s)
+            if not loops:
+                continue
+            outs = ", ".join(["!transform.any_op"] * (loops + 1))
+            lines.append(
+                f"%{level}{group}, %{level}l{group}:{loops} = transform.structured.tile_using_for "
+                f"{handle} tile_sizes [{', '.join(map(str, sizes))}] "
+                f": (!transform.any_op) -> ({outs})")
+            handle = f"%{level}{group}"
+    for i, name in enumerate(DECOMPOSED_LINALG):
+        lines.append(f'%d{i} = transform.structured.match ops{{["{name}"]}} in %root '
+                     f": (!transform.any_op) -> !transform.any_op")
+        lines.append(f"%dd{i} = transform.structured.decompose_interface %d{i} "
+                     f": (!transform.any_op) -> !transform.any_op")
+    lines.append(
+        "%bufferized = transform.bufferization.one_shot_bufferize %root "
+        "{bufferize_function_boundaries = true, function_boundary_type_conversion = 1 : i32, "
+        'memcpy_op = "linalg.copy"} : (!transform.any_op) -> !transform.any_op')
+    body = "\n    ".join(lines)
+    return f"""
+module attributes {{transform.with_named_sequence}} {{
+  transform.named_sequence @__transform_main(%root: !transform.any_op {{transform.consumed}}) {{
+    {body}
+    transform.yield
+  }}
+}}
+"""
+
+
+def tile_and_bufferize(module: ir.Operation, groups: dict[tuple, int]) -> None:
+    script = ir.Module.parse(transform_script(groups), context=module.context)
+    entry = script.body.operations[0]
+    interpreter.apply_named_sequence(module, entry, script)
+    # The tiled clones keep the group attribute; it means nothing any more.
+    for op in _walk_ops(module, lambda o: _TILE_GROUP_ATTR in o.attributes):
+        del op.attributes[_TILE_GROUP_ATTR]
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 4: loops and the LLVM dialect.
+
+LLVM_PIPELINE = ",".join([
+    "canonicalize",
+    "cse",
+    "buffer-results-to-out-params{hoist-static-allocs=true modify-public-functions=true}",
+    "buffer-deallocation-pipeline",
+    "func.func(convert-linalg-to-loops)",
+    "math-extend-to-supported-types",
+    "arith-emulate-unsupported-floats{source-types=bf16,f16 target-type=f32}",
+    "arith-expand{include-bf16=true}",
+    "expand-strided-metadata",
+    "lower-affine",
+    "finalize-memref-to-llvm",
+    "convert-scf-to-cf",
+    "convert-math-to-llvm",
+    "convert-math-to-libm",
+    "convert-arith-to-llvm",
+    "convert-index-to-llvm",
+    "convert-func-to-llvm{use-bare-ptr-memref-call-conv=1}",
+    "convert-cf-to-llvm",
+    "reconcile-unrealized-casts",
+])
+
+
+def _run_pipeline(module: ir.Operation, elements: str, stage: str) -> None:
+    pm = PassManager.parse(f"builtin.module({elements})", context=module.context)
+    try:
+        pm.run(module)
+    except ir.MLIRError as e:
+        diags = getattr(e, "error_diagnostics", None) or []
+        message = diags[0].message.splitlines()[0] if diags else str(e).splitlines()[0]
+        where = location_of(diags[0].location) if diags else None
+        raise QuartetError(f"CPU lowering failed in {stage}: {message}", where) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry function and its signature.
+
+
+@dataclass(frozen=True)
+class TensorSig:
+    shape: tuple[int, ...]
+    element: str          # MLIR element type name: "f32", "bf16", ...
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(SUPPORTED_ELEMENT_TYPES[self.element])
+
+    def type_text(self) -> str:
+        dims = "x".join(map(str, self.shape))
+        return f"tensor<{dims + 'x' if dims else ''}{self.element}>"
+
+
+@dataclass(frozen=True)
+class EntrySig:
+    symbol: str
+    inputs: tuple[TensorSig, ...]
+    outputs: tuple[TensorSig, ...]
+
+
+def _functions(module: ir.Operation) -> list[ir.Operation]:
+    body = module.regions[0].blocks[0]
+    return [op.operation for op in body.operations if op.operation.name == "func.func"]
+
+
+def _sym_name(op: ir.Operation) -> str:
+    return ir.StringAttr(op.attributes["sym_name"]).value
+
+
+def _is_public(op: ir.Operation) -> bool:
+    attrs = op.attributes
+    if "sym_visibility" in attrs and ir.StringAttr(attrs["sym_visibility"]).value != "public":
+        return False
+    return len(op.regions[0].blocks) > 0
+
+
+def find_entry(module: ir.Operation, entry: str | None = None) -> ir.Operation:
+    """The function to run: ``entry`` by name, else the only public function, else
+    ``forward`` or ``main``."""
+    funcs = _functions(module)
+    if entry is not None:
+        for f in funcs:
+            if _sym_name(f) == entry:
+                return f
+        raise QuartetError(f"no function '@{entry}' in the module")
+    public = [f for f in funcs if _is_public(f)]
+    if len(public) == 1:
+        return public[0]
+    for name in ("forward", "main"):
+        for f in public:
+            if _sym_name(f) == name:
+                return f
+    names = ", ".join("@" + _sym_name(f) for f in public) or "none"
+    raise QuartetError(f"cannot tell which function to run on the CPU (public functions: "
+                       f"{names}); name one")
+
+
+def _tensor_sig(fn: ir.Operation, t: ir.Type, what: str) -> TensorSig:
+    if not isinstance(t, ir.RankedTensorType):
+        _fail(fn, f"{what} of '@{_sym_name(fn)}' has type '{t}'; the CPU entry takes and "
+                  f"returns ranked tensors only")
+    rt = ir.RankedTensorType(t)
+    if not rt.has_static_shape:
+        _fail(fn, f"{what} of '@{_sym_name(fn)}' has dynamic shape '{t}'; the CPU entry needs "
+                  f"static shapes")
+    return TensorSig(tuple(rt.shape), _element_name(rt))
+
+
+def entry_signature(fn: ir.Operation) -> EntrySig:
+    ftype = ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value)
+    inputs = tuple(_tensor_sig(fn, t, f"argument {i}") for i, t in enumerate(ftype.inputs))
+    outputs = tuple(_tensor_sig(fn, t, f"result {i}") for i, t in enumerate(ftype.results))
+    return EntrySig(_sym_name(fn), inputs, outputs)
+
+
+def _entry_attr(sig: EntrySig) -> ir.Attribute:
+    def types(sigs):
+        return "[" + ", ".join(s.type_text() for s in sigs) + "]"
+    return ir.Attribute.parse(f'{{symbol = "{sig.symbol}", inputs = {types(sig.inputs)}, '
+                              f"outputs = {types(sig.outputs)}}}")
+
+
+def read_entry(module: ir.Operation) -> EntrySig:
+    """The entry signature recorded on a module lowered by ``quartet-lower-cpu``."""
+    if ENTRY_ATTR not in module.attributes:
+        raise QuartetError(f"module has no '{ENTRY_ATTR}' attribute: it was not lowered by "
+                           f"quartet-lower-cpu")
+    d = ir.DictAttr(module.attributes[ENTRY_ATTR])
+
+    def sigs(key):
+        out = []
+        for a in ir.ArrayAttr(d[key]):
+            rt = ir.RankedTensorType(ir.TypeAttr(a).value)
+            out.append(TensorSig(tuple(rt.shape), _element_name(rt)))
+        return tuple(out)
+
+    return EntrySig(ir.StringAttr(d["symbol"]).value, sigs("inputs"), sigs("outputs"))
+
+
+def is_lowered(module: ir.Operation) -> bool:
+    return ENTRY_ATTR in module.attributes
+
+
+# ---------------------------------------------------------------------------------------------
+# The pass.
+
+
+def lower_to_llvm(module: ir.Operation, entry: str | None = None) -> EntrySig:
+    """Lower ``module`` (linalg on tensors, with or without quartet tiles) in place to the LLVM
+    dialect; return and record the entry signature."""
+    check_supported(module)
+    fn = find_entry(module, entry)
+    sig = entry_signature(fn)
+    for f in _functions(module):
+        if f != fn and _is_public(f):
+            f.attributes["sym_visibility"] = ir.StringAttr.get("private")
+    groups = tag_and_inline(module)
+    tile_and_bufferize(module, groups)
+    _run_pipeline(module, LLVM_PIPELINE, "the LLVM pipeline")
+    _check_lowered(module)
+    module.attributes[ENTRY_ATTR] = _entry_attr(sig)
+    return sig
+
+
+def _check_lowered(module: ir.Operation) -> None:
+    """Safety net: nothing but the LLVM dialect may be left, and no call to a library that is
+    not the C library or libm."""
+    for op in _walk_ops(module, lambda o: not (o.name.startswith("llvm.")
+                                              or o.name == "builtin.module")):
+        _fail(op, f"operation '{op.name}' is not supported by the CPU target (left after "
+                  f"lowering)")
+    for op in _walk_ops(module, lambda o: o.name == "llvm.func" and not len(o.regions[0].blocks)):
+        name = _sym_name(op)
+        if name not in _C_SYMBOLS and not _is_libm(name):
+            _fail(op, f"the CPU lowering needs the external function '{name}', which is "
+                      f"neither in the C library nor in libm")
+
+
+_LIBM = {"acos", "acosh", "asin", "asinh", "atan", "atan2", "atanh", "cbrt", "ceil", "copysign",
+         "cos", "cosh", "erf", "erfc", "exp", "exp2", "expm1", "fabs", "floor", "fma", "fmod",
+         "log", "log10", "log1p", "log2", "pow", "rint", "round", "roundeven", "sin", "sinh",
+         "sqrt", "tan", "tanh", "trunc", "tgamma", "lgamma", "nearbyint"}
+
+
+def _is_libm(name: str) -> bool:
+    return name in _LIBM or (name.endswith("f") and name[:-1] in _LIBM)
+
+
+@register
+@dataclass(frozen=True)
+class LowerCpu(ModulePass):
+    """Lower the configured (or default-tiled) tiles of a module to LLVM-dialect loops."""
+
+    name = "quartet-lower-cpu"
+    summary = ("lower quartet.tile ops to tiled loops and the LLVM dialect for the CPU "
+               "(bare-pointer entry: inputs, then output buffers)")
+    entry: str = ""
+
+    def apply(self, module) -> None:
+        lower_to_llvm(module, self.entry or None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running with MLIR's ExecutionEngine.
+
+
+def _as_module(module_or_text, entry: str | None) -> tuple[ir.Module, EntrySig]:
+    """A lowered copy of the input (the caller's module is never changed)."""
+    if isinstance(module_or_text, str):
+        ctx = quartet_context()
+        with ctx, ir.Location.unknown():
+            try:
+                module = ir.Module.parse(module_or_text)
+            except ir.MLIRError as e:
+                diags = getattr(e, "error_diagnostics", None) or []
+                msg = diags[0].message.splitlines()[0] if diags else str(e).splitlines()[0]
+                raise QuartetError(f"could not parse the module: {msg}") from None
+    else:
+        source = module_or_text.operation if hasattr(module_or_text, "operation") else None
+        if source is None:
+            raise TypeError("run_cpu expects MLIR text or an mlir.ir.Module")
+        with source.context, source.location:
+            module = _copy_module(source)
+    with module.context, ir.Location.unknown():
+        if is_lowered(module.operation):
+            return module, read_entry(module.operation)
+        sig = lower_to_llvm(module.operation, entry)
+    return module, sig
+
+
+def _copy_module(source: ir.Operation) -> ir.Module:
+    """A deep copy of a ``builtin.module`` (cloned, not printed and re-parsed: a copy must not
+    depend on the printed form of every op re-verifying)."""
+    module = ir.Module.create()
+    for attr in source.attributes:
+        module.operation.attributes[attr.name] = attr.attr
+    with ir.InsertionPoint(module.body):
+        for op in source.regions[0].blocks[0].operations:
+            op.operation.clone()
+    return module
+
+
+class CpuProgram:
+    """A module compiled by the ExecutionEngine; call it with numpy arrays."""
+
+    def __init__(self, module_or_text, *, entry: str | None = None, opt_level: int = 2):
+        from mlir.execution_engine import ExecutionEngine
+
+        self.module, self.signature = _as_module(module_or_text, entry)
+        with self.module.context:
+            self._engine = ExecutionEngine(self.module, opt_level=opt_level)
+        address = self._engine.raw_lookup(self.signature.symbol)
+        if not address:
+            # Seen when torch_mlir's MLIR libraries were loaded before `mlir`'s: two copies of
+            # LLVM in one process, and the JIT resolves symbols against the wrong one.
+            raise QuartetError(
+                f"the CPU JIT could not materialize '@{self.signature.symbol}'; if torch_mlir "
+                f"was imported before mlir in this process, import mlir (or quartet) first")
+        # ExecutionEngine wraps every function as `void _mlir_<name>(void** args)`.
+        self._packed = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(address)
+
+    def __call__(self, inputs) -> list[np.ndarray]:
+        sig = self.signature
+        arrays = check_inputs(sig, inputs)
+        outputs = [np.empty(s.shape, s.dtype) for s in sig.outputs]
+        pointers = [ctypes.c_void_p(a.ctypes.data) for a in arrays + outputs]
+        packed = (ctypes.c_void_p * len(pointers))(
+            *[ctypes.cast(ctypes.pointer(p), ctypes.c_void_p) for p in pointers])
+        self._packed(packed)
+        return outputs
+
+
+def check_inputs(sig: EntrySig, inputs) -> list[np.ndarray]:
+    """Inputs as C-contiguous arrays of the entry's dtypes; a wrong count, shape or dtype is a
+    :class:`QuartetError`."""
+    inputs = list(inputs)
+    if len(inputs) != len(sig.inputs):
+        raise QuartetError(f"'@{sig.symbol}' takes {len(sig.inputs)} inputs, got {len(inputs)}")
+    arrays = []
+    for i, (value, want) in enumerate(zip(inputs, sig.inputs)):
+        a = np.asarray(value)
+        ok_dtype = a.dtype == want.dtype or (
+            want.element == "bf16" and a.dtype.itemsize == 2 and a.dtype.kind in "uiV"
+            or want.element == "bf16" and a.dtype.name == "bfloat16")
+        if tuple(a.shape) != want.shape or not ok_dtype:
+            raise QuartetError(
+                f"input {i} of '@{sig.symbol}': expected {want.type_text()}, got shape "
+                f"{tuple(a.shape)} dtype {a.dtype}")
+        arrays.append(np.ascontiguousarray(a))
+    return arrays
+
+
+_PROGRAMS: dict[tuple, CpuProgram] = {}
+
+
+def compile_cpu(module_or_text, *, entry: str | None = None) -> CpuProgram:
+    """Lower and JIT-compile; programs compiled from the same text are cached."""
+    if isinstance(module_or_text, str):
+        key = (hashlib.sha256(module_or_text.encode()).hexdigest(), entry)
+        if key not in _PROGRAMS:
+            _PROGRAMS[key] = CpuProgram(module_or_text, entry=entry)
+        return _PROGRAMS[key]
+    return CpuProgram(module_or_text, entry=entry)
+
+
+def run_cpu(module_or_text, inputs, *, entry: str | None = None) -> list[np.ndarray]:
+    """Run a module on the CPU with MLIR's ExecutionEngine; return its results.
+
+    ``module_or_text``: MLIR text or an ``mlir.ir.Module`` (linalg on tensors, with or without
+    quartet tiles, or already lowered by ``quartet-lower-cpu``); it is not modified. ``inputs``:
+    one numpy array per entry argument, of its shape and dtype (bf16 as ``np.uint16`` bit
+    patterns). Returns one new array per result (bf16 results as ``np.uint16``).
+    """
+    return compile_cpu(module_or_text, entry=entry)(inputs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Export: a shared object that runs without MLIR.
+
+
+def emit_shared_object(module_or_text, *, entry: str | None = None, symbol: str = "forward",
+                       cpu: str = "generic") -> bytes:
+    """A Linux shared object exporting ``void <symbol>(void* in0, ..., void* out0, ...)``.
+
+    Lowered as for ``run_cpu``, translated to LLVM IR, compiled with llvmlite (position
+    independent, for ``cpu``; "generic" runs on any x86-64) and linked with ``cc -shared -lm``.
+    Loading it needs only libc and libm.
+    """
+    from mlir.dialects.llvm import translate_module_to_llvmir
+
+    module, sig = _as_module(module_or_text, entry)
+    with module.context:
+        _rename_entry(module.operation, sig.symbol, symbol)
+        llvm_ir = str(translate_module_to_llvmir(module.operation))
+    obj = _compile_object(llvm_ir, cpu)
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        raise QuartetError("linking the CPU shared object needs a C compiler: no 'cc' on PATH "
+                           "(install gcc)")
+    with tempfile.TemporaryDirectory(prefix="quartet-cpu-") as tmp:
+        obj_path = os.path.join(tmp, "kernel.o")
+        so_path = os.path.join(tmp, "kernel.so")
+        with open(obj_path, "wb") as f:
+            f.write(obj)
+        proc = subprocess.run([cc, "-shared", "-o", so_path, obj_path, "-lm"],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise QuartetError(f"linking the CPU shared object failed: "
+                               f"{proc.stderr.strip().splitlines()[0] if proc.stderr else cc}")
+        with open(so_path, "rb") as f:
+            return f.read()
+
+
+def _rename_entry(module: ir.Operation, old: str, new: str) -> None:
+    if old == new:
+        return
+    body = module.regions[0].blocks[0]
+    for op in body.operations:
+        if "sym_name" in op.operation.attributes and _sym_name(op.operation) == new:
+            raise QuartetError(f"cannot export '@{old}' as '{new}': the module already has a "
+                               f"symbol '{new}'")
+    for op in body.operations:
+        if "sym_name" in op.operation.attributes and _sym_name(op.operation) == old:
+            ir.SymbolTable.replace_all_symbol_uses(old, new, module)
+            op.operation.attributes["sym_name"] = ir.StringAttr.get(new)
+
+
+def _compile_object(llvm_ir: str, cpu: str) -> bytes:
+    try:
+        import llvmlite.binding as llvm
+    except ImportError:
+        raise QuartetError("exporting a CPU shared object needs llvmlite "
+                           "(pip install llvmlite)") from None
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    mod = llvm.parse_assembly(llvm_ir)
+    mod.verify()
+    triple = llvm.get_process_triple()
+    mod.triple = triple
+    target = llvm.Target.from_triple(triple)
+    features = "" if cpu == "generic" else llvm.get_host_cpu_features().flatten()
+    cpu_name = llvm.get_host_cpu_name() if cpu == "native" else cpu
+    tm = target.create_target_machine(cpu=cpu_name, features=features, opt=2, reloc="pic",
+                                      codemodel="default")
+    mod.data_layout = str(tm.target_data)
+    pto = llvm.create_pipeline_tuning_options(speed_level=2)
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(mod, pb)
+    return tm.emit_object(mod)
