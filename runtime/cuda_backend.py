@@ -1,0 +1,303 @@
+"""The CUDA backend: the driver API through ``cuda-bindings`` (``from cuda.bindings import driver``).
+
+Modules are loaded from the artifact's cubin / PTX / fatbin bytes (``cuModuleLoadData``), buffers
+come from ``cuMemAlloc`` once per loaded program, and all work goes to one stream that the
+loaded program sets before each call (the caller's). Kernels flagged cooperative go through
+``cuLaunchCooperativeKernel`` after a load-time check that their grid fits on the GPU at once
+(Rammer's persistent vDevice kernels and Grinder's device-side loops need every block resident).
+A predicate read is a 1-8 byte copy into pinned memory and a stream synchronisation.
+
+Every driver call is checked; a failure becomes a one-line :class:`CudaError`. Works with
+cuda-bindings 12.x and 13.x (only functions present in both are used), on the primary context
+of the device, which is the one PyTorch uses too.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from typing import Any
+
+import numpy as np
+
+from quartet.errors import QuartetError
+from quartet.runtime import dtypes
+from quartet.runtime.manifest import BufferArg, IndexArg, Kernel, ScalarArg
+from quartet.runtime.targets import sm_name
+
+_STATIC_SHARED_LIMIT = 48 * 1024
+
+
+class CudaError(QuartetError):
+    """A CUDA driver call failed."""
+
+
+def import_driver():
+    """The ``cuda.bindings.driver`` module, or a QuartetError saying how to get it."""
+    try:
+        from cuda.bindings import driver
+    except ImportError:
+        raise QuartetError(
+            "the cuda backend needs the cuda-bindings package (pip install 'cuda-bindings>=12.6')"
+        ) from None
+    return driver
+
+
+def _enum_value(e) -> int:
+    return e.value if hasattr(e, "value") else int(e)
+
+
+class _Prepared:
+    """A kernel ready to launch: its function, launch shape and argument storage."""
+
+    def __init__(self, kernel: Kernel, function: Any):
+        self.kernel, self.function = kernel, function
+        self.grid, self.block = kernel.grid, kernel.block
+        self.shared_memory, self.cooperative = kernel.shared_memory, kernel.cooperative
+        self.storage = []
+        for a in kernel.args:
+            if isinstance(a, BufferArg):
+                self.storage.append(ctypes.c_uint64(0))
+            elif isinstance(a, (ScalarArg, IndexArg)):
+                self.storage.append(dtypes.SCALAR_CTYPES[a.dtype]())
+        self.pointers = (ctypes.c_void_p * max(1, len(self.storage)))(
+            *[ctypes.addressof(s) for s in self.storage]
+        )
+        self.params = ctypes.addressof(self.pointers) if self.storage else 0
+
+
+class CudaBackend:
+    """One CUDA device (its primary context) and the stream the program currently runs on."""
+
+    name = "cuda"
+
+    def __init__(self, device: int = 0, location: str | None = None):
+        self.d = d = import_driver()
+        self.location = location
+        try:
+            self._check(d.cuInit(0), "cuInit")
+        except CudaError:
+            raise
+        except Exception as e:  # the bindings raise when libcuda itself cannot be found
+            raise QuartetError(f"no usable CUDA driver on this machine ({type(e).__name__}: {e})") from None
+        count = self._check(d.cuDeviceGetCount(), "cuDeviceGetCount")
+        if not 0 <= device < count:
+            raise QuartetError(f"no CUDA device {device} (this machine has {count})")
+        self.device = device
+        self.dev = self._check(d.cuDeviceGet(device), "cuDeviceGet")
+        attr = d.CUdevice_attribute
+        major = self._attribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+        minor = self._attribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
+        self.device_arch = sm_name(major, minor)
+        self.sm_count = self._attribute(attr.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        self.cooperative_ok = bool(self._attribute(attr.CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH))
+        self.ctx = self._check(d.cuDevicePrimaryCtxRetain(self.dev), "cuDevicePrimaryCtxRetain")
+        self.activate()
+        self.stream = 0
+        self._pinned = self._check(d.cuMemHostAlloc(16, 0), "cuMemHostAlloc")
+        self._modules: dict[str, Any] = {}
+        self._allocations: list[int] = []
+        self._graphs: list[tuple[Any, Any]] = []
+        self._streams: list[Any] = []
+        self._closed = False
+
+    # plumbing ----------------------------------------------------------------------------------
+
+    def _check(self, result, what: str):
+        """Return the values of a driver call's result tuple, raising CudaError on failure."""
+        err, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
+        if err != self.d.CUresult.CUDA_SUCCESS:
+            raise CudaError(f"CUDA call {what} failed: {self._describe(err)}", self.location)
+        if not rest:
+            return None
+        return rest[0] if len(rest) == 1 else rest
+
+    def _describe(self, err) -> str:
+        d = self.d
+        name, text = getattr(err, "name", str(err)), ""
+        try:
+            e1, n = d.cuGetErrorName(err)
+            e2, s = d.cuGetErrorString(err)
+            if e1 == d.CUresult.CUDA_SUCCESS:
+                name = n.decode() if isinstance(n, bytes) else str(n)
+            if e2 == d.CUresult.CUDA_SUCCESS:
+                text = s.decode() if isinstance(s, bytes) else str(s)
+        except Exception:
+            pass
+        return f"{name} ({text})" if text else name
+
+    def _attribute(self, attribute) -> int:
+        return self._check(self.d.cuDeviceGetAttribute(attribute, self.dev), "cuDeviceGetAttribute")
+
+    def activate(self) -> None:
+        """Make the device's primary context current on the calling thread."""
+        self._check(self.d.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
+
+    def set_stream(self, stream: int) -> None:
+        self.stream = stream
+
+    # the Backend interface --------------------------------------------------------------------
+
+    def alloc(self, size: int) -> int:
+        address = int(self._check(self.d.cuMemAlloc(max(size, 1)), f"cuMemAlloc({size} bytes)"))
+        self._allocations.append(address)
+        return address
+
+    def free(self, address: int) -> None:
+        self._check(self.d.cuMemFree(address), "cuMemFree")
+        self._allocations.remove(address)
+
+    def upload(self, address: int, data: np.ndarray) -> None:
+        if data.nbytes:
+            self._check(self.d.cuMemcpyHtoDAsync(address, data.ctypes.data, data.nbytes, self.stream), "cuMemcpyHtoDAsync")
+
+    def download(self, address: int, out: np.ndarray) -> None:
+        if out.nbytes:
+            self._check(self.d.cuMemcpyDtoHAsync(out.ctypes.data, address, out.nbytes, self.stream), "cuMemcpyDtoHAsync")
+
+    def prepare(self, kernel: Kernel, binary: bytes) -> _Prepared:
+        d = self.d
+        module = self._modules.get(kernel.binary)
+        if module is None:
+            image = binary + b"\0" if kernel.binary_format == "ptx" else binary
+            module = self._check(d.cuModuleLoadData(image), f"cuModuleLoadData({kernel.binary})")
+            self._modules[kernel.binary] = module
+        function = self._check(
+            d.cuModuleGetFunction(module, kernel.entry.encode()), f"cuModuleGetFunction({kernel.entry})"
+        )
+        fattr = d.CUfunction_attribute
+        if kernel.shared_memory > _STATIC_SHARED_LIMIT:
+            self._check(
+                d.cuFuncSetAttribute(function, fattr.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, kernel.shared_memory),
+                f"cuFuncSetAttribute(kernel {kernel.name!r}, {kernel.shared_memory} bytes of shared memory)",
+            )
+        threads = math.prod(kernel.block)
+        limit = self._check(
+            d.cuFuncGetAttribute(fattr.CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, function), "cuFuncGetAttribute"
+        )
+        if threads > limit:
+            raise QuartetError(
+                f"kernel {kernel.name!r}: block of {threads} threads, but its binary allows at most {limit} on this GPU",
+                self.location,
+            )
+        if kernel.cooperative:
+            self._check_cooperative(kernel, function, threads)
+        return _Prepared(kernel, function)
+
+    def _check_cooperative(self, kernel: Kernel, function: Any, threads: int) -> None:
+        if not self.cooperative_ok:
+            raise QuartetError(f"kernel {kernel.name!r} is cooperative, and this GPU cannot launch cooperative kernels", self.location)
+        per_sm = self._check(
+            self.d.cuOccupancyMaxActiveBlocksPerMultiprocessor(function, threads, kernel.shared_memory),
+            "cuOccupancyMaxActiveBlocksPerMultiprocessor",
+        )
+        blocks, fit = math.prod(kernel.grid), per_sm * self.sm_count
+        if blocks > fit:
+            raise QuartetError(
+                f"cooperative kernel {kernel.name!r} has {blocks} blocks, but only {fit} fit on this GPU at once "
+                f"({per_sm} per SM x {self.sm_count} SMs)",
+                self.location,
+            )
+
+    def launch(self, prepared: _Prepared, args: list[int | float]) -> None:
+        for slot, value in zip(prepared.storage, args):
+            slot.value = value
+        g, b = prepared.grid, prepared.block
+        if prepared.cooperative:
+            result = self.d.cuLaunchCooperativeKernel(
+                prepared.function, g[0], g[1], g[2], b[0], b[1], b[2], prepared.shared_memory, self.stream, prepared.params
+            )
+        else:
+            result = self.d.cuLaunchKernel(
+                prepared.function, g[0], g[1], g[2], b[0], b[1], b[2], prepared.shared_memory, self.stream, prepared.params, 0
+            )
+        self._check(result, f"launching kernel {prepared.kernel.name!r}")
+
+    def copy(self, dst: int, src: int, size: int) -> None:
+        if size:
+            self._check(self.d.cuMemcpyDtoDAsync(dst, src, size, self.stream), "cuMemcpyDtoDAsync")
+
+    def memset(self, address: int, value: int, width: int, count: int) -> None:
+        fn = {1: self.d.cuMemsetD8Async, 2: self.d.cuMemsetD16Async, 4: self.d.cuMemsetD32Async}[width]
+        self._check(fn(address, value, count, self.stream), f"cuMemsetD{8 * width}Async")
+
+    def read_scalar(self, address: int, dtype: str) -> int | float:
+        size = dtypes.ITEMSIZE[dtype]
+        self._check(self.d.cuMemcpyDtoHAsync(self._pinned, address, size, self.stream), "cuMemcpyDtoHAsync (predicate)")
+        self.synchronize()
+        c = dtypes.SCALAR_CTYPES.get(dtype, ctypes.c_uint8)
+        return c.from_address(int(self._pinned)).value
+
+    def synchronize(self) -> None:
+        self._check(self.d.cuStreamSynchronize(self.stream), "cuStreamSynchronize")
+
+    # graphs and timing -------------------------------------------------------------------------
+
+    def capture(self, issue) -> Any:
+        """Record what ``issue()`` sends to the stream as a CUDA graph; return the executable graph."""
+        d = self.d
+        stream = self._check(d.cuStreamCreate(_enum_value(d.CUstream_flags.CU_STREAM_NON_BLOCKING)), "cuStreamCreate")
+        self._streams.append(stream)
+        caller, self.stream = self.stream, int(stream)
+        self._check(
+            d.cuStreamBeginCapture(stream, d.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+            "cuStreamBeginCapture",
+        )
+        try:
+            issue()
+        except BaseException:
+            d.cuStreamEndCapture(stream)
+            raise
+        finally:
+            self.stream = caller
+        graph = self._check(d.cuStreamEndCapture(stream), "cuStreamEndCapture")
+        executable = self._check(d.cuGraphInstantiate(graph, 0), "cuGraphInstantiate")
+        self._graphs.append((graph, executable))
+        return executable
+
+    def replay(self, executable: Any) -> None:
+        self._check(self.d.cuGraphLaunch(executable, self.stream), "cuGraphLaunch")
+
+    def timer(self):
+        """A (start, stop) pair: call start() and stop() around work; stop() returns milliseconds."""
+        d = self.d
+        begin = self._check(d.cuEventCreate(0), "cuEventCreate")
+        end = self._check(d.cuEventCreate(0), "cuEventCreate")
+
+        def start():
+            self._check(d.cuEventRecord(begin, self.stream), "cuEventRecord")
+
+        def stop() -> float:
+            self._check(d.cuEventRecord(end, self.stream), "cuEventRecord")
+            self._check(d.cuEventSynchronize(end), "cuEventSynchronize")
+            ms = self._check(d.cuEventElapsedTime(begin, end), "cuEventElapsedTime")
+            return float(ms)
+
+        def release():
+            d.cuEventDestroy(begin)
+            d.cuEventDestroy(end)
+
+        return start, stop, release
+
+    def close(self) -> None:
+        """Free everything this backend made; errors here are ignored (the process may be ending)."""
+        if self._closed:
+            return
+        self._closed = True
+        d = self.d
+        try:
+            d.cuCtxSetCurrent(self.ctx)
+            d.cuCtxSynchronize()
+            for graph, executable in self._graphs:
+                d.cuGraphExecDestroy(executable)
+                d.cuGraphDestroy(graph)
+            for stream in self._streams:
+                d.cuStreamDestroy(stream)
+            for address in self._allocations:
+                d.cuMemFree(address)
+            for module in self._modules.values():
+                d.cuModuleUnload(module)
+            d.cuMemFreeHost(self._pinned)
+            d.cuDevicePrimaryCtxRelease(self.dev)
+        except Exception:
+            pass

@@ -1,0 +1,147 @@
+"""The host-program interpreter, written once for every backend.
+
+A loaded program is a set of device buffers (known by their addresses), prepared kernels, and
+the manifest's tree of steps. :class:`Interpreter` walks that tree on each call: launches,
+copies and memsets go to the backend in order; ``loop`` repeats its body a constant number of
+times; ``while`` and ``if`` read a one-element predicate back from the device (the host round
+trip that Grinder's device-side control flow removes, kept here for what the compiler could not
+move onto the device).
+
+A backend is anything with the small interface of :class:`Backend`. Addresses are plain ints on
+every backend (device pointers on CUDA, host pointers on the CPU), so argument lists and
+offsets are computed here once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from quartet.errors import QuartetError
+from quartet.runtime.manifest import (
+    BufferArg,
+    Copy,
+    If,
+    IndexArg,
+    Kernel,
+    Launch,
+    Loop,
+    Manifest,
+    Memset,
+    Predicate,
+    ScalarArg,
+    Step,
+    While,
+)
+
+
+class Backend(Protocol):
+    """What the interpreter and the loaded program need from a device."""
+
+    name: str
+
+    def alloc(self, size: int) -> int:
+        """Allocate ``size`` bytes (at least 256-byte aligned); return the address."""
+
+    def free(self, address: int) -> None: ...
+
+    def upload(self, address: int, data: np.ndarray) -> None:
+        """Copy a contiguous uint8 host array to ``address``."""
+
+    def download(self, address: int, out: np.ndarray) -> None:
+        """Copy ``out.nbytes`` bytes from ``address`` into the contiguous uint8 host array ``out``."""
+
+    def prepare(self, kernel: Kernel, binary: Any) -> Any:
+        """Load kernel ``kernel`` from its binary (bytes, or a path for shared libraries)."""
+
+    def launch(self, prepared: Any, args: list[int | float]) -> None:
+        """Launch a prepared kernel; ``args`` holds an address for each buffer argument."""
+
+    def copy(self, dst: int, src: int, size: int) -> None: ...
+
+    def memset(self, address: int, value: int, width: int, count: int) -> None:
+        """Write ``count`` elements of ``width`` bytes (1, 2 or 4), each equal to ``value``."""
+
+    def read_scalar(self, address: int, dtype: str) -> int | float:
+        """Wait for the work issued so far and read one element of ``dtype`` at ``address``."""
+
+    def synchronize(self) -> None: ...
+
+
+class _LaunchPlan:
+    """A kernel's argument values with the buffer addresses filled in; index args are slots."""
+
+    def __init__(self, kernel: Kernel, prepared: Any, addresses: dict[str, int]):
+        self.prepared = prepared
+        self.values: list[int | float] = []
+        self.index_slots: list[tuple[int, str]] = []
+        for i, a in enumerate(kernel.args):
+            if isinstance(a, BufferArg):
+                self.values.append(addresses[a.buffer] + a.offset)
+            elif isinstance(a, ScalarArg):
+                self.values.append(a.value)
+            elif isinstance(a, IndexArg):
+                self.values.append(0)
+                self.index_slots.append((i, a.loop))
+
+    def args(self, env: dict[str, int]) -> list[int | float]:
+        if not self.index_slots:
+            return self.values
+        values = list(self.values)
+        for i, loop in self.index_slots:
+            values[i] = env[loop]
+        return values
+
+
+class Interpreter:
+    """Runs a manifest's host program on a backend over already-allocated buffers."""
+
+    def __init__(self, manifest: Manifest, backend: Backend, addresses: dict[str, int], prepared: dict[str, Any]):
+        self.manifest, self.backend, self.addresses = manifest, backend, addresses
+        self.plans = {k.name: _LaunchPlan(k, prepared[k.name], addresses) for k in manifest.kernels}
+
+    def run(self) -> None:
+        """Issue the whole program once."""
+        self._run(self.manifest.program, {})
+
+    def _run(self, steps: tuple[Step, ...], env: dict[str, int]) -> None:
+        b, addr = self.backend, self.addresses
+        for s in steps:
+            if isinstance(s, Launch):
+                plan = self.plans[s.kernel]
+                b.launch(plan.prepared, plan.args(env))
+            elif isinstance(s, Copy):
+                b.copy(addr[s.dst] + s.dst_offset, addr[s.src] + s.src_offset, s.size)
+            elif isinstance(s, Memset):
+                size = self.manifest.buffer_map[s.buffer].size - s.offset if s.size is None else s.size
+                if size:
+                    b.memset(addr[s.buffer] + s.offset, s.value, s.width, size // s.width)
+            elif isinstance(s, Loop):
+                for i in range(s.count):
+                    if s.index:
+                        env = {**env, s.index: i}
+                    self._run(s.body, env)
+            elif isinstance(s, While):
+                self._while(s, env)
+            elif isinstance(s, If):
+                self._run(s.then if self._truth(s.predicate) else s.else_, env)
+            else:  # validate() rejects these; an internal error if reached
+                raise TypeError(f"not a host-program step: {s!r}")
+
+    def _while(self, s: While, env: dict[str, int]) -> None:
+        iterations = 0
+        while True:
+            self._run(s.cond, env)
+            if not self._truth(s.predicate):
+                return
+            if s.max_iterations is not None and iterations >= s.max_iterations:
+                raise QuartetError(
+                    f"a host while loop ran past its max_iterations ({s.max_iterations}); "
+                    f"predicate buffer {s.predicate.buffer!r} never became zero"
+                )
+            self._run(s.body, env)
+            iterations += 1
+
+    def _truth(self, p: Predicate) -> bool:
+        return bool(self.backend.read_scalar(self.addresses[p.buffer] + p.offset, p.dtype))

@@ -1,0 +1,259 @@
+"""A loaded program: ``quartet.runtime.load(path)`` and calling the result.
+
+Loading opens and checks the artifact, picks the backend its manifest names, allocates every
+buffer once, uploads the weights, loads every kernel and, with ``graph=True`` on CUDA, records
+the whole host program as one CUDA graph. Calling the program checks the inputs against the
+manifest (count, shape, element type), copies them into the input buffers, runs the host
+program on the caller's stream, and returns the outputs as new tensors: torch tensors when any
+input was a torch tensor (on the GPU for the cuda backend), numpy arrays otherwise.
+
+Inputs are copied rather than bound in place, so buffer addresses never change between calls:
+that is what lets a captured graph be replayed. A loaded program is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quartet.errors import QuartetError
+from quartet.runtime import dtypes
+from quartet.runtime.artifact import Artifact, open_artifact, read_weight
+from quartet.runtime.interpreter import Interpreter
+from quartet.runtime.manifest import Manifest, TensorSpec, host_control_flow
+from quartet.runtime.targets import check_runnable
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Timings of the host program alone (inputs bound once, no input/output copies)."""
+
+    median_ms: float
+    min_ms: float
+    mean_ms: float
+    repeat: int
+
+    def __str__(self) -> str:
+        return f"median {self.median_ms:.4f} ms, min {self.min_ms:.4f} ms over {self.repeat} runs"
+
+
+def load(
+    path: str | os.PathLike,
+    *,
+    device: int = 0,
+    graph: bool = False,
+    verify: bool = True,
+) -> "Program":
+    """Load an artifact (folder or .qrt file) and return the callable :class:`Program`.
+
+    ``device``: CUDA device ordinal. ``graph``: capture the host program once as a CUDA graph
+    and replay it on every call (cuda backend only; refused for programs with host-side
+    ``while``/``if``, whose launches depend on device data). ``verify``: check the SHA-256 of
+    every file (sizes are always checked).
+    """
+    return Program(Path(path), device=device, graph=graph, verify=verify)
+
+
+class Program:
+    """A loaded artifact; call it as ``prog(*inputs, stream=None)``."""
+
+    def __init__(self, path: Path, *, device: int = 0, graph: bool = False, verify: bool = True):
+        self.path = path
+        self._where = str(path)
+        self.backend = None
+        art = open_artifact(path, verify=verify)
+        try:
+            self._init(art, device, graph)
+        finally:
+            art.close()
+
+    def _init(self, art: Artifact, device: int, graph: bool) -> None:
+        m = art.manifest
+        self.manifest: Manifest = m
+        if graph and (where := host_control_flow(m)):
+            raise QuartetError(
+                f"graph=True cannot capture this program: {where} is a host-side while/if whose "
+                f"launches depend on device data; load it without graph=True",
+                self._where,
+            )
+        if graph and m.backend != "cuda":
+            raise QuartetError(f"graph=True needs the cuda backend; this artifact is for {m.backend}", self._where)
+        self.backend = _make_backend(m, device, self._where)
+        if m.backend == "cuda":
+            check_runnable(m.target, m.backend, {k.binary_format for k in m.kernels}, "cuda", self.backend.device_arch, self._where)
+        b = self.backend
+        self.addresses = {buf.name: b.alloc(buf.size) for buf in m.buffers}
+        cache: dict[str, bytes] = {}
+        for w in m.weights:
+            b.upload(self.addresses[w.buffer], np.frombuffer(read_weight(art, w, cache), dtype=np.uint8))
+        prepared = {}
+        for k in m.kernels:
+            binary = art.path_of(k.binary) if m.backend == "cpu" else art.read(k.binary)
+            prepared[k.name] = b.prepare(k, binary)
+        self._interpreter = Interpreter(m, b, self.addresses, prepared)
+        b.synchronize()
+        self._graph = b.capture(self._interpreter.run) if graph else None
+
+    # calling -----------------------------------------------------------------------------------
+
+    def __call__(self, *inputs: Any, stream: Any = None):
+        """Run the program; returns one output, or a tuple of outputs when there are several."""
+        use_torch = self._bind_inputs(inputs, stream)
+        self._run()
+        outputs = [self._fetch(spec, use_torch, stream) for spec in self.manifest.outputs]
+        if not use_torch or self.manifest.backend != "cuda":
+            self.backend.synchronize()
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def bench(self, *inputs: Any, warmup: int = 3, repeat: int = 20, stream: Any = None) -> BenchResult:
+        """Time the host program alone: inputs are bound once, each timed run is one program run."""
+        self._bind_inputs(inputs, stream)
+        for _ in range(warmup):
+            self._run()
+        times = []
+        if self.manifest.backend == "cuda":
+            start, stop, release = self.backend.timer()
+            try:
+                for _ in range(repeat):
+                    start()
+                    self._run()
+                    times.append(stop())
+            finally:
+                release()
+        else:
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                self._run()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return BenchResult(statistics.median(times), min(times), statistics.fmean(times), repeat)
+
+    def _run(self) -> None:
+        if self._graph is not None:
+            self.backend.replay(self._graph)
+        else:
+            self._interpreter.run()
+
+    def _bind_inputs(self, inputs: tuple, stream: Any) -> bool:
+        """Check and copy the inputs into their buffers; True when outputs should be torch tensors."""
+        specs = self.manifest.inputs
+        if len(inputs) != len(specs):
+            names = ", ".join(s.name for s in specs)
+            raise QuartetError(f"expected {len(specs)} input(s) ({names}), got {len(inputs)}", self._where)
+        use_torch = any(dtypes.is_torch_tensor(x) for x in inputs)
+        if self.manifest.backend == "cuda":
+            self.backend.activate()
+            self.backend.set_stream(_resolve_stream(stream, self.backend, self._where))
+        elif stream is not None:
+            raise QuartetError("stream= is for the cuda backend; this artifact runs on the cpu", self._where)
+        for i, (x, spec) in enumerate(zip(inputs, specs)):
+            self._bind(i, x, spec)
+        return use_torch
+
+    def _bind(self, i: int, x: Any, spec: TensorSpec) -> None:
+        address = self.addresses[spec.buffer]
+        if dtypes.is_torch_tensor(x):
+            shape, dtype = tuple(x.shape), dtypes.name_of_torch(x.dtype)
+            self._check_input(i, spec, shape, dtype)
+            if x.device.type == "cuda":
+                if self.manifest.backend != "cuda":
+                    raise QuartetError(f"input {spec.name!r} is a CUDA tensor; this artifact runs on the cpu", self._where)
+                if x.device.index != self.backend.device:
+                    raise QuartetError(
+                        f"input {spec.name!r} is on cuda:{x.device.index}; the program is loaded on cuda:{self.backend.device}",
+                        self._where,
+                    )
+                x = x.detach().contiguous()
+                self.backend.copy(address, x.data_ptr(), spec.nbytes)
+                return
+            import torch
+
+            raw = x.detach().contiguous().reshape(-1).view(torch.uint8).numpy() if spec.nbytes else np.empty(0, np.uint8)
+        else:
+            if not isinstance(x, np.ndarray):
+                x = np.asarray(x)
+            self._check_input(i, spec, tuple(x.shape), dtypes.name_of_numpy(x.dtype))
+            raw = np.ascontiguousarray(x).reshape(-1).view(np.uint8)
+        self.backend.upload(address, raw)
+
+    def _check_input(self, i: int, spec: TensorSpec, shape: tuple, dtype: str) -> None:
+        if shape != spec.shape or dtype != spec.dtype:
+            raise QuartetError(
+                f"input {i} ({spec.name!r}): expected shape {list(spec.shape)} {spec.dtype}, "
+                f"got shape {list(shape)} {dtype}",
+                self._where,
+            )
+
+    def _fetch(self, spec: TensorSpec, use_torch: bool, stream: Any):
+        address = self.addresses[spec.buffer]
+        if use_torch:
+            import torch
+
+            device = f"cuda:{self.backend.device}" if self.manifest.backend == "cuda" else "cpu"
+            out = torch.empty(spec.shape, dtype=dtypes.torch_dtype(spec.dtype), device=device)
+            if self.manifest.backend == "cuda":
+                self.backend.copy(out.data_ptr(), address, spec.nbytes)
+                if isinstance(stream, torch.cuda.Stream):
+                    out.record_stream(stream)
+            elif spec.nbytes:
+                self.backend.download(address, out.reshape(-1).view(torch.uint8).numpy())
+            return out
+        out = np.empty(spec.shape, dtype=dtypes.numpy_dtype(spec.dtype))
+        self.backend.download(address, out.reshape(-1).view(np.uint8))
+        return out
+
+    # lifetime ----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the program's device memory, modules and graph (also done when it is collected)."""
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return f"<quartet Program {self.path.name}: {m.target}, {len(m.inputs)} input(s), {len(m.outputs)} output(s), {len(m.kernels)} kernel(s)>"
+
+
+def _make_backend(m: Manifest, device: int, where: str):
+    if m.backend == "cpu":
+        from quartet.runtime.cpu_backend import CpuBackend
+
+        return CpuBackend(where)
+    if m.backend == "cuda":
+        from quartet.runtime.cuda_backend import CudaBackend
+
+        return CudaBackend(device, where)
+    raise QuartetError(f"the {m.backend} backend is not available in this runtime (target {m.target})", where)
+
+
+def _resolve_stream(stream: Any, backend, where: str) -> int:
+    """The CUstream handle (an int) to run on: the caller's, torch's current one, or the legacy default."""
+    if stream is None:
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            return int(torch.cuda.current_stream(backend.device).cuda_stream)
+        return 0
+    if hasattr(stream, "cuda_stream"):  # torch.cuda.Stream, and cupy streams have .ptr
+        return int(stream.cuda_stream)
+    if isinstance(stream, int) and not isinstance(stream, bool):
+        return stream
+    if isinstance(stream, backend.d.CUstream):
+        return int(stream)
+    if hasattr(stream, "ptr"):
+        return int(stream.ptr)
+    raise QuartetError(
+        f"stream must be a torch.cuda.Stream, a CUstream or an int handle, got {type(stream).__name__}", where
+    )
