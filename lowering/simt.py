@@ -1,0 +1,907 @@
+"""SIMT kernels for memory-bound tiles: elementwise chains, row-wise programs (softmax, layernorm,
+reductions over the innermost axis), reductions over outer axes, and a generic fallback.
+
+Roller's rTile for a memory-bound operator is a tile of rows (or of flat element vectors) whose
+traffic is one read of each input and one write of each output; Welder's fused tiles keep every
+intermediate value of such a chain in registers. This module turns a configured ``quartet.tile``
+into a ``func.func`` on memrefs (the tile's tensor inputs in order of first use, then its
+results) holding one ``gpu.launch``, the form that ``lowering/binary.py`` compiles.
+
+Builders, picked by :func:`plan` (first that applies):
+
+* ``flat`` - the tile is a chain of all-parallel linalg ops over one iteration space: each thread
+  computes one vector of ``V`` elements of the innermost loop (16-byte loads/stores), inputs
+  read through their indexing maps (contiguous vector loads, broadcasts, gathers for
+  transposes); intermediates stay in registers.
+* ``row`` - a chain over the same rows whose reductions run over the innermost loop (softmax =
+  max, sub+exp, sum, div; layernorm = mean, var, normalize*gamma+beta): a group of ``G``
+  threads per row, ``RB`` rows per block, the row kept in registers (``C`` chunks of ``V``
+  elements per thread), per-thread partials folded with the reduction body, then
+  ``gpu.shuffle xor`` across the group (and a shared-memory step across warps when ``G`` > 32).
+  The accumulator type is the reduction's own (fp32 for fp16 data as torch-mlir emits it).
+* ``colreduce`` - one reduction over outer loops (innermost loop parallel): each thread owns
+  ``V`` adjacent outputs and walks the reduced loops serially; blocks of ``32 x TY`` threads
+  split the reduced loops over ``TY`` rows and combine in shared memory.
+* ``fallback`` - any single linalg op (plus a ``linalg.fill`` of its init): upstream transform
+  dialect ``tile_using_forall`` by ``block_tile`` onto ``#gpu.block<linear_dim_*>``, again by
+  ``thread_tile`` onto ``#gpu.thread<linear_dim_*>``, one-shot bufferization,
+  ``map_forall_to_blocks {generate_gpu_launch}`` and ``map_nested_forall_to_threads``.
+
+The first three are built op by op with upstream gpu/vector/arith/memref/scf ops: upstream has no
+transform that fuses a chain of reductions over one row into one kernel with warp shuffles, nor
+one that flattens an arbitrary-rank broadcasting elementwise op onto a 1-D grid of 16-byte
+vectors. Payload ops of ``linalg.generic`` bodies are cloned (widened to vectors in the
+``flat``/``row`` builders), so any arith/math payload lowers.
+
+Assumes: static shapes; the tile's non-tensor captures are ``arith.constant`` scalars (cloned into
+the kernel); tensor captures (activations and weights alike) are kernel arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from mlir import ir
+from mlir.dialects import arith, func, gpu, memref, scf, vector
+
+from quartet.errors import QuartetError, location_of
+
+from .binary import get_target
+
+# ---------------------------------------------------------------------------------------------
+# The kernel-argument convention shared by every builder (and gpu.py)
+
+
+def kernel_inputs(tile) -> list[ir.Value]:
+    """The tile's tensor inputs, in order of first use: the kernel's first arguments."""
+    return [v for v in tile.inputs if isinstance(v.type, ir.RankedTensorType)]
+
+
+def kernel_func(module: ir.Module, name: str, tile) -> tuple[func.FuncOp, list, list]:
+    """``func.func @name(inputs..., outputs...)`` on memrefs in ``module``; (fn, ins, outs)."""
+    ins = kernel_inputs(tile)
+    in_types = [_memref_of(v.type) for v in ins]
+    out_types = [_memref_of(r.type) for r in tile.results]
+    with ir.InsertionPoint(module.body):
+        fn = func.FuncOp(name, (in_types + out_types, []))
+    roles = ["input"] * len(in_types) + ["output"] * len(out_types)
+    fn.arg_attrs = ir.ArrayAttr.get([
+        ir.DictAttr.get({"quartet.role": ir.StringAttr.get(r)}) for r in roles])
+    entry = fn.add_entry_block()
+    args = list(entry.arguments)
+    return fn, args[:len(in_types)], args[len(in_types):]
+
+
+def _memref_of(t: ir.Type) -> ir.MemRefType:
+    t = ir.RankedTensorType(t)
+    if any(d < 0 for d in t.shape):
+        raise QuartetError(f"dynamic shape {t} is not supported")
+    return ir.MemRefType.get(list(t.shape), t.element_type)
+
+
+def _non_tensor_captures(tile) -> list[ir.Value]:
+    return [v for v in tile.inputs if not isinstance(v.type, ir.RankedTensorType)]
+
+
+def _loc(op) -> str | None:
+    return location_of(op)
+
+
+def _fail(tile, message: str):
+    raise QuartetError(f"'quartet.tile' {message}", _loc(tile.operation))
+
+
+# ---------------------------------------------------------------------------------------------
+# Small IR helpers
+
+
+def _index(v: int) -> ir.Value:
+    return arith.constant(ir.IndexType.get(), v)
+
+
+def _i32(v: int) -> ir.Value:
+    return arith.constant(ir.IntegerType.get_signless(32), v)
+
+
+def _owner_op(value: ir.Value):
+    owner = value.owner
+    if isinstance(owner, ir.Block):
+        return None
+    return owner.operation if hasattr(owner, "operation") else owner
+
+
+def _is_float(t: ir.Type) -> bool:
+    return isinstance(t, (ir.F16Type, ir.BF16Type, ir.F32Type, ir.F64Type))
+
+
+def _bytes_of(t: ir.Type) -> int:
+    if isinstance(t, ir.IntegerType):
+        return max(1, ir.IntegerType(t).width // 8)
+    return {"f16": 2, "bf16": 2, "f32": 4, "f64": 8}.get(str(t), 4)
+
+
+def _vec(t: ir.Type, width: int | None) -> ir.Type:
+    return ir.VectorType.get([width], t) if width else t
+
+
+def _splat(scalar: ir.Value, width: int | None) -> ir.Value:
+    if not width or isinstance(scalar.type, ir.VectorType):
+        return scalar
+    return vector.broadcast(ir.VectorType.get([width], scalar.type), scalar)
+
+
+def _const_like(attr: ir.Attribute, t: ir.Type, width: int | None) -> ir.Value:
+    if width:
+        vt = ir.VectorType.get([width], t)
+        return arith.ConstantOp(vt, ir.DenseElementsAttr.get_splat(vt, attr)).result
+    return arith.ConstantOp(t, attr).result
+
+
+def _float_attr(t: ir.Type, value: float) -> ir.Attribute:
+    return ir.FloatAttr.get(t, value)
+
+
+# Reduction combiners: op name -> (vector.reduction kind, identity(t))
+_INF = float("inf")
+COMBINERS = {
+    "arith.addf": (vector.CombiningKind.ADD, lambda t: _float_attr(t, 0.0)),
+    "arith.mulf": (vector.CombiningKind.MUL, lambda t: _float_attr(t, 1.0)),
+    "arith.maximumf": (vector.CombiningKind.MAXIMUMF, lambda t: _float_attr(t, -_INF)),
+    "arith.minimumf": (vector.CombiningKind.MINIMUMF, lambda t: _float_attr(t, _INF)),
+    "arith.maxnumf": (vector.CombiningKind.MAXNUMF, lambda t: _float_attr(t, -_INF)),
+    "arith.minnumf": (vector.CombiningKind.MINNUMF, lambda t: _float_attr(t, _INF)),
+    "arith.addi": (vector.CombiningKind.ADD, lambda t: ir.IntegerAttr.get(t, 0)),
+    "arith.muli": (vector.CombiningKind.MUL, lambda t: ir.IntegerAttr.get(t, 1)),
+    "arith.maxsi": (vector.CombiningKind.MAXSI,
+                    lambda t: ir.IntegerAttr.get(t, -(1 << (ir.IntegerType(t).width - 1)))),
+    "arith.minsi": (vector.CombiningKind.MINSI,
+                    lambda t: ir.IntegerAttr.get(t, (1 << (ir.IntegerType(t).width - 1)) - 1)),
+    "arith.ori": (vector.CombiningKind.OR, lambda t: ir.IntegerAttr.get(t, 0)),
+    "arith.xori": (vector.CombiningKind.XOR, lambda t: ir.IntegerAttr.get(t, 0)),
+    "arith.andi": (vector.CombiningKind.AND, lambda t: ir.IntegerAttr.get(t, -1)),
+}
+
+
+def _combine(name: str, a: ir.Value, b: ir.Value) -> ir.Value:
+    return ir.Operation.create(name, results=[a.type], operands=[a, b]).result
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic bodies: cloned, optionally widened to vectors
+
+
+def _live_body_ops(block: ir.Block, live_outputs: list[int]) -> list[ir.Operation]:
+    """Ops of a linalg body that the yielded values ``live_outputs`` depend on, in order."""
+    ops = [o.operation for o in block.operations]
+    yield_op = ops[-1]
+    needed = set()
+    work = [yield_op.operands[i] for i in live_outputs]
+    body = {id_of(o) for o in ops}
+    while work:
+        v = work.pop()
+        owner = _owner_op(v)
+        if owner is None or id_of(owner) not in body or id_of(owner) in needed:
+            continue
+        needed.add(id_of(owner))
+        work.extend(owner.operands)
+    return [o for o in ops[:-1] if id_of(o) in needed]
+
+
+def id_of(op) -> int:
+    """A stable identity of an op for sets (Python wrappers differ between accesses)."""
+    return hash(op.operation if hasattr(op, "operation") else op)
+
+
+def _outside_scalar(value: ir.Value, width: int | None) -> ir.Value:
+    """A value a linalg body reads from outside: an ``arith.constant`` scalar, cloned."""
+    owner = _owner_op(value)
+    if owner is None or owner.name != "arith.constant":
+        raise _Unsupported("a generic body reads a non-constant value from outside")
+    return _const_like(owner.attributes["value"], value.type, width)
+
+
+def emit_body(block: ir.Block, args: list, width: int | None,
+              live_outputs: list[int] | None = None) -> list[ir.Value]:
+    """Clone a linalg body at the current insertion point; return the (live) yielded values.
+
+    ``args`` gives one value per block argument (None when unused). With ``width`` every scalar
+    becomes a ``vector<width x T>``: scalar operands (constants, broadcast row values) are
+    splat, results widened.
+    """
+    ops = [o.operation for o in block.operations]
+    yield_op = ops[-1]
+    live = list(range(len(yield_op.operands))) if live_outputs is None else live_outputs
+    env: dict = {}
+    for barg, value in zip(block.arguments, args):
+        if value is not None:
+            env[barg] = _splat(value, width) if width else value
+    for op in _live_body_ops(block, live):
+        if op.name == "arith.constant":
+            env[op.results[0]] = _const_like(op.attributes["value"], op.results[0].type, width)
+            continue
+        if op.name in ("linalg.index",) or len(op.regions):
+            raise _Unsupported(f"'{op.name}' in a generic body")
+        operands = []
+        for v in op.operands:
+            if v in env:
+                operands.append(env[v])
+            elif isinstance(v.owner, ir.Block) and v.owner == block:
+                raise _Unsupported("a generic body reads an unused block argument")
+            else:
+                env[v] = _outside_scalar(v, width)
+                operands.append(env[v])
+        attrs = {key: op.attributes[key] for key in op.attributes}
+        new = ir.Operation.create(op.name, results=[_vec(r.type, width) for r in op.results],
+                                  operands=operands, attributes=attrs)
+        for old, res in zip(op.results, new.results):
+            env[old] = res
+    out = []
+    for i in live:
+        v = yield_op.operands[i]
+        if v in env:
+            out.append(env[v])
+        elif isinstance(v.owner, ir.Block):
+            raise _Unsupported("a generic body yields an unused block argument")
+        else:
+            out.append(_outside_scalar(v, width))
+    return out
+
+
+class _Unsupported(Exception):
+    """A tile this builder does not take (the dispatcher tries the next one)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis of a row program
+
+
+@dataclass
+class _Access:
+    """How a loop nest of the row space reaches a memref: one entry per memref dim."""
+
+    dims: list          # per memref dim: ("loop", k) or ("const", c)
+
+
+@dataclass
+class _Step:
+    op: ir.Operation
+    kind: str                # "empty" | "fill" | "reshape" | "generic"
+    space: str = ""          # "full" | "row"
+    reduction: bool = False
+    live: list = field(default_factory=list)    # live results (generic)
+
+
+@dataclass
+class RowProgram:
+    """A tile seen as rows: loops ``S[:-1]`` (flattened to R rows) and the inner loop ``N``."""
+
+    tile: object
+    steps: list
+    space: tuple            # S
+    rows: int               # R
+    inner: int              # N
+    vector: int             # V
+    reductions: int
+    full_loads: list        # element types of full-space memory accesses (for V)
+
+
+def _shape(v: ir.Value) -> tuple:
+    return tuple(ir.ShapedType(v.type).shape)
+
+
+def _affine_results(amap: ir.AffineMap) -> list:
+    out = []
+    for e in amap.results:
+        d = e.maybe_downcast() if hasattr(e, "maybe_downcast") else e
+        if isinstance(d, ir.AffineDimExpr):
+            out.append(("loop", d.position))
+        elif isinstance(d, ir.AffineConstantExpr):
+            out.append(("const", d.value))
+        else:
+            raise _Unsupported(f"indexing map result '{e}' (only dims and constants)")
+    return out
+
+
+def _maps(op) -> list:
+    return [_affine_results(ir.AffineMapAttr(a).value)
+            for a in ir.ArrayAttr(op.attributes["indexing_maps"])]
+
+
+def _iterators(op) -> list[str]:
+    return ["reduction" if "reduction" in str(a) else "parallel"
+            for a in ir.ArrayAttr(op.attributes["iterator_types"])]
+
+
+def _loop_ranges(op) -> tuple:
+    """Static extent of each loop of a linalg.generic, from its maps and operand shapes.
+
+    (``linalg_info.info`` clones the op alone into a function, which fails for bodies that
+    read constants from outside the op, as torch-mlir's do.)"""
+    n = len(_iterators(op))
+    ranges = [None] * n
+    for amap, v in zip(_maps(op), op.operands):
+        for (kind, x), extent in zip(amap, _shape(v)):
+            if kind == "loop" and ranges[x] is None:
+                ranges[x] = extent
+    if any(r is None or r < 0 for r in ranges):
+        raise _Unsupported("loop ranges that are not static")
+    return tuple(ranges)
+
+
+def _num_inputs(op) -> int:
+    return list(ir.DenseI32ArrayAttr(op.attributes["operandSegmentSizes"]))[0]
+
+
+def analyze_rows(tile) -> RowProgram:
+    """The :class:`RowProgram` of ``tile``, or raise ``_Unsupported`` with the reason."""
+    ops = tile.computation
+    for v in _non_tensor_captures(tile):
+        owner = _owner_op(v)
+        if owner is None or owner.name != "arith.constant":
+            raise _Unsupported("a non-constant scalar captured by the tile")
+    generics = [o for o in ops if o.name == "linalg.generic"]
+    if not generics:
+        raise _Unsupported("no linalg.generic")
+    space = max((_loop_ranges(o) for o in generics), key=lambda s: (math.prod(s), len(s)))
+    if not space:
+        raise _Unsupported("a 0-d iteration space")
+    R, N = math.prod(space[:-1]), space[-1]
+    row_shapes = {space[:-1], space[:-1] + (1,)}
+    if N == 1:
+        row_shapes = {space}
+
+    def klass(shape):
+        if shape == space:
+            return "full"
+        if shape in row_shapes:
+            return "row"
+        return None
+
+    steps, reductions, full_loads = [], 0, []
+    internal = set()
+    for op in ops:
+        name = op.name
+        if name == "tensor.empty":
+            steps.append(_Step(op, "empty"))
+        elif name == "linalg.fill":
+            if klass(_shape(op.results[0])) is None:
+                raise _Unsupported(f"linalg.fill of shape {_shape(op.results[0])}")
+            steps.append(_Step(op, "fill", klass(_shape(op.results[0]))))
+        elif name in ("tensor.expand_shape", "tensor.collapse_shape"):
+            a, b = klass(_shape(op.operands[0])), klass(_shape(op.results[0]))
+            if a != "row" or b != "row":
+                raise _Unsupported(f"'{name}' that is not a row reshape")
+            steps.append(_Step(op, "reshape", "row"))
+        elif name == "linalg.generic":
+            iters = _iterators(op)
+            loops = _loop_ranges(op)
+            maps = _maps(op)
+            nin = _num_inputs(op)
+            if loops == space:
+                space_kind = "full"
+                if "reduction" in iters:
+                    if iters != ["parallel"] * (len(iters) - 1) + ["reduction"]:
+                        raise _Unsupported("a reduction that is not over the innermost loop only")
+                    if len(space) == 0:
+                        raise _Unsupported("0-d reduction")
+                    reductions += 1
+                red = "reduction" in iters
+            elif loops in row_shapes:
+                space_kind = "row"
+                red = False
+                if "reduction" in iters:
+                    raise _Unsupported("a reduction over a row-space op")
+            else:
+                raise _Unsupported(f"a linalg.generic over loops {loops} in a tile over {space}")
+            n_loops = len(loops)
+            for i, (amap, v) in enumerate(zip(maps, op.operands)):
+                body_arg = op.regions[0].blocks[0].arguments[i]
+                is_init = i >= nin
+                if is_init and not red and len(list(body_arg.uses)) == 0:
+                    continue
+                _check_map(amap, n_loops, space_kind, red and is_init)
+                inside = v in internal
+                if space_kind == "full" and not (red and is_init):
+                    if not inside and any(d == ("loop", n_loops - 1) for d in amap):
+                        full_loads.append(ir.ShapedType(v.type).element_type)
+            block = op.regions[0].blocks[0]
+            live = [k for k, r in enumerate(op.results) if len(list(r.uses))]
+            if red:
+                for k in live:
+                    _combiner_of(block, nin, k)
+            # Check the body is clonable (live part).
+            for bop in _live_body_ops(block, live):
+                if bop.name == "linalg.index" or len(bop.regions):
+                    raise _Unsupported(f"'{bop.name}' in a generic body")
+            steps.append(_Step(op, "generic", space_kind, red, live))
+            want = "full" if space_kind == "full" and not red else "row"
+            for r in op.results:
+                if klass(_shape(r)) != want:
+                    raise _Unsupported(f"a result of shape {_shape(r)} in a tile over {space}")
+        else:
+            raise _Unsupported(f"'{name}' in a row program")
+        for r in op.results:
+            internal.add(r)
+    for v in tile.terminator.operands:
+        if v not in internal or klass(_shape(v)) is None:
+            raise _Unsupported("a yielded value not computed in the tile")
+    elt_bytes = [_bytes_of(t) for t in full_loads] or \
+        [_bytes_of(ir.ShapedType(r.type).element_type) for r in tile.results]
+    V = max(1, 16 // min(elt_bytes))
+    while V > 1 and N % V:
+        V //= 2
+    return RowProgram(tile, steps, space, R, N, V, reductions, full_loads)
+
+
+def _check_map(amap, n_loops: int, space_kind: str, reduction_init: bool) -> None:
+    loops = [d for d in amap if d[0] == "loop"]
+    for d in amap:
+        if d[0] == "const" and d[1] != 0:
+            raise _Unsupported("an indexing map with a non-zero constant")
+    positions = [d[1] for d in loops]
+    if len(set(positions)) != len(positions):
+        raise _Unsupported("an indexing map repeating a loop")
+    if reduction_init and (n_loops - 1) in positions:
+        raise _Unsupported("a reduction init indexed by the reduced loop")
+
+
+def _combiner_of(block: ir.Block, nin: int, k: int) -> str:
+    """The op name combining output ``k``'s partials: ``yield k = op(x, out_k)``."""
+    yield_op = list(block.operations)[-1].operation
+    out_arg = block.arguments[nin + k]
+    v = yield_op.operands[k]
+    owner = _owner_op(v)
+    if owner is None or owner.name not in COMBINERS or len(owner.operands) != 2:
+        raise _Unsupported("a reduction whose body is not 'combine(f(in), out)'")
+    a, b = owner.operands
+    if not (a == out_arg) ^ (b == out_arg):
+        raise _Unsupported("a reduction whose body is not 'combine(f(in), out)'")
+    # The other operand must not depend on out_arg.
+    other = b if a == out_arg else a
+    work, seen = [other], set()
+    while work:
+        x = work.pop()
+        if x == out_arg:
+            raise _Unsupported("a reduction whose body is not 'combine(f(in), out)'")
+        o = _owner_op(x)
+        if o is not None and id_of(o) not in seen and o.parent == owner.parent:
+            seen.add(id_of(o))
+            work.extend(o.operands)
+    return owner.name
+
+
+# ---------------------------------------------------------------------------------------------
+# Values of a row program while it is emitted
+
+
+@dataclass
+class _Full:
+    chunks: list          # one vector<V x T> per chunk
+
+
+@dataclass
+class _Row:
+    value: ir.Value       # a scalar, the same for the whole row
+
+
+@dataclass
+class _Uniform:
+    value: ir.Value       # a scalar, the same everywhere (linalg.fill)
+
+
+@dataclass
+class _RowConfig:
+    mode: str             # "flat" | "row"
+    threads: int          # T
+    group: int            # G threads per row (row mode)
+    rows_per_block: int   # RB
+    chunks: int           # C vectors per thread per row
+    grid: int
+
+
+class _RowEmitter:
+    """Emits a :class:`RowProgram` inside a ``gpu.launch`` body."""
+
+    def __init__(self, prog: RowProgram, cfg: _RowConfig, in_memrefs: dict, out_memrefs: list,
+                 smem: list, warp: int):
+        self.p, self.cfg = prog, cfg
+        self.inputs = in_memrefs        # tensor value -> memref block argument
+        self.outputs = out_memrefs
+        self.smem = smem                # one workgroup memref per reduction (G > warp)
+        self.warp = warp
+        self.env: dict = {}
+        self.red_index = 0
+
+    # --- indices -------------------------------------------------------------------------
+    def setup(self, bid: ir.Value, tid: ir.Value) -> None:
+        p, cfg = self.p, self.cfg
+        V = p.vector
+        if cfg.mode == "flat":
+            total = p.rows * p.inner
+            gid = arith.addi(arith.muli(bid, _index(cfg.threads)), tid)
+            e = arith.muli(gid, _index(V))
+            self.valid = arith.cmpi(arith.CmpIPredicate.ult, e, _index(total))
+            e = arith.minui(e, _index(total - V))
+            r = arith.divui(e, _index(p.inner))
+            self.j = [arith.remui(e, _index(p.inner))]
+            self.chunk_valid = [None]
+            self.lane0 = arith.cmpi(arith.CmpIPredicate.eq, self.j[0], _index(0))
+        else:
+            G, RB = cfg.group, cfg.rows_per_block
+            grp = arith.divui(tid, _index(G)) if RB > 1 else _index(0)
+            lane = arith.remui(tid, _index(G)) if RB > 1 else tid
+            self.lane, self.grp = lane, grp
+            r = arith.addi(arith.muli(bid, _index(RB)), grp) if RB > 1 else bid
+            if cfg.grid * RB != p.rows:
+                self.valid = arith.cmpi(arith.CmpIPredicate.ult, r, _index(p.rows))
+                r = arith.minui(r, _index(p.rows - 1))
+            else:
+                self.valid = None
+            self.j, self.chunk_valid = [], []
+            for c in range(cfg.chunks):
+                j = arith.muli(arith.addi(_index(c * G), lane), _index(V))
+                if (c * G + G) * V > p.inner:
+                    self.chunk_valid.append(arith.cmpi(arith.CmpIPredicate.ult, j,
+                                                       _index(p.inner)))
+                    j = arith.minui(j, _index(p.inner - V))
+                else:
+                    self.chunk_valid.append(None)
+                self.j.append(j)
+            self.lane0 = arith.cmpi(arith.CmpIPredicate.eq, lane, _index(0))
+        # Leading loop indices from the row number.
+        lead = list(p.space[:-1])
+        self.lead = []
+        for k, extent in enumerate(lead):
+            stride = math.prod(lead[k + 1:])
+            q = arith.divui(r, _index(stride)) if stride > 1 else r
+            self.lead.append(arith.remui(q, _index(extent)) if k > 0 else q)
+        self.row = r
+
+    # --- memory --------------------------------------------------------------------------
+    def _indices(self, amap, n_loops: int, chunk: int | None) -> list[ir.Value]:
+        """Memref indices of one access: loop k < n-1 is a leading loop (from the row number);
+        the last loop is the inner loop (chunk start) of a full op or the unit loop of a row op."""
+        idx = []
+        n = len(self.p.space)
+        for kind, x in amap:
+            if kind == "const":
+                idx.append(_index(x))
+            elif x < n - 1:
+                idx.append(self.lead[x])
+            elif chunk is not None:
+                idx.append(self.j[chunk])
+            else:
+                idx.append(_index(0))
+        return idx
+
+    def load_full(self, value: ir.Value, amap, chunk: int) -> ir.Value:
+        """A vector of V elements of a captured tensor along the inner loop."""
+        V, n = self.p.vector, len(self.p.space)
+        mem = self.inputs[value]
+        elt = ir.MemRefType(mem.type).element_type
+        last = ("loop", n - 1)
+        idx = self._indices(amap, n, chunk)
+        if amap and amap[-1] == last:
+            align = V * _bytes_of(elt)
+            return vector.load(ir.VectorType.get([V], elt), mem, idx, alignment=align)
+        if last not in amap:
+            return _splat(memref.load(mem, idx), V)
+        # A transposed operand: gather V scalars.
+        pos = amap.index(last)
+        elems = []
+        for k in range(V):
+            ik = list(idx)
+            ik[pos] = arith.addi(idx[pos], _index(k))
+            elems.append(memref.load(mem, ik))
+        return vector.from_elements(ir.VectorType.get([V], elt), elems)
+
+    def load_row(self, value: ir.Value, amap, n_loops: int) -> ir.Value:
+        mem = self.inputs[value]
+        return memref.load(mem, self._indices(amap, n_loops, None))
+
+    def operand(self, value: ir.Value, amap, n_loops: int, chunk: int | None, full: bool):
+        """The value of a generic operand for one chunk (full ops) or the row (row ops)."""
+        V = self.p.vector
+        if value in self.env:
+            got = self.env[value]
+            if isinstance(got, _Full):
+                return got.chunks[chunk]
+            return _splat(got.value, V) if full else got.value
+        if value not in self.inputs:
+            raise _Unsupported("an operand that is neither computed in the tile nor an input")
+        if full:
+            return self.load_full(value, amap, chunk)
+        return self.load_row(value, amap, n_loops)
+
+    # --- steps ---------------------------------------------------------------------------
+    def run(self) -> None:
+        for step in self.p.steps:
+            op = step.op
+            if step.kind == "empty":
+                continue
+            if step.kind == "fill":
+                self.env[op.results[0]] = _Uniform(self.scalar_operand(op.operands[0]))
+            elif step.kind == "reshape":
+                self.env[op.results[0]] = self.env[op.operands[0]]
+            elif step.reduction:
+                self.reduce(step)
+            else:
+                self.parallel(step)
+        self.store()
+
+    def scalar_operand(self, v: ir.Value) -> ir.Value:
+        owner = _owner_op(v)
+        if owner is not None and owner.name == "arith.constant":
+            return arith.ConstantOp(v.type, owner.attributes["value"]).result
+        raise _Unsupported("linalg.fill of a non-constant value")
+
+    def _body_args(self, op, chunk, full: bool, use_inits: bool) -> list:
+        block = op.regions[0].blocks[0]
+        nin = _num_inputs(op)
+        n_loops = len(_iterators(op))
+        args = []
+        for i, (amap, v) in enumerate(zip(_maps(op), op.operands)):
+            barg = block.arguments[i]
+            if i >= nin and (not use_inits or not len(list(barg.uses))):
+                args.append(None)
+                continue
+            if not len(list(barg.uses)):
+                args.append(None)
+                continue
+            args.append(self.operand(v, amap, n_loops, chunk, full))
+        return args
+
+    def parallel(self, step: _Step) -> None:
+        op = step.op
+        block = op.regions[0].blocks[0]
+        if step.space == "full":
+            per_chunk = []
+            for c in range(len(self.j)):
+                args = self._body_args(op, c, True, True)
+                per_chunk.append(emit_body(block, args, self.p.vector, step.live))
+            for n, k in enumerate(step.live):
+                self.env[op.results[k]] = _Full([vals[n] for vals in per_chunk])
+        else:
+            args = self._body_args(op, None, False, True)
+            vals = emit_body(block, args, None, step.live)
+            for n, k in enumerate(step.live):
+                self.env[op.results[k]] = _Row(vals[n])
+
+    def reduce(self, step: _Step) -> None:
+        op = step.op
+        block = op.regions[0].blocks[0]
+        nin = _num_inputs(op)
+        V = self.p.vector
+        live = step.live
+        kinds, accs = [], []
+        for k in live:
+            name = _combiner_of(block, nin, k)
+            t = ir.ShapedType(op.results[k].type).element_type
+            kind, ident = COMBINERS[name]
+            kinds.append((name, kind, t))
+            accs.append(_const_like(ident(t), t, V))
+        for c in range(len(self.j)):
+            args = self._body_args(op, c, True, False)
+            args = args[:nin] + [None] * (len(args) - nin)
+            for n, k in enumerate(live):
+                args[nin + k] = accs[n]
+            new = emit_body(block, args, V, live)
+            valid = self.chunk_valid[c]
+            for n in range(len(live)):
+                accs[n] = arith.select(valid, new[n], accs[n]) if valid is not None else new[n]
+        n_loops = len(_iterators(op))
+        for n, k in enumerate(live):
+            name, kind, t = kinds[n]
+            s = vector.reduction(t, kind, accs[n])
+            if self.cfg.mode == "row":
+                s = self.group_combine(name, s)
+            init = op.operands[nin + k]
+            init_v = self.operand(init, _maps(op)[nin + k], n_loops, None, False)
+            self.env[op.results[k]] = _Row(_combine(name, s, init_v))
+
+    def group_combine(self, name: str, s: ir.Value) -> ir.Value:
+        """Combine a per-thread partial across the G threads of the row."""
+        G, W = self.cfg.group, self.warp
+        width = _i32(min(G, W))
+        offset = min(G, W) // 2
+        while offset >= 1:
+            other = gpu.shuffle(s, _i32(offset), width, gpu.ShuffleMode.XOR)[0]
+            s = _combine(name, s, other)
+            offset //= 2
+        if G <= W:
+            return s
+        # Across the G / W warps of the row: lane 0 of each warp writes its partial to shared
+        # memory, then every thread combines the partials of its row.
+        warps = G // W
+        smem = self.smem[self.red_index]
+        self.red_index += 1
+        lane_in_warp = arith.remui(self.lane, _index(W))
+        warp_in_row = arith.divui(self.lane, _index(W))
+        slot = arith.addi(arith.muli(self.grp, _index(warps)), warp_in_row)
+        first = arith.cmpi(arith.CmpIPredicate.eq, lane_in_warp, _index(0))
+        if_op = scf.IfOp(first)
+        with ir.InsertionPoint(if_op.then_block):
+            memref.store(s, smem, [slot])
+            scf.YieldOp([])
+        gpu.barrier()
+        base = arith.muli(self.grp, _index(warps))
+        total = memref.load(smem, [base])
+        for w in range(1, warps):
+            total = _combine(name, total, memref.load(smem, [arith.addi(base, _index(w))]))
+        return total
+
+    def store(self) -> None:
+        p, V = self.p, self.p.vector
+        for i, v in enumerate(self.p.tile.terminator.operands):
+            mem = self.outputs[i]
+            mt = ir.MemRefType(mem.type)
+            got = self.env[v]
+            if isinstance(got, _Uniform) and tuple(mt.shape) == p.space:
+                got = _Full([_splat(got.value, V)] * len(self.j))
+            if isinstance(got, _Full):
+                align = V * _bytes_of(mt.element_type)
+                for c, chunk in enumerate(got.chunks):
+                    idx = self.lead + [self.j[c]]
+                    cond = _and(self.valid, self.chunk_valid[c])
+                    _guarded(cond, lambda chunk=chunk, idx=idx:
+                             vector.store(chunk, mem, idx, alignment=align))
+            else:
+                rank = len(mt.shape)
+                idx = self.lead[:rank] + [_index(0)] * (rank - len(self.lead))
+                cond = _and(self.valid, self.lane0)
+                _guarded(cond, lambda got=got, idx=idx: memref.store(got.value, mem, idx))
+
+
+def _and(a, b):
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return arith.andi(a, b)
+
+
+def _guarded(cond, emit) -> None:
+    if cond is None:
+        emit()
+        return
+    if_op = scf.IfOp(cond)
+    with ir.InsertionPoint(if_op.then_block):
+        emit()
+        scf.YieldOp([])
+
+
+def _pow2_at_least(x: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(1, x))))
+
+
+def row_config(prog: RowProgram, tile, warp: int) -> _RowConfig:
+    """Launch shape of a row program: from the tile's schedule where given, else defaults.
+
+    Schedule (Roller): ``threads`` = T; ``thread_tile[-1]`` = elements of the inner loop one
+    thread handles (C = that / V chunks); ``block_tile[:-1]`` = rows per block.
+    """
+    threads = tile.threads
+    thread_tile, block_tile = tile.thread_tile, tile.block_tile
+    where = _loc(tile.operation)
+    if threads is not None and (threads <= 0 or threads > 1024 or threads % warp):
+        raise QuartetError(f"'quartet.tile' threads={threads} does not fit the hardware "
+                           f"(a multiple of {warp}, at most 1024)", where)
+    V, N, R = prog.vector, prog.inner, prog.rows
+    NV = N // V
+    if prog.reductions == 0:
+        T = threads or 256
+        total = R * NV
+        return _RowConfig("flat", T, 1, 1, 1, max(1, math.ceil(total / T)))
+    per_thread = None
+    if thread_tile is not None and len(thread_tile) == len(prog.space):
+        per_thread = max(1, math.ceil(thread_tile[-1] / V))
+    if per_thread is None:
+        per_thread = 4 if NV >= 4 else NV
+    G = min(1024, _pow2_at_least(math.ceil(NV / per_thread)))
+    if threads is not None and G > threads:
+        G = threads
+    C = math.ceil(NV / G)
+    if C > 64:
+        raise QuartetError(f"'quartet.tile' a row of {N} elements needs {C} vectors per thread "
+                           f"with {G} threads per row (at most 64 are kept in registers)", where)
+    if threads is not None:
+        T = threads
+    elif block_tile is not None and len(block_tile) == len(prog.space):
+        T = G * max(1, min(1024 // G, math.prod(block_tile[:-1])))
+    else:
+        T = max(G, 256)
+    if T % G:
+        raise QuartetError(f"'quartet.tile' threads={T} is not a multiple of the {G} threads "
+                           f"that share a row", where)
+    RB = T // G
+    return _RowConfig("row", T, G, RB, C, math.ceil(R / RB))
+
+
+def build_row_kernel(tile, target, prog: RowProgram | None = None, name: str = "kernel"):
+    """The ``flat`` / ``row`` builder: a module with ``func @name`` holding one launch."""
+    target = get_target(target)
+    prog = prog or analyze_rows(tile)
+    cfg = row_config(prog, tile, target.warp_size)
+    module = ir.Module.create()
+    fn, ins, outs = kernel_func(module, name, tile)
+    acc_types = []
+    if cfg.mode == "row" and cfg.group > target.warp_size:
+        for step in prog.steps:
+            if step.reduction:
+                for k in step.live:
+                    acc_types.append(ir.ShapedType(step.op.results[k].type).element_type)
+    with ir.InsertionPoint(fn.entry_block):
+        launch = gpu.LaunchOp((cfg.grid, 1, 1), (cfg.threads, 1, 1))
+        func.ReturnOp([])
+    body = launch.regions[0].blocks[0]
+    smem = []
+    if acc_types:
+        launch.operation.attributes["workgroup_attributions"] = ir.IntegerAttr.get(
+            ir.IntegerType.get_signless(64), len(acc_types))
+        space = ir.Attribute.parse("#gpu.address_space<workgroup>")
+        for t in acc_types:
+            mt = ir.MemRefType.get([cfg.rows_per_block * cfg.group // target.warp_size], t,
+                                   memory_space=space)
+            smem.append(body.add_argument(mt, ir.Location.unknown()))
+    in_map = dict(zip(kernel_inputs(tile), ins))
+    emitter = _RowEmitter(prog, cfg, in_map, outs, smem, target.warp_size)
+    with ir.InsertionPoint(body):
+        emitter.setup(body.arguments[0], body.arguments[3])
+        emitter.run()
+        gpu.TerminatorOp()
+    return module, cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+
+
+BUILDERS = ("row", "colreduce", "fallback")
+
+
+def plan(tile) -> tuple[str, object]:
+    """(builder name, its analysis) for ``tile``; raise ``_Unsupported`` when none applies."""
+    reasons = []
+    try:
+        return "row", analyze_rows(tile)
+    except _Unsupported as e:
+        reasons.append(f"row: {e}")
+    raise _Unsupported("; ".join(reasons))
+
+
+def supports(tile) -> bool:
+    """Whether one of the SIMT builders takes ``tile``."""
+    try:
+        plan(tile)
+        return True
+    except _Unsupported:
+        return False
+
+
+def build_simt_kernel(tile, target, name: str = "kernel") -> ir.Module:
+    """A module holding ``func.func @name`` (memrefs: tile inputs, then outputs) with one
+    ``gpu.launch`` computing ``tile``. Raises :class:`QuartetError` naming the op it cannot
+    take."""
+    get_target(target)
+    with tile.operation.context, tile.operation.location:
+        try:
+            kind, analysis = plan(tile)
+        except _Unsupported as e:
+            root = _root_name(tile)
+            raise QuartetError(f"no SIMT kernel for '{root}': {e}",
+                               _loc(tile.operation)) from None
+        try:
+            if kind == "row":
+                module, _ = build_row_kernel(tile, target, analysis, name)
+        except _Unsupported as e:
+            raise QuartetError(f"no SIMT kernel for '{_root_name(tile)}': {e}",
+                               _loc(tile.operation)) from None
+        return module
+
+
+def _root_name(tile) -> str:
+    try:
+        return tile.root.operation.name
+    except ValueError:
+        return "quartet.tile"
