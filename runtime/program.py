@@ -71,6 +71,9 @@ class Program:
         art = open_artifact(path, verify=verify)
         try:
             self._init(art, device, graph)
+        except BaseException:
+            self.close()
+            raise
         finally:
             art.close()
 
