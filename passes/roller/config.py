@@ -1,0 +1,251 @@
+"""``roller-config{target=sm_90 topk=1}``: Roller's tile program on every ``quartet.tile``.
+
+For each tile the pass reads the loops and indexing maps of the tile's root op
+(``TileOp.root``, the last linalg op) and writes the schedule attributes that the lowerings
+read (``dialects/README.md``): ``block_tile``, ``thread_tile``, ``threads``, ``grid``,
+``smem_padding``, ``tensor_core`` and ``target``; with ``topk > 1`` also ``candidates``, the k
+best schedules as dictionaries of the same keys, best first (the first one is the main
+attributes). The schedule comes from Roller's construction policy (``policy.py``) for the
+hardware description of ``target`` (``passes/hardware.py``).
+
+A tile that already carries ``block_tile`` and ``thread_tile`` (a schedule given by hand) keeps
+them: :func:`check_fits` validates it against the hardware (threads per block, shared memory,
+registers per thread and per block, tensor-core fragment multiples, consistency of ``threads``
+and ``grid``) and the pass fills in whichever derived attributes are missing. A schedule that
+does not fit, and an op the policy does not support, are one-line errors naming the op.
+
+A ``linalg.fill`` tile is left unconfigured while ``dialects/linalg_info.py`` cannot describe
+an op with a scalar operand: the verifier (``dialects/verify.py``) reads a configured tile's
+loops through it and would reject the tile. The policy itself handles fills (``loop_info``).
+
+Welder's fused tiles are configured by their root op alone: the footprint of the other ops
+in the region is not counted (that is Welder's tile propagation, not Roller's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlir import ir
+
+from quartet.dialects import TileOp
+from quartet.dialects import linalg_info
+from quartet.dialects.linalg_info import LinalgInfo
+from quartet.errors import QuartetError, location_of
+from quartet.passes import hardware
+from quartet.passes.hardware import Hardware
+from quartet.passes.registry import ModulePass, register
+from quartet.passes.roller import policy
+from quartet.passes.roller.policy import Schedule, Unsupported
+
+
+def loop_info(root) -> LinalgInfo:
+    """``linalg_info.info`` of the root op. ``linalg.fill`` (a scalar input, which
+    ``linalg_info`` cannot shape) is described here: all loops parallel over its output."""
+    op = root.operation
+    try:
+        return linalg_info.info(op)
+    except Exception as e:   # noqa: BLE001  (any failure of the analysis means: unsupported)
+        if op.name == "linalg.fill":
+            return _fill_info(op)
+        raise Unsupported(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+
+def _fill_info(op) -> LinalgInfo:
+    out = ir.RankedTensorType(op.results[0].type) if len(op.results) else \
+        ir.ShapedType(op.operands[1].type)
+    shape = tuple(out.shape)
+    if any(d < 0 for d in shape):
+        raise Unsupported("dynamic shapes are not supported")
+    n = len(shape)
+    return LinalgInfo(name=op.name, iterator_types=("parallel",) * n,
+                      indexing_maps=((), tuple(f"d{i}" for i in range(n))),
+                      operand_shapes=((), shape),
+                      element_types=(str(op.operands[0].type), str(out.element_type)),
+                      num_inputs=1, loop_ranges=shape, payload=("linalg.yield",))
+
+
+def _fail(tile, message: str):
+    raise QuartetError(f"'quartet.tile' op {message}", location_of(tile.operation))
+
+
+def _root(tile: TileOp):
+    try:
+        return tile.root
+    except ValueError:
+        _fail(tile, "holds no linalg op")
+
+
+def configure(tile: TileOp, hw: Hardware, topk: int = 1) -> list[Schedule]:
+    """The policy's ``topk`` schedules for ``tile`` (best first); QuartetError if unsupported."""
+    root = _root(tile)
+    try:
+        return policy.construct(loop_info(root), hw, topk)
+    except Unsupported as e:
+        _fail(tile, f"with root '{root.operation.name}' is not supported by roller-config "
+                    f"on {hw.name}: {e}")
+
+
+def _given(tile: TileOp, name: str):
+    attrs = tile.operation.attributes
+    return attrs[name] if name in attrs else None
+
+
+def check_fits(tile: TileOp, hw: Hardware) -> Schedule:
+    """Validate a hand-given schedule (``block_tile`` and ``thread_tile`` present) against
+    ``hw``; return what follows from it. Raises a QuartetError naming the op and the reason."""
+    root = _root(tile)
+    name = root.operation.name
+    block, thread = tile.block_tile, tile.thread_tile
+
+    def fail(reason: str):
+        _fail(tile, f"with root '{name}': hand-given schedule does not fit {hw.name}: {reason}")
+
+    if block is None or thread is None:
+        fail("a hand-given schedule needs both 'block_tile' and 'thread_tile'")
+    try:
+        info = loop_info(root)
+        model = policy.model_of(info)
+    except Unsupported as e:
+        _fail(tile, f"with root '{name}' is not supported by roller-config on {hw.name}: {e}")
+    n = model.num_loops
+    if len(block) != n or len(thread) != n:
+        fail(f"'block_tile' and 'thread_tile' need {n} entries (one per loop), got "
+             f"{len(block)} and {len(thread)}")
+    for i, (b, t) in enumerate(zip(block, thread)):
+        if b < 1 or t < 1 or b % t:
+            fail(f"block_tile[{i}] = {b} is not a positive multiple of thread_tile[{i}] = {t}")
+    target = tile.target
+    if target is not None and target != hw.name:
+        fail(f"the tile's target is '{target}'")
+    tensor_core = tile.tensor_core
+    unit = None
+    if tensor_core:
+        unit = _check_fragments(model, hw, thread, fail)
+    padding = tile.smem_padding
+    if padding is not None and len(padding) != len(model.inputs):
+        fail(f"'smem_padding' needs {len(model.inputs)} entries, got {len(padding)}")
+    staged = policy.has_reuse(model)
+    s = policy.derive(model, hw, tuple(block), tuple(thread), tensor_core,
+                      padding=tuple(padding) if padding is not None else None,
+                      policy="given" if staged else "plain", unit=unit)
+    if tile.threads is not None and tile.threads != s.threads:
+        fail(f"threads = {tile.threads}, but block_tile / thread_tile give {s.threads}")
+    if tile.grid is not None and tuple(tile.grid) != s.grid:
+        fail(f"grid = {list(tile.grid)}, but the loop ranges and block_tile give {list(s.grid)}")
+    if s.threads > hw.max_threads_per_block:
+        fail(f"{s.threads} threads per block, at most {hw.max_threads_per_block}")
+    if hw.kind != "cpu":
+        if s.smem_bytes > hw.smem_per_block:
+            fail(f"{s.smem_bytes} bytes of shared memory per block for its staged inputs, "
+                 f"at most {hw.smem_per_block}")
+        if s.regs_per_thread > hw.max_regs_per_thread:
+            fail(f"about {s.regs_per_thread} registers per thread for its thread tile "
+                 f"{list(thread)}, at most {hw.max_regs_per_thread}")
+        if s.regs_per_thread * s.threads > hw.regs_per_block:
+            fail(f"about {s.regs_per_thread * s.threads} registers per block "
+                 f"({s.threads} threads x {s.regs_per_thread}), at most {hw.regs_per_block}")
+    return s
+
+
+def _check_fragments(model, hw: Hardware, thread, fail) -> tuple[int, ...]:
+    if hw.mma_shape is None:
+        fail("tensor_core = true, but the target has no tensor cores")
+    roles = policy.gemm_roles(model)
+    types = {o.dtype for o in model.inputs}
+    if roles is None or len(types) != 1 or next(iter(types)) not in ("f16", "bf16"):
+        fail("tensor_core = true needs a contraction of two f16 or bf16 inputs")
+    for what, loops, frag in (("m", roles.m, hw.mma_shape[0]), ("n", roles.n, hw.mma_shape[1]),
+                              ("k", roles.k, hw.mma_shape[2])):
+        extent = 1
+        for loop in loops:
+            extent *= thread[loop]
+        if extent % frag:
+            fail(f"the warp tile's {what} extent {extent} (loops {list(loops)}) is not a "
+                 f"multiple of the mma fragment's {frag}")
+    unit = [1] * model.num_loops
+    for loop in roles.k:
+        unit[loop] = thread[loop]
+    return tuple(unit)
+
+
+def write_schedule(tile: TileOp, schedules: list[Schedule], hw: Hardware,
+                   keep: tuple[str, ...] = ()) -> None:
+    """Write the first schedule as the tile's attributes (except those in ``keep``) and, when
+    there are several, all of them as ``candidates``."""
+    attrs = tile.operation.attributes
+    with tile.operation.context:
+        for key, value in _attributes(schedules[0]).items():
+            if key not in keep:
+                attrs[key] = value
+        if "target" not in keep:
+            attrs["target"] = ir.StringAttr.get(hw.name)
+        if len(schedules) > 1:
+            attrs["candidates"] = ir.ArrayAttr.get(
+                [ir.DictAttr.get(_attributes(s)) for s in schedules])
+
+
+def _attributes(s: Schedule) -> dict[str, ir.Attribute]:
+    i64 = ir.IntegerType.get_signless(64)
+    return {
+        "block_tile": ir.DenseI64ArrayAttr.get(list(s.block_tile)),
+        "thread_tile": ir.DenseI64ArrayAttr.get(list(s.thread_tile)),
+        "threads": ir.IntegerAttr.get(i64, s.threads),
+        "grid": ir.DenseI64ArrayAttr.get(list(s.grid)),
+        "smem_padding": ir.DenseI64ArrayAttr.get(list(s.smem_padding)),
+        "tensor_core": ir.BoolAttr.get(s.tensor_core),
+    }
+
+
+def _unverifiable_fill(tile: TileOp) -> bool:
+    root = _root(tile)
+    if root.operation.name != "linalg.fill":
+        return False
+    try:
+        linalg_info.info(root)
+    except Exception:   # noqa: BLE001
+        return True
+    return False
+
+
+def _tiles(module) -> list[TileOp]:
+    found: list[TileOp] = []
+
+    def visit(op):
+        if op.operation.name == "quartet.tile":
+            found.append(op.operation.opview)
+        return ir.WalkResult.ADVANCE
+
+    module.walk(visit)
+    return found
+
+
+@register
+@dataclass(frozen=True)
+class RollerConfig(ModulePass):
+    name = "roller-config"
+    summary = ("Roller: give every quartet.tile its tile program for a target (block and "
+               "thread tiles, grid, padding, tensor cores); validate hand-given ones")
+
+    target: str = "sm_90"
+    topk: int = 1
+
+    def __post_init__(self):
+        if self.topk < 1:
+            raise ValueError(f"topk must be at least 1, got {self.topk}")
+        hardware.get(self.target)       # an unknown target is an error before any IR is read
+
+    def apply(self, module) -> None:
+        hw = hardware.get(self.target)
+        for tile in _tiles(module):
+            if _unverifiable_fill(tile):
+                continue
+            attrs = tile.operation.attributes
+            if "block_tile" in attrs or "thread_tile" in attrs:
+                given = check_fits(tile, hw)
+                keep = tuple(name for name in ("block_tile", "thread_tile", "threads", "grid",
+                                               "smem_padding", "tensor_core", "target")
+                             if name in attrs)
+                write_schedule(tile, [given], hw, keep=keep)
+            else:
+                write_schedule(tile, configure(tile, hw, self.topk), hw)

@@ -1,0 +1,737 @@
+"""Roller's construction policy: a tile program for one linalg op, built, not searched.
+
+Follows Roller (OSDI'22) sections 4-5 as summarised in ``shared/papers/roller_rammer.md`` 1.2-1.6:
+
+* **Alignment rules (1.2).** Threads per block are a multiple of warp x sub-partitions
+  (execution units); the contiguous dimension of each block tile is a multiple of the memory
+  transaction or covers the whole dimension; the innermost dimension of every input staged in
+  shared memory is padded so that consecutive rows start in different banks; with tensor cores
+  every warp tile is a multiple of the mma fragment; a loop of extent N is padded up to a
+  multiple of its tile S only if ``ceil(N/S)*S <= N*(1+eps)``.
+* **Growth by data-reuse score (1.3, 1.4).** The register (per-thread, or per-warp with tensor
+  cores) tile grows from the unit tile one axis at a time, the axis with the best score
+  ``S_i = (Q(T) - Q(T'_i)) / (F(T'_i) - F(T))`` first, while it fits the register budget and
+  is not yet compute-bound against shared memory; then the block tile grows from it in multiples
+  of the register tile while it fits shared memory, threads and registers and is not yet
+  compute-bound against L2. Every aligned tile met on the way is a candidate; reduction steps are
+  transaction-aligned (``lcm(unit, 32 B / element) * 2^j`` up to a 128-byte row).
+* **Micro performance model (1.4).** Each candidate gets an estimated time: compute at the
+  target's peak shared among the blocks of an SM (and reduced when too few warps are resident to
+  hide latency), global traffic Q(T) over L2 and compulsory traffic over DRAM (with
+  transaction-rounding waste), shared-memory traffic of the register tiles, and a cost per
+  reduction step. Roller compiles and profiles its top-k; Quartet ranks them with this model.
+* **Scale-out and small operators (1.5).** The grid is ``ceil(N_i / block_i)`` per parallel
+  loop; reductions stay inside a block. An operator whose grid does not fill the SMs has its
+  block tile halved, lowest-reuse axis first (Roller's ``try_shrink``), and, when that leaves
+  fewer threads than a full set of sub-partitions, threads cooperate on the main reduction.
+* **Irregular extents (1.5).** The padding tolerance eps grows from 0 in steps of 0.2 until
+  enough candidates exist (197, 1000, 30522 have few divisors); the model charges the padding.
+* **Ops without reuse (1.4, ``PolicyPlainRT``).** Elementwise ops, pooling, depthwise
+  convolution and reductions gain nothing from large tiles: threads are a multiple of 32 laid
+  out innermost-first with vector-wide per-thread tiles on the contiguous axis. Row reductions
+  (the contiguous axis is reduced, as in softmax and layernorm) give a block whole rows, with
+  threads cooperating on the row; other reductions are serial per thread, with threads
+  cooperating when the parallel extent cannot fill the SMs.
+
+An op uses the reuse policy when some large input (at least 1/8 of the largest) does not depend on
+a parallel loop of extent > 1: that input is reused across the loop (matmul, convolution).
+Tensor cores (``tensor_core=true``) are used for f16/bf16 contractions of two inputs (GEMM roles
+M, N, K all present) when the target has an mma fragment; per-warp tiles and the reduction step
+are then fragment multiples. For a convolution the M role spans several loops (batch and output
+pixels): the *product* of the warp tile over the M loops is a multiple of the fragment's m (and
+likewise for N and K), each loop carrying the factor that divides its extent, innermost first.
+
+The schedule attributes written from a :class:`Schedule` follow the contract in
+``dialects/quartet.py``: ``block_tile`` (reduction loops: the step), ``thread_tile`` (reduction
+loops: elements one thread, or warp, reduces serially per step; block/thread threads cooperate),
+``threads`` (times the warp with tensor cores), ``grid`` (per parallel loop), ``smem_padding``
+(per input), ``tensor_core``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from quartet.dialects.linalg_info import LinalgInfo
+from quartet.passes.footprint import MapError, OpModel, is_padding_ok
+from quartet.passes.hardware import Hardware
+
+EPS_STEPS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+WINDOW = 16             # reduction loops this short (filter windows) are staged whole
+REG_GROWTH = (1, 2, 4, 8, 16, 32)
+
+
+class Unsupported(ValueError):
+    """The policy cannot configure this op; the message says why."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One tile program: the schedule attributes plus what the model derived for them."""
+
+    block_tile: tuple[int, ...]
+    thread_tile: tuple[int, ...]
+    threads: int
+    grid: tuple[int, ...]
+    smem_padding: tuple[int, ...]
+    tensor_core: bool
+    smem_bytes: int          # one stage of staged inputs, padding included
+    stages: int              # shared-memory stages the model assumed (double buffering)
+    regs_per_thread: int     # estimate
+    blocks_per_unit: int     # occupancy
+    estimate: float          # seconds, the micro performance model
+    policy: str              # "reuse" | "plain" | "given"
+    eps: float               # padding: max over loops of ceil(N/b)*b/N - 1
+
+    @property
+    def key(self):
+        return (self.block_tile, self.thread_tile, self.tensor_core)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+
+
+def model_of(info: LinalgInfo) -> OpModel:
+    try:
+        model = OpModel(info)
+    except MapError as e:
+        raise Unsupported(str(e)) from None
+    if not model.outputs:
+        raise Unsupported("the op has no output")
+    if any(r < 1 for r in model.ranges):
+        raise Unsupported("the op has an empty loop")
+    return model
+
+
+def construct(info: LinalgInfo, hw: Hardware, topk: int = 1) -> list[Schedule]:
+    """The ``topk`` best tile programs for the op, best first (by the performance model)."""
+    model = model_of(info)
+    if has_reuse(model):
+        schedules = _reuse_policy(model, hw, topk)
+    else:
+        schedules = _plain_policy(model, hw, topk)
+    if not schedules:
+        raise Unsupported(f"no tile configuration fits {hw.name}")
+    return schedules[:topk]
+
+
+def has_reuse(model: OpModel) -> bool:
+    """Whether a bigger tile cuts traffic: a large input does not vary along a parallel loop."""
+    if not model.inputs:
+        return False
+    largest = max(o.bytes for o in model.inputs)
+    for operand in model.inputs:
+        if operand.bytes * 8 < largest:
+            continue
+        loops = operand.loops
+        if any(p not in loops and model.ranges[p] > 1 for p in model.parallel):
+            return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# GEMM roles and tensor-core fragments
+
+
+@dataclass(frozen=True)
+class GemmRoles:
+    """Loops of a two-input contraction by role, each innermost first."""
+
+    batch: tuple[int, ...]
+    m: tuple[int, ...]
+    n: tuple[int, ...]
+    k: tuple[int, ...]
+
+
+def _inner_first(loops, operand) -> tuple[int, ...]:
+    def position(loop):
+        return max((i for i, d in enumerate(operand.dims) if loop in d.loops), default=-1)
+    return tuple(sorted(loops, key=lambda loop: (-position(loop), -loop)))
+
+
+def gemm_roles(model: OpModel) -> GemmRoles | None:
+    if len(model.inputs) != 2 or len(model.outputs) != 1:
+        return None
+    payload = set(model.info.payload)
+    if not ({"arith.mulf", "arith.addf"} <= payload or {"arith.muli", "arith.addi"} <= payload):
+        return None
+    a, b = model.inputs
+    c = model.outputs[0]
+    la, lb, lc = a.loops, b.loops, c.loops
+    par = [p for p in model.parallel if model.ranges[p] >= 1]
+    batch = [p for p in par if p in la and p in lb]
+    m = [p for p in par if p in la and p not in lb]
+    n = [p for p in par if p in lb and p not in la]
+    k = [r for r in model.reduction if r in la and r in lb]
+    if not m or not n or not k or len(batch) + len(m) + len(n) != len(par):
+        return None
+    if any(p not in lc for p in par):
+        return None
+    return GemmRoles(_inner_first(batch, c), _inner_first(m, c), _inner_first(n, c),
+                     _inner_first(k, a))
+
+
+def tensor_core_unit(model: OpModel, hw: Hardware, eps: float) -> tuple[int, ...] | None:
+    """The per-loop unit tile that makes every warp tile a multiple of the mma fragment, or None
+    when tensor cores do not apply (types, op structure, or extents beyond the padding rule)."""
+    if hw.mma_shape is None:
+        return None
+    types = {o.dtype for o in model.inputs}
+    if len(model.inputs) != 2 or len(types) != 1 or types.pop() not in ("f16", "bf16"):
+        return None
+    roles = gemm_roles(model)
+    if roles is None:
+        return None
+    unit = [1] * model.num_loops
+    main = main_reduction(model)
+    for loops, frag in ((roles.m, hw.mma_shape[0]), (roles.n, hw.mma_shape[1]),
+                        (roles.k, hw.mma_shape[2])):
+        if loops is roles.k:
+            # Window loops are staged whole: the fragment factor goes to the main loop.
+            loops = (main,) + tuple(k for k in loops if k != main and model.ranges[k] > WINDOW)
+        rest = frag
+        for loop in loops:
+            g = rest
+            while g > 1 and model.ranges[loop] % g:
+                g //= 2
+            unit[loop] = g
+            rest //= g
+        if rest > 1:
+            unit[loops[0]] *= rest
+            if not is_padding_ok(model.ranges[loops[0]], unit[loops[0]], eps):
+                return None
+    return tuple(unit)
+
+
+def _scalar_unit(model: OpModel, hw: Hardware) -> tuple[int, ...]:
+    """The unit tile without tensor cores: one element per loop on a GPU thread; on a CPU core
+    one vector along the output's contiguous loop (when the extent is a multiple of it)."""
+    unit = [1] * model.num_loops
+    if hw.kind == "cpu":
+        out = model.outputs[0]
+        loop = model.contiguous_loop(out)
+        lanes = max(1, hw.vector_bytes // max(4, out.elem_bytes))
+        if loop is not None and not model.is_reduction[loop] and model.ranges[loop] % lanes == 0:
+            unit[loop] = lanes
+    return tuple(unit)
+
+
+def main_reduction(model: OpModel) -> int | None:
+    """The reduction loop whose step is grown: the longest, innermost in the first input."""
+    if not model.reduction:
+        return None
+    first = model.inputs[0] if model.inputs else model.outputs[0]
+    order = _inner_first(model.reduction, first)
+    return max(model.reduction, key=lambda r: (model.ranges[r], -order.index(r)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Resource usage and the micro performance model
+
+
+def bank_padding(model: OpModel, hw: Hardware, block, tensor_core: bool) -> tuple[int, ...]:
+    """Rule 3 (memory bank): a staged input whose rows are an even number of access units long
+    (4-byte bank words; 16-byte ldmatrix rows with tensor cores) has every row start in the same
+    bank group, so threads reading down a column conflict; one access unit of padding makes the
+    row stride odd and spreads consecutive rows over the banks. Rows of other lengths already
+    start in staggered banks, and a one-row tile has nothing to conflict with: no padding."""
+    if hw.kind == "cpu":
+        return tuple(0 for _ in model.inputs)
+    unit = 16 if tensor_core else hw.bank_bytes
+    pads = []
+    for operand in model.inputs:
+        ext = model.data_tile(operand, block)
+        row = ext[-1] * operand.elem_bytes if ext else 0
+        if len(ext) < 2 or math.prod(ext[:-1]) == 1 or row % unit or (row // unit) % 2:
+            pads.append(0)
+        else:
+            pads.append(max(1, unit // operand.elem_bytes))
+    return tuple(pads)
+
+
+def register_usage(model: OpModel, hw: Hardware, thread, tensor_core: bool,
+                   unit=None) -> int:
+    """Registers per thread: the thread tile's operands for one reduction unit (1, or the
+    fragment's k with tensor cores), accumulators in 32 bits, plus the target's overhead.
+    With tensor cores the tile is a warp's, spread over its lanes."""
+    t = [thread[k] if not model.is_reduction[k] else (unit[k] if unit else 1)
+         for k in range(model.num_loops)]
+    total = 0
+    for operand in model.inputs:
+        total += math.prod(model.data_tile(operand, t)) * operand.elem_bytes
+    for operand in model.outputs:
+        total += math.prod(model.data_tile(operand, t)) * max(4, operand.elem_bytes)
+    words = -(-total // 4)
+    if tensor_core:
+        words = -(-words // hw.mma_warp_size)
+    return words + hw.reg_overhead
+
+
+def occupancy(hw: Hardware, threads: int, smem_bytes: int, regs: int) -> int:
+    """Blocks resident per SM (0 when one block does not fit)."""
+    limits = [hw.max_blocks_per_unit, hw.max_threads_per_unit // max(1, threads),
+              hw.regs_per_unit // max(1, regs * threads)]
+    if smem_bytes:
+        limits.append(hw.smem_per_unit // smem_bytes)
+    return max(0, min(limits))
+
+
+def estimate(model: OpModel, hw: Hardware, block, thread, threads: int, tensor_core: bool,
+             blocks_per_unit: int, staged: bool) -> float:
+    """Seconds the op takes at this tile, by Roller's micro model (module docstring)."""
+    grid = model.num_tiles(block)
+    per_unit = -(-grid // hw.num_units)
+    active = min(grid, hw.num_units)
+    resident = max(1, min(blocks_per_unit, per_unit))
+    warps = resident * -(-threads // hw.warp_size)
+    efficiency = min(1.0, warps / hw.warps_for_peak)
+    padded = model.padded_ranges(block)
+    full = tuple(padded[k] if model.is_reduction[k] else block[k] for k in range(model.num_loops))
+    dtype = model.inputs[0].dtype if model.inputs else model.outputs[0].dtype
+    peak = hw.peak(dtype, tensor_core)
+    t_compute = per_unit * model.flops(full) / (peak / hw.num_units) / efficiency
+    q = model.traffic(block)
+    q_sector = model.traffic(block, sector=hw.transaction_bytes)
+    dram = model.compulsory_bytes() * (q_sector / q if q else 1.0)
+    dram_bw = min(hw.dram_bandwidth, active * hw.unit_bandwidth)
+    l2_bw = hw.l2_bandwidth * active / hw.num_units
+    t_memory = max(q_sector / l2_bw, dram / dram_bw)
+    t_smem = 0.0
+    if staged:
+        inner = model.traffic(thread, space=full)
+        t_smem = per_unit * inner / (hw.smem_bandwidth / hw.num_units)
+    steps = math.prod(-(-model.ranges[r] // block[r]) for r in model.reduction)
+    t_sync = -(-per_unit // resident) * steps * hw.sync_seconds
+    return max(t_compute, t_memory, t_smem) + t_sync + hw.launch_seconds
+
+
+def derive(model: OpModel, hw: Hardware, block, thread, tensor_core: bool, *, padding=None,
+           policy: str = "given", unit=None) -> Schedule:
+    """Everything that follows from a block and a thread tile (block a multiple of thread)."""
+    lanes = math.prod(b // t for b, t in zip(block, thread))
+    threads = lanes * (hw.mma_warp_size if tensor_core else 1)
+    grid = tuple(-(-model.ranges[p] // block[p]) for p in model.parallel)
+    staged = policy != "plain"
+    if padding is None:
+        padding = bank_padding(model, hw, block, tensor_core) if staged else \
+            tuple(0 for _ in model.inputs)
+    smem = model.footprint(block, padding) if staged else 0
+    steps = math.prod(-(-model.ranges[r] // block[r]) for r in model.reduction)
+    stages = hw.pipeline_stages if (staged and steps > 1
+                                    and smem * hw.pipeline_stages <= hw.smem_per_block) else 1
+    regs = register_usage(model, hw, thread, tensor_core, unit)
+    bpu = occupancy(hw, threads, smem * stages, regs)
+    est = estimate(model, hw, block, thread, threads, tensor_core, max(1, bpu), staged)
+    padded = max((p / r - 1.0 for p, r in zip(model.padded_ranges(block), model.ranges)),
+                  default=0.0)
+    return Schedule(tuple(block), tuple(thread), threads, grid, tuple(padding), tensor_core,
+                    smem, stages, regs, bpu, est, policy, round(padded, 4))
+
+
+def fits(hw: Hardware, s: Schedule) -> bool:
+    return (s.threads <= hw.max_threads_per_block and s.smem_bytes <= hw.smem_per_block
+            and s.regs_per_thread <= hw.max_regs_per_thread
+            and s.regs_per_thread * s.threads <= hw.regs_per_block and s.blocks_per_unit >= 1)
+
+
+TIE = 0.03    # estimates this close to the best are ties for the model
+
+
+def _rank(schedules, topk: int) -> list[Schedule]:
+    """Best estimate first. Estimates within TIE of the best are a tie, broken by Roller's
+    preferences: less padding, 256 threads, then the larger block (fewer blocks to schedule)."""
+    schedules = list(schedules)
+    if not schedules:
+        return []
+    best = min(s.estimate for s in schedules)
+
+    def key(s):
+        tied = s.estimate <= best * (1 + TIE)
+        pref = (s.eps, abs(math.log2(max(1, s.threads) / 256)), -math.prod(s.block_tile))
+        return (0, pref, s.estimate) if tied else (1, (), s.estimate)
+
+    seen, out = set(), []
+    for s in sorted(schedules, key=key):
+        if s.key not in seen:
+            seen.add(s.key)
+            out.append(s)
+    return out[:topk]
+
+
+# ---------------------------------------------------------------------------------------------
+# The reuse policy (matmul, convolution)
+
+
+def _rstep_options(model: OpModel, hw: Hardware, unit, eps: float) -> list[dict[int, int]]:
+    """Reduction steps: window loops whole, the main loop transaction-aligned, others at unit."""
+    main = main_reduction(model)
+    if main is None:
+        return [{}]
+    base = {r: (model.ranges[r] if r != main and model.ranges[r] <= WINDOW else unit[r])
+            for r in model.reduction}
+    step = unit[main]
+    contiguous = [o for o in model.inputs if model.contiguous_loop(o) == main]
+    elem = min((o.elem_bytes for o in model.inputs), default=4)
+    if contiguous:
+        step = math.lcm(step, max(1, hw.transaction_bytes // min(o.elem_bytes
+                                                                 for o in contiguous)))
+    cap = max(step, hw.line_bytes // elem)
+    rng = model.ranges[main]
+    options = []
+    s = step
+    while s <= cap:
+        if is_padding_ok(rng, s, eps) and s < 2 * rng:
+            options.append(s)
+        s *= 2
+    if rng <= cap and rng % unit[main] == 0 and rng not in options:
+        options.append(rng)            # the whole reduction in one step
+    options = sorted(set(options))[-3:]
+    return [{**base, main: s} for s in options]
+
+
+def _with_reduction(tile, steps: dict[int, int]):
+    return tuple(steps.get(k, v) for k, v in enumerate(tile))
+
+
+def _transaction_aligned(model: OpModel, hw: Hardware, block) -> bool:
+    """Rule 2: the contiguous dimension of every operand indexed by one parallel loop is a
+    multiple of the transaction, or covers the whole dimension."""
+    for operand in model.operands:
+        if not operand.dims or len(operand.dims[-1].terms) != 1:
+            continue
+        loop = operand.dims[-1].terms[0][0]
+        if model.is_reduction[loop]:
+            continue
+        ext = min(block[loop], model.ranges[loop])
+        if ext < model.ranges[loop] and (ext * operand.elem_bytes) % hw.transaction_bytes:
+            return False
+    return True
+
+
+def _thread_tiles(model: OpModel, hw: Hardware, unit, tensor_core: bool) -> list[tuple]:
+    """Grow the register (warp) tile by reuse score until compute-bound against shared memory
+    or out of registers; return the last two tiles of the path."""
+    dtype = model.inputs[0].dtype
+    threshold = hw.peak(dtype, tensor_core) / hw.smem_bandwidth
+    order = _inner_first(model.parallel, model.outputs[0])
+    tile = list(unit)
+
+    def regs(t):
+        return register_usage(model, hw, t, tensor_core, unit)
+
+    def smem_bytes(t):
+        return model.footprint(t)
+
+    def bound(t):
+        return model.flops(t) >= threshold * max(1, smem_bytes(t))
+
+    def accumulators(t):
+        return math.prod(t[p] for p in model.parallel)
+
+    path = [tuple(tile)]
+    while not bound(tile) or accumulators(tile) < hw.min_accumulators:
+        best, best_score = None, -1.0
+        q_now, r_now = model.traffic(tile), regs(tile)
+        for loop in order:
+            cover = -(-model.ranges[loop] // unit[loop]) * unit[loop]
+            if tile[loop] * 2 > cover:
+                continue
+            grown = list(tile)
+            grown[loop] *= 2
+            r = regs(grown)
+            if r - hw.reg_overhead > hw.reg_tile_budget:
+                continue
+            score = (q_now - model.traffic(grown)) / max(1, r - r_now)
+            if score > best_score:
+                best, best_score = grown, score
+        if best is None:
+            break
+        tile = best
+        path.append(tuple(tile))
+    return path[-2:] if len(path) > 1 else path
+
+
+def _block_options(model: OpModel, loop: int, base: int, eps: float) -> list[int]:
+    rng = model.ranges[loop]
+    cover = -(-rng // base) * base
+    opts = {base * m for m in REG_GROWTH + (64, 128, 256) if base * m <= cover}
+    opts.add(cover)
+    return sorted(o for o in opts if is_padding_ok(rng, o, eps))
+
+
+def _block_tiles(model: OpModel, hw: Hardware, thread, steps: dict[int, int],
+                 tensor_core: bool, eps: float, unit) -> list[tuple]:
+    """Grow the block tile from the register tile by reuse score while it fits; every aligned
+    tile on the way is a candidate (the last one when none is aligned)."""
+    block = list(_with_reduction(thread, steps))
+    options = {p: _block_options(model, p, thread[p], eps) for p in model.parallel}
+    if any(not options[p] or options[p][0] != thread[p] for p in model.parallel):
+        return []
+    lanes_multiple = hw.sub_partitions if tensor_core else hw.peak_threads_multiple
+    threshold = hw.peak(model.inputs[0].dtype, tensor_core) / hw.l2_bandwidth
+    regs = register_usage(model, hw, thread, tensor_core, unit)
+    warp = hw.mma_warp_size if tensor_core else 1
+    order = _inner_first(model.parallel, model.outputs[0])
+
+    def lanes(b):
+        return math.prod(b[p] // thread[p] for p in model.parallel)
+
+    def ok(b):
+        threads = lanes(b) * warp
+        return (threads <= hw.max_threads_per_block and regs * threads <= hw.regs_per_block
+                and model.footprint(b) * hw.pipeline_stages <= hw.smem_per_block)
+
+    found = []
+    while True:
+        aligned = lanes(block) % lanes_multiple == 0 and _transaction_aligned(model, hw, block)
+        if aligned:
+            found.append(tuple(block))
+            padded = model.padded_ranges(block)
+            full = tuple(padded[k] if model.is_reduction[k] else block[k]
+                         for k in range(model.num_loops))
+            if model.flops(full) >= threshold * model.traffic(block, space=full):
+                break                                # aligned and compute-bound against L2
+        best, best_score = None, -1.0
+        q_now, f_now = model.traffic(block), model.footprint(block)
+        for p in order:
+            bigger = [o for o in options[p] if o > block[p]]
+            if not bigger:
+                continue
+            grown = list(block)
+            grown[p] = bigger[0]
+            if not ok(grown):
+                continue
+            score = (q_now - model.traffic(grown)) / max(1, model.footprint(grown) - f_now)
+            if score > best_score:
+                best, best_score = grown, score
+        if best is None:
+            break
+        block = best
+    if not found and ok(block):
+        found.append(tuple(block))
+    return found
+
+
+def _shrink(model: OpModel, hw: Hardware, block, thread, unit, tensor_core: bool,
+            eps: float) -> tuple[tuple, tuple]:
+    """Roller's try_shrink: halve the block tile, lowest reuse first, until the grid fills the
+    SMs; then restore a full set of sub-partitions with more threads per block (smaller
+    register tiles, then threads cooperating on the main reduction)."""
+    block, thread = list(block), list(thread)
+    while model.num_tiles(block) < hw.num_units:
+        best, best_cost = None, math.inf
+        q_now, f_now = model.traffic(block), model.footprint(block)
+        for p in model.parallel:
+            half = block[p] // 2
+            if block[p] % 2 or half < unit[p] or half % unit[p] or \
+                    not is_padding_ok(model.ranges[p], half, max(eps, 0.2)):
+                continue
+            smaller = list(block)
+            smaller[p] = half
+            cost = (model.traffic(smaller) - q_now) / max(1, f_now - model.footprint(smaller))
+            if cost < best_cost:
+                best, best_cost = p, cost
+        if best is None:
+            break
+        block[best] //= 2
+        if block[best] % thread[best]:
+            thread[best] = math.gcd(block[best], thread[best])
+    return tuple(block), _align_lanes(model, hw, block, thread, unit, tensor_core)
+
+
+def _align_lanes(model: OpModel, hw: Hardware, block, thread, unit, tensor_core: bool) -> tuple:
+    """Rule 1 for a block that cannot grow into it: more threads (or warps) per block until
+    they fill the sub-partitions, by halving register tiles (innermost loop first), then by
+    threads cooperating on the main reduction."""
+    block, thread = list(block), list(thread)
+    lanes_multiple = hw.sub_partitions if tensor_core else hw.peak_threads_multiple
+    lanes = math.prod(b // t for b, t in zip(block, thread))
+    need = lanes_multiple // math.gcd(lanes, lanes_multiple)
+    for p in _inner_first(model.parallel, model.outputs[0]):
+        while need > 1 and thread[p] % 2 == 0 and (thread[p] // 2) % unit[p] == 0 \
+                and thread[p] // 2 >= 1:
+            thread[p] //= 2
+            need //= 2
+    main = main_reduction(model)
+    while need > 1 and main is not None and thread[main] % 2 == 0 \
+            and (thread[main] // 2) % unit[main] == 0:
+        thread[main] //= 2
+        need //= 2
+    return tuple(thread)
+
+
+def _reuse_policy(model: OpModel, hw: Hardware, topk: int) -> list[Schedule]:
+    candidates: dict = {}
+    for tensor_core in (True, False):
+        for eps in EPS_STEPS:
+            unit = tensor_core_unit(model, hw, eps) if tensor_core else _scalar_unit(model, hw)
+            if unit is None:
+                continue
+            rsteps = _rstep_options(model, hw, unit, eps)
+            if not rsteps:
+                continue
+            for thread in _thread_tiles(model, hw, unit, tensor_core):
+                for block in _block_tiles(model, hw, thread, rsteps[0], tensor_core, eps, unit):
+                    for steps in rsteps:
+                        _add_reuse(candidates, model, hw, block, thread, steps, tensor_core,
+                                   eps, unit)
+            if len(candidates) >= topk and eps >= 0.2:
+                break
+        if candidates:
+            break     # tensor cores when they apply; CUDA cores otherwise
+    aligned = [s for s in candidates.values()
+               if s.threads % hw.peak_threads_multiple == 0]
+    return _rank(aligned or candidates.values(), topk)
+
+
+def _add_reuse(candidates, model, hw, block, thread, steps, tensor_core, eps, unit):
+    block = _with_reduction(block, steps)
+    thread = _with_reduction(thread, steps)
+    if model.num_tiles(block) < hw.num_units:
+        block, thread = _shrink(model, hw, block, thread, unit, tensor_core, eps)
+    else:
+        thread = _align_lanes(model, hw, block, thread, unit, tensor_core)
+    if model.footprint(block) * hw.pipeline_stages > hw.smem_per_block:
+        return
+    s = derive(model, hw, block, thread, tensor_core, policy="reuse", unit=unit)
+    if fits(hw, s) and s.key not in candidates:
+        candidates[s.key] = s
+
+
+# ---------------------------------------------------------------------------------------------
+# The plain policy (no reuse: elementwise, pooling, depthwise, reductions)
+
+
+def _plain_policy(model: OpModel, hw: Hardware, topk: int) -> list[Schedule]:
+    main = max(model.inputs, key=lambda o: o.bytes) if model.inputs else model.outputs[0]
+    elem = max(o.elem_bytes for o in model.operands)
+    vec = max(1, hw.vector_bytes // elem)
+    layout = _PlainLayout(model, hw, main)
+    counts = [t for t in (32, 64, 128, 256, 512, 1024) if t <= hw.max_threads_per_block]
+    if hw.warp_size == 1:
+        counts = [1, 4, 16, 64, 256]
+    candidates: dict = {}
+    for eps in EPS_STEPS:
+        for threads in counts:
+            for per_thread in (vec, 2 * vec, 4 * vec):
+                tiles = _plain_tile(model, hw, layout, threads, per_thread, eps)
+                if tiles is None:
+                    continue
+                s = derive(model, hw, tiles[0], tiles[1], False, policy="plain")
+                if fits(hw, s) and s.key not in candidates:
+                    candidates[s.key] = s
+        if len(candidates) >= topk and eps >= 0.2:
+            break
+    aligned = [s for s in candidates.values() if s.threads % hw.warp_size == 0]
+    return _rank(aligned or candidates.values(), topk)
+
+
+@dataclass(frozen=True)
+class _PlainLayout:
+    """Which loops the plain policy lays threads along, innermost first."""
+
+    vector: int | None       # parallel loop contiguous in the main input: vector loads
+    row: int | None          # reduction loop contiguous in the main input: a row reduction
+    store: int | None        # the output's contiguous loop when it differs from ``vector``
+    order: tuple[int, ...]   # loops that take threads, innermost first
+
+    def __init__(self, model: OpModel, hw: Hardware, main):
+        inner_in = model.contiguous_loop(main)
+        inner_out = model.contiguous_loop(model.outputs[0])
+        vector = inner_in if inner_in is not None and not model.is_reduction[inner_in] else None
+        row = inner_in if inner_in is not None and model.is_reduction[inner_in] else None
+        store = inner_out if vector is not None and inner_out not in (None, vector) else None
+        rest = [p for p in _inner_first(model.parallel, model.outputs[0])
+                if p not in (vector, store)]
+        order = tuple(x for x in (row, vector, store) if x is not None) + tuple(rest)
+        object.__setattr__(self, "vector", vector)
+        object.__setattr__(self, "row", row)
+        object.__setattr__(self, "store", store)
+        object.__setattr__(self, "order", order)
+
+
+def _pow2_at_most(n: int) -> int:
+    return 1 << (max(1, n).bit_length() - 1)
+
+
+def _fit_pow2(extent: int, want: int, eps: float) -> int:
+    """The largest power of two <= want whose padding of ``extent`` is within eps (1 at least)."""
+    t = _pow2_at_most(min(want, extent))
+    while t > 1 and not is_padding_ok(extent, t, eps):
+        t //= 2
+    return t
+
+
+def _plain_tile(model: OpModel, hw: Hardware, layout: _PlainLayout, threads: int,
+                per_thread: int, eps: float):
+    """Threads laid out along ``layout.order``; see the module docstring. None if none fits."""
+    ranges = model.ranges
+    thread = [1] * model.num_loops
+    block = [1] * model.num_loops
+    serial = None           # a long non-contiguous reduction, reduced serially in steps
+    if layout.vector is not None:
+        thread[layout.vector] = _fit_pow2(ranges[layout.vector], per_thread, eps)
+    if layout.store is not None and not model.is_reduction[layout.store]:
+        store_elem = model.outputs[0].elem_bytes
+        thread[layout.store] = _fit_pow2(ranges[layout.store],
+                                         max(1, hw.transaction_bytes // store_elem), eps)
+    for r in model.reduction:
+        if r == layout.row:
+            thread[r] = min(ranges[r], per_thread)
+        elif ranges[r] <= WINDOW:
+            thread[r] = ranges[r]
+        else:
+            thread[r] = _fit_pow2(ranges[r], 8, eps)
+            serial = r if serial is None else serial
+        block[r] = thread[r]
+    budget = threads
+    for loop in layout.order:
+        exact = -(-ranges[loop] // thread[loop])
+        lanes = min(budget, _pow2_at_most(exact))
+        while lanes > 1 and not is_padding_ok(ranges[loop], thread[loop] * lanes, eps):
+            lanes //= 2
+        if lanes < exact <= budget and is_padding_ok(ranges[loop], thread[loop] * exact, eps):
+            lanes = exact           # the whole extent, e.g. 56 = 14 lanes x 4
+        if not is_padding_ok(ranges[loop], thread[loop] * lanes, eps):
+            return None
+        block[loop] = thread[loop] * lanes
+        budget //= lanes
+    if budget > 1 and serial is not None:   # threads left over cooperate on the reduction
+        lanes = min(budget, _pow2_at_most(-(-ranges[serial] // thread[serial])))
+        block[serial] = thread[serial] * lanes
+    _plain_shrink(model, hw, layout, block, thread, serial)
+    return tuple(block), tuple(thread)
+
+
+def _plain_shrink(model: OpModel, hw: Hardware, layout: _PlainLayout, block, thread,
+                  serial) -> None:
+    """Fewer lanes per block, outermost loops first, until the grid fills the SMs; the lanes
+    freed go to a serial reduction (threads cooperate on it). The contiguous loops keep at
+    least one memory transaction per block (rule 2)."""
+
+    def minimum(loop):
+        if loop in (layout.vector, layout.store):
+            elem = model.outputs[0].elem_bytes if loop == layout.store else \
+                max(o.elem_bytes for o in model.inputs) if model.inputs else 4
+            return min(model.ranges[loop], max(1, hw.transaction_bytes // elem))
+        return 1
+
+    parallel_order = [p for p in layout.order if not model.is_reduction[p]]
+    while model.num_tiles(block) < hw.num_units:
+        for p in reversed(parallel_order):
+            if block[p] // thread[p] >= 2 and block[p] // 2 >= minimum(p):
+                block[p] //= 2
+                if serial is not None and block[serial] * 2 <= \
+                        -(-model.ranges[serial] // thread[serial]) * thread[serial]:
+                    block[serial] *= 2
+                break
+        else:
+            for p in parallel_order:
+                if thread[p] % 2 == 0 and block[p] // 2 >= minimum(p):
+                    thread[p] //= 2
+                    block[p] //= 2
+                    break
+            else:
+                return
