@@ -33,9 +33,9 @@ from quartet.runtime.manifest import (
     Step,
     TensorSpec,
     Weight,
-    manifest_from_json,
-    validate,
 )
+from quartet.runtime.parse import manifest_from_json
+from quartet.runtime.validate import validate
 from quartet.runtime.targets import BINARY_FORMATS, backend_of, check_runnable
 
 MANIFEST = "manifest.json"
@@ -221,7 +221,9 @@ class ArtifactWriter:
             os.replace(tmp, path)
             return path
         if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or (path / MANIFEST).exists())):
-            raise QuartetError(f"{path} exists and is not an artifact; refusing to overwrite it", "artifact writer")
+            raise QuartetError(
+                f"{path} exists and is not an artifact; refusing to overwrite it", "artifact writer"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))
         for name, data in files.items():
@@ -346,7 +348,9 @@ class _ZipReader:
         try:
             return self.zf.read(name)
         except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise QuartetError(f"artifact member {name} is truncated or corrupt ({e})", str(self.path)) from None
+            raise QuartetError(
+                f"artifact member {name} is truncated or corrupt ({e})", str(self.path)
+            ) from None
 
     def close(self) -> None:
         self.zf.close()
@@ -432,7 +436,9 @@ def _check_files(m: Manifest, reader: _Reader, location: str, verify: bool) -> N
             continue
         for w in m.weights:
             if w.file == f.name and sha256(data[w.offset : w.offset + w.size]) != w.sha256:
-                raise QuartetError(f"weight {w.name!r} in {f.name} fails its checksum: the artifact is corrupt", location)
+                raise QuartetError(
+                    f"weight {w.name!r} in {f.name} fails its checksum: the artifact is corrupt", location
+                )
         raise QuartetError(f"file {f.name} fails its checksum: the artifact is corrupt", location)
 
 

@@ -56,13 +56,16 @@ class CpuBackend:
             try:
                 lib = ctypes.CDLL(str(binary))
             except OSError as e:
-                raise QuartetError(f"kernel {kernel.name!r}: cannot load {binary.name}: {e}", self.location) from None
+                raise QuartetError(
+                    f"kernel {kernel.name!r}: cannot load {binary.name}: {e}", self.location
+                ) from None
             self._libraries[binary] = lib
         try:
             fn = getattr(lib, kernel.entry)
         except AttributeError:
             raise QuartetError(
-                f"kernel {kernel.name!r}: entry symbol {kernel.entry!r} not found in {binary.name}", self.location
+                f"kernel {kernel.name!r}: entry symbol {kernel.entry!r} not found in {binary.name}",
+                self.location,
             ) from None
         argtypes = []
         for a in kernel.args:

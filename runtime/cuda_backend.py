@@ -149,11 +149,17 @@ class CudaBackend:
 
     def upload(self, address: int, data: np.ndarray) -> None:
         if data.nbytes:
-            self._check(self.d.cuMemcpyHtoDAsync(address, data.ctypes.data, data.nbytes, self.stream), "cuMemcpyHtoDAsync")
+            self._check(
+                self.d.cuMemcpyHtoDAsync(address, data.ctypes.data, data.nbytes, self.stream),
+                "cuMemcpyHtoDAsync",
+            )
 
     def download(self, address: int, out: np.ndarray) -> None:
         if out.nbytes:
-            self._check(self.d.cuMemcpyDtoHAsync(out.ctypes.data, address, out.nbytes, self.stream), "cuMemcpyDtoHAsync")
+            self._check(
+                self.d.cuMemcpyDtoHAsync(out.ctypes.data, address, out.nbytes, self.stream),
+                "cuMemcpyDtoHAsync",
+            )
 
     def prepare(self, kernel: Kernel, binary: bytes) -> _Prepared:
         d = self.d
@@ -168,12 +174,15 @@ class CudaBackend:
         fattr = d.CUfunction_attribute
         if kernel.shared_memory > _STATIC_SHARED_LIMIT:
             self._check(
-                d.cuFuncSetAttribute(function, fattr.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, kernel.shared_memory),
+                d.cuFuncSetAttribute(
+                    function, fattr.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, kernel.shared_memory
+                ),
                 f"cuFuncSetAttribute(kernel {kernel.name!r}, {kernel.shared_memory} bytes of shared memory)",
             )
         threads = math.prod(kernel.block)
         limit = self._check(
-            d.cuFuncGetAttribute(fattr.CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, function), "cuFuncGetAttribute"
+            d.cuFuncGetAttribute(fattr.CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, function),
+            "cuFuncGetAttribute",
         )
         if threads > limit:
             raise QuartetError(
@@ -186,7 +195,10 @@ class CudaBackend:
 
     def _check_cooperative(self, kernel: Kernel, function: Any, threads: int) -> None:
         if not self.cooperative_ok:
-            raise QuartetError(f"kernel {kernel.name!r} is cooperative, and this GPU cannot launch cooperative kernels", self.location)
+            raise QuartetError(
+                f"kernel {kernel.name!r} is cooperative, and this GPU cannot launch cooperative kernels",
+                self.location,
+            )
         per_sm = self._check(
             self.d.cuOccupancyMaxActiveBlocksPerMultiprocessor(function, threads, kernel.shared_memory),
             "cuOccupancyMaxActiveBlocksPerMultiprocessor",
@@ -205,11 +217,30 @@ class CudaBackend:
         g, b = prepared.grid, prepared.block
         if prepared.cooperative:
             result = self.d.cuLaunchCooperativeKernel(
-                prepared.function, g[0], g[1], g[2], b[0], b[1], b[2], prepared.shared_memory, self.stream, prepared.params
+                prepared.function,
+                g[0],
+                g[1],
+                g[2],
+                b[0],
+                b[1],
+                b[2],
+                prepared.shared_memory,
+                self.stream,
+                prepared.params,
             )
         else:
             result = self.d.cuLaunchKernel(
-                prepared.function, g[0], g[1], g[2], b[0], b[1], b[2], prepared.shared_memory, self.stream, prepared.params, 0
+                prepared.function,
+                g[0],
+                g[1],
+                g[2],
+                b[0],
+                b[1],
+                b[2],
+                prepared.shared_memory,
+                self.stream,
+                prepared.params,
+                0,
             )
         self._check(result, f"launching kernel {prepared.kernel.name!r}")
 
@@ -223,7 +254,10 @@ class CudaBackend:
 
     def read_scalar(self, address: int, dtype: str) -> int | float:
         size = dtypes.ITEMSIZE[dtype]
-        self._check(self.d.cuMemcpyDtoHAsync(self._pinned, address, size, self.stream), "cuMemcpyDtoHAsync (predicate)")
+        self._check(
+            self.d.cuMemcpyDtoHAsync(self._pinned, address, size, self.stream),
+            "cuMemcpyDtoHAsync (predicate)",
+        )
         self.synchronize()
         c = dtypes.SCALAR_CTYPES.get(dtype, ctypes.c_uint8)
         return c.from_address(int(self._pinned)).value
@@ -236,7 +270,9 @@ class CudaBackend:
     def capture(self, issue) -> Any:
         """Record what ``issue()`` sends to the stream as a CUDA graph; return the executable graph."""
         d = self.d
-        stream = self._check(d.cuStreamCreate(_enum_value(d.CUstream_flags.CU_STREAM_NON_BLOCKING)), "cuStreamCreate")
+        stream = self._check(
+            d.cuStreamCreate(_enum_value(d.CUstream_flags.CU_STREAM_NON_BLOCKING)), "cuStreamCreate"
+        )
         self._streams.append(stream)
         caller, self.stream = self.stream, int(stream)
         self._check(

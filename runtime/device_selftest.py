@@ -28,7 +28,6 @@ import numpy as np
 from quartet.errors import QuartetError
 from quartet.runtime import (
     ArtifactWriter,
-    BufferArg,
     Copy,
     If,
     IndexArg,
@@ -253,7 +252,9 @@ class Context:
         return ArtifactWriter(self.arch, producer="device_selftest")
 
     def kernel(self, w: ArtifactWriter, name: str, entry: str, args, grid=GRID, block=BLOCK, **kw) -> str:
-        return w.add_kernel(name, self.binary, entry, grid, block, args=args, binary_format=self.binary_format, **kw)
+        return w.add_kernel(
+            name, self.binary, entry, grid, block, args=args, binary_format=self.binary_format, **kw
+        )
 
     def save(self, w: ArtifactWriter, name: str) -> Path:
         return w.save(self.workdir / name)
@@ -289,8 +290,15 @@ def _vadd_artifact(ctx: Context, name: str, binary_format: str | None = None) ->
     w.add_input("b", (N,), "float32")
     w.add_output("c", (N,), "float32")
     binary = PTX.encode() if binary_format == "ptx" else ctx.binary
-    w.add_kernel("add", binary, "vadd", GRID, BLOCK, args=["a", "b", "c", ScalarArg("int32", N)],
-                 binary_format=binary_format or ctx.binary_format)
+    w.add_kernel(
+        "add",
+        binary,
+        "vadd",
+        GRID,
+        BLOCK,
+        args=["a", "b", "c", ScalarArg("int32", N)],
+        binary_format=binary_format or ctx.binary_format,
+    )
     w.add_step(Launch("add"))
     return ctx.save(w, name)
 
@@ -392,7 +400,15 @@ def _gridswap_artifact(ctx: Context, name: str, blocks: int) -> Path:
     w.add_output("out", (blocks,), "uint32")
     w.add_buffer("data", 4 * blocks)
     w.add_buffer("counter", 4, "scalar")
-    ctx.kernel(w, "swap", "gridswap", ["data", "counter", "out"], grid=(blocks, 1, 1), block=(32, 1, 1), cooperative=True)
+    ctx.kernel(
+        w,
+        "swap",
+        "gridswap",
+        ["data", "counter", "out"],
+        grid=(blocks, 1, 1),
+        block=(32, 1, 1),
+        cooperative=True,
+    )
     w.add_step(Memset("counter", 0), Launch("swap"))
     return ctx.save(w, name)
 
@@ -474,8 +490,10 @@ def run_check(name: str, workdir: Path) -> None:
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="quartet-selftest-") as tmp:
         ctx = Context(Path(tmp))
-        print(f"device {ctx.arch}, {ctx.sm_count} SMs; kernels as {ctx.binary_format}"
-              f"{' (ptxas: ' + find_ptxas() + ')' if ctx.cubin else ' (no ptxas found)'}")
+        print(
+            f"device {ctx.arch}, {ctx.sm_count} SMs; kernels as {ctx.binary_format}"
+            f"{' (ptxas: ' + find_ptxas() + ')' if ctx.cubin else ' (no ptxas found)'}"
+        )
         passed = failed = 0
         for name, fn in CHECKS.items():
             try:

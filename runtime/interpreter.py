@@ -97,7 +97,9 @@ class _LaunchPlan:
 class Interpreter:
     """Runs a manifest's host program on a backend over already-allocated buffers."""
 
-    def __init__(self, manifest: Manifest, backend: Backend, addresses: dict[str, int], prepared: dict[str, Any]):
+    def __init__(
+        self, manifest: Manifest, backend: Backend, addresses: dict[str, int], prepared: dict[str, Any]
+    ):
         self.manifest, self.backend, self.addresses = manifest, backend, addresses
         self.plans = {k.name: _LaunchPlan(k, prepared[k.name], addresses) for k in manifest.kernels}
 

@@ -27,7 +27,8 @@ from quartet.errors import QuartetError
 from quartet.runtime import dtypes
 from quartet.runtime.artifact import Artifact, open_artifact, read_weight
 from quartet.runtime.interpreter import Interpreter
-from quartet.runtime.manifest import Manifest, TensorSpec, host_control_flow
+from quartet.runtime.manifest import Manifest, TensorSpec
+from quartet.runtime.validate import host_control_flow
 from quartet.runtime.targets import check_runnable
 
 
@@ -87,10 +88,19 @@ class Program:
                 self._where,
             )
         if graph and m.backend != "cuda":
-            raise QuartetError(f"graph=True needs the cuda backend; this artifact is for {m.backend}", self._where)
+            raise QuartetError(
+                f"graph=True needs the cuda backend; this artifact is for {m.backend}", self._where
+            )
         self.backend = _make_backend(m, device, self._where)
         if m.backend == "cuda":
-            check_runnable(m.target, m.backend, {k.binary_format for k in m.kernels}, "cuda", self.backend.device_arch, self._where)
+            check_runnable(
+                m.target,
+                m.backend,
+                {k.binary_format for k in m.kernels},
+                "cuda",
+                self.backend.device_arch,
+                self._where,
+            )
         b = self.backend
         self.addresses = {buf.name: b.alloc(buf.size) for buf in m.buffers}
         cache: dict[str, bytes] = {}
@@ -166,10 +176,13 @@ class Program:
             self._check_input(i, spec, shape, dtype)
             if x.device.type == "cuda":
                 if self.manifest.backend != "cuda":
-                    raise QuartetError(f"input {spec.name!r} is a CUDA tensor; this artifact runs on the cpu", self._where)
+                    raise QuartetError(
+                        f"input {spec.name!r} is a CUDA tensor; this artifact runs on the cpu", self._where
+                    )
                 if x.device.index != self.backend.device:
                     raise QuartetError(
-                        f"input {spec.name!r} is on cuda:{x.device.index}; the program is loaded on cuda:{self.backend.device}",
+                        f"input {spec.name!r} is on cuda:{x.device.index}; "
+                        f"the program is loaded on cuda:{self.backend.device}",
                         self._where,
                     )
                 x = x.detach().contiguous()
@@ -177,7 +190,11 @@ class Program:
                 return
             import torch
 
-            raw = x.detach().contiguous().reshape(-1).view(torch.uint8).numpy() if spec.nbytes else np.empty(0, np.uint8)
+            raw = (
+                x.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+                if spec.nbytes
+                else np.empty(0, np.uint8)
+            )
         else:
             if not isinstance(x, np.ndarray):
                 x = np.asarray(x)
@@ -227,7 +244,10 @@ class Program:
 
     def __repr__(self) -> str:
         m = self.manifest
-        return f"<quartet Program {self.path.name}: {m.target}, {len(m.inputs)} input(s), {len(m.outputs)} output(s), {len(m.kernels)} kernel(s)>"
+        return (
+            f"<quartet Program {self.path.name}: {m.target}, {len(m.inputs)} input(s), "
+            f"{len(m.outputs)} output(s), {len(m.kernels)} kernel(s)>"
+        )
 
 
 def _make_backend(m: Manifest, device: int, where: str):

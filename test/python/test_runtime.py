@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -94,7 +93,9 @@ def weights_loop_writer(so: bytes) -> ArtifactWriter:
     w.add_output("acc", (N,), "float32")
     w.add_buffer("t", 4 * N)
     n = ScalarArg("int32", N)
-    w.add_kernel("axpb", so, "axpb", (1, 1, 1), (1, 1, 1), args=["x", "t", ScalarArg("float32", 0.5), IndexArg("i"), n])
+    w.add_kernel(
+        "axpb", so, "axpb", (1, 1, 1), (1, 1, 1), args=["x", "t", ScalarArg("float32", 0.5), IndexArg("i"), n]
+    )
     w.add_kernel("acc_t", so, "accum", (1, 1, 1), (1, 1, 1), args=["acc", "t", n])
     w.add_kernel("acc_w", so, "accum", (1, 1, 1), (1, 1, 1), args=["acc", "w", n])
     w.add_step(Memset("acc", 0), Loop(3, [Launch("axpb"), Launch("acc_t")], index="i"), Launch("acc_w"))
@@ -277,7 +278,10 @@ def test_runtime_imports_no_mlir(kernels_so, tmp_path):
         print("ok")
         """
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "test" / "python"), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "test" / "python"), os.environ.get("PYTHONPATH", "")]),
+    }
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "ok"
@@ -382,7 +386,14 @@ def test_inconsistent_manifests(kernels_so, tmp_path):
     w.add_step(Copy("c", "a", 4 * N + 4))
     expect_error(w.manifest, "program[1]", "outside buffer 'a'")
     w = vadd_writer(kernels_so)
-    w.add_kernel("idx", kernels_so, "axpb", (1, 1, 1), (1, 1, 1), args=["a", "c", ScalarArg("float32", 1.0), IndexArg("j"), ScalarArg("int32", N)])
+    w.add_kernel(
+        "idx",
+        kernels_so,
+        "axpb",
+        (1, 1, 1),
+        (1, 1, 1),
+        args=["a", "c", ScalarArg("float32", 1.0), IndexArg("j"), ScalarArg("int32", N)],
+    )
     w.add_step(Loop(2, [Launch("idx")], index="i"))
     expect_error(w.manifest, "loop 'j'", "does not enclose")
     w = vadd_writer(kernels_so)
@@ -407,7 +418,9 @@ def test_writer_refuses_to_overwrite(kernels_so, tmp_path):
 PTX_STUB = b"//\n.version 8.0\n.target sm_90\n.address_size 64\n.visible .entry k() { ret; }\n"
 
 
-def cuda_artifact(tmp_path: Path, target: str, binary: bytes = PTX_STUB, binary_format: str | None = None) -> Path:
+def cuda_artifact(
+    tmp_path: Path, target: str, binary: bytes = PTX_STUB, binary_format: str | None = None
+) -> Path:
     w = ArtifactWriter(target)
     w.add_output("y", (N,), "float32")
     w.add_kernel("k", binary, "k", (1, 1, 1), (32, 1, 1), binary_format=binary_format)
@@ -419,7 +432,9 @@ def test_wrong_architecture(tmp_path):
     sm90 = cuda_artifact(tmp_path, "sm_90", b"\x7fELF fake cubin")
     assert load_manifest(sm90).kernels[0].binary_format == "cubin"
     load_manifest(sm90, backend="cuda", device_arch="sm_90")
-    expect_error(lambda: load_manifest(sm90, backend="cuda", device_arch="sm_80"), "sm_90", "sm_80", "--target sm_80")
+    expect_error(
+        lambda: load_manifest(sm90, backend="cuda", device_arch="sm_80"), "sm_90", "sm_80", "--target sm_80"
+    )
     expect_error(lambda: load_manifest(sm90, backend="cuda", device_arch="sm_100"), "sm_100")
     ptx = cuda_artifact(tmp_path, "sm_80")  # PTX runs on any newer GPU
     load_manifest(ptx, backend="cuda", device_arch="sm_90")
@@ -439,7 +454,9 @@ def test_backend_refuses_other_targets(kernels_so, tmp_path):
     expect_error(lambda: load(path), "hip backend is not available")
     sm = cuda_artifact(tmp_path, "sm_90")
     expect_error(lambda: load_manifest(sm, backend="cpu"), "cpu backend cannot run it")
-    expect_error(lambda: ArtifactWriter("sm_90").add_kernel("k", b"x", "k", (1,), (1,), binary_format="so"), "'so'")
+    expect_error(
+        lambda: ArtifactWriter("sm_90").add_kernel("k", b"x", "k", (1,), (1,), binary_format="so"), "'so'"
+    )
     expect_error(lambda: ArtifactWriter("tpu_v5"), "unknown target")
 
 
@@ -454,7 +471,9 @@ def test_cuda_compatibility_rules():
 
 
 def test_graph_refused(kernels_so, tmp_path):
-    expect_error(lambda: load(while_if_writer(kernels_so).save(tmp_path / "wi"), graph=True), "program[2]", "while/if")
+    expect_error(
+        lambda: load(while_if_writer(kernels_so).save(tmp_path / "wi"), graph=True), "program[2]", "while/if"
+    )
     expect_error(lambda: load(vadd_writer(kernels_so).save(tmp_path / "v"), graph=True), "cuda backend")
 
 
@@ -467,7 +486,9 @@ def test_wrong_inputs(kernels_so, tmp_path):
     prog = load(vadd_writer(kernels_so).save(tmp_path / "v"))
     a = rand(9)
     expect_error(lambda: prog(a), "expected 2 input(s) (a, b), got 1")
-    expect_error(lambda: prog(a, a[:4]), "input 1 ('b')", "expected shape [16] float32", "got shape [4] float32")
+    expect_error(
+        lambda: prog(a, a[:4]), "input 1 ('b')", "expected shape [16] float32", "got shape [4] float32"
+    )
     expect_error(lambda: prog(a.astype(np.float64), a), "input 0 ('a')", "got shape [16] float64")
     expect_error(lambda: prog(a, a, stream=0), "stream= is for the cuda backend")
 
