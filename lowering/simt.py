@@ -54,8 +54,17 @@ from .binary import get_target
 
 
 def kernel_inputs(tile) -> list[ir.Value]:
-    """The tile's tensor inputs, in order of first use: the kernel's first arguments."""
-    return [v for v in tile.inputs if isinstance(v.type, ir.RankedTensorType)]
+    """The tile's tensor inputs, in order of first use: the kernel's first arguments.
+
+    Results of ``tensor.empty`` are left out: only their shape is read, and builders make them
+    inside the kernel function."""
+    return [v for v in tile.inputs if isinstance(v.type, ir.RankedTensorType)
+            and not _is_empty(v)]
+
+
+def _is_empty(v: ir.Value) -> bool:
+    owner = _owner_op(v)
+    return owner is not None and owner.name == "tensor.empty"
 
 
 def kernel_func(module: ir.Module, name: str, tile) -> tuple[func.FuncOp, list, list]:
@@ -163,6 +172,26 @@ COMBINERS = {
 }
 
 
+def accumulator_type(combiner: str, t: ir.Type) -> ir.Type:
+    """fp32 for fp16/bf16 sums and products (what PyTorch does), else the element type."""
+    if combiner in ("arith.addf", "arith.mulf") and isinstance(t, (ir.F16Type, ir.BF16Type)):
+        return ir.F32Type.get()
+    return t
+
+
+def _convert(v: ir.Value, t: ir.Type, width: int | None) -> ir.Value:
+    """extf / truncf ``v`` (scalar or vector) to element type ``t``."""
+    vt = v.type
+    elt = ir.VectorType(vt).element_type if isinstance(vt, ir.VectorType) else vt
+    if elt == t:
+        return v
+    target = ir.VectorType.get(ir.VectorType(vt).shape, t) if isinstance(vt, ir.VectorType) \
+        else t
+    if _bytes_of(t) > _bytes_of(elt):
+        return arith.extf(target, v)
+    return arith.truncf(target, v)
+
+
 def _combine(name: str, a: ir.Value, b: ir.Value) -> ir.Value:
     return ir.Operation.create(name, results=[a.type], operands=[a, b]).result
 
@@ -173,10 +202,15 @@ def _combine(name: str, a: ir.Value, b: ir.Value) -> ir.Value:
 
 def _live_body_ops(block: ir.Block, live_outputs: list[int]) -> list[ir.Operation]:
     """Ops of a linalg body that the yielded values ``live_outputs`` depend on, in order."""
+    yield_op = list(block.operations)[-1].operation
+    return _body_ops_for(block, [yield_op.operands[i] for i in live_outputs])
+
+
+def _body_ops_for(block: ir.Block, values: list) -> list[ir.Operation]:
+    """Ops of a linalg body that ``values`` depend on, in order."""
     ops = [o.operation for o in block.operations]
-    yield_op = ops[-1]
     needed = set()
-    work = [yield_op.operands[i] for i in live_outputs]
+    work = list(values)
     body = {id_of(o) for o in ops}
     while work:
         v = work.pop()
@@ -202,7 +236,7 @@ def _outside_scalar(value: ir.Value, width: int | None) -> ir.Value:
 
 
 def emit_body(block: ir.Block, args: list, width: int | None,
-              live_outputs: list[int] | None = None) -> list[ir.Value]:
+              live_outputs: list[int] | None = None, targets: list | None = None) -> list:
     """Clone a linalg body at the current insertion point; return the (live) yielded values.
 
     ``args`` gives one value per block argument (None when unused). With ``width`` every scalar
@@ -212,11 +246,12 @@ def emit_body(block: ir.Block, args: list, width: int | None,
     ops = [o.operation for o in block.operations]
     yield_op = ops[-1]
     live = list(range(len(yield_op.operands))) if live_outputs is None else live_outputs
+    wanted = targets if targets is not None else [yield_op.operands[i] for i in live]
     env: dict = {}
     for barg, value in zip(block.arguments, args):
         if value is not None:
             env[barg] = _splat(value, width) if width else value
-    for op in _live_body_ops(block, live):
+    for op in _body_ops_for(block, wanted):
         if op.name == "arith.constant":
             env[op.results[0]] = _const_like(op.attributes["value"], op.results[0].type, width)
             continue
@@ -237,8 +272,7 @@ def emit_body(block: ir.Block, args: list, width: int | None,
         for old, res in zip(op.results, new.results):
             env[old] = res
     out = []
-    for i in live:
-        v = yield_op.operands[i]
+    for v in wanted:
         if v in env:
             out.append(env[v])
         elif isinstance(v.owner, ir.Block):
@@ -341,9 +375,12 @@ def analyze_rows(tile) -> RowProgram:
         if owner is None or owner.name != "arith.constant":
             raise _Unsupported("a non-constant scalar captured by the tile")
     generics = [o for o in ops if o.name == "linalg.generic"]
-    if not generics:
+    if generics:
+        space = max((_loop_ranges(o) for o in generics), key=lambda s: (math.prod(s), len(s)))
+    elif all(o.name in ("linalg.fill", "tensor.empty") for o in ops):
+        space = max((_shape(v) for v in tile.terminator.operands), key=math.prod)
+    else:
         raise _Unsupported("no linalg.generic")
-    space = max((_loop_ranges(o) for o in generics), key=lambda s: (math.prod(s), len(s)))
     if not space:
         raise _Unsupported("a 0-d iteration space")
     R, N = math.prod(space[:-1]), space[-1]
@@ -448,6 +485,11 @@ def _check_map(amap, n_loops: int, space_kind: str, reduction_init: bool) -> Non
 
 def _combiner_of(block: ir.Block, nin: int, k: int) -> str:
     """The op name combining output ``k``'s partials: ``yield k = op(x, out_k)``."""
+    return _split_reduction(block, nin, k)[0]
+
+
+def _split_reduction(block: ir.Block, nin: int, k: int) -> tuple[str, ir.Value]:
+    """(combiner op name, x) where the body yields ``combiner(x, out_k)`` for output ``k``."""
     yield_op = list(block.operations)[-1].operation
     out_arg = block.arguments[nin + k]
     v = yield_op.operands[k]
@@ -468,7 +510,7 @@ def _combiner_of(block: ir.Block, nin: int, k: int) -> str:
         if o is not None and id_of(o) not in seen and o.parent == owner.parent:
             seen.add(id_of(o))
             work.extend(o.operands)
-    return owner.name
+    return owner.name, other
 
 
 # ---------------------------------------------------------------------------------------------
@@ -669,36 +711,40 @@ class _RowEmitter:
                 self.env[op.results[k]] = _Row(vals[n])
 
     def reduce(self, step: _Step) -> None:
+        """Fold the chunks with the body's f(in), then combine across the row's threads.
+
+        fp16/bf16 sums and products accumulate in fp32 (rounded once at the end)."""
         op = step.op
         block = op.regions[0].blocks[0]
         nin = _num_inputs(op)
         V = self.p.vector
         live = step.live
-        kinds, accs = [], []
+        kinds, accs, xs = [], [], []
         for k in live:
-            name = _combiner_of(block, nin, k)
+            name, x = _split_reduction(block, nin, k)
             t = ir.ShapedType(op.results[k].type).element_type
-            kind, ident = COMBINERS[name]
-            kinds.append((name, kind, t))
-            accs.append(_const_like(ident(t), t, V))
+            acc_t = accumulator_type(name, t)
+            kinds.append((name, COMBINERS[name][0], t, acc_t))
+            accs.append(_const_like(COMBINERS[name][1](acc_t), acc_t, V))
+            xs.append(x)
         for c in range(len(self.j)):
             args = self._body_args(op, c, True, False)
-            args = args[:nin] + [None] * (len(args) - nin)
-            for n, k in enumerate(live):
-                args[nin + k] = accs[n]
-            new = emit_body(block, args, V, live)
+            vals = emit_body(block, args[:nin] + [None] * (len(args) - nin), V, targets=xs)
             valid = self.chunk_valid[c]
             for n in range(len(live)):
-                accs[n] = arith.select(valid, new[n], accs[n]) if valid is not None else new[n]
+                name, _, t, acc_t = kinds[n]
+                new = _combine(name, _convert(vals[n], acc_t, V), accs[n])
+                accs[n] = arith.select(valid, new, accs[n]) if valid is not None else new
         n_loops = len(_iterators(op))
         for n, k in enumerate(live):
-            name, kind, t = kinds[n]
-            s = vector.reduction(t, kind, accs[n])
+            name, kind, t, acc_t = kinds[n]
+            s = vector.reduction(acc_t, kind, accs[n])
             if self.cfg.mode == "row":
                 s = self.group_combine(name, s)
             init = op.operands[nin + k]
             init_v = self.operand(init, _maps(op)[nin + k], n_loops, None, False)
-            self.env[op.results[k]] = _Row(_combine(name, s, init_v))
+            total = _combine(name, s, _convert(init_v, acc_t, None))
+            self.env[op.results[k]] = _Row(_convert(total, t, None))
 
     def group_combine(self, name: str, s: ir.Value) -> ir.Value:
         """Combine a per-thread partial across the G threads of the row."""
@@ -829,8 +875,11 @@ def build_row_kernel(tile, target, prog: RowProgram | None = None, name: str = "
     if cfg.mode == "row" and cfg.group > target.warp_size:
         for step in prog.steps:
             if step.reduction:
+                block = step.op.regions[0].blocks[0]
                 for k in step.live:
-                    acc_types.append(ir.ShapedType(step.op.results[k].type).element_type)
+                    name = _combiner_of(block, _num_inputs(step.op), k)
+                    acc_types.append(accumulator_type(
+                        name, ir.ShapedType(step.op.results[k].type).element_type))
     with ir.InsertionPoint(fn.entry_block):
         launch = gpu.LaunchOp((cfg.grid, 1, 1), (cfg.threads, 1, 1))
         func.ReturnOp([])
@@ -867,6 +916,10 @@ def plan(tile) -> tuple[str, object]:
         return "row", analyze_rows(tile)
     except _Unsupported as e:
         reasons.append(f"row: {e}")
+    try:
+        return "fallback", analyze_fallback(tile)
+    except _Unsupported as e:
+        reasons.append(f"fallback: {e}")
     raise _Unsupported("; ".join(reasons))
 
 
@@ -894,6 +947,8 @@ def build_simt_kernel(tile, target, name: str = "kernel") -> ir.Module:
         try:
             if kind == "row":
                 module, _ = build_row_kernel(tile, target, analysis, name)
+            else:
+                module, _ = build_fallback_kernel(tile, target, analysis, name)
         except _Unsupported as e:
             raise QuartetError(f"no SIMT kernel for '{_root_name(tile)}': {e}",
                                _loc(tile.operation)) from None
@@ -905,3 +960,226 @@ def _root_name(tile) -> str:
         return tile.root.operation.name
     except ValueError:
         return "quartet.tile"
+
+
+# ---------------------------------------------------------------------------------------------
+# The generic fallback: upstream transform-dialect tiling and mapping of any single linalg op
+
+
+@dataclass
+class FallbackPlan:
+    op: ir.Operation            # the linalg op
+    fills: list                 # linalg.fill ops producing its inits, inside the tile
+    iterators: list
+    ranges: tuple
+
+
+def analyze_fallback(tile) -> FallbackPlan:
+    ops = [o for o in tile.computation if o.name != "tensor.empty"]
+    fills = [o for o in ops if o.name == "linalg.fill"]
+    main = [o for o in ops if o.name != "linalg.fill"]
+    if len(main) == 0 and len(fills) == 1:
+        main, fills = fills, []
+    if len(main) != 1 or not main[0].name.startswith("linalg."):
+        raise _Unsupported("the fallback takes one linalg op (and the linalg.fill of its inits)")
+    op = main[0]
+    yielded = list(tile.terminator.operands)
+    if len(yielded) != len(op.results) or any(a != b for a, b in zip(yielded, op.results)):
+        raise _Unsupported("the fallback takes an op whose results the tile yields in order")
+    inits = list(op.operands)[-len(op.results):]
+    for f in fills:
+        if f.results[0] not in inits or len(list(f.results[0].uses)) != 1:
+            raise _Unsupported("a linalg.fill that is not an init of the tile's op")
+    for v in _non_tensor_captures(tile):
+        owner = _owner_op(v)
+        if owner is None or owner.name != "arith.constant":
+            raise _Unsupported("a non-constant scalar captured by the tile")
+    iters, ranges = _generic_loops(op)
+    return FallbackPlan(op, fills, iters, ranges)
+
+
+def _generic_loops(op) -> tuple[list, tuple]:
+    """Iterator types and loop ranges of any linalg op (named ops are generalized first)."""
+    if op.name == "linalg.generic":
+        return _iterators(op), _loop_ranges(op)
+    from quartet.dialects import linalg_info
+    try:
+        info = linalg_info.info(op)
+    except Exception as e:   # the scratch clone fails for ops reading outer values
+        raise _Unsupported(f"cannot analyse '{op.name}': {e}") from None
+    return list(info.iterator_types), tuple(info.loop_ranges)
+
+
+def fallback_tiles(tile, fb: FallbackPlan, warp: int) -> tuple[list, list, int]:
+    """(block tile sizes, thread tile sizes, threads per block); 0 = not tiled (reductions)."""
+    n = len(fb.ranges)
+    par = [i for i, t in enumerate(fb.iterators) if t == "parallel"]
+    if not par:
+        raise _Unsupported("a reduction of every loop (no parallel loop to map to threads)")
+    bt, tt = tile.block_tile, tile.thread_tile
+    where = _loc(tile.operation)
+    if bt is not None and len(bt) == n and tt is not None and len(tt) == n:
+        block = [bt[i] if i in par else 0 for i in range(n)]
+        thread = [tt[i] if i in par else 0 for i in range(n)]
+        for i in par:
+            if thread[i] <= 0 or block[i] <= 0 or block[i] % thread[i]:
+                raise QuartetError(f"'quartet.tile' block_tile {block[i]} is not a multiple of "
+                                   f"thread_tile {thread[i]} on loop {i}", where)
+    else:
+        block = [0] * n
+        thread = [0] * n
+        budget = 256
+        for i in reversed(par):
+            size = min(fb.ranges[i], budget)
+            block[i], thread[i] = max(1, size), 1
+            budget //= max(1, size)
+        for i in par:
+            block[i] = block[i] or 1
+            thread[i] = thread[i] or 1
+    # Loops whose block tile is the whole loop are not tiled over blocks (size 0), and at most 3
+    # loops are (x, y, z): outer ones beyond that stay whole per block.
+    for i in par:
+        if block[i] >= fb.ranges[i]:
+            block[i] = 0
+    tiled = [i for i in par if block[i]]
+    for i in tiled[:-3]:
+        block[i] = 0
+    if not tiled:        # one block: tile the outermost loop whole (an all-zero tiling asserts)
+        block[par[0]] = fb.ranges[par[0]]
+    extent = [block[i] or fb.ranges[i] for i in range(n)]
+    for i in par:
+        thread[i] = min(thread[i], extent[i])
+    threads = math.prod(math.ceil(extent[i] / thread[i]) for i in par) if par else 1
+    if threads > 1024:
+        raise QuartetError(f"'quartet.tile' needs {threads} threads per block (at most 1024)",
+                           where)
+    if tile.threads is not None and tile.threads < threads:
+        raise QuartetError(f"'quartet.tile' threads={tile.threads} is fewer than the {threads} "
+                           f"thread tiles of its block tile", where)
+    return block, thread, max(threads, tile.threads or 0)
+
+
+def _mapping(kind: str, sizes: list) -> str:
+    """Innermost tiled loop -> x. Blocks use x/y/z (``map_forall_to_blocks`` with
+    ``generate_gpu_launch`` asserts on linear block ids in MLIR 22); threads use linear ids."""
+    tiled = [i for i, s in enumerate(sizes) if s]
+    if kind == "block":
+        names = [f"#gpu.block<{'xyz'[len(tiled) - 1 - k]}>" for k in range(len(tiled))]
+    else:
+        names = [f"#gpu.thread<linear_dim_{len(tiled) - 1 - k}>" for k in range(len(tiled))]
+    return "[" + ", ".join(names) + "]"
+
+
+def build_fallback_kernel(tile, target, fb: FallbackPlan | None = None, name: str = "kernel"):
+    """One linalg op -> tile_using_forall (blocks, threads) -> bufferize -> gpu.launch."""
+    from mlir.dialects import bufferization, linalg
+
+    target = get_target(target)
+    fb = fb or analyze_fallback(tile)
+    block, thread, threads = fallback_tiles(tile, fb, target.warp_size)
+    module = ir.Module.create()
+    fn, ins, outs = kernel_func(module, name, tile)
+    with ir.InsertionPoint(fn.entry_block):
+        env = {}
+        for v, m in zip(kernel_inputs(tile), ins):
+            env[v] = bufferization.to_tensor(v.type, m, restrict=True)
+        for v in _non_tensor_captures(tile) + [v for v in tile.inputs if _is_empty(v)]:
+            env[v] = _owner_op(v).clone().results[0]
+        inits = list(fb.op.operands)[-len(fb.op.results):]
+        fills = {f.results[0]: f for f in fb.fills}
+        fused = ["linalg.fill"] if fb.fills else []
+        for k, init in enumerate(inits):
+            out_tensor = bufferization.to_tensor(tile.results[k].type, outs[k], restrict=True,
+                                                 writable=True)
+            if init in fills:
+                fill = fills[init].clone()
+                fill.operands[len(fill.operands) - 1] = out_tensor
+                _remap(fill, env)
+                env[init] = fill.results[0]
+            elif init not in env:     # a tensor.empty in the tile: write into the output
+                env[init] = out_tensor
+            else:                     # an input: copied into the output, fused like a fill
+                env[init] = linalg.copy(env[init], outs=[out_tensor])
+                fused.append("linalg.copy")
+        op = fb.op.clone()
+        _remap(op, env)
+        for k, result in enumerate(op.results):
+            bufferization.MaterializeInDestinationOp(None, result, outs[k], restrict=True,
+                                                     writable=True)
+        func.ReturnOp([])
+    sizes_b = ", ".join(map(str, block))
+    sizes_t = ", ".join(map(str, thread))
+    fuse_b = fuse_t = ""
+    if fused:
+        names = ", ".join(f'"{n}"' for n in sorted(set(fused)))
+        fuse_b = (f'%fill = transform.structured.match ops{{[{names}]}} in %arg0 '
+                  ': (!transform.any_op) -> !transform.any_op\n'
+                  '    %fill_b, %f1b = transform.structured.fuse_into_containing_op %fill into '
+                  '%forall_b : (!transform.any_op, !transform.any_op) -> '
+                  '(!transform.any_op, !transform.any_op)')
+        fuse_t = ('%fill_t, %f1t = transform.structured.fuse_into_containing_op %fill_b into '
+                  '%forall_t : (!transform.any_op, !transform.any_op) -> '
+                  '(!transform.any_op, !transform.any_op)')
+    script = f"""
+module attributes {{transform.with_named_sequence}} {{
+  transform.named_sequence @__transform_main(%arg0: !transform.any_op {{transform.consumed}}) {{
+    %op = transform.structured.match ops{{["{fb.op.name}"]}} in %arg0
+      : (!transform.any_op) -> !transform.any_op
+    %tiled_b, %forall_b = transform.structured.tile_using_forall %op tile_sizes [{sizes_b}]
+      (mapping = {_mapping("block", block)}) : (!transform.any_op) -> (!transform.any_op, !transform.any_op)
+    {fuse_b}
+    %tiled_t, %forall_t = transform.structured.tile_using_forall %tiled_b tile_sizes [{sizes_t}]
+      (mapping = {_mapping("thread", thread)}) : (!transform.any_op) -> (!transform.any_op, !transform.any_op)
+    {fuse_t}
+    %bufferized = transform.bufferization.one_shot_bufferize %arg0
+      {{bufferize_function_boundaries = true}} : (!transform.any_op) -> !transform.any_op
+    %fn = transform.structured.match ops{{["func.func"]}} in %bufferized
+      : (!transform.any_op) -> !transform.any_op
+    %launch = transform.gpu.map_forall_to_blocks %fn {{generate_gpu_launch}}
+      : (!transform.any_op) -> !transform.any_op
+    transform.gpu.map_nested_forall_to_threads %launch block_dims = [{threads}, 1, 1]
+      : (!transform.any_op) -> !transform.any_op
+    transform.yield
+  }}
+}}"""
+    from mlir.dialects.transform import interpreter
+
+    schedule = ir.Module.parse(script)
+    try:
+        interpreter.apply_named_sequence(module.operation,
+                                         schedule.body.operations[0], schedule.operation)
+    except ir.MLIRError as e:
+        first = e.error_diagnostics[0].message if getattr(e, "error_diagnostics", None) else e
+        raise _Unsupported(f"transform schedule failed: {str(first).splitlines()[0]}") from None
+    from mlir.passmanager import PassManager
+    PassManager.parse("builtin.module(func.func(convert-linalg-to-loops, canonicalize, cse))")\
+        .run(module.operation)
+    _erase_self_copies(module)
+    return module, (block, thread, threads)
+
+
+def _erase_self_copies(module: ir.Module) -> None:
+    """Bufferizing ``tensor.parallel_insert_slice`` into the slice it came from leaves
+    ``memref.copy %x, %x``; it does nothing and costs a loop per thread."""
+    found = []
+
+    def visit(op):
+        op = op.operation
+        if op.name == "memref.copy" and op.operands[0] == op.operands[1]:
+            found.append(op)
+        return ir.WalkResult.ADVANCE
+
+    module.operation.walk(visit)
+    for op in found:
+        op.erase()
+
+
+def _remap(op: ir.Operation, env: dict) -> None:
+    """Point the operands of a cloned op (and of ops nested in it) at ``env``'s values."""
+    def visit(inner):
+        inner = inner.operation
+        for i, v in enumerate(inner.operands):
+            if v in env:
+                inner.operands[i] = env[v]
+        return ir.WalkResult.ADVANCE
+    op.walk(visit)
