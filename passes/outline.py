@@ -5,7 +5,7 @@ conv_2d_*, pooling, fill, and linalg.generic, also inside ``scf`` regions) in it
 ``quartet.tile`` whose region holds the op and a ``gpu.yield`` of its results; users of the op's
 results read the tile's results instead. This is the first step of every Quartet pipeline:
 one tile per operator, the unit that Roller configures and Welder later merges (Roller's rTile
-is a per-operator tile; DESIGN.md, "Data flow").
+is a per-operator tile; DESIGN.md, "Data flow"). A result nobody reads stays inside the tile.
 
 Inline is the exact inverse: the ops of each tile move back in front of it, in order, and the
 tile's results are replaced by the yielded values. Outline then inline gives back the input IR.
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from mlir import ir
 
 from quartet.dialects import TileOp, linalg_info, yield_
+from quartet.errors import QuartetError, location_of
 
 from .registry import ModulePass, register
 
@@ -48,14 +49,33 @@ def _collect(module: ir.Operation, predicate) -> list[ir.Operation]:
     return found
 
 
+def _yielded_results(op: ir.Operation) -> list[ir.Value]:
+    """The results a tile must return: those read after the op (all of them if none is).
+
+    Dead results stay inside the tile. This matters for ops such as torch-mlir's max-with-index
+    ``linalg.generic`` (a value and an i64 index, the index unused): the results of one Quartet
+    op share one type (dialects/README.md), so only results of one type can leave a tile.
+    """
+    used = [r for r in op.results if any(True for _ in r.uses)]
+    chosen = used or list(op.results)
+    types = {str(r.type) for r in chosen}
+    if len(types) > 1:
+        raise QuartetError(
+            f"cannot outline '{op.name}': it returns values of different types "
+            f"({', '.join(sorted(types))}) that are all used, and a quartet.tile's results "
+            f"share one type", location_of(op))
+    return chosen
+
+
 def outline_op(op: ir.Operation) -> TileOp:
     """Wrap one linalg op in a ``quartet.tile`` in place; return the tile."""
+    results = _yielded_results(op)
     with op.location, ir.InsertionPoint(op):
-        tile = TileOp([r.type for r in op.results])
+        tile = TileOp([r.type for r in results])
     with op.location, ir.InsertionPoint(tile.entry):
-        terminator = yield_(list(op.results))
+        terminator = yield_(results)
     op.move_before(terminator)
-    for i, result in enumerate(op.results):
+    for i, result in enumerate(results):
         result.replace_all_uses_with(tile.results[i])
         terminator.operation.operands[i] = result   # the yield itself reads the op again
     return tile
