@@ -195,6 +195,39 @@ SWAP_SPIN:
 SWAP_DONE:
   ret;
 }
+
+// One block of n threads: y[i] = x[(i + 1) % n], staged through dynamic shared memory at byte
+// offset 61440, past the 48 KiB that a kernel gets without opting in.
+.extern .shared .align 16 .b8 dsmem[];
+.visible .entry smemrot(.param .u64 px, .param .u64 py)
+{
+  .reg .b32 %r<8>;
+  .reg .f32 %f<2>;
+  .reg .b64 %rd<6>;
+  ld.param.u64 %rd1, [px];
+  ld.param.u64 %rd2, [py];
+  cvta.to.global.u64 %rd1, %rd1;
+  cvta.to.global.u64 %rd2, %rd2;
+  mov.u32 %r1, %tid.x;
+  mov.u32 %r2, %ntid.x;
+  mul.wide.u32 %rd3, %r1, 4;
+  add.s64 %rd4, %rd1, %rd3;
+  ld.global.f32 %f1, [%rd4];
+  mov.u32 %r3, dsmem;
+  add.u32 %r3, %r3, 61440;
+  shl.b32 %r4, %r1, 2;
+  add.u32 %r5, %r3, %r4;
+  st.shared.f32 [%r5], %f1;
+  bar.sync 0;
+  add.u32 %r6, %r1, 1;
+  rem.u32 %r6, %r6, %r2;
+  shl.b32 %r6, %r6, 2;
+  add.u32 %r7, %r3, %r6;
+  ld.shared.f32 %f1, [%r7];
+  add.s64 %rd5, %rd2, %rd3;
+  st.global.f32 [%rd5], %f1;
+  ret;
+}
 """
 
 N = 1000
@@ -427,6 +460,48 @@ def cooperative_grid_barrier(ctx: Context) -> None:
 def cooperative_grid_too_large(ctx: Context) -> None:
     path = _gridswap_artifact(ctx, "coop_big", 1 << 20)
     _expect_error(lambda: load(path), "cooperative", "fit")
+
+
+@check
+def dynamic_shared_memory(ctx: Context) -> None:
+    def artifact(name: str, shared_memory: int) -> Path:
+        w = ctx.writer()
+        w.add_input("x", (256,), "float32")
+        w.add_output("y", (256,), "float32")
+        ctx.kernel(w, "rot", "smemrot", ["x", "y"], grid=(1, 1, 1), block=(256, 1, 1), shared_memory=shared_memory)
+        w.add_step(Launch("rot"))
+        return ctx.save(w, name)
+
+    prog = load(artifact("smem", 64 * 1024))
+    x = _rand(11, 256)
+    np.testing.assert_array_equal(prog(x), np.roll(x, -1))
+    prog.close()
+    _expect_error(lambda: load(artifact("smem_big", 1 << 20)), "shared memory", "'rot'")
+
+
+@check
+def copies_and_memsets(ctx: Context) -> None:
+    w = ctx.writer()
+    w.add_input("x", (16,), "float32")
+    w.add_output("head", (4,), "float32")
+    w.add_output("mask", (16,), "int32")
+    w.add_step(
+        Copy("head", "x", 16, src_offset=8),
+        Memset("mask", 0),
+        Memset("mask", 0x01020304, size=16, offset=8, width=4),
+        Memset("mask", 0xBEEF, size=4, offset=48, width=2),
+        Memset("mask", 0xFF, size=4, offset=60),
+    )
+    prog = load(ctx.save(w, "copies"))
+    x = _rand(12, 16)
+    head, mask = prog(x)
+    np.testing.assert_array_equal(head, x[2:6])
+    expected = np.zeros(16, np.int32)
+    expected[2:6] = 0x01020304
+    expected[12] = np.int32(np.uint32(0xBEEFBEEF).view(np.int32))
+    expected[15] = -1
+    np.testing.assert_array_equal(mask, expected)
+    prog.close()
 
 
 @check
