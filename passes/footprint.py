@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 from quartet.dialects.linalg_info import LinalgInfo
 
@@ -146,9 +147,14 @@ class Operand:
     dtype: str
     elem_bytes: int
 
-    @property
+    @cached_property
     def loops(self) -> frozenset[int]:
         return frozenset(loop for d in self.dims for loop in d.loops)
+
+    @cached_property
+    def positions(self) -> dict[int, int]:
+        """For each loop it uses: the last (innermost) dimension whose expression names it."""
+        return {loop: i for i, d in enumerate(self.dims) for loop in d.loops}
 
     @property
     def bytes(self) -> int:

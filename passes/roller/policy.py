@@ -146,9 +146,8 @@ class GemmRoles:
 
 
 def _inner_first(loops, operand) -> tuple[int, ...]:
-    def position(loop):
-        return max((i for i, d in enumerate(operand.dims) if loop in d.loops), default=-1)
-    return tuple(sorted(loops, key=lambda loop: (-position(loop), -loop)))
+    positions = operand.positions
+    return tuple(sorted(loops, key=lambda loop: (-positions.get(loop, -1), -loop)))
 
 
 def gemm_roles(model: OpModel) -> GemmRoles | None:
@@ -616,12 +615,13 @@ def _plain_policy(model: OpModel, hw: Hardware, topk: int) -> list[Schedule]:
     for eps in EPS_STEPS:
         for threads in counts:
             for per_thread in (vec, 2 * vec, 4 * vec):
-                tiles = _plain_tile(model, hw, layout, threads, per_thread, eps)
-                if tiles is None:
-                    continue
-                s = derive(model, hw, tiles[0], tiles[1], False, policy="plain")
-                if fits(hw, s) and s.key not in candidates:
-                    candidates[s.key] = s
+                for exact in (False, True):
+                    tiles = _plain_tile(model, hw, layout, threads, per_thread, eps, exact)
+                    if tiles is None:
+                        continue
+                    s = derive(model, hw, tiles[0], tiles[1], False, policy="plain")
+                    if fits(hw, s) and s.key not in candidates:
+                        candidates[s.key] = s
         if len(candidates) >= topk and eps >= 0.2:
             break
     aligned = [s for s in candidates.values() if s.threads % hw.warp_size == 0]
@@ -665,8 +665,9 @@ def _fit_pow2(extent: int, want: int, eps: float) -> int:
 
 
 def _plain_tile(model: OpModel, hw: Hardware, layout: _PlainLayout, threads: int,
-                per_thread: int, eps: float):
-    """Threads laid out along ``layout.order``; see the module docstring. None if none fits."""
+                per_thread: int, eps: float, exact: bool):
+    """Threads laid out along ``layout.order``, a power of two per loop, or (``exact``) as many
+    as cover the loop when that fits. None if no tile fits the padding rule."""
     ranges = model.ranges
     thread = [1] * model.num_loops
     block = [1] * model.num_loops
@@ -688,12 +689,13 @@ def _plain_tile(model: OpModel, hw: Hardware, layout: _PlainLayout, threads: int
         block[r] = thread[r]
     budget = threads
     for loop in layout.order:
-        exact = -(-ranges[loop] // thread[loop])
-        lanes = min(budget, _pow2_at_most(exact))
+        lanes = min(budget, _pow2_at_most(-(-ranges[loop] // thread[loop])))
         while lanes > 1 and not is_padding_ok(ranges[loop], thread[loop] * lanes, eps):
             lanes //= 2
-        if lanes < exact <= budget and is_padding_ok(ranges[loop], thread[loop] * exact, eps):
-            lanes = exact           # the whole extent, e.g. 56 = 14 lanes x 4
+        cover = -(-ranges[loop] // thread[loop])
+        if exact and lanes < cover <= budget and \
+                is_padding_ok(ranges[loop], thread[loop] * cover, eps):
+            lanes = cover           # the whole extent, e.g. 56 = 14 lanes x 4
         if not is_padding_ok(ranges[loop], thread[loop] * lanes, eps):
             return None
         block[loop] = thread[loop] * lanes

@@ -1,0 +1,520 @@
+"""Roller: hardware tables, indexing-map footprints, the construction policy and roller-config.
+
+The policy is checked by invariants (alignment rules, capacities, grid coverage, padding), not
+by exact tile shapes: the shapes are the model's choice and may change as the model improves.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+from mlir import ir
+
+from quartet.dialects import TileOp, context
+from quartet.errors import QuartetError
+from quartet.passes import footprint, hardware
+from quartet.passes.footprint import OpModel, parse_expr
+from quartet.passes.roller import policy
+from quartet.passes.roller.config import RollerConfig, check_fits, loop_info
+
+H100 = hardware.get("sm_90")
+
+
+# ---------------------------------------------------------------------------------------------
+# IR builders: one linalg op wrapped in a quartet.tile inside a function.
+
+
+def _tile_func(args: list[str], result: str, body: str, attrs: str = "") -> str:
+    params = ", ".join(f"%a{i}: {t}" for i, t in enumerate(args))
+    return (f"func.func @f({params}) -> {result} {{\n"
+            f"  %r = \"quartet.tile\"() ({{\n    {body}\n"
+            f"    gpu.yield %0 : {result}\n  }}) {attrs}: () -> {result}\n"
+            f"  return %r : {result}\n}}\n")
+
+
+def matmul(m, n, k, t="f16", acc="f32", attrs=""):
+    a, b, c = f"tensor<{m}x{k}x{t}>", f"tensor<{k}x{n}x{t}>", f"tensor<{m}x{n}x{acc}>"
+    body = f"%0 = linalg.matmul ins(%a0, %a1 : {a}, {b}) outs(%a2 : {c}) -> {c}"
+    return _tile_func([a, b, c], c, body, attrs)
+
+
+def batch_matmul(bs, m, n, k, t="f16", acc="f16"):
+    a, b, c = (f"tensor<{bs}x{m}x{k}x{t}>", f"tensor<{bs}x{k}x{n}x{t}>",
+               f"tensor<{bs}x{m}x{n}x{acc}>")
+    body = f"%0 = linalg.batch_matmul ins(%a0, %a1 : {a}, {b}) outs(%a2 : {c}) -> {c}"
+    return _tile_func([a, b, c], c, body)
+
+
+def conv(n, c, h, w, f, r, s, stride=1, t="f16", acc="f32"):
+    ho, wo = (h - r) // stride + 1, (w - s) // stride + 1
+    x, k, y = (f"tensor<{n}x{c}x{h}x{w}x{t}>", f"tensor<{f}x{c}x{r}x{s}x{t}>",
+               f"tensor<{n}x{f}x{ho}x{wo}x{acc}>")
+    body = (f"%0 = linalg.conv_2d_nchw_fchw {{strides = dense<{stride}> : tensor<2xi64>, "
+            f"dilations = dense<1> : tensor<2xi64>}} ins(%a0, %a1 : {x}, {k}) "
+            f"outs(%a2 : {y}) -> {y}")
+    return _tile_func([x, k, y], y, body)
+
+
+def depthwise(n, c, h, w, t="f32"):
+    x, k, y = (f"tensor<{n}x{c}x{h + 2}x{w + 2}x{t}>", f"tensor<{c}x3x3x{t}>",
+               f"tensor<{n}x{c}x{h}x{w}x{t}>")
+    body = (f"%0 = linalg.depthwise_conv_2d_nchw_chw {{strides = dense<1> : tensor<2xi64>, "
+            f"dilations = dense<1> : tensor<2xi64>}} ins(%a0, %a1 : {x}, {k}) "
+            f"outs(%a2 : {y}) -> {y}")
+    return _tile_func([x, k, y], y, body)
+
+
+def maxpool(n, c, h, w, t="f32"):
+    ho = (h - 3) // 2 + 1
+    x, k, y = f"tensor<{n}x{c}x{h}x{w}x{t}>", f"tensor<3x3x{t}>", f"tensor<{n}x{c}x{ho}x{ho}x{t}>"
+    body = (f"%0 = linalg.pooling_nchw_max {{strides = dense<2> : tensor<2xi64>, "
+            f"dilations = dense<1> : tensor<2xi64>}} ins(%a0, %a1 : {x}, {k}) "
+            f"outs(%a2 : {y}) -> {y}")
+    return _tile_func([x, k, y], y, body)
+
+
+def _generic(shapes, maps, iterators, out_shape, t, payload):
+    """A linalg.generic with inputs of ``shapes`` and one output; ``payload`` uses %x0.. %y."""
+    n_in = len(shapes)
+    def tensor(shape):
+        return f"tensor<{''.join(f'{d}x' for d in shape)}{t}>"
+    ins = [tensor(s) for s in shapes]
+    out = tensor(out_shape)
+    maps_text = ", ".join(f"affine_map<{m}>" for m in maps)
+    iters = ", ".join(f'"{i}"' for i in iterators)
+    args = ", ".join(f"%x{i}: {t}" for i in range(n_in)) + f", %y: {t}"
+    in_vals = ", ".join(f"%a{i}" for i in range(n_in))
+    body = (f"%0 = linalg.generic {{indexing_maps = [{maps_text}], iterator_types = [{iters}]}} "
+            f"ins({in_vals} : {', '.join(ins)}) outs(%a{n_in} : {out}) {{\n"
+            f"    ^bb0({args}):\n      {payload}\n    }} -> {out}")
+    return _tile_func(ins + [out], out, body)
+
+
+def elementwise(m, n, t="f16"):
+    """gelu-like (x + b) * x with a broadcast bias, as in the issue's benchmark."""
+    return _generic([(m, n), (n,)], ["(d0, d1) -> (d0, d1)", "(d0, d1) -> (d1)",
+                                     "(d0, d1) -> (d0, d1)"], ["parallel", "parallel"], (m, n), t,
+                    f"%s = arith.addf %x0, %x1 : {t}\n      %p = arith.mulf %s, %x0 : {t}\n"
+                    f"      linalg.yield %p : {t}")
+
+
+def reduction(shape, axis, t="f32"):
+    """Sum of a tensor of ``shape`` along ``axis``."""
+    rank = len(shape)
+    dims = [f"d{i}" for i in range(rank)]
+    out = tuple(s for i, s in enumerate(shape) if i != axis)
+    out_dims = [d for i, d in enumerate(dims) if i != axis]
+    iters = ["reduction" if i == axis else "parallel" for i in range(rank)]
+    maps = [f"({', '.join(dims)}) -> ({', '.join(dims)})",
+            f"({', '.join(dims)}) -> ({', '.join(out_dims)})"]
+    return _generic([shape], maps, iters, out, t,
+                    f"%s = arith.addf %x0, %y : {t}\n      linalg.yield %s : {t}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the policy and the pass on such IR.
+
+_CTX = None
+
+
+def _ctx() -> ir.Context:
+    global _CTX
+    if _CTX is None:
+        _CTX = context()
+    return _CTX
+
+
+def _tile(module: ir.Module) -> TileOp:
+    found = []
+    module.operation.walk(lambda op: (found.append(op.opview) if op.name == "quartet.tile"
+                                      else None) or ir.WalkResult.ADVANCE)
+    assert len(found) == 1
+    return found[0]
+
+
+def parse(text: str) -> ir.Module:
+    with _ctx(), ir.Location.unknown():
+        return ir.Module.parse(text)
+
+
+def info_of(text: str):
+    module = parse(text)
+    with _ctx():
+        return loop_info(_tile(module).root)
+
+
+def configure(text: str, target: str = "sm_90", topk: int = 1):
+    module = parse(text)
+    with _ctx(), ir.Location.unknown():
+        RollerConfig(target=target, topk=topk).apply(module.operation)
+        return module, _tile(module)
+
+
+# ---------------------------------------------------------------------------------------------
+# Invariants every schedule must satisfy.
+
+
+def check_invariants(info, hw, s: policy.Schedule, max_eps: float = 1.0):
+    model = OpModel(info)
+    n = model.num_loops
+    assert len(s.block_tile) == len(s.thread_tile) == n
+    assert all(b % t == 0 for b, t in zip(s.block_tile, s.thread_tile)), s
+    lanes = math.prod(b // t for b, t in zip(s.block_tile, s.thread_tile))
+    assert s.threads == lanes * (hw.mma_warp_size if s.tensor_core else 1)
+    # Execution units: a full set of sub-partitions for reuse tiles, whole warps otherwise.
+    if s.policy == "reuse":
+        assert s.threads % hw.peak_threads_multiple == 0, s
+    else:
+        assert s.threads % hw.warp_size == 0, s
+    # Capacities.
+    assert s.threads <= hw.max_threads_per_block
+    assert s.smem_bytes * s.stages <= hw.smem_per_block
+    assert s.regs_per_thread <= hw.max_regs_per_thread
+    assert s.regs_per_thread * s.threads <= hw.regs_per_block
+    assert s.blocks_per_unit >= 1
+    # The grid covers the iteration space, one entry per parallel loop.
+    assert len(s.grid) == len(model.parallel)
+    for g, p in zip(s.grid, model.parallel):
+        assert g == -(-model.ranges[p] // s.block_tile[p])
+        assert g * s.block_tile[p] >= model.ranges[p]
+    # Padding rule: ceil(N/S)*S <= N(1+eps), for parallel loops and reduction steps.
+    for k in range(n):
+        assert footprint.is_padding_ok(model.ranges[k], s.block_tile[k], max_eps), (k, s)
+    assert len(s.smem_padding) == model.info.num_inputs
+    # Tensor cores: warp tiles are fragment multiples along M, N and K.
+    if s.tensor_core:
+        roles = policy.gemm_roles(model)
+        m, nn, kk = hw.mma_shape
+        for loops, frag in ((roles.m, m), (roles.n, nn), (roles.k, kk)):
+            assert math.prod(s.thread_tile[x] for x in loops) % frag == 0, s
+    assert s.estimate > 0
+
+
+CASES = {
+    "matmul 4096^3 f16": (matmul(4096, 4096, 4096), 0.0),
+    "matmul 1024^3 f32": (matmul(1024, 1024, 1024, "f32", "f32"), 0.0),
+    "matmul 8192x768x3072 f16": (matmul(8192, 3072, 768), 0.0),
+    "matmul 16x4096x4096 f16": (matmul(16, 4096, 4096), 0.0),
+    "matmul 16x4096x4096 f32": (matmul(16, 4096, 4096, "f32", "f32"), 0.0),
+    "matmul 197x1000x768 f32": (matmul(197, 1000, 768, "f32", "f32"), 0.2),
+    "matmul 1000x30522x197 f16": (matmul(1000, 30522, 197), 0.2),
+    "batch_matmul 96x197x197x64 f16": (batch_matmul(96, 197, 197, 64), 0.2),
+    "conv 32x64x56x56 3x3 f16": (conv(32, 64, 58, 58, 64, 3, 3), 0.0),
+    "conv 32x64x56x56 3x3 f32": (conv(32, 64, 58, 58, 64, 3, 3, t="f32"), 0.0),
+    "conv 1x1 f16": (conv(32, 256, 56, 56, 64, 1, 1), 0.0),
+    "conv 3x3 stride 2 f16": (conv(32, 64, 57, 57, 128, 3, 3, 2), 0.0),
+    "conv 7x7 stride 2 c=3 f16": (conv(8, 3, 229, 229, 64, 7, 7, 2), 0.2),
+    "depthwise 3x3": (depthwise(32, 64, 56, 56), 0.2),
+    "maxpool 3x3 stride 2": (maxpool(32, 64, 112, 112), 0.2),
+    "elementwise 8192x8192 f16": (elementwise(8192, 8192), 0.0),
+    "elementwise 197x1000 f32": (elementwise(197, 1000, "f32"), 0.2),
+    "reduce rows 8192x4096 f16": (reduction((8192, 4096), 1, "f16"), 0.0),
+    "reduce columns 8192x8192": (reduction((8192, 8192), 0), 0.0),
+    "reduce columns 8192x128": (reduction((8192, 128), 0), 0.0),
+    "reduce middle 64x512x64": (reduction((64, 512, 64), 1), 0.0),
+    "reduce rows 30522x197": (reduction((30522, 197), 1), 0.2),
+    "reduce all 1000": (reduction((1000,), 0), 0.2),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("target", ["sm_90", "sm_80", "gfx942"])
+def test_policy_invariants(name, target):
+    text, eps = CASES[name]
+    info = info_of(text)
+    hw = hardware.get(target)
+    started = time.perf_counter()
+    schedules = policy.construct(info, hw, topk=3)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 0.5, f"policy took {elapsed:.3f} s"   # sanity only; bench_policy.py times it
+    assert schedules and len({s.key for s in schedules}) == len(schedules)
+    assert [s.estimate for s in schedules][0] <= min(s.estimate for s in schedules) * 1.031
+    for s in schedules:
+        check_invariants(info, hw, s, max_eps=1.0)
+    check_invariants(info, hw, schedules[0], max_eps=eps)
+
+
+@pytest.mark.parametrize("name", ["matmul 1024^3 f32", "conv 1x1 f16", "reduce rows 8192x4096 f16",
+                                  "elementwise 8192x8192 f16", "maxpool 3x3 stride 2"])
+def test_policy_cpu_target(name):
+    info = info_of(CASES[name][0])
+    hw = hardware.get("cpu")
+    (s,) = policy.construct(info, hw, topk=1)
+    assert not s.tensor_core
+    check_invariants(info, hw, s)
+
+
+# ---------------------------------------------------------------------------------------------
+# The policy's choices, by rule
+
+
+def test_tensor_cores_for_f16_contractions_only():
+    for text in (matmul(4096, 4096, 4096), conv(32, 64, 58, 58, 64, 3, 3),
+                 batch_matmul(96, 197, 197, 64), conv(32, 256, 56, 56, 64, 1, 1)):
+        (s,) = policy.construct(info_of(text), H100)
+        assert s.tensor_core and s.policy == "reuse"
+    for text in (matmul(1024, 1024, 1024, "f32", "f32"), depthwise(32, 64, 56, 56),
+                 elementwise(8192, 8192)):
+        (s,) = policy.construct(info_of(text), H100)
+        assert not s.tensor_core
+    # No tensor cores on the CPU; C=3 x 7 x 7 = 147 cannot be a multiple of k=16 within eps.
+    assert not policy.construct(info_of(matmul(256, 256, 256)), hardware.get("cpu"))[0].tensor_core
+    assert not policy.construct(info_of(conv(8, 3, 229, 229, 64, 7, 7, 2)), H100)[0].tensor_core
+
+
+def test_reuse_and_plain_paths():
+    assert policy.construct(info_of(matmul(1024, 1024, 1024, "f32", "f32")), H100)[0].policy \
+        == "reuse"
+    for text in (depthwise(32, 64, 56, 56), maxpool(32, 64, 112, 112), elementwise(8192, 8192),
+                 reduction((8192, 4096), 1), reduction((8192, 8192), 0)):
+        assert policy.construct(info_of(text), H100)[0].policy == "plain"
+
+
+def test_large_gemm_tiles_are_large():
+    """Data reuse grows the block well past the register tile on a big GEMM."""
+    (s,) = policy.construct(info_of(matmul(4096, 4096, 4096)), H100)
+    assert s.block_tile[0] * s.block_tile[1] >= 128 * 128
+    assert s.block_tile[2] % 16 == 0 and s.block_tile[2] >= 32
+    assert s.smem_padding == (8, 8)    # 16-byte rows of an even count: one ldmatrix row of pad
+    (s,) = policy.construct(info_of(matmul(1024, 1024, 1024, "f32", "f32")), H100)
+    assert math.prod(s.thread_tile[:2]) >= 16     # a register tile, not one output per thread
+    assert s.block_tile[0] * s.block_tile[1] >= 64 * 64
+
+
+def test_small_m_fills_the_sms():
+    """16x4096x4096: the shrink step fills all 132 SMs and keeps 4 warps per block."""
+    for t, acc in (("f16", "f32"), ("f32", "f32")):
+        (s,) = policy.construct(info_of(matmul(16, 4096, 4096, t, acc)), H100)
+        assert math.prod(s.grid) >= H100.num_units, s
+        assert s.threads % 128 == 0
+
+
+def test_small_ops_fill_the_sms_on_each_target():
+    for target in ("sm_90", "sm_80", "gfx942"):
+        hw = hardware.get(target)
+        (s,) = policy.construct(info_of(matmul(64, 4096, 1024)), hw)
+        assert math.prod(s.grid) >= hw.num_units
+
+
+def test_irregular_extents_are_padded_within_tolerance():
+    for text in (matmul(197, 1000, 768, "f32", "f32"), matmul(1000, 30522, 197),
+                 batch_matmul(96, 197, 197, 64), elementwise(197, 1000, "f32")):
+        info = info_of(text)
+        (s,) = policy.construct(info, H100)
+        check_invariants(info, H100, s, max_eps=0.2)
+        assert s.eps <= 0.2
+
+
+def test_row_reduction_gives_a_block_whole_rows():
+    """Softmax-style: threads cooperate on the row, the block walks the whole row."""
+    info = info_of(reduction((8192, 4096), 1, "f16"))
+    (s,) = policy.construct(info, H100)
+    assert s.thread_tile[1] < s.block_tile[1]          # threads cooperate on the row
+    assert s.thread_tile[0] == 1                       # one row per thread group
+    assert s.thread_tile[1] * 2 % 16 == 0              # whole 16-byte vectors per thread
+    (s,) = policy.construct(info_of(reduction((64, 1024), 1)), H100)
+    assert s.block_tile[1] == 1024 or s.block_tile[1] * 2 <= 1024
+
+
+def test_column_reduction_is_coalesced():
+    """Reducing an outer axis: threads run along the contiguous axis, a transaction at least."""
+    (s,) = policy.construct(info_of(reduction((8192, 8192), 0)), H100)
+    assert s.block_tile[1] * 4 % H100.transaction_bytes == 0
+    assert math.prod(s.grid) >= H100.num_units
+
+
+def test_elementwise_is_vectorized_and_coalesced():
+    (s,) = policy.construct(info_of(elementwise(8192, 8192)), H100)
+    assert s.thread_tile[1] * 2 % 16 == 0            # 16-byte vector loads
+    assert s.block_tile[1] * 2 % 128 == 0
+    assert math.prod(s.grid) >= 132
+
+
+def test_topk_candidates_are_ranked_and_distinct():
+    schedules = policy.construct(info_of(matmul(4096, 4096, 4096)), H100, topk=4)
+    assert len(schedules) == 4
+    assert len({s.key for s in schedules}) == 4
+    best = min(s.estimate for s in schedules)
+    assert schedules[0].estimate <= best * (1 + policy.TIE)
+
+
+def test_policy_time_per_op():
+    worst = 0.0
+    for text, _ in CASES.values():
+        info = info_of(text)
+        started = time.perf_counter()
+        policy.construct(info, H100)
+        worst = max(worst, time.perf_counter() - started)
+    assert worst < 0.5
+
+
+def test_unsupported_map_is_reported():
+    text = _generic([(32,)], ["(d0) -> (d0 floordiv 2)", "(d0) -> (d0)"], ["parallel"], (64,),
+                    "f32", "linalg.yield %x0 : f32")
+    with pytest.raises(policy.Unsupported, match="floordiv"):
+        policy.construct(info_of(text), H100)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hardware tables
+
+
+def test_hardware_tables():
+    assert (H100.num_units, H100.warp_size, H100.sub_partitions) == (132, 32, 4)
+    assert H100.smem_per_block == 227 * 1024 and H100.smem_per_unit == 228 * 1024
+    assert H100.max_regs_per_thread == 255 and H100.regs_per_unit == 65536
+    assert H100.dram_bandwidth == 3.0e12 and H100.mma_shape == (16, 8, 16)
+    assert H100.peak_flops["tensor_f16"] < 989.4e12     # mma.sync, not the wgmma peak
+    mi300 = hardware.get("gfx942")
+    assert (mi300.num_units, mi300.warp_size, mi300.smem_per_block) == (304, 64, 64 * 1024)
+    assert hardware.get("sm_80").num_units == 108
+    assert hardware.get("cpu").kind == "cpu"
+
+
+def test_unknown_target_lists_the_known_ones():
+    with pytest.raises(QuartetError) as e:
+        hardware.get("sm_99")
+    assert "sm_99" in str(e.value) and "sm_90" in str(e.value) and "gfx942" in str(e.value)
+    with pytest.raises(QuartetError, match="unknown target 'volta'"):
+        RollerConfig(target="volta")
+
+
+# ---------------------------------------------------------------------------------------------
+# Indexing maps, footprint and traffic
+
+
+def test_parse_expr():
+    assert parse_expr("d0").terms == ((0, 1),)
+    assert parse_expr("d2 * 2 + d5") == footprint.AffineSum(((2, 2), (5, 1)), 0)
+    assert parse_expr("d1 + d4 - 1") == footprint.AffineSum(((1, 1), (4, 1)), -1)
+    assert parse_expr("3 * d0 + 7").terms == ((0, 3),)
+    with pytest.raises(footprint.MapError, match="mod"):
+        parse_expr("d0 mod 4")
+
+
+def test_data_tiles_of_a_strided_convolution():
+    model = OpModel(info_of(conv(32, 64, 57, 57, 128, 3, 3, 2)))
+    tile = (1, 8, 4, 8, 16, 3, 3)   # n, f, oh, ow, c, r, s
+    x, w = model.inputs
+    assert model.data_tile(x, tile) == (1, 16, 2 * 3 + 3, 2 * 7 + 3)
+    assert model.data_tile(w, tile) == (8, 16, 3, 3)
+    assert model.footprint(tile) == (16 * 9 * 17 + 8 * 16 * 9) * 2
+
+
+def test_matmul_traffic_and_reuse_score():
+    m = n = k = 1024
+    model = OpModel(info_of(matmul(m, n, k, "f32", "f32")))
+    tile = (64, 32, 16)
+    # Q = blocks x (A rows + B columns over the full K + the output tile), bytes.
+    blocks = (m // 64) * (n // 32)
+    assert model.traffic(tile) == blocks * (64 * k + k * 32 + 64 * 32) * 4
+    # Growing the smaller side gives the better reuse score (squarer tiles).
+    grow_m = model.reuse_score(tile, (128, 32, 16))
+    grow_n = model.reuse_score(tile, (64, 64, 16))
+    assert grow_n > grow_m > 0
+
+
+def test_bank_padding_rule():
+    model = OpModel(info_of(matmul(1024, 1024, 1024, "f32", "f32")))
+    # fp32 rows of 32 floats (32 bank words, even): one word of padding.
+    assert policy.bank_padding(model, H100, (64, 64, 32), False) == (1, 1)
+    model16 = OpModel(info_of(matmul(1024, 1024, 1024)))
+    # fp16 rows of 64 halves = 8 ldmatrix rows of 16 B (even): 8 halves of padding.
+    assert policy.bank_padding(model16, H100, (128, 128, 64), True) == (8, 8)
+    # rows of an odd number of access units need none.
+    assert policy.bank_padding(model16, H100, (128, 128, 24), True)[0] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The pass: attributes, candidates, hand-given schedules
+
+
+def test_pass_writes_the_schedule_attributes():
+    module, tile = configure(matmul(4096, 4096, 4096))
+    attrs = tile.operation.attributes
+    for name in ("block_tile", "thread_tile", "threads", "grid", "smem_padding", "tensor_core",
+                 "target"):
+        assert name in attrs
+    assert tile.target == "sm_90" and tile.tensor_core
+    assert tile.threads == math.prod(b // t for b, t in zip(tile.block_tile,
+                                                             tile.thread_tile)) * 32
+    assert tile.grid == [-(-4096 // tile.block_tile[0]), -(-4096 // tile.block_tile[1])]
+    assert "candidates" not in attrs
+    with _ctx():
+        from quartet.dialects import verify
+        verify(module.operation)
+
+
+def test_pass_topk_candidates():
+    module, tile = configure(matmul(1024, 1024, 1024, "f32", "f32"), topk=3)
+    cands = ir.ArrayAttr(tile.operation.attributes["candidates"])
+    assert len(cands) == 3
+    first = ir.DictAttr(cands[0])
+    assert list(ir.DenseI64ArrayAttr(first["block_tile"])) == tile.block_tile
+    assert list(ir.DenseI64ArrayAttr(first["thread_tile"])) == tile.thread_tile
+    keys = {tuple(ir.DenseI64ArrayAttr(ir.DictAttr(c)["block_tile"])) +
+            tuple(ir.DenseI64ArrayAttr(ir.DictAttr(c)["thread_tile"])) for c in cands}
+    assert len(keys) == 3
+
+
+def test_pass_on_every_target():
+    for target in ("sm_90", "sm_80", "gfx942", "cpu"):
+        _, tile = configure(conv(8, 64, 30, 30, 64, 3, 3), target=target)
+        assert tile.target == target and tile.block_tile and tile.thread_tile
+
+
+HAND = ('{block_tile = array<i64: %s>, thread_tile = array<i64: %s>%s} ')
+
+
+def _hand(block, thread, extra="", m=1024, n=1024, k=1024, t="f16", acc="f32"):
+    return matmul(m, n, k, t, acc, attrs=HAND % (", ".join(map(str, block)),
+                                                  ", ".join(map(str, thread)), extra))
+
+
+def test_hand_given_schedule_is_kept_and_completed():
+    _, tile = configure(_hand((128, 128, 32), (64, 32, 32), ", tensor_core = true"))
+    assert tile.block_tile == [128, 128, 32] and tile.thread_tile == [64, 32, 32]
+    assert tile.threads == 8 * 32 and tile.grid == [8, 8]
+    assert tile.smem_padding == [8, 8]     # rows of 32 halves: 4 ldmatrix rows, even: pad one
+    assert tile.target == "sm_90"
+    # Without tensor cores: one thread per thread tile.
+    _, tile = configure(_hand((64, 64, 16), (4, 4, 16), t="f32"))
+    assert tile.threads == 256 and not tile.tensor_core and tile.smem_padding == [1, 1]
+
+
+@pytest.mark.parametrize("block,thread,extra,reason", [
+    ((256, 256, 256), (16, 16, 256), "", "bytes of shared memory per block"),
+    ((64, 64, 16), (1, 1, 16), "", "4096 threads per block, at most 1024"),
+    ((64, 64, 16), (32, 32, 16), "", "registers per thread"),
+    ((256, 128, 32), (8, 4, 32), "", "registers per block"),
+    ((128, 128, 32), (64, 36, 32), ", tensor_core = true", "not a positive multiple"),
+    ((128, 128, 32), (64, 4, 32), ", tensor_core = true", "not a multiple of the mma fragment"),
+    ((128, 128, 32), (8, 8, 32), ", threads = 128", "threads = 128, but"),
+    ((128, 128, 32), (8, 8, 32), ", grid = array<i64: 4, 4>", "grid = [4, 4], but"),
+    ((128, 128, 32), (8, 8, 32), ', target = "sm_80"', "target is 'sm_80'"),
+])
+def test_hand_given_schedule_that_does_not_fit(block, thread, extra, reason):
+    text = _hand(block, thread, extra)
+    with pytest.raises(QuartetError) as e:
+        configure(text)
+    message = str(e.value)
+    assert "'quartet.tile' op with root 'linalg.matmul'" in message
+    assert "does not fit sm_90" in message and reason in message
+
+
+def test_unsupported_op_names_the_op():
+    text = _generic([(32,)], ["(d0) -> (d0 floordiv 2)", "(d0) -> (d0)"], ["parallel"], (64,),
+                    "f32", "linalg.yield %x0 : f32")
+    with pytest.raises(QuartetError) as e:
+        configure(text)
+    assert "root 'linalg.generic' is not supported by roller-config" in str(e.value)
+    assert "floordiv" in str(e.value)
+
+
+def test_check_fits_returns_the_derived_schedule():
+    module = parse(_hand((128, 128, 32), (8, 8, 32), t="f32"))
+    with _ctx():
+        s = check_fits(_tile(module), H100)
+    assert s.threads == 256 and s.grid == (8, 8) and s.smem_padding == (1, 1)
