@@ -41,9 +41,9 @@
 // Control flow: tiles inside scf.while (LSTM loop) and scf.if (torch.cond) bodies.
 // RUN: quartet-opt %inputs/lstm_loop.mlir --pass-pipeline='builtin.module(quartet-outline-tiles)' | %filecheck %s --check-prefix=LOOP
 // LOOP: scf.while
-// LOOP: "quartet.tile"() ({
-// LOOP-NEXT: linalg.matmul
+// LOOP: linalg.matmul
+// LOOP-NEXT: gpu.yield
 // RUN: quartet-opt %inputs/cond_residual.mlir --pass-pipeline='builtin.module(quartet-outline-tiles)' | %filecheck %s --check-prefix=COND
 // COND: scf.if
-// COND: "quartet.tile"() ({
-// COND-NEXT: linalg.matmul
+// COND: linalg.matmul
+// COND-NEXT: gpu.yield
