@@ -272,7 +272,8 @@ def outline(module: ir.Module) -> ir.Module:
     """A copy of ``module`` with every ``gpu.launch`` outlined into a ``gpu.module`` kernel."""
     with module.context:
         copy = ir.Module.parse(str(module))
-        _run(copy, "builtin.module(gpu-kernel-outlining)", "kernel outlining")
+        _run(copy, "builtin.module(gpu-launch-sink-index-computations, gpu-kernel-outlining)",
+             "kernel outlining")
     return copy
 
 
