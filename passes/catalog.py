@@ -7,3 +7,4 @@ from quartet.passes import outline  # noqa: F401  quartet-outline-tiles, quartet
 from quartet.passes.roller import config  # noqa: F401  roller-config
 from quartet.lowering import cpu  # noqa: F401  quartet-lower-cpu
 from quartet.passes import pipelines  # noqa: F401  roller
+from quartet.lowering import gpu  # noqa: F401  quartet-lower-gpu
