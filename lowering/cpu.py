@@ -56,16 +56,24 @@ from mlir.dialects import func
 from mlir.dialects.transform import interpreter
 from mlir.passmanager import PassManager
 
+from quartet.dialects import captures
 from quartet.dialects import context as quartet_context
 from quartet.dialects import linalg_info
 from quartet.errors import QuartetError, location_of
+from quartet.lowering.cpu_i1 import widen_bool_tensors
 from quartet.passes.registry import ModulePass, register
 
 # ---------------------------------------------------------------------------------------------
 # What this target lowers.
 
-SUPPORTED_DIALECTS = ("arith", "math", "scf", "tensor", "linalg", "func", "cf", "affine",
-                      "bufferization", "memref", "index")
+SUPPORTED_DIALECTS = ("arith", "math", "scf", "linalg", "func", "cf", "affine", "bufferization",
+                      "memref", "index")
+# tensor ops that one-shot bufferization handles (not tensor.gather / tensor.scatter).
+SUPPORTED_TENSOR_OPS = ("tensor.bitcast", "tensor.cast", "tensor.collapse_shape", "tensor.concat",
+                        "tensor.dim", "tensor.empty", "tensor.expand_shape", "tensor.extract",
+                        "tensor.extract_slice", "tensor.from_elements", "tensor.generate",
+                        "tensor.insert", "tensor.insert_slice", "tensor.pad", "tensor.rank",
+                        "tensor.reshape", "tensor.splat", "tensor.yield")
 # linalg ops that are not structured (LinalgOp) ops; convert-linalg-to-loops cannot take them.
 UNSUPPORTED_LINALG = ("linalg.winograd_filter_transform", "linalg.winograd_input_transform",
                       "linalg.winograd_output_transform", "linalg.pack", "linalg.unpack")
@@ -135,8 +143,15 @@ def _check_op(op: ir.Operation) -> None:
         if op.parent is None or op.parent.name not in REGION_OPS:
             _fail(op, "operation 'gpu.yield' is not supported by the CPU target "
                       "(only as the terminator of a quartet region)")
+    elif dialect == "tensor":
+        if name not in SUPPORTED_TENSOR_OPS:
+            _fail(op, f"operation '{name}' is not supported by the CPU target")
     elif name in UNSUPPORTED_LINALG or dialect not in SUPPORTED_DIALECTS:
         _fail(op, f"operation '{name}' is not supported by the CPU target")
+    elif dialect in ("arith", "math") and name != "arith.constant" and any(
+            isinstance(v.type, ir.ShapedType) for v in list(op.operands)[name == "arith.select":]):
+        _fail(op, f"operation '{name}' on tensors is not supported by the CPU target "
+                  f"(elementwise work belongs in a linalg op)")
     for value in list(op.operands) + list(op.results):
         _check_type(op, value.type)
     if name == "func.func":
@@ -217,19 +232,35 @@ def iteration_space(op: ir.Operation) -> tuple[tuple[int, ...], tuple[str, ...]]
     kept here because ``linalg_info.info`` refuses ops with scalar operands (``linalg.fill``),
     which every lowered model has.
     """
+    captured = captures(op)   # a generic's payload may read values defined above it
     with op.context, ir.Location.unknown():
         scratch = ir.Module.create()
         with ir.InsertionPoint(scratch.body):
             # The results are returned so that nothing erases the op as dead.
-            fn = func.FuncOp("scratch", ([v.type for v in op.operands],
+            fn = func.FuncOp("scratch", ([v.type for v in list(op.operands) + captured],
                                          [r.type for r in op.results]))
             block = fn.add_entry_block()
             with ir.InsertionPoint(block):
                 clone = op.clone()
-                for i, arg in enumerate(block.arguments):
-                    clone.operands[i] = arg
+                args = list(block.arguments)
+                for i in range(len(op.operands)):
+                    clone.operands[i] = args[i]
+                _remap_captures(clone, captured, args[len(op.operands):])
                 func.ReturnOp(list(clone.results))
         return _space_of_text(str(scratch))
+
+
+def _remap_captures(clone: ir.Operation, captured: list[ir.Value], args: list[ir.Value]) -> None:
+    def visit(inner):
+        inner = inner.operation
+        if inner == clone:
+            return ir.WalkResult.ADVANCE
+        for i, value in enumerate(inner.operands):
+            if value in captured:
+                inner.operands[i] = args[captured.index(value)]
+        return ir.WalkResult.ADVANCE
+
+    clone.walk(visit)
 
 
 @lru_cache(maxsize=4096)
@@ -335,7 +366,7 @@ def inline_region(op: ir.Operation) -> None:
 # Stage 3: tiling and bufferization in one transform script.
 
 
-def transform_script(groups: dict[tuple, int]) -> str:
+def transform_script(groups: dict[tuple, int], bufferize: bool = True) -> str:
     """The transform-dialect schedule: tile each group, decompose aggregates, bufferize."""
     lines = []
     for (block, thread), group in sorted(groups.items(), key=lambda kv: kv[1]):
@@ -359,10 +390,12 @@ def transform_script(groups: dict[tuple, int]) -> str:
                      f": (!transform.any_op) -> !transform.any_op")
         lines.append(f"%dd{i} = transform.structured.decompose_interface %d{i} "
                      f": (!transform.any_op) -> !transform.any_op")
-    lines.append(
-        "%bufferized = transform.bufferization.one_shot_bufferize %root "
-        "{bufferize_function_boundaries = true, function_boundary_type_conversion = 1 : i32, "
-        'memcpy_op = "linalg.copy"} : (!transform.any_op) -> !transform.any_op')
+    if bufferize:
+        lines.append(
+            "%bufferized = transform.bufferization.one_shot_bufferize %root "
+            "{bufferize_function_boundaries = true, function_boundary_type_conversion = 1 : i32, "
+            "allow_return_allocs_from_loops = true, "
+            'memcpy_op = "linalg.copy"} : (!transform.any_op) -> !transform.any_op')
     body = "\n    ".join(lines)
     return f"""
 module attributes {{transform.with_named_sequence}} {{
@@ -374,10 +407,16 @@ module attributes {{transform.with_named_sequence}} {{
 """
 
 
-def tile_and_bufferize(module: ir.Operation, groups: dict[tuple, int]) -> None:
-    script = ir.Module.parse(transform_script(groups), context=module.context)
+def tile_and_bufferize(module: ir.Operation, groups: dict[tuple, int],
+                       bufferize: bool = True) -> None:
+    script = ir.Module.parse(transform_script(groups, bufferize), context=module.context)
     entry = script.body.operations[0]
-    interpreter.apply_named_sequence(module, entry, script)
+    try:
+        interpreter.apply_named_sequence(module, entry, script)
+    except ir.MLIRError as e:
+        raise _lowering_error(e, "tiling and bufferization") from None
+    except ValueError as e:   # the interpreter reports its diagnostics as one text
+        raise _interpreter_error(str(e)) from None
     # The tiled clones keep the group attribute; it means nothing any more.
     for op in _walk_ops(module, lambda o: _TILE_GROUP_ATTR in o.attributes):
         del op.attributes[_TILE_GROUP_ATTR]
@@ -405,8 +444,9 @@ LLVM_PIPELINE = ",".join([
     "convert-index-to-llvm",
     "convert-func-to-llvm{use-bare-ptr-memref-call-conv=1}",
     "convert-cf-to-llvm",
-    "reconcile-unrealized-casts",
 ])
+# Run after the check that nothing but LLVM (and the casts between) is left.
+RECONCILE = "reconcile-unrealized-casts"
 
 
 def _run_pipeline(module: ir.Operation, elements: str, stage: str) -> None:
@@ -414,10 +454,28 @@ def _run_pipeline(module: ir.Operation, elements: str, stage: str) -> None:
     try:
         pm.run(module)
     except ir.MLIRError as e:
-        diags = getattr(e, "error_diagnostics", None) or []
-        message = diags[0].message.splitlines()[0] if diags else str(e).splitlines()[0]
-        where = location_of(diags[0].location) if diags else None
-        raise QuartetError(f"CPU lowering failed in {stage}: {message}", where) from None
+        raise _lowering_error(e, stage) from None
+
+
+def _interpreter_error(text: str) -> QuartetError:
+    """'Diagnostic message at loc(...): <message>' -> QuartetError at that location."""
+    import re
+
+    m = re.search(r"Diagnostic message at (loc\(.*?\)): (.*?)(?:at loc\(|$)", text, re.S)
+    if not m:
+        return QuartetError(f"CPU lowering failed in tiling and bufferization: "
+                            f"{text.splitlines()[-1]}")
+    return QuartetError(f"CPU lowering failed in tiling and bufferization: "
+                        f"{m.group(2).strip().splitlines()[0]}", location_of(m.group(1)))
+
+
+def _lowering_error(e: "ir.MLIRError", stage: str) -> QuartetError:
+    diags = getattr(e, "error_diagnostics", None) or []
+    if not diags:
+        return QuartetError(f"CPU lowering failed in {stage}: {str(e).splitlines()[0]}")
+    message = diags[0].message.splitlines()[0]
+    return QuartetError(f"CPU lowering failed in {stage}: {message}",
+                        location_of(diags[0].location))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -532,9 +590,17 @@ def is_lowered(module: ir.Operation) -> bool:
 # The pass.
 
 
-def lower_to_llvm(module: ir.Operation, entry: str | None = None) -> EntrySig:
+STAGES = ("tile", "bufferize", "llvm")
+
+
+def lower_to_llvm(module: ir.Operation, entry: str | None = None,
+                  stop_after: str = "llvm") -> EntrySig:
     """Lower ``module`` (linalg on tensors, with or without quartet tiles) in place to the LLVM
-    dialect; return and record the entry signature."""
+    dialect; return and record the entry signature. ``stop_after="tile"`` stops with the tiled
+    loops on tensors, ``"bufferize"`` after bufferization (for tests and debugging)."""
+    if stop_after not in STAGES:
+        raise QuartetError(f"unknown CPU lowering stage '{stop_after}' "
+                           f"(stages: {', '.join(STAGES)})")
     check_supported(module)
     fn = find_entry(module, entry)
     sig = entry_signature(fn)
@@ -542,10 +608,13 @@ def lower_to_llvm(module: ir.Operation, entry: str | None = None) -> EntrySig:
         if f != fn and _is_public(f):
             f.attributes["sym_visibility"] = ir.StringAttr.get("private")
     groups = tag_and_inline(module)
-    tile_and_bufferize(module, groups)
-    _run_pipeline(module, LLVM_PIPELINE, "the LLVM pipeline")
-    _check_lowered(module)
-    module.attributes[ENTRY_ATTR] = _entry_attr(sig)
+    widen_bool_tensors(module)
+    tile_and_bufferize(module, groups, bufferize=stop_after != "tile")
+    if stop_after == "llvm":
+        _run_pipeline(module, LLVM_PIPELINE, "the LLVM pipeline")
+        _check_lowered(module)
+        _run_pipeline(module, RECONCILE, "the LLVM pipeline")
+        module.attributes[ENTRY_ATTR] = _entry_attr(sig)
     return sig
 
 
@@ -553,7 +622,8 @@ def _check_lowered(module: ir.Operation) -> None:
     """Safety net: nothing but the LLVM dialect may be left, and no call to a library that is
     not the C library or libm."""
     for op in _walk_ops(module, lambda o: not (o.name.startswith("llvm.")
-                                              or o.name == "builtin.module")):
+                                              or o.name in ("builtin.module",
+                                                            "builtin.unrealized_conversion_cast"))):
         _fail(op, f"operation '{op.name}' is not supported by the CPU target (left after "
                   f"lowering)")
     for op in _walk_ops(module, lambda o: o.name == "llvm.func" and not len(o.regions[0].blocks)):
@@ -581,10 +651,16 @@ class LowerCpu(ModulePass):
     name = "quartet-lower-cpu"
     summary = ("lower quartet.tile ops to tiled loops and the LLVM dialect for the CPU "
                "(bare-pointer entry: inputs, then output buffers)")
-    entry: str = ""
+    entry: str = ""          # the function to export (default: the only public one)
+    stop_after: str = "llvm"  # "tile" | "bufferize" | "llvm"
+
+    def __post_init__(self):
+        if self.stop_after not in STAGES:
+            raise ValueError(f"stop_after must be one of {', '.join(STAGES)}, "
+                             f"got '{self.stop_after}'")
 
     def apply(self, module) -> None:
-        lower_to_llvm(module, self.entry or None)
+        lower_to_llvm(module, self.entry or None, self.stop_after)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,189 @@
+"""Boolean tensors on the CPU path: ``tensor<...xi1>`` stored as one byte per element.
+
+MLIR 22's memref-to-LLVM conversion packs sub-byte element types, and for ``i1`` its load and
+store lowerings abort the process (an assertion: the element width must be at least 8). Boolean
+tensors are common in imported models (masks, ``torch.where`` conditions, the predicates of
+``torch.cond`` and ``while_loop``), so before bufferization every ``i1`` tensor becomes an ``i8``
+tensor holding 0 or 1: exactly numpy's ``bool_`` layout, so the entry's calling convention does
+not change. Scalars stay ``i1``; the conversions sit where a scalar meets a tensor:
+
+* a linalg op's payload argument whose operand became ``i8`` is truncated to ``i1`` at the top
+  of the body, and ``i1`` values it yields into an ``i8`` output are zero-extended;
+* an ``i1`` scalar operand of a linalg op (``linalg.fill``) is zero-extended before the op;
+* ``tensor.extract`` from a byte tensor is truncated after it; ``tensor.insert``,
+  ``tensor.from_elements``, ``tensor.splat`` and the ``tensor.yield`` of ``tensor.pad`` /
+  ``tensor.generate`` zero-extend what they put in;
+* ``i1`` tensor constants become ``i8`` constants of the same 0/1 values;
+* function signatures follow their block arguments and returned values.
+
+What is computed does not change: every ``i1`` value inside a payload is the same bit as before.
+Assumes: the module was checked by ``cpu.check_supported`` (no elementwise arith on tensors).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from mlir import ir
+from mlir.dialects import arith
+
+from quartet.errors import QuartetError, location_of
+
+
+def _i1(t: ir.Type) -> bool:
+    return isinstance(t, ir.IntegerType) and ir.IntegerType(t).width == 1
+
+
+def _bool_tensor(t: ir.Type) -> bool:
+    return isinstance(t, ir.RankedTensorType) and _i1(ir.RankedTensorType(t).element_type)
+
+
+def _widened(t: ir.Type) -> ir.Type:
+    """``tensor<...xi1>`` -> ``tensor<...xi8>``; other types unchanged."""
+    if _bool_tensor(t):
+        rt = ir.RankedTensorType(t)
+        return ir.RankedTensorType.get(rt.shape, ir.IntegerType.get_signless(8), rt.encoding)
+    return t
+
+
+def _byte_tensor(t: ir.Type) -> bool:
+    return (isinstance(t, ir.RankedTensorType)
+            and ir.RankedTensorType(t).element_type == ir.IntegerType.get_signless(8))
+
+
+def _all_ops(root: ir.Operation) -> list[ir.Operation]:
+    ops: list[ir.Operation] = []
+
+    def visit(op):
+        ops.append(op.operation)
+        return ir.WalkResult.ADVANCE
+
+    root.walk(visit)
+    return ops
+
+
+def has_bool_tensors(module: ir.Operation) -> bool:
+    for op in _all_ops(module):
+        if any(_bool_tensor(r.type) for r in op.results):
+            return True
+        for region in op.regions:
+            for block in region.blocks:
+                if any(_bool_tensor(a.type) for a in block.arguments):
+                    return True
+    return False
+
+
+def widen_bool_tensors(module: ir.Operation) -> None:
+    """Rewrite every ``tensor<...xi1>`` of ``module`` into ``tensor<...xi8>`` in place."""
+    if not has_bool_tensors(module):
+        return
+    ops = _all_ops(module)
+    i8 = ir.IntegerType.get_signless(8)
+    constants = [op for op in ops if op.name == "arith.constant" and _bool_tensor(op.results[0].type)]
+    # 1. Every value of a boolean tensor type changes type.
+    for op in ops:
+        for result in op.results:
+            if _bool_tensor(result.type):
+                result.set_type(_widened(result.type))
+        for region in op.regions:
+            for block in region.blocks:
+                for arg in block.arguments:
+                    if _bool_tensor(arg.type):
+                        arg.set_type(_widened(arg.type))
+    # 2. Conversions where scalars meet byte tensors.
+    for op in ops:
+        name = op.name
+        if name.startswith("linalg.") and len(op.regions) and len(op.regions[0].blocks):
+            _fix_linalg(op, i8)
+        elif name == "tensor.extract" and _i1(op.results[0].type) \
+                and _byte_tensor(op.operands[0].type):
+            _truncate_result(op, i8)
+        elif name in ("tensor.insert", "tensor.splat") and _byte_tensor(op.results[0].type):
+            _extend_operand(op, 0, i8)
+        elif name == "tensor.from_elements" and _byte_tensor(op.results[0].type):
+            for i in range(len(op.operands)):
+                _extend_operand(op, i, i8)
+        elif name == "tensor.yield" and op.parent is not None \
+                and op.parent.name in ("tensor.pad", "tensor.generate") \
+                and _byte_tensor(op.parent.results[0].type):
+            _extend_operand(op, 0, i8)
+    for op in constants:
+        _widen_constant(op, i8)
+    for op in ops:
+        if op.name == "func.func":
+            _fix_signature(op)
+
+
+def _extend_operand(op: ir.Operation, index: int, i8: ir.Type) -> None:
+    value = op.operands[index]
+    if not _i1(value.type):
+        return
+    with op.location, ir.InsertionPoint(op):
+        op.operands[index] = arith.ExtUIOp(i8, value).result
+
+
+def _truncate_result(op: ir.Operation, i8: ir.Type) -> None:
+    result = op.results[0]
+    result.set_type(i8)
+    with op.location, ir.InsertionPoint.after(op):
+        trunc = arith.TruncIOp(ir.IntegerType.get_signless(1), result)
+    result.replace_all_uses_except(trunc.result, trunc.operation)
+
+
+def _fix_linalg(op: ir.Operation, i8: ir.Type) -> None:
+    block = op.regions[0].blocks[0]
+    args = list(block.arguments)
+    operands = list(op.operands)
+    # Payload arguments correspond to the leading operands (ins then outs; linalg.map has
+    # arguments for its ins only).
+    for k, arg in enumerate(args):
+        if k >= len(operands) or not _i1(arg.type):
+            continue
+        operand_type = operands[k].type
+        if _i1(operand_type):                       # an i1 scalar operand (linalg.fill)
+            _extend_operand(op, k, i8)
+        elif not _byte_tensor(operand_type):
+            continue
+        arg.set_type(i8)
+        first = block.operations[0] if len(block.operations) else None
+        with op.location, ir.InsertionPoint(first) if first is not None \
+                else ir.InsertionPoint(block):
+            trunc = arith.TruncIOp(ir.IntegerType.get_signless(1), arg)
+        arg.replace_all_uses_except(trunc.result, trunc.operation)
+    terminator = block.operations[len(block.operations) - 1].operation
+    if terminator.name != "linalg.yield":
+        return
+    for j, result in enumerate(op.results):
+        if j < len(terminator.operands) and _byte_tensor(result.type):
+            _extend_operand(terminator, j, i8)
+
+
+def _widen_constant(op: ir.Operation, i8: ir.Type) -> None:
+    attr = op.attributes["value"]
+    new_type = op.results[0].type     # already the byte tensor type
+    if not isinstance(attr, ir.DenseIntElementsAttr):
+        raise QuartetError(f"boolean tensor constant '{attr}' is not supported by the CPU "
+                           f"target", location_of(op))
+    if attr.is_splat:
+        splat = attr.get_splat_value()
+        value = splat.value if isinstance(splat, ir.BoolAttr) else ir.IntegerAttr(splat).value
+        new_attr = ir.DenseElementsAttr.get_splat(new_type, ir.IntegerAttr.get(i8, int(bool(value))))
+    else:
+        values = np.array([int(bool(v)) for v in attr], dtype=np.int8)
+        new_attr = ir.DenseElementsAttr.get(values.reshape(ir.RankedTensorType(new_type).shape),
+                                            type=i8)
+    with op.location, ir.InsertionPoint(op):
+        new = arith.ConstantOp(new_type, new_attr)
+    op.results[0].replace_all_uses_with(new.result)
+    op.erase()
+
+
+def _fix_signature(fn: ir.Operation) -> None:
+    ftype = ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value)
+    blocks = fn.regions[0].blocks
+    if len(blocks):
+        inputs = [a.type for a in blocks[0].arguments]
+    else:
+        inputs = [_widened(t) for t in ftype.inputs]
+    results = [_widened(t) for t in ftype.results]
+    if list(ftype.inputs) != inputs or list(ftype.results) != results:
+        fn.attributes["function_type"] = ir.TypeAttr.get(ir.FunctionType.get(inputs, results))
