@@ -12,9 +12,10 @@ Follows Roller (OSDI'22) sections 4-5 as summarised in ``shared/papers/roller_ra
   cores) tile grows from the unit tile one axis at a time, the axis with the best score
   ``S_i = (Q(T) - Q(T'_i)) / (F(T'_i) - F(T))`` first, while it fits the register budget and
   is not yet compute-bound against shared memory; then the block tile grows from it in multiples
-  of the register tile while it fits shared memory, threads and registers and is not yet
-  compute-bound against L2. Every aligned tile met on the way is a candidate; reduction steps are
-  transaction-aligned (``lcm(unit, 32 B / element) * 2^j`` up to a 128-byte row).
+  of the register tile while it fits shared memory (double-buffered), threads and registers and
+  is not yet compute-bound against L2, by Roller's depth-first search (children best score
+  first, a bounded number of nodes). Every aligned tile it meets is a candidate; reduction steps
+  are transaction-aligned (``lcm(unit, 32 B / element) * 2^j`` up to a 128-byte row).
 * **Micro performance model (1.4).** Each candidate gets an estimated time: compute at the
   target's peak shared among the blocks of an SM (and reduced when too few warps are resident to
   hide latency), global traffic Q(T) over L2 and compulsory traffic over DRAM (with
@@ -25,7 +26,9 @@ Follows Roller (OSDI'22) sections 4-5 as summarised in ``shared/papers/roller_ra
   block tile halved, lowest-reuse axis first (Roller's ``try_shrink``), and, when that leaves
   fewer threads than a full set of sub-partitions, threads cooperate on the main reduction.
 * **Irregular extents (1.5).** The padding tolerance eps grows from 0 in steps of 0.2 until
-  enough candidates exist (197, 1000, 30522 have few divisors); the model charges the padding.
+  enough candidates exist (197, 1000, 30522 have few divisors; candidates of eps 0 and 0.2 are
+  always pooled). Ranking charges a padded tile its padding twice (once as wasted work in the
+  model, once as a factor ``1 + padding``): it must beat exact tiles by more than it wastes.
 * **Ops without reuse (1.4, ``PolicyPlainRT``).** Elementwise ops, pooling, depthwise
   convolution and reductions gain nothing from large tiles: threads are a multiple of 32 laid
   out innermost-first with vector-wide per-thread tiles on the contiguous axis. Row reductions
@@ -58,6 +61,8 @@ from quartet.passes.footprint import MapError, OpModel, is_padding_ok
 from quartet.passes.hardware import Hardware
 
 EPS_STEPS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+DFS_NODES = 96          # block tiles the DFS may visit per register tile
+DFS_FOUND = 12          # aligned block tiles it collects per register tile
 WINDOW = 16             # reduction loops this short (filter windows) are staged whole
 REG_GROWTH = (1, 2, 4, 8, 16, 32)
 
@@ -339,17 +344,23 @@ TIE = 0.03    # estimates this close to the best are ties for the model
 
 
 def _rank(schedules, topk: int) -> list[Schedule]:
-    """Best estimate first. Estimates within TIE of the best are a tie, broken by Roller's
-    preferences: less padding, 256 threads, then the larger block (fewer blocks to schedule)."""
+    """Best first by estimated time, charged once more for its padding: a padded tile must
+    beat an exact one by more than the padding it adds (Roller pads only when it must).
+    Estimates within TIE of the best are a tie, broken by Roller's preferences: less padding,
+    256 threads, then the larger block (fewer blocks to schedule)."""
     schedules = list(schedules)
     if not schedules:
         return []
-    best = min(s.estimate for s in schedules)
+
+    def cost(s):
+        return s.estimate * (1.0 + s.eps)
+
+    best = min(cost(s) for s in schedules)
 
     def key(s):
-        tied = s.estimate <= best * (1 + TIE)
+        tied = cost(s) <= best * (1 + TIE)
         pref = (s.eps, abs(math.log2(max(1, s.threads) / 256)), -math.prod(s.block_tile))
-        return (0, pref, s.estimate) if tied else (1, (), s.estimate)
+        return (0, pref, cost(s)) if tied else (1, (), cost(s))
 
     seen, out = set(), []
     for s in sorted(schedules, key=key):
@@ -462,8 +473,9 @@ def _block_options(model: OpModel, loop: int, base: int, eps: float) -> list[int
 
 def _block_tiles(model: OpModel, hw: Hardware, thread, steps: dict[int, int],
                  tensor_core: bool, eps: float, unit) -> list[tuple]:
-    """Grow the block tile from the register tile by reuse score while it fits; every aligned
-    tile on the way is a candidate (the last one when none is aligned)."""
+    """Grow the block tile from the register tile by reuse score while it fits (a depth-first
+    search, best score first, as in Roller); every aligned tile met is a candidate (the last
+    one visited when none is aligned)."""
     block = list(_with_reduction(thread, steps))
     options = {p: _block_options(model, p, thread[p], eps) for p in model.parallel}
     if any(not options[p] or options[p][0] != thread[p] for p in model.parallel):
@@ -482,35 +494,46 @@ def _block_tiles(model: OpModel, hw: Hardware, thread, steps: dict[int, int],
         return (threads <= hw.max_threads_per_block and regs * threads <= hw.regs_per_block
                 and model.footprint(b) * hw.pipeline_stages <= hw.smem_per_block)
 
-    found = []
-    while True:
-        aligned = lanes(block) % lanes_multiple == 0 and _transaction_aligned(model, hw, block)
-        if aligned:
-            found.append(tuple(block))
-            padded = model.padded_ranges(block)
-            full = tuple(padded[k] if model.is_reduction[k] else block[k]
-                         for k in range(model.num_loops))
-            if model.flops(full) >= threshold * model.traffic(block, space=full):
-                break                                # aligned and compute-bound against L2
-        best, best_score = None, -1.0
-        q_now, f_now = model.traffic(block), model.footprint(block)
+    def aligned(b):
+        return lanes(b) % lanes_multiple == 0 and _transaction_aligned(model, hw, b)
+
+    found: dict[tuple, None] = {}     # insertion-ordered set of candidates
+    visited: set[tuple] = set()
+    last = [tuple(block)]
+
+    def bound(b) -> bool:
+        padded = model.padded_ranges(b)
+        full = tuple(padded[k] if model.is_reduction[k] else b[k] for k in range(model.num_loops))
+        return model.flops(full) >= threshold * model.traffic(b, space=full)
+
+    def enlarge(b: tuple) -> None:
+        """Roller's DFS: children in order of reuse score; stop below an aligned tile that is
+        compute-bound against L2; stop the search once enough candidates are found."""
+        if b in visited or len(visited) >= DFS_NODES or len(found) >= DFS_FOUND:
+            return
+        visited.add(b)
+        last[0] = b
+        if aligned(b):
+            found[b] = None
+            if bound(b):
+                return
+        q_now, f_now = model.traffic(b), model.footprint(b)
+        children = []
         for p in order:
-            bigger = [o for o in options[p] if o > block[p]]
+            bigger = [o for o in options[p] if o > b[p]]
             if not bigger:
                 continue
-            grown = list(block)
-            grown[p] = bigger[0]
-            if not ok(grown):
-                continue
-            score = (q_now - model.traffic(grown)) / max(1, model.footprint(grown) - f_now)
-            if score > best_score:
-                best, best_score = grown, score
-        if best is None:
-            break
-        block = best
-    if not found and ok(block):
-        found.append(tuple(block))
-    return found
+            grown = b[:p] + (bigger[0],) + b[p + 1:]
+            if ok(grown):
+                score = (q_now - model.traffic(grown)) / max(1, model.footprint(grown) - f_now)
+                children.append((-score, order.index(p), grown))
+        for _, _, grown in sorted(children):
+            enlarge(grown)
+
+    enlarge(tuple(block))
+    if not found and ok(last[0]):
+        found[last[0]] = None     # capacity-bound and unaligned: the shrink or align step fixes it
+    return list(found)
 
 
 def _shrink(model: OpModel, hw: Hardware, block, thread, unit, tensor_core: bool,
