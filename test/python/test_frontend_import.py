@@ -199,6 +199,18 @@ def test_imported_linalg_computes_what_pytorch_computes(zoo, name, tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dim,correction,keepdim", [
+    (None, None, False), ([1], 0, True), ([-1], 1, False), ([0, 2], 2, True)])
+def test_var_mean_decomposition_matches_torch(dim, correction, keepdim):
+    """The f32 var_mean that replaces torch-mlir's f64 one (LayerNorm, GroupNorm, ...)."""
+    x = torch.randn(3, 4, 5) * 10 + 3
+    got = importer._var_mean_same_precision(x, dim, correction=correction, keepdim=keepdim)
+    want = torch.var_mean(x, dim, correction=correction, keepdim=keepdim)
+    for g, w in zip(got, want):
+        assert g.dtype == torch.float32 and g.shape == w.shape
+        torch.testing.assert_close(g, w)
+
+
 def test_bf16_weights_are_raw_bits():
     model = nn.Linear(4, 4).to(torch.bfloat16).eval()
     program = import_module(model, (torch.randn(2, 4, dtype=torch.bfloat16),))
