@@ -6,7 +6,8 @@ For each operator of the issue's benchmark (and the small and irregular shapes o
 this builds the linalg op, reads its loops once (``linalg_info``, timed apart: it runs an
 upstream pass in a scratch context) and then times ``policy.construct`` alone, ``--repeat``
 times from a fresh op model each time (nothing cached between runs). It prints the median and
-the slowest run in milliseconds and the top schedule. Roller's paper reports 0.41 s per operator
+the slowest wall-clock run and the median CPU time of the process (less sensitive to other load
+on a shared machine), in milliseconds, and the top schedule. Roller's paper reports 0.41 s per operator
 for top-1 including code generation; the policy alone should take well under 50 ms.
 """
 
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     medians = []
     print(f"Roller policy on {hw.name} ({hw.description}), top-{args.topk}, "
           f"{args.repeat} runs per op; times in ms")
-    print(f"{'operator':34} {'info':>7} {'median':>7} {'max':>7}  schedule")
+    print(f"{'operator':34} {'info':>7} {'median':>7} {'max':>7} {'cpu':>7}  schedule")
     for name, text in OPS.items():
         with ctx, ir.Location.unknown():
             module = ir.Module.parse(text)
@@ -115,14 +116,15 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             info = linalg_info.info(op)
             info_ms = (time.perf_counter() - started) * 1e3
-        times = []
+        times, cpu = [], []
         for _ in range(args.repeat):
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             schedules = policy.construct(info, hw, args.topk)
             times.append((time.perf_counter() - started) * 1e3)
+            cpu.append((time.process_time() - started_cpu) * 1e3)
         medians.append(statistics.median(times))
-        print(f"{name:34} {info_ms:7.1f} {statistics.median(times):7.2f} {max(times):7.2f}  "
-              f"{_describe(schedules[0])}")
+        print(f"{name:34} {info_ms:7.1f} {statistics.median(times):7.2f} {max(times):7.2f} "
+              f"{statistics.median(cpu):7.2f}  {_describe(schedules[0])}")
     print(f"median over operators: {statistics.median(medians):.2f} ms, "
           f"slowest operator: {max(medians):.2f} ms")
     return 0

@@ -62,7 +62,7 @@ from quartet.passes.hardware import Hardware
 
 EPS_STEPS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 DFS_NODES = 96          # block tiles the DFS may visit per register tile
-DFS_FOUND = 12          # aligned block tiles it collects per register tile
+DFS_FOUND = 8           # aligned block tiles it collects per register tile
 WINDOW = 16             # reduction loops this short (filter windows) are staged whole
 REG_GROWTH = (1, 2, 4, 8, 16, 32)
 
@@ -151,6 +151,7 @@ class GemmRoles:
 
 
 def _inner_first(loops, operand) -> tuple[int, ...]:
+    """``loops`` ordered by the operand dimension they index, innermost first."""
     positions = operand.positions
     return tuple(sorted(loops, key=lambda loop: (-positions.get(loop, -1), -loop)))
 
@@ -615,11 +616,12 @@ def _add_reuse(candidates, model, hw, block, thread, steps, tensor_core, eps, un
         block, thread = _shrink(model, hw, block, thread, unit, tensor_core, eps)
     else:
         thread = _align_lanes(model, hw, block, thread, unit, tensor_core)
-    if model.footprint(block) * hw.pipeline_stages > hw.smem_per_block:
+    key = (tuple(block), tuple(thread), tensor_core)
+    if key in candidates or model.footprint(block) * hw.pipeline_stages > hw.smem_per_block:
         return
     s = derive(model, hw, block, thread, tensor_core, policy="reuse", unit=unit)
-    if fits(hw, s) and s.key not in candidates:
-        candidates[s.key] = s
+    if fits(hw, s):
+        candidates[key] = s
 
 
 # ---------------------------------------------------------------------------------------------
