@@ -1085,6 +1085,9 @@ def build_fallback_kernel(tile, target, fb: FallbackPlan | None = None, name: st
             env[v] = bufferization.to_tensor(v.type, m, restrict=True)
         for v in _non_tensor_captures(tile) + [v for v in tile.inputs if _is_empty(v)]:
             env[v] = _owner_op(v).clone().results[0]
+        for o in tile.computation:       # tensor.empty inside the tile (a pooling window)
+            if o.name == "tensor.empty":
+                env[o.results[0]] = o.clone().results[0]
         inits = list(fb.op.operands)[-len(fb.op.results):]
         fills = {f.results[0]: f for f in fb.fills}
         fused = ["linalg.fill"] if fb.fills else []
