@@ -48,7 +48,17 @@ def loop_info(root) -> LinalgInfo:
     except Exception as e:   # noqa: BLE001  (any failure of the analysis means: unsupported)
         if op.name == "linalg.fill":
             return _fill_info(op)
-        raise Unsupported(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        raise Unsupported(_why(e)) from None
+
+
+def _why(error: Exception) -> str:
+    """A one-line reason from a failure of ``linalg_info.info``."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    if isinstance(error, StopIteration):
+        return "its loops cannot be read (it does not generalize to a linalg.generic)"
+    if "ShapedType" in text:
+        return "an operand is a scalar, and dialects/linalg_info.py reads tensor operands only"
+    return text or type(error).__name__
 
 
 def _fill_info(op) -> LinalgInfo:

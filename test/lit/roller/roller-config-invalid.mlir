@@ -59,3 +59,14 @@ func.func @unsupported_map(%x: tensor<32xf32>, %y: tensor<64xf32>) -> tensor<64x
   }) : () -> tensor<64xf32>
   return %r : tensor<64xf32>
 }
+
+// -----
+
+// CHECK: roller-config-invalid.mlir:[[# @LINE + 2]]:8: error: 'quartet.tile' op with root 'linalg.softmax' is not supported by roller-config on sm_90: its loops cannot be read (it does not generalize to a linalg.generic)
+func.func @softmax_op(%x: tensor<64x128xf32>, %y: tensor<64x128xf32>) -> tensor<64x128xf32> {
+  %r = "quartet.tile"() ({
+    %s = linalg.softmax dimension(1) ins(%x : tensor<64x128xf32>) outs(%y : tensor<64x128xf32>) -> tensor<64x128xf32>
+    gpu.yield %s : tensor<64x128xf32>
+  }) : () -> tensor<64x128xf32>
+  return %r : tensor<64x128xf32>
+}
