@@ -179,6 +179,7 @@ class _Launch:
     func: str
     kernel_module: str
     kernel: str
+    func_args: tuple
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
     shared_bytes: int
@@ -246,19 +247,20 @@ def _launches(module: ir.Module, num_inputs: int | None) -> list[_Launch]:
                           (lf.blockSizeX, lf.blockSizeY, lf.blockSizeZ))
             smem = lf.dynamicSharedMemorySize
             shared = _constant(smem, "dynamic shared memory size", op) if smem is not None else 0
-            kargs = []
+            kargs, numbers = [], []
             for v in lf.kernelOperands:
                 if v not in args_of or not isinstance(v.type, ir.MemRefType):
                     raise QuartetError("a kernel may only read memref arguments of its "
                                        f"function (got a value of type {v.type})",
                                        location_of(op))
                 role, index = roles[args_of[v]]
+                numbers.append(args_of[v])
                 mt = ir.MemRefType(v.type)
                 kargs.append(KernelArg(role, index, tuple(mt.shape), _dtype_name(mt.element_type)))
             path = list(ir.SymbolRefAttr(lf.kernel).value)   # [gpu.module, gpu.func]
             root, leaf = path[0], path[-1]
-            found.append(_Launch(ir.StringAttr(fn.sym_name).value, root, leaf, grid, block,
-                                 shared, tuple(kargs), location_of(op)))
+            found.append(_Launch(ir.StringAttr(fn.sym_name).value, root, leaf, tuple(numbers),
+                                 grid, block, shared, tuple(kargs), location_of(op)))
             return ir.WalkResult.ADVANCE
 
         fn.operation.walk(visit)
@@ -272,10 +274,16 @@ def _launches(module: ir.Module, num_inputs: int | None) -> list[_Launch]:
 _CACHE: dict[str, bytes] = {}
 
 
-def outline(module: ir.Module) -> ir.Module:
-    """A copy of ``module`` with every ``gpu.launch`` outlined into a ``gpu.module`` kernel."""
-    with module.context:
-        copy = ir.Module.parse(str(module))
+def outline(module) -> ir.Module:
+    """A copy of ``module`` in a private Context, every ``gpu.launch`` outlined into a
+    ``gpu.module`` kernel. (A private Context: pass managers cannot run in the Context of a
+    running pass, and quartet-opt calls this from passes.)"""
+    op = module.operation if hasattr(module, "operation") else module
+    text = op.get_asm(enable_debug_info=True)
+    context = ir.Context()
+    context.emit_error_diagnostics = True
+    with context, ir.Location.unknown():
+        copy = ir.Module.parse(text)
         _run(copy, "builtin.module(gpu-launch-sink-index-computations, gpu-kernel-outlining)",
              "kernel outlining")
     return copy
@@ -307,7 +315,7 @@ def compile_launch_module(module: ir.Module, target, *, emit: str = "bin",
     specs = []
     for launch in launches:
         blob = binaries[launch.kernel_module]
-        notes = {"func": launch.func}
+        notes = {"func": launch.func, "func_args": launch.func_args}
         if emit == "ptx":
             notes["ptx"] = blob.decode()
         specs.append(KernelSpec(name=f"{name_prefix}{launch.kernel_module}",

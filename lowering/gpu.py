@@ -227,14 +227,15 @@ def _to_buffer(v: ir.Value) -> ir.Value:
     return bufferization.to_buffer(mt, v, read_only=True)
 
 
-def _insert_binary(module: ir.Module, name: str, spec, target: str) -> None:
+def _insert_binary(module: ir.Module, name: str, spec, target: str, emit: str = "bin") -> None:
     t = binary.get_target(target)
     if t.is_nvidia:
         attr = ir.Attribute.parse(f'#nvvm.target<O = 3, chip = "{t.chip}", '
                                   f'features = "{t.features}">')
     else:
         attr = ir.Attribute.parse(f'#rocdl.target<O = 3, chip = "{t.chip}">')
-    obj = gpu.ObjectAttr.get(attr, 3, spec.binary)       # 3 = #gpu.compilation_target<bin>
+    fmt = {"bin": 3, "ptx": 2, "obj": 3}[emit]     # #gpu.compilation_target: 2 isa, 3 bin
+    obj = gpu.ObjectAttr.get(attr, fmt, spec.binary)
     with ir.InsertionPoint(module.body):
         gpu.BinaryOp(name, ir.ArrayAttr.get([obj]),
                      offloadingHandler=ir.Attribute.parse("#gpu.select_object<0>"))
@@ -316,17 +317,116 @@ def _compile_all(op: ir.Operation, target: str) -> list:
     return compiled
 
 
+def build_kernels_into(module, target: str = "sm_90") -> None:
+    """Append the kernel function of every tile (a ``func.func @qN`` on memrefs holding a
+    ``gpu.launch``) to ``module``, tiles left in place: the middle stage, for tests."""
+    from quartet.dialects import context as quartet_context
+
+    op = module.operation if hasattr(module, "operation") else module
+    text = op.get_asm(enable_debug_info=True)
+    kernels = []
+    with quartet_context() as ctx, ir.Location.unknown():
+        copy = ir.Module.parse(text)
+        n = 0
+        for fn in copy.body.operations:
+            if fn.operation.name != "func.func":
+                continue
+            for tile in _tiles_of(fn):
+                kmod, _ = build_kernel(tile, target, f"q{n}")
+                kernels.append(kmod.operation.get_asm(enable_debug_info=True))
+                n += 1
+        del ctx
+    body = op.regions[0].blocks[0]
+    with op.context, ir.Location.unknown():
+        for text in kernels:
+            parsed = ir.Module.parse(text)
+            for kop in list(parsed.body.operations):
+                kop.operation.move_after(list(body.operations)[-1].operation)
+
+
+def launches_to_binaries(module, target: str = "sm_90", emit: str = "bin") -> list:
+    """Compile every ``gpu.launch`` of ``module`` (``lowering/binary.py``) and replace each by
+    a ``gpu.launch_func`` of a ``gpu.binary``; return the KernelSpecs."""
+    op = module.operation if hasattr(module, "operation") else module
+    specs = binary.compile_launch_module(op, target, emit=emit)
+    body = op.regions[0].blocks[0]
+    launches = []
+
+    def visit(inner):
+        if inner.operation.name == "gpu.launch":
+            launches.append(inner.operation)
+            return ir.WalkResult.SKIP
+        return ir.WalkResult.ADVANCE
+
+    op.walk(visit)
+    if len(launches) != len(specs):
+        raise QuartetError("the kernels compiled do not match the gpu.launch ops")
+
+    class _Holder:
+        pass
+
+    holder = _Holder()
+    holder.body = body
+    with op.context, ir.Location.unknown():
+        for launch, spec in zip(launches, specs):
+            fn = launch.parent
+            while fn.name != "func.func":
+                fn = fn.parent
+            args = fn.regions[0].blocks[0].arguments
+            _insert_binary(holder, spec.name, spec, target, emit)
+            with launch.location, ir.InsertionPoint(launch):
+                smem = arith.constant(ir.IntegerType.get_signless(32), spec.shared_bytes) \
+                    if spec.shared_bytes else None
+                gpu.LaunchFuncOp([spec.name, spec.entry], tuple(_idx(g) for g in spec.grid),
+                                 tuple(_idx(b) for b in spec.block),
+                                 [args[i] for i in spec.notes["func_args"]],
+                                 dynamic_shared_memory_size=smem)
+            launch.erase()
+        op.attributes["gpu.container_module"] = ir.UnitAttr.get()
+    return specs
+
+
+STAGES = ("kernels", "binary")
+
+
 @register
 @dataclass(frozen=True)
 class LowerGpu(ModulePass):
     name = "quartet-lower-gpu"
     summary = "compile every quartet.tile into a gpu.binary kernel and launch it from the host"
     target: str = "sm_90"
+    stop_after: str = "binary"    # "kernels": only append the gpu.launch kernel functions
 
     def __post_init__(self):
         if self.target not in binary.TARGETS:
             raise ValueError(f"unknown GPU target '{self.target}' "
                              f"(known: {', '.join(binary.TARGETS)})")
+        if self.stop_after not in STAGES:
+            raise ValueError(f"stop_after must be one of {', '.join(STAGES)}, "
+                             f"got '{self.stop_after}'")
 
     def apply(self, module) -> None:
-        lower_module_plans(module, self.target)
+        if self.stop_after == "kernels":
+            build_kernels_into(module, self.target)
+        else:
+            lower_module_plans(module, self.target)
+
+
+@register
+@dataclass(frozen=True)
+class GpuToBinary(ModulePass):
+    name = "quartet-gpu-to-binary"
+    summary = ("compile every gpu.launch into a gpu.binary (cubin/PTX/hsaco) and launch it "
+               "with gpu.launch_func")
+    target: str = "sm_90"
+    emit: str = "bin"             # "bin" | "ptx" (NVIDIA) | "obj" (AMD, before linking)
+
+    def __post_init__(self):
+        if self.target not in binary.TARGETS:
+            raise ValueError(f"unknown GPU target '{self.target}' "
+                             f"(known: {', '.join(binary.TARGETS)})")
+        if self.emit not in ("bin", "ptx", "obj"):
+            raise ValueError(f"emit must be bin, ptx or obj, got '{self.emit}'")
+
+    def apply(self, module) -> None:
+        launches_to_binaries(module, self.target, self.emit)
