@@ -237,16 +237,23 @@ def _launches(module: ir.Module, num_inputs: int | None) -> list[_Launch]:
         for i, a in enumerate(fn.arguments):
             args_of[a] = i
 
-        def visit(op, fn=fn, roles=roles, args_of=args_of):
-            if op.operation.name != "gpu.launch_func":
-                return ir.WalkResult.ADVANCE
+        ops = []
+
+        def visit(op, ops=ops):
+            if op.operation.name == "gpu.launch_func":
+                ops.append(op.operation)
+            return ir.WalkResult.ADVANCE
+
+        fn.operation.walk(visit)
+        for op in ops:   # (an exception raised inside a walk comes out as a RuntimeError)
             lf = op.opview
             grid = tuple(_constant(v, "grid size", op) for v in
                          (lf.gridSizeX, lf.gridSizeY, lf.gridSizeZ))
             block = tuple(_constant(v, "block size", op) for v in
                           (lf.blockSizeX, lf.blockSizeY, lf.blockSizeZ))
             smem = lf.dynamicSharedMemorySize
-            shared = _constant(smem, "dynamic shared memory size", op) if smem is not None else 0
+            shared = _constant(smem, "dynamic shared memory size", op) \
+                if smem is not None else 0
             kargs, numbers = [], []
             for v in lf.kernelOperands:
                 if v not in args_of or not isinstance(v.type, ir.MemRefType):
@@ -256,14 +263,12 @@ def _launches(module: ir.Module, num_inputs: int | None) -> list[_Launch]:
                 role, index = roles[args_of[v]]
                 numbers.append(args_of[v])
                 mt = ir.MemRefType(v.type)
-                kargs.append(KernelArg(role, index, tuple(mt.shape), _dtype_name(mt.element_type)))
+                kargs.append(KernelArg(role, index, tuple(mt.shape),
+                                       _dtype_name(mt.element_type)))
             path = list(ir.SymbolRefAttr(lf.kernel).value)   # [gpu.module, gpu.func]
             root, leaf = path[0], path[-1]
             found.append(_Launch(ir.StringAttr(fn.sym_name).value, root, leaf, tuple(numbers),
                                  grid, block, shared, tuple(kargs), location_of(op)))
-            return ir.WalkResult.ADVANCE
-
-        fn.operation.walk(visit)
     return found
 
 
