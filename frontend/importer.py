@@ -46,6 +46,11 @@ from mlir import ir as mlir_ir
 
 from quartet.errors import QuartetError
 
+from torch_mlir import ir as torch_ir
+from torch_mlir.dialects import torch as torch_d
+from torch_mlir.extras.fx_importer import ContextCache, FxImporter
+from torch_mlir.ir import Location
+
 from .control_flow import ControlFlowGraphNodeImporter
 
 # The dialects a Quartet program in linalg form may hold.
@@ -198,6 +203,32 @@ class _NodeImporter(ControlFlowGraphNodeImporter):
                 f"({_first_line(e)})",
                 node_location(node),
             ) from e
+
+
+class _UserFrameContextCache(ContextCache):
+    """Locations of imported ops: the user's ``file:line`` only.
+
+    torch-mlir's default is the whole call stack as a callsite chain whose innermost frame is
+    usually inside torch (``torch/nn/modules/linear.py``) or generated code
+    (``<eval_with_key>``); every later error (``quartet.errors.location_of``) would point there.
+    """
+
+    __slots__ = []
+
+    def get_node_location(self, node):
+        where = node_location(node)
+        if where is None:
+            return super().get_node_location(node)
+        filename, line = where.rsplit(":", 1)
+        return Location.file(filename, int(line), 0, context=self._c)
+
+
+class _FxImporter(FxImporter):
+    __slots__ = []
+
+    def __init__(self, *, context):
+        super().__init__(context=context, graph_node_importer_cls=_NodeImporter)
+        self._cc = _UserFrameContextCache(context, py_attr_tracker=self._py_attr_tracker)
 
 
 def _op_name(target) -> str:
@@ -503,13 +534,9 @@ def _walk(operation):
 
 
 def _import_to_linalg(gm: torch.fx.GraphModule, func_name: str) -> str:
-    from torch_mlir import ir as torch_ir
-    from torch_mlir.dialects import torch as torch_d
-    from torch_mlir.extras.fx_importer import FxImporter
-
     context = torch_ir.Context()
     torch_d.register_dialect(context)
-    importer = FxImporter(context=context, graph_node_importer_cls=_NodeImporter)
+    importer = _FxImporter(context=context)
     try:
         importer.import_graph_module(gm, func_name=func_name)
     except QuartetError:

@@ -191,6 +191,20 @@ def test_no_weights_baked_into_ir(zoo, name):
                 assert value.is_splat or len(value) <= 4, str(op)
 
 
+def test_op_locations_are_lines_of_the_model(zoo):
+    """Later errors (quartet.errors.location_of) must point at the model, not into torch."""
+    from quartet.errors import location_of
+    from quartet.frontend import models
+
+    model, _, program = zoo["mlp"]
+    with ir.Context() as ctx:
+        where = {location_of(op) for op in _ops(program.parse(ctx))
+                 if op.name.startswith("linalg.") and op.name != "linalg.yield"}
+    lines = {f"{models.__file__}:{_line_of(models.MLP.forward, code)}:0"
+             for code in ("self.fc2(F.gelu", "self.norm(x + y)")}
+    assert where == lines
+
+
 @pytest.mark.parametrize("name", list(ZOO))
 def test_imported_linalg_computes_what_pytorch_computes(zoo, name, tmp_path):
     model, inputs, program = zoo[name]
