@@ -82,7 +82,8 @@ def dir_bytes(path: Path) -> int:
 
 
 def build_one(workload: suite.Workload, pipeline: str, out: Path, *, target: str, seed: int,
-              compile_fn: Callable | None = None) -> dict:
+              compile_fn: Callable | None = None,
+              keep_below: int = artifact_weights.KEEP_BELOW) -> dict:
     """Compile one row in this process; returns its row (status ``compiled`` or ``not compiled: ...``)."""
     pipe = pipeline_for(workload, pipeline)
     rel = f"{workload.name}/{pipe}"
@@ -113,7 +114,7 @@ def build_one(workload: suite.Workload, pipeline: str, out: Path, *, target: str
         row["save_s"] = time.perf_counter() - t0
         row["bytes_saved"] = dir_bytes(adir)
         row["weights"] = artifact_weights.strip(adir, module, workload=workload.name, seed=seed,
-                                                form=workload.quartet_form)
+                                                form=workload.quartet_form, keep_below=keep_below)
         row["artifact_bytes"] = dir_bytes(adir)
     except Exception as e:
         shutil.rmtree(adir, ignore_errors=True)

@@ -839,7 +839,7 @@ def get(name: str) -> Workload:
 
 
 def select(names: str | list[str] | None) -> list[Workload]:
-    """Workloads by comma-separated names or family names; all when ``names`` is empty."""
+    """Workloads by comma-separated names or family names, in suite order; all when empty."""
     if not names:
         return list(WORKLOADS)
     if isinstance(names, str):
@@ -848,7 +848,7 @@ def select(names: str | list[str] | None) -> list[Workload]:
     for n in names:
         picked = [w for w in WORKLOADS if w.family == n] if n in FAMILIES else [get(n)]
         out.extend(w for w in picked if w not in out)
-    return out
+    return sorted(out, key=WORKLOADS.index)
 
 
 def flatten_outputs(out: Any) -> list[torch.Tensor]:

@@ -1,0 +1,280 @@
+"""The benchmark harness on the CPU: workloads, costs, build manifest, carried weights, run, report.
+
+Every workload builds and runs at tiny sizes; its formulations (Python loop / while_loop,
+torch.cond / host if) compute the same function; its byte count equals the bytes of its
+tensors and its matrix-product FLOPs equal what torch's FLOP counter counts.  The build step
+writes a row per workload when Quartet cannot compile; large weights stripped from an artifact
+come back byte-exact from the seed; the run step's CPU dry run and the report work end to end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from quartet.bench import artifact_weights, build, report, run, suite
+
+TINY_DTYPE = torch.float32  # CPU kernels for every op; the cost checks use each workload's dtype
+
+
+def _nbytes(t: torch.Tensor, float_itemsize: int) -> int:
+    return t.numel() * (float_itemsize if t.is_floating_point() else t.element_size())
+
+
+@pytest.mark.parametrize("w", suite.WORKLOADS, ids=lambda w: w.name)
+def test_workload_runs_tiny_and_forms_agree(w):
+    inputs = w.inputs(3, tiny=True, dtype=TINY_DTYPE)
+    results = []
+    for form in w.forms:
+        m = w.module(0, tiny=True, dtype=TINY_DTYPE, form=form)
+        with torch.no_grad():
+            outs = suite.flatten_outputs(m(*inputs))
+        for o in outs:
+            if o.is_floating_point():
+                assert torch.isfinite(o).all(), (w.name, form)
+        results.append(outs)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            if a.is_floating_point():
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            else:
+                assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("w", suite.WORKLOADS, ids=lambda w: w.name)
+def test_bytes_are_the_tensors_bytes(w):
+    """Fewest bytes = inputs + parameters + outputs, each once (counted at maximum work)."""
+    isz = w.itemsize()
+    m = w.module(0, tiny=True, dtype=TINY_DTYPE)
+    inputs = w.inputs(1, tiny=True, dtype=TINY_DTYPE)
+    with torch.no_grad():
+        outs = suite.flatten_outputs(m(*inputs))
+    expected = sum(_nbytes(t, isz) for t in inputs) + sum(_nbytes(p, isz) for p in m.parameters()) \
+        + sum(_nbytes(o, isz) for o in outs)
+    cost = w.cost(tiny=True)
+    assert cost.bytes == expected
+    assert cost.flops > 0 and cost.bytes > 0 and cost.mm_flops <= cost.flops
+    real = w.cost()
+    assert real.flops > cost.flops and real.bytes > cost.bytes and real.intensity > 0
+
+
+@pytest.mark.parametrize("w", suite.WORKLOADS, ids=lambda w: w.name)
+def test_matrix_flops_match_torch_flop_counter(w):
+    """mm_flops of the work actually done equals torch.utils.flop_counter's count."""
+    form = "python" if "python" in w.forms else w.forms[0]  # host control flow: countable
+    m = w.module(0, tiny=True, dtype=TINY_DTYPE, form=form)
+    inputs = w.inputs(2, tiny=True, dtype=TINY_DTYPE)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        outs = tuple(suite.flatten_outputs(m(*inputs)))
+    trip = w.trip(m, inputs, outs) if w.trip else None
+    assert w.cost(tiny=True, trip=trip).mm_flops == counter.get_total_flops()
+
+
+def test_data_dependent_work_varies_at_real_size():
+    """SkipNet takes some blocks and skips others; decodes stop at different steps."""
+    skip = suite.get("skipnet_f32")
+    m = skip.module(0)
+    taken = {m.blocks_taken(skip.inputs(s)[0]) for s in range(12)}
+    assert len(taken) > 1 and max(taken) < 8 and min(taken) > 0
+    dec = suite.get("decode_f32")
+    m = dec.module(0)
+    with torch.no_grad():
+        steps = {suite.GreedyDecoder.steps_of(m(*dec.inputs(s))[0]) for s in range(12)}
+    assert len(steps) > 3 and min(steps) < 64
+
+
+def test_real_size_costs_closed_form():
+    mm = suite.get("matmul_f16_4096").cost()
+    assert mm.flops == 2 * 4096**3 and mm.bytes == 3 * 4096**2 * 2
+    conv = suite.get("conv_f16_3x3").cost()
+    assert conv.flops == 2 * 32 * 64 * 56 * 56 * 64 * 9
+    bert = suite.get("bert_f16_b1").cost()
+    bert_base_layer_params = 7_087_872  # BERT-base encoder layer
+    assert bert.bytes == 2 * (2 * 128 * 768 + 12 * bert_base_layer_params)
+    lstm = suite.get("lstm_f32").cost()
+    assert lstm.mm_flops == 100 * 10 * 2 * (2 * 256 * 1024)
+
+
+def test_weights_are_deterministic_and_seeded():
+    w = suite.get("mlp_f16")
+    a, b, c = (w.module(s, tiny=True) for s in (5, 5, 6))
+    for (na, pa), (_, pb), (_, pc) in zip(a.named_parameters(), b.named_parameters(),
+                                          c.named_parameters()):
+        assert torch.equal(pa, pb), na
+        assert not torch.equal(pa, pc), na
+    # the first parameter is PCG64(seed)'s first draws, scaled and rounded once to fp16: the
+    # GPU machine's NumPy rebuilds exactly these bytes
+    u = np.random.Generator(np.random.PCG64(0)).random(4) * 2.0 - 1.0
+    expected = torch.from_numpy(u / math.sqrt(768)).to(torch.float16)
+    assert torch.equal(w.module(0).fc1.weight.reshape(-1)[:4], expected)
+
+
+def test_select():
+    assert [w.name for w in suite.select("grinder")] == ["skipnet_f32", "decode_f32", "lstm_f32"]
+    picked = [w.name for w in suite.select("lstm_f32,roller")]
+    assert picked[-1] == "lstm_f32" and len(picked) == 11 and picked[0] == "matmul_f32_1024"
+    assert len(suite.select("")) == len(suite.WORKLOADS)
+    with pytest.raises(KeyError, match="no workload"):
+        suite.select("nope")
+
+
+def test_build_writes_a_row_per_workload_without_compiler(tmp_path, monkeypatch):
+    def missing():
+        raise LookupError("quartet.compile does not exist yet")
+
+    monkeypatch.setattr(build, "find_compile", missing)
+    m = build.build(list(suite.WORKLOADS), tmp_path, isolate=False, log=lambda s: None)
+    names = [r["workload"] for r in m["rows"]]
+    assert names == [w.name for w in suite.WORKLOADS]
+    for r in m["rows"]:
+        assert r["status"] == "not compiled: LookupError: quartet.compile does not exist yet"
+        assert r["pipeline"] == suite.get(r["workload"]).family and r["artifact"] is None
+    on_disk = json.loads((tmp_path / "build.json").read_text())
+    assert on_disk["rows"] == m["rows"] and on_disk["format"] == build.FORMAT
+
+
+def test_build_records_compile_errors_and_keeps_other_rows(tmp_path, monkeypatch):
+    def failing(module, inputs, pipeline, target):
+        raise NotImplementedError(f"{pipeline}: aten.foo is not supported\nmore detail")
+
+    monkeypatch.setattr(build, "find_compile", lambda: pytest.fail("not called"))
+    build.build(suite.select("softmax_f16"), tmp_path, isolate=False, compile_fn=failing,
+                log=lambda s: None)
+    m = build.build(suite.select("layernorm_f16"), tmp_path, isolate=False, compile_fn=failing,
+                    log=lambda s: None)
+    assert [r["workload"] for r in m["rows"]] == ["softmax_f16", "layernorm_f16"]
+    assert m["rows"][1]["status"] == \
+        "not compiled: NotImplementedError: roller: aten.foo is not supported"
+
+
+class _FakeCompiled:
+    """A compiled program that saves the module's weights in the runtime's artifact format."""
+
+    def __init__(self, module, transpose: str):
+        self.module, self.transpose = module, transpose
+
+    def save(self, path):
+        from quartet.runtime import ArtifactWriter
+
+        w = ArtifactWriter("cpu", producer="test")
+        w.add_input("x", (1,), "float32")
+        for name, p in self.module.named_parameters():
+            w.add_weight(name, p.detach().t().contiguous() if name == self.transpose else p.detach())
+        w.add_output("y", (1,), "float32")
+        return w.save(path)
+
+
+def test_weights_stripped_at_build_come_back_byte_exact(tmp_path):
+    wl = suite.get("mlp_f16")
+
+    def fake_compile(module, inputs, pipeline, target):
+        return _FakeCompiled(module, transpose="fc2.weight")
+
+    m = build.build([wl], tmp_path, isolate=False, compile_fn=fake_compile, log=lambda s: None)
+    row = m["rows"][0]
+    assert row["status"] == "compiled" and row["compile_s"] >= 0
+    art = tmp_path / row["artifact"]
+    assert row["weights"]["stripped"] == ["weights.bin"]
+    assert not (art / "weights.bin").exists() and artifact_weights.needs_restore(art)
+    assert row["artifact_bytes"] < 100_000 < row["bytes_saved"]
+    entries = json.loads((art / artifact_weights.SIDECAR).read_text())["files"][0]["weights"]
+    assert {e["param"]: e["transform"] for e in entries}["fc2.weight"] == "transpose"
+
+    rebuilt = artifact_weights.restore(art, wl.module(0, form=row["form"]), tmp_path / "scratch")
+    expected = json.loads((art / "manifest.json").read_text())["files"]
+    for f in expected:
+        data = (rebuilt / f["name"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == f["sha256"]
+    from quartet.runtime import open_artifact
+
+    open_artifact(rebuilt, verify=True).close()
+
+    with pytest.raises(ValueError, match="differs"):
+        artifact_weights.restore(art, wl.module(1), tmp_path / "scratch2")
+
+
+def test_weights_that_match_nothing_are_kept(tmp_path):
+    wl = suite.get("mlp_f16")
+
+    class Other(_FakeCompiled):
+        def save(self, path):
+            from quartet.runtime import ArtifactWriter
+
+            w = ArtifactWriter("cpu")
+            w.add_input("x", (1,), "float32")
+            w.add_weight("folded", torch.ones(600_000, dtype=torch.float16))
+            w.add_output("y", (1,), "float32")
+            return w.save(path)
+
+    m = build.build([wl], tmp_path, isolate=False, log=lambda s: None,
+                    compile_fn=lambda mod, inp, pipeline, target: Other(mod, ""))
+    row = m["rows"][0]
+    assert row["weights"]["stripped"] == []
+    assert "matches no parameter" in row["weights"]["kept"]["weights.bin"]
+    assert (tmp_path / row["artifact"] / "weights.bin").exists()
+
+
+def test_carry_budget_drops_largest_artifacts(tmp_path):
+    for name, size in (("a", 3000), ("b", 1000)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_bytes(b"x" * size)
+    rows = [{"artifact": "a", "artifact_bytes": 3000, "status": "compiled"},
+            {"artifact": "b", "artifact_bytes": 1000, "status": "compiled"}]
+    build.enforce_carry_budget(rows, tmp_path, 2000)
+    assert rows[0]["artifact"] is None and rows[0]["status"].startswith("not carried")
+    assert rows[1]["artifact"] == "b" and not (tmp_path / "a").exists()
+
+
+def test_run_dry_on_cpu_and_report(tmp_path):
+    out = tmp_path / "out"
+    rc = run.main(["--device", "cpu", "--tiny", "--systems", "eager,quartet", "--only",
+                   "matmul_f32_1024,decode_f32,skipnet_f32", "--out", str(out), "--artifacts",
+                   str(tmp_path / "no-artifacts"), "--warmup", "1", "--target-s", "0.01",
+                   "--min-reps", "2", "--max-reps", "3", "--budget-s", "60"])
+    assert rc == 0
+    (path,) = out.glob("run-*.json")
+    rec = json.loads(path.read_text())
+    assert rec["format"] == run.FORMAT and rec["versions"]["torch"] == torch.__version__
+    assert rec["ceilings"]["copy_GBps"] > 0
+    names = [w["name"] for w in rec["workloads"]]
+    assert names == ["matmul_f32_1024", "skipnet_f32", "decode_f32"]  # suite order
+    for w in rec["workloads"]:
+        eager = w["systems"]["eager"]
+        assert eager["status"] == "ok" and eager["e2e"]["median_ms"] > 0
+        assert eager["check"]["rel_err"] < 1e-5
+        assert w["systems"]["quartet"]["status"].startswith("not compiled")
+        assert w["limit_ms"] > 0 and w["flops"] > 0
+    dec = rec["workloads"][2]
+    assert dec["systems"]["eager"]["check"]["int_mismatch"] == 0
+    assert 1 <= dec["trip"]["mean"] <= dec["trip"]["max"] == 8
+
+    results = tmp_path / "RESULTS.md"
+    report.report(path, results, tmp_path / "plots")
+    text = results.read_text()
+    for n in names:
+        assert n in text
+    assert "not compiled" in text and rec["device"]["name"] in text and rec["date"] in text
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "Plots not made" in text
+    else:
+        assert (tmp_path / "plots" / "roofline.png").stat().st_size > 0
+        assert (tmp_path / "plots" / "speedup_vs_eager.png").stat().st_size > 0
+        assert not (tmp_path / "plots" / "speedup_quartet.png").exists()
+
+
+def test_compare_reports_errors_nans_and_token_mismatches():
+    ref = [torch.tensor([3.0, 4.0], dtype=torch.float64), torch.tensor([1, 2])]
+    c = run.compare((torch.tensor([3.0, 4.5]), torch.tensor([1, 0])), ref)
+    assert c["rel_err"] == pytest.approx(0.1) and c["int_mismatch"] == 1
+    c = run.compare((torch.tensor([math.nan, 4.0]), torch.tensor([1, 2])), ref)
+    assert math.isnan(c["rel_err"]) and not c["finite"]
+    assert "error" in run.compare(torch.tensor([1.0]), ref)
