@@ -1,0 +1,160 @@
+"""Build GEMM/conv kernels here (no GPU needed) for ``run_gemm.py`` to check and time on the GPU.
+
+    python -m quartet.lowering.device.build_gemm [--out DIR] [--only SUBSTRING]
+
+Writes ``DIR/<name>.cubin``, ``DIR/<name>.ptx`` and ``DIR/manifest.json`` (launch shape, kernel
+arguments, reference description, compile times). ``DIR`` defaults to ``.gemm_artifacts`` at the
+repository root (listed in ``.git/info/exclude``; carry it to the device machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import time
+
+from mlir import ir
+
+from quartet.dialects import context
+from quartet.lowering.gemm import build_gemm_kernel
+from quartet.lowering.device import cases
+from quartet.lowering.device.compile import compile_module
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# name -> (builder, kwargs, target, stages); the schedule is what roller-config would write.
+M4 = dict(bt=(128, 128, 64), tt=(64, 64, 64), threads=128)
+CASES = {
+    # --- fp16 4096^3 ------------------------------------------------------------------------
+    "mm4096_wg128x128_s4": (cases.matmul, dict(M=4096, N=4096, K=4096, fused=True, **M4), "sm_90", 4),
+    "mm4096_wg128x128_s3": (cases.matmul, dict(M=4096, N=4096, K=4096, fused=True, **M4), "sm_90", 3),
+    "mm4096_wg128x256_s4": (cases.matmul, dict(M=4096, N=4096, K=4096, fused=True, bt=(128, 256, 64),
+                                               tt=(64, 128, 64), threads=256), "sm_90", 4),
+    "mm4096_wg256x128_s4": (cases.matmul, dict(M=4096, N=4096, K=4096, fused=True, bt=(256, 128, 64),
+                                               tt=(64, 128, 64), threads=256), "sm_90", 4),
+    "mm4096_wg128x128_f32out": (cases.matmul, dict(M=4096, N=4096, K=4096, **M4), "sm_90", 4),
+    "mm4096_mma128x128_s4": (cases.matmul, dict(M=4096, N=4096, K=4096, fused=True, bt=(128, 128, 32),
+                                                tt=(64, 64, 32), threads=128), "sm_90", 4),
+    "mm4096_mma128x256_s3": (cases.matmul, dict(M=4096, N=4096, K=4096, fused=True, bt=(128, 256, 32),
+                                                tt=(64, 64, 32), threads=256), "sm_90", 3),
+    "mm4096_mma_sm80": (cases.matmul, dict(M=4096, N=4096, K=4096, fused=True, bt=(128, 128, 32),
+                                           tt=(64, 64, 32), threads=128), "sm_80", 4),
+    # --- fp16 8192x768 @ 768x3072 -----------------------------------------------------------
+    "mm8192x3072x768_wg128x128_s4": (cases.matmul, dict(M=8192, N=3072, K=768, fused=True, **M4), "sm_90", 4),
+    "mm8192x3072x768_wg128x256_s4": (cases.matmul, dict(M=8192, N=3072, K=768, fused=True,
+                                                        bt=(128, 256, 64), tt=(64, 128, 64), threads=256), "sm_90", 4),
+    "mm8192x3072x768_wg256x128_s3": (cases.matmul, dict(M=8192, N=3072, K=768, fused=True,
+                                                        bt=(256, 128, 64), tt=(64, 128, 64), threads=256), "sm_90", 3),
+    # --- fp16 16x4096 @ 4096x4096 -----------------------------------------------------------
+    "mm16x4096_wg64x32_s6": (cases.matmul, dict(M=16, N=4096, K=4096, fused=True, bt=(64, 32, 64),
+                                                tt=(64, 32, 64), threads=128), "sm_90", 6),
+    "mm16x4096_wg64x64_s6": (cases.matmul, dict(M=16, N=4096, K=4096, fused=True, bt=(64, 64, 64),
+                                                tt=(64, 64, 64), threads=128), "sm_90", 6),
+    "mm16x4096_mma16x32_s6": (cases.matmul, dict(M=16, N=4096, K=4096, fused=True, bt=(16, 32, 64),
+                                                 tt=(16, 32, 64), threads=32), "sm_90", 6),
+    "mm16x4096_mma16x64_s6": (cases.matmul, dict(M=16, N=4096, K=4096, fused=True, bt=(16, 64, 128),
+                                                 tt=(16, 32, 128), threads=64), "sm_90", 6),
+    # --- fp32 (SIMT) ------------------------------------------------------------------------
+    "f32_1024_simt64x64": (cases.matmul, dict(M=1024, N=1024, K=1024, dt="f32", bt=(64, 64, 8),
+                                              tt=(4, 4, 8), threads=256, tc=False, pad=(4, 4)), "sm_90", None),
+    "f32_1024_simt128x64": (cases.matmul, dict(M=1024, N=1024, K=1024, dt="f32", bt=(128, 64, 8),
+                                               tt=(8, 4, 8), threads=256, tc=False, pad=(4, 4)), "sm_90", None),
+    "f32_4096_simt128x128": (cases.matmul, dict(M=4096, N=4096, K=4096, dt="f32", bt=(128, 128, 8),
+                                                tt=(8, 8, 8), threads=256, tc=False, pad=(4, 4)), "sm_90", None),
+    "f32_4096_simt128x128_k16": (cases.matmul, dict(M=4096, N=4096, K=4096, dt="f32", bt=(128, 128, 16),
+                                                    tt=(8, 8, 16), threads=256, tc=False, pad=(4, 4)), "sm_90", None),
+    # --- convolutions ----------------------------------------------------------------------
+    "conv3x3_wg64x128": (cases.conv2d, dict(N=32, C=64, H=58, W=58, F=64, KH=3, KW=3, fused=True,
+                                            bt=(1, 64, 1, 128, 64, 1, 1), tt=(1, 64, 1, 128, 64, 1, 1),
+                                            threads=128), "sm_90", None),
+    "conv3x3_wg64x256": (cases.conv2d, dict(N=32, C=64, H=58, W=58, F=64, KH=3, KW=3, fused=True,
+                                            bt=(1, 64, 1, 256, 64, 1, 1), tt=(1, 64, 1, 256, 64, 1, 1),
+                                            threads=128), "sm_90", None),
+    "conv3x3_mma64x128": (cases.conv2d, dict(N=32, C=64, H=58, W=58, F=64, KH=3, KW=3, fused=True,
+                                             bt=(1, 64, 1, 128, 32, 1, 1), tt=(1, 32, 1, 64, 32, 1, 1),
+                                             threads=128), "sm_80", None),
+    "conv1x1_wg128x128": (cases.conv2d, dict(N=32, C=256, H=14, W=14, F=1024, KH=1, KW=1, fused=True,
+                                             bt=(1, 128, 1, 128, 64, 1, 1), tt=(1, 64, 1, 128, 64, 1, 1),
+                                             threads=128), "sm_90", 4),
+    "conv1x1_wg128x256": (cases.conv2d, dict(N=32, C=256, H=14, W=14, F=1024, KH=1, KW=1, fused=True,
+                                             bt=(1, 128, 1, 256, 64, 1, 1), tt=(1, 64, 1, 128, 64, 1, 1),
+                                             threads=256), "sm_90", 4),
+    # --- correctness: odd shapes, layouts, epilogues -----------------------------------------
+    "odd_wg_fused_bias_relu": (cases.matmul, dict(M=1000, N=520, K=200, fused=True, bias=True, relu=True,
+                                                  **M4), "sm_90", 3),
+    "odd_mma_f32init": (cases.matmul, dict(M=1000, N=520, K=200, bt=(64, 64, 32), tt=(32, 32, 32),
+                                           threads=128), "sm_80", 3),
+    "transb_wg": (cases.matmul, dict(M=512, N=384, K=256, transb=True, **M4), "sm_90", 3),
+    "transb_mma": (cases.matmul, dict(M=512, N=384, K=256, transb=True, bt=(128, 128, 32),
+                                      tt=(64, 64, 32), threads=128), "sm_80", 3),
+    "bmm_wg": (cases.batch_matmul, dict(B=8, M=256, N=192, K=128, bt=(1, 128, 64, 64),
+                                        tt=(1, 64, 64, 64), threads=128), "sm_90", 3),
+    "f32_odd_simt": (cases.matmul, dict(M=197, N=1000, K=300, dt="f32", bt=(64, 64, 8), tt=(4, 4, 8),
+                                        threads=256, tc=False, pad=(4, 4)), "sm_90", None),
+    "conv3x3s2_odd_wg": (cases.conv2d, dict(N=3, C=64, H=29, W=29, F=96, KH=3, KW=3, stride=2,
+                                            bt=(1, 64, 1, 128, 64, 1, 1), tt=(1, 64, 1, 128, 64, 1, 1),
+                                            threads=128), "sm_90", None),
+}
+
+
+def build(names, out_dir: str) -> list[dict]:
+    os.makedirs(out_dir, exist_ok=True)
+    manifest = []
+    ctx = context()
+    for name in names:
+        maker, kw, target, stages = CASES[name]
+        with ctx, ir.Location.unknown():
+            src, info = maker(**kw)
+            module = ir.Module.parse(src)
+            tile = cases.tile_of(module)
+            walls, cpus = [], []
+            for _ in range(3):                      # median of 3 full compiles
+                c0 = time.process_time()
+                ch0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                t0 = time.perf_counter()
+                kernel = build_gemm_kernel(tile, target, stages=stages,
+                                           engine="mma" if "mma" in name else None)
+                compiled = compile_module(kernel)
+                walls.append(time.perf_counter() - t0)
+                ch1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpus.append(time.process_time() - c0 + (ch1.ru_utime - ch0.ru_utime)
+                            + (ch1.ru_stime - ch0.ru_stime))
+            fn = kernel.body.operations[0]
+            engine = ir.StringAttr(fn.attributes["quartet.engine"]).value
+            args = cases.kernel_args(tile, info)
+        n_params = compiled.ptx.split(".entry", 1)[1].split(")", 1)[0].count(".param")
+        assert n_params == len(args), f"{name}: kernel has {n_params} params for {len(args)} args"
+        with open(os.path.join(out_dir, name + ".cubin"), "wb") as f:
+            f.write(compiled.cubin)
+        with open(os.path.join(out_dir, name + ".ptx"), "w") as f:
+            f.write(compiled.ptx)
+        regs = [l for l in compiled.ptxas_info.splitlines() if "registers" in l]
+        entry = {"name": name, "entry": compiled.name, "chip": compiled.chip, "engine": engine,
+                 "grid": list(compiled.grid), "block": list(compiled.block),
+                 "smem": compiled.shared_bytes, "args": args, "ref": info["ref"],
+                 "compile_wall_s": statistics.median(walls),
+                 "compile_cpu_s": statistics.median(cpus),
+                 "ptxas": regs[0].strip() if regs else ""}
+        manifest.append(entry)
+        print(f"{name:32s} {engine:6s} grid={entry['grid']} block={entry['block'][0]} "
+              f"smem={entry['smem']} wall={entry['compile_wall_s']:.3f}s "
+              f"cpu={entry['compile_cpu_s']:.3f}s {entry['ptxas']}", flush=True)
+    with open(os.path.join(out_dir, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    return manifest
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.path.join(ROOT, ".gemm_artifacts"))
+    ap.add_argument("--only", default="")
+    a = ap.parse_args()
+    names = [n for n in CASES if a.only in n]
+    build(names, a.out)
+
+
+if __name__ == "__main__":
+    main()
