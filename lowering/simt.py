@@ -749,7 +749,11 @@ class _RowEmitter:
     def group_combine(self, name: str, s: ir.Value) -> ir.Value:
         """Combine a per-thread partial across the G threads of the row."""
         G, W = self.cfg.group, self.warp
-        width = _i32(min(G, W))
+        # Always the full warp width: xor offsets below G stay inside each aligned group of G
+        # lanes, and the NVVM lowering turns width w into the member mask (1 << w) - 1, which
+        # is wrong when the other lanes of the warp shuffle too (measured: G = 16 gave a 7e-2
+        # error on the H100 with width 16).
+        width = _i32(W)
         offset = min(G, W) // 2
         while offset >= 1:
             other = gpu.shuffle(s, _i32(offset), width, gpu.ShuffleMode.XOR)[0]
@@ -842,8 +846,8 @@ def row_config(prog: RowProgram, tile, warp: int) -> _RowConfig:
     per_thread = None
     if thread_tile is not None and len(thread_tile) == len(prog.space):
         per_thread = max(1, math.ceil(thread_tile[-1] / V))
-    if per_thread is None:
-        per_thread = 4 if NV >= 4 else NV
+    if per_thread is None:      # 2 vectors per thread measured best (NOTES.md, run 2)
+        per_thread = 2 if NV >= 2 else NV
     G = min(1024, _pow2_at_least(math.ceil(NV / per_thread)))
     if threads is not None and G > threads:
         G = threads

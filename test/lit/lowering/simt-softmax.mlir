@@ -57,7 +57,7 @@ func.func @softmax(%x: tensor<64x256xf16>) -> tensor<64x256xf16> {
 // KERNEL-LABEL: func.func @q0(
 // KERNEL-SAME: memref<64x256xf16> {quartet.role = "input"}
 // KERNEL-SAME: memref<64x256xf16> {quartet.role = "output"}
-// KERNEL: gpu.launch blocks({{.*}}) in ({{.*}} = %c4, {{.*}}) threads({{.*}}) in ({{.*}} = %c128
+// KERNEL: gpu.launch blocks({{.*}}) in ({{.*}} = %c8, {{.*}}) threads({{.*}}) in ({{.*}} = %c128
 // KERNEL: vector.load {{.*}} {alignment = 16 : i64} : memref<64x256xf16>, vector<8xf16>
 // KERNEL: arith.extf {{.*}} : vector<8xf16> to vector<8xf32>
 // KERNEL: arith.maximumf {{.*}} : vector<8xf32>
