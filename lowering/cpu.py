@@ -129,7 +129,7 @@ def check_supported(module: ir.Operation) -> None:
             return ir.WalkResult.INTERRUPT
         return ir.WalkResult.ADVANCE
 
-    module.walk(visit)
+    module.walk(visit, ir.WalkOrder.PRE_ORDER)   # an op before the ops in its regions
     if errors:
         raise errors[0]
 
@@ -157,7 +157,7 @@ def _check_op(op: ir.Operation) -> None:
     if name == "func.func":
         ftype = ir.FunctionType(ir.TypeAttr(op.attributes["function_type"]).value)
         for t in list(ftype.inputs) + list(ftype.results):
-            _check_type(op, t)
+            _check_type(op, t, f"the signature of '@{_sym_name(op)}'")
 
 
 def _element_name(t: ir.Type) -> str:
@@ -166,19 +166,17 @@ def _element_name(t: ir.Type) -> str:
     return str(t)
 
 
-def _check_type(op, t: ir.Type) -> None:
+def _check_type(op, t: ir.Type, where: str | None = None) -> None:
+    where = where or f"operation '{op.name}'"
     if isinstance(t, ir.IndexType):
         return
-    if isinstance(t, ir.ShapedType) or isinstance(t, ir.FloatType) or isinstance(t, ir.IntegerType):
+    if isinstance(t, (ir.ShapedType, ir.FloatType, ir.IntegerType)):
         elem = _element_name(t)
         if elem in SUPPORTED_ELEMENT_TYPES or elem == "index":
             return
-        _fail(op, f"element type '{elem}' of operation '{op.name}' is not supported by the "
-                  f"CPU target (supported: {', '.join(SUPPORTED_ELEMENT_TYPES)})")
-    text = str(t)
-    if text.startswith("!transform") or text.startswith("!quartet"):
-        return
-    _fail(op, f"type '{text}' of operation '{op.name}' is not supported by the CPU target")
+        _fail(op, f"element type '{elem}' in {where} is not supported by the CPU target "
+                  f"(supported: {', '.join(SUPPORTED_ELEMENT_TYPES)})")
+    _fail(op, f"type '{t}' in {where} is not supported by the CPU target")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,9 +364,21 @@ def inline_region(op: ir.Operation) -> None:
 # Stage 3: tiling and bufferization in one transform script.
 
 
-def transform_script(groups: dict[tuple, int], bufferize: bool = True) -> str:
-    """The transform-dialect schedule: tile each group, decompose aggregates, bufferize."""
+def transform_script(groups: dict[tuple, int], bufferize: bool) -> str:
+    """A transform-dialect schedule: decompose aggregates and tile each group, or bufferize."""
     lines = []
+    if bufferize:
+        lines.append(
+            "%bufferized = transform.bufferization.one_shot_bufferize %root "
+            "{bufferize_function_boundaries = true, function_boundary_type_conversion = 1 : i32, "
+            "allow_return_allocs_from_loops = true, "
+            'memcpy_op = "linalg.copy"} : (!transform.any_op) -> !transform.any_op')
+    else:
+        for i, name in enumerate(DECOMPOSED_LINALG):
+            lines.append(f'%d{i} = transform.structured.match ops{{["{name}"]}} in %root '
+                         f": (!transform.any_op) -> !transform.any_op")
+            lines.append(f"%dd{i} = transform.structured.decompose_interface %d{i} "
+                         f": (!transform.any_op) -> !transform.any_op")
     for (block, thread), group in sorted(groups.items(), key=lambda kv: kv[1]):
         lines.append(
             f"%g{group} = transform.structured.match interface{{LinalgOp}} "
@@ -385,17 +395,6 @@ def transform_script(groups: dict[tuple, int], bufferize: bool = True) -> str:
                 f"{handle} tile_sizes [{', '.join(map(str, sizes))}] "
                 f": (!transform.any_op) -> ({outs})")
             handle = f"%{level}{group}"
-    for i, name in enumerate(DECOMPOSED_LINALG):
-        lines.append(f'%d{i} = transform.structured.match ops{{["{name}"]}} in %root '
-                     f": (!transform.any_op) -> !transform.any_op")
-        lines.append(f"%dd{i} = transform.structured.decompose_interface %d{i} "
-                     f": (!transform.any_op) -> !transform.any_op")
-    if bufferize:
-        lines.append(
-            "%bufferized = transform.bufferization.one_shot_bufferize %root "
-            "{bufferize_function_boundaries = true, function_boundary_type_conversion = 1 : i32, "
-            "allow_return_allocs_from_loops = true, "
-            'memcpy_op = "linalg.copy"} : (!transform.any_op) -> !transform.any_op')
     body = "\n    ".join(lines)
     return f"""
 module attributes {{transform.with_named_sequence}} {{
@@ -407,9 +406,36 @@ module attributes {{transform.with_named_sequence}} {{
 """
 
 
-def tile_and_bufferize(module: ir.Operation, groups: dict[tuple, int],
-                       bufferize: bool = True) -> None:
-    script = ir.Module.parse(transform_script(groups, bufferize), context=module.context)
+def _read_only_arguments(fn: ir.Operation) -> None:
+    """The caller's input arrays are never written: bufferization copies before it writes."""
+    count = len(ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value).inputs)
+    old = list(ir.ArrayAttr(fn.attributes["arg_attrs"])) if "arg_attrs" in fn.attributes \
+        else [ir.DictAttr.get({})] * count
+    new = []
+    for attr in old:
+        entries = {a.name: a.attr for a in ir.DictAttr(attr)}
+        entries["bufferization.writable"] = ir.BoolAttr.get(False)
+        new.append(ir.DictAttr.get(entries))
+    fn.attributes["arg_attrs"] = ir.ArrayAttr.get(new)
+
+
+def tile_and_bufferize(module: ir.Operation, groups: dict[tuple, int]) -> None:
+    """Tile every group of linalg ops by its sizes (transform dialect, ``tile_using_for``)."""
+    _apply_script(module, transform_script(groups, bufferize=False))
+    # The tiled clones keep the group attribute; it means nothing any more.
+    for op in _walk_ops(module, lambda o: _TILE_GROUP_ATTR in o.attributes):
+        del op.attributes[_TILE_GROUP_ATTR]
+
+
+def bufferize(module: ir.Operation) -> None:
+    """One-shot bufferization of the whole module (function boundaries, identity layouts,
+    copies as ``linalg.copy`` so that none needs MLIR's runtime library)."""
+    _run_pipeline(module, "canonicalize,cse", "cleaning up the tiled loops")
+    _apply_script(module, transform_script({}, bufferize=True))
+
+
+def _apply_script(module: ir.Operation, text: str) -> None:
+    script = ir.Module.parse(text, context=module.context)
     entry = script.body.operations[0]
     try:
         interpreter.apply_named_sequence(module, entry, script)
@@ -417,9 +443,6 @@ def tile_and_bufferize(module: ir.Operation, groups: dict[tuple, int],
         raise _lowering_error(e, "tiling and bufferization") from None
     except ValueError as e:   # the interpreter reports its diagnostics as one text
         raise _interpreter_error(str(e)) from None
-    # The tiled clones keep the group attribute; it means nothing any more.
-    for op in _walk_ops(module, lambda o: _TILE_GROUP_ATTR in o.attributes):
-        del op.attributes[_TILE_GROUP_ATTR]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -601,15 +624,25 @@ def lower_to_llvm(module: ir.Operation, entry: str | None = None,
     if stop_after not in STAGES:
         raise QuartetError(f"unknown CPU lowering stage '{stop_after}' "
                            f"(stages: {', '.join(STAGES)})")
+    with module.context, ir.Location.unknown():
+        return _lower_to_llvm(module, entry, stop_after)
+
+
+def _lower_to_llvm(module: ir.Operation, entry: str | None, stop_after: str) -> EntrySig:
     check_supported(module)
     fn = find_entry(module, entry)
     sig = entry_signature(fn)
     for f in _functions(module):
         if f != fn and _is_public(f):
             f.attributes["sym_visibility"] = ir.StringAttr.get("private")
+    _read_only_arguments(fn)
     groups = tag_and_inline(module)
     widen_bool_tensors(module)
-    tile_and_bufferize(module, groups, bufferize=stop_after != "tile")
+    tile_and_bufferize(module, groups)
+    if stop_after == "tile":
+        _run_pipeline(module, "canonicalize,cse", "cleaning up the tiled loops")
+        return sig
+    bufferize(module)
     if stop_after == "llvm":
         _run_pipeline(module, LLVM_PIPELINE, "the LLVM pipeline")
         _check_lowered(module)
@@ -782,20 +815,23 @@ def run_cpu(module_or_text, inputs, *, entry: str | None = None) -> list[np.ndar
 
 
 def emit_shared_object(module_or_text, *, entry: str | None = None, symbol: str = "forward",
-                       cpu: str = "generic") -> bytes:
+                       cpu: str = "generic", opt_level: int = 2) -> bytes:
     """A Linux shared object exporting ``void <symbol>(void* in0, ..., void* out0, ...)``.
 
     Lowered as for ``run_cpu``, translated to LLVM IR, compiled with llvmlite (position
-    independent, for ``cpu``; "generic" runs on any x86-64) and linked with ``cc -shared -lm``.
-    Loading it needs only libc and libm.
+    independent, for ``cpu``: "generic" runs on any machine of the host's architecture,
+    "native" uses every feature of this one) at LLVM ``opt_level`` 0-3, and linked with
+    ``cc -shared -lm``. Loading it needs only libc and libm.
     """
+    if opt_level not in (0, 1, 2, 3):
+        raise QuartetError(f"opt_level must be 0, 1, 2 or 3, got {opt_level}")
     from mlir.dialects.llvm import translate_module_to_llvmir
 
     module, sig = _as_module(module_or_text, entry)
     with module.context:
         _rename_entry(module.operation, sig.symbol, symbol)
         llvm_ir = str(translate_module_to_llvmir(module.operation))
-    obj = _compile_object(llvm_ir, cpu)
+    obj = _compile_object(llvm_ir, cpu, opt_level)
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
         raise QuartetError("linking the CPU shared object needs a C compiler: no 'cc' on PATH "
@@ -828,7 +864,7 @@ def _rename_entry(module: ir.Operation, old: str, new: str) -> None:
             op.operation.attributes["sym_name"] = ir.StringAttr.get(new)
 
 
-def _compile_object(llvm_ir: str, cpu: str) -> bytes:
+def _compile_object(llvm_ir: str, cpu: str, opt_level: int) -> bytes:
     try:
         import llvmlite.binding as llvm
     except ImportError:
@@ -841,12 +877,14 @@ def _compile_object(llvm_ir: str, cpu: str) -> bytes:
     triple = llvm.get_process_triple()
     mod.triple = triple
     target = llvm.Target.from_triple(triple)
-    features = "" if cpu == "generic" else llvm.get_host_cpu_features().flatten()
-    cpu_name = llvm.get_host_cpu_name() if cpu == "native" else cpu
-    tm = target.create_target_machine(cpu=cpu_name, features=features, opt=2, reloc="pic",
-                                      codemodel="default")
+    native = cpu == "native"
+    tm = target.create_target_machine(
+        cpu=llvm.get_host_cpu_name() if native else cpu,
+        features=llvm.get_host_cpu_features().flatten() if native else "",
+        opt=min(opt_level, 2), reloc="pic", codemodel="default")
     mod.data_layout = str(tm.target_data)
-    pto = llvm.create_pipeline_tuning_options(speed_level=2)
-    pb = llvm.create_pass_builder(tm, pto)
-    pb.getModulePassManager().run(mod, pb)
+    if opt_level:
+        pto = llvm.create_pipeline_tuning_options(speed_level=opt_level)
+        pb = llvm.create_pass_builder(tm, pto)
+        pb.getModulePassManager().run(mod, pb)
     return tm.emit_object(mod)

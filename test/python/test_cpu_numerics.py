@@ -223,9 +223,9 @@ def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(out - ref).max()) / scale
 
 
-def check_case(name: str, dtype: str, schedule: str) -> float:
+def check_case(name: str, dtype: str, schedule: str, opt_level: int = 0) -> float:
     text, inputs, refs = _case_data(name, dtype)
-    program = compile_case(text, schedule)
+    program = compile_case(text, schedule, opt_level)
     outs = program(inputs)
     assert len(outs) == len(refs)
     worst = 0.0
@@ -254,7 +254,8 @@ def test_operator_irregular_tiles(name, dtype):
 
 @pytest.mark.parametrize("name", [c.name for c in CASES])
 def test_operator_default_tiles_f32(name):
-    check_case(name, "f32", "default")
+    # Also the optimization level run_cpu uses by default (the others compile at -O0 for speed).
+    check_case(name, "f32", "default", opt_level=2)
 
 
 # roller-config reads each op through dialects/linalg_info.py, which cannot yet read a
@@ -274,3 +275,260 @@ def test_operator_roller_config_f32(name):
     if not _have_roller_config():
         pytest.skip("roller-config is not registered (passes/roller/config.py)")
     check_case(name, "f32", "roller")
+
+
+# ---------------------------------------------------------------------------------------------
+# Control flow around tiles (what torch.cond and while_loop import to), written as MLIR.
+
+IF_AROUND_TILES = """
+func.func @branch(%x: tensor<37x20xf32>, %p: tensor<i1>) -> tensor<37x20xf32> {
+  %e = tensor.empty() : tensor<37x20xf32>
+  %c = tensor.extract %p[] : tensor<i1>
+  %r = scf.if %c -> tensor<37x20xf32> {
+    %t = "quartet.tile"() ({
+      %y = linalg.exp ins(%x : tensor<37x20xf32>) outs(%e : tensor<37x20xf32>) -> tensor<37x20xf32>
+      gpu.yield %y : tensor<37x20xf32>
+    }) {block_tile = array<i64: 16, 7>, thread_tile = array<i64: 4, 3>} : () -> tensor<37x20xf32>
+    scf.yield %t : tensor<37x20xf32>
+  } else {
+    %t = "quartet.tile"() ({
+      %y = linalg.negf ins(%x : tensor<37x20xf32>) outs(%e : tensor<37x20xf32>) -> tensor<37x20xf32>
+      gpu.yield %y : tensor<37x20xf32>
+    }) : () -> tensor<37x20xf32>
+    scf.yield %t : tensor<37x20xf32>
+  }
+  return %r : tensor<37x20xf32>
+}
+"""
+
+# h_{k+1} = tanh(h_k @ w) while k < n: a recurrent loop with two tiles in its body, the loop
+# bound read from a tensor.
+WHILE_AROUND_TILES = """
+func.func @loop(%h0: tensor<4x24xf32>, %w: tensor<24x24xf32>, %n: tensor<i64>) -> tensor<4x24xf32> {
+  %zero = arith.constant 0.0 : f32
+  %c0 = arith.constant 0 : i64
+  %c1 = arith.constant 1 : i64
+  %limit = tensor.extract %n[] : tensor<i64>
+  %e = tensor.empty() : tensor<4x24xf32>
+  %res:2 = scf.while (%k = %c0, %h = %h0) : (i64, tensor<4x24xf32>) -> (i64, tensor<4x24xf32>) {
+    %go = arith.cmpi slt, %k, %limit : i64
+    scf.condition(%go) %k, %h : i64, tensor<4x24xf32>
+  } do {
+  ^bb0(%k: i64, %h: tensor<4x24xf32>):
+    %f = linalg.fill ins(%zero : f32) outs(%e : tensor<4x24xf32>) -> tensor<4x24xf32>
+    %m = "quartet.tile"() ({
+      %mm = linalg.matmul ins(%h, %w : tensor<4x24xf32>, tensor<24x24xf32>) outs(%f : tensor<4x24xf32>) -> tensor<4x24xf32>
+      gpu.yield %mm : tensor<4x24xf32>
+    }) {block_tile = array<i64: 4, 16, 5>, thread_tile = array<i64: 2, 4, 5>} : () -> tensor<4x24xf32>
+    %t = "quartet.tile"() ({
+      %y = linalg.generic {indexing_maps = [affine_map<(i, j) -> (i, j)>, affine_map<(i, j) -> (i, j)>], iterator_types = ["parallel", "parallel"]} ins(%m : tensor<4x24xf32>) outs(%e : tensor<4x24xf32>) {
+      ^bb0(%a: f32, %o: f32):
+        %th = math.tanh %a : f32
+        linalg.yield %th : f32
+      } -> tensor<4x24xf32>
+      gpu.yield %y : tensor<4x24xf32>
+    }) : () -> tensor<4x24xf32>
+    %k1 = arith.addi %k, %c1 : i64
+    scf.yield %k1, %t : i64, tensor<4x24xf32>
+  }
+  return %res#1 : tensor<4x24xf32>
+}
+"""
+
+
+def test_scf_if_around_tiles():
+    x = np.random.default_rng(1).standard_normal((37, 20)).astype(np.float32)
+    for predicate, ref in ((True, np.exp(x.astype(np.float64))), (False, -x)):
+        out, = cpu.run_cpu(IF_AROUND_TILES, [x, np.array(predicate)])
+        assert relative_error(out.astype(np.float64), ref) <= 1e-6
+
+
+def test_scf_while_around_tiles():
+    rng = np.random.default_rng(2)
+    h = rng.standard_normal((4, 24)).astype(np.float32)
+    w = (rng.standard_normal((24, 24)) / 5).astype(np.float32)
+    for n in (0, 1, 7):
+        out, = cpu.run_cpu(WHILE_AROUND_TILES, [h, w, np.array(n, dtype=np.int64)])
+        ref = h.astype(np.float64)
+        for _ in range(n):
+            ref = np.tanh(ref @ w)
+        assert relative_error(out.astype(np.float64), ref) <= 1e-5, n
+
+
+# ---------------------------------------------------------------------------------------------
+# The calling convention, the lowered module, and the exported shared object.
+
+ACCUMULATE = """
+func.func @acc(%a: tensor<50x64xf32>, %b: tensor<64x40xf32>, %c: tensor<50x40xf32>) -> (tensor<50x40xf32>, tensor<50x40xf32>) {
+  %0 = "quartet.tile"() ({
+    %1 = linalg.matmul ins(%a, %b : tensor<50x64xf32>, tensor<64x40xf32>) outs(%c : tensor<50x40xf32>) -> tensor<50x40xf32>
+    gpu.yield %1 : tensor<50x40xf32>
+  }) {block_tile = array<i64: 32, 16, 8>, thread_tile = array<i64: 4, 4, 8>} : () -> tensor<50x40xf32>
+  return %0, %c : tensor<50x40xf32>, tensor<50x40xf32>
+}
+"""
+
+
+def _accumulate_inputs():
+    rng = np.random.default_rng(3)
+    return [rng.standard_normal(s).astype(np.float32) for s in ((50, 64), (64, 40), (50, 40))]
+
+
+def test_inputs_are_never_written_and_results_are_fresh():
+    a, b, c = _accumulate_inputs()
+    c_before = c.copy()
+    acc, same_c = cpu.run_cpu(ACCUMULATE, [a, b, c])
+    np.testing.assert_array_equal(c, c_before)          # the matmul accumulates into a copy
+    np.testing.assert_array_equal(same_c, c_before)     # a returned argument comes back as a copy
+    assert not np.shares_memory(same_c, c)
+    ref = c_before.astype(np.float64) + a.astype(np.float64) @ b
+    assert relative_error(acc.astype(np.float64), ref) <= 1e-5
+
+
+def test_lowered_module_text_runs_and_records_its_entry():
+    with context(), ir.Location.unknown():
+        module = ir.Module.parse(ACCUMULATE)
+        cpu.LowerCpu().apply(module.operation)
+        lowered = str(module)
+    assert "linalg." not in lowered and "scf." not in lowered
+    assert 'quartet.cpu_entry = {inputs = [tensor<50x64xf32>, tensor<64x40xf32>, ' \
+           'tensor<50x40xf32>], outputs = [tensor<50x40xf32>, tensor<50x40xf32>], ' \
+           'symbol = "acc"}' in lowered
+    inputs = _accumulate_inputs()
+    np.testing.assert_array_equal(cpu.run_cpu(lowered, inputs)[0],
+                                  cpu.run_cpu(ACCUMULATE, inputs)[0])
+
+
+_RUN_SO = textwrap.dedent("""
+    import ctypes, sys
+    import numpy as np
+    sys.modules["mlir"] = None          # this process must not need MLIR
+    sys.modules["torch_mlir"] = None
+    lib = ctypes.CDLL(sys.argv[1])
+    data = np.load(sys.argv[2])
+    arrays = [np.ascontiguousarray(data[k]) for k in sorted(data.files) if k.startswith("in")]
+    outs = [np.empty(data[k].shape, data[k].dtype) for k in sorted(data.files)
+            if k.startswith("out")]
+    lib.forward.restype = None
+    lib.forward(*[ctypes.c_void_p(a.ctypes.data) for a in arrays + outs])
+    np.savez(sys.argv[3], *outs)
+""")
+
+
+# LLVM at -O2 takes seconds on a deeply tiled module: one case at the default level, the others
+# at -O0 against a JIT at -O0.
+@pytest.mark.parametrize("name,dtype,opt_level", [("where_masked_fill", "f32", 2),
+                                                  ("layernorm", "f32", 0),
+                                                  ("softmax_rows", "f16", 0),
+                                                  ("gelu_bias_scale", "bf16", 0)])
+def test_shared_object_runs_without_mlir(tmp_path, name, dtype, opt_level):
+    text, inputs, refs = _case_data(name, dtype)
+    with context(), ir.Location.unknown():
+        module = ir.Module.parse(text)
+        OutlineTiles().apply(module.operation)
+        irregular_schedule(module)
+        jit = cpu.CpuProgram(module, opt_level=opt_level)
+        so = cpu.emit_shared_object(module, opt_level=opt_level)
+    expected = jit(inputs)
+    (tmp_path / "kernel.so").write_bytes(so)
+    np.savez(tmp_path / "io.npz", **{f"in{i:02d}": a for i, a in enumerate(inputs)},
+             **{f"out{i:02d}": a for i, a in enumerate(expected)})
+    script = tmp_path / "run.py"
+    script.write_text(_RUN_SO)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "kernel.so"),
+                    str(tmp_path / "io.npz"), str(tmp_path / "out.npz")], check=True)
+    got = np.load(tmp_path / "out.npz")
+    for i, want in enumerate(expected):
+        # Same IR, same rounding: the exported code gives the JIT's bits.
+        np.testing.assert_array_equal(got[f"arr_{i}"], want)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the CPU target refuses: by name, never miscompiled.
+
+
+def _lower(text: str):
+    with context(), ir.Location.unknown():
+        module = ir.Module.parse(text)
+        cpu.LowerCpu().apply(module.operation)
+
+
+def test_unsupported_op_is_named():
+    text = """
+    func.func @f(%x: tensor<8xf32>, %i: tensor<2x1xindex>) -> tensor<2xf32> {
+      %g = tensor.gather %x[%i] gather_dims([0]) unique : (tensor<8xf32>, tensor<2x1xindex>) -> tensor<2xf32>
+      return %g : tensor<2xf32>
+    }"""
+    with pytest.raises(QuartetError, match="operation 'tensor.gather' is not supported by the "
+                                           "CPU target"):
+        _lower(text)
+
+
+def test_unsupported_dialect_op_is_named():
+    text = """
+    func.func @f(%x: tensor<4xf32>) -> tensor<4xf32> {
+      %c = complex.constant [1.0 : f32, 2.0 : f32] : complex<f32>
+      return %x : tensor<4xf32>
+    }"""
+    with pytest.raises(QuartetError, match="'complex.constant'"):
+        _lower(text)
+
+
+def test_elementwise_arith_on_tensors_is_refused():
+    text = """
+    func.func @f(%x: tensor<4xf32>) -> tensor<4xf32> {
+      %y = arith.addf %x, %x : tensor<4xf32>
+      return %y : tensor<4xf32>
+    }"""
+    with pytest.raises(QuartetError, match="operation 'arith.addf' on tensors"):
+        _lower(text)
+
+
+def test_unsupported_element_type_is_named():
+    text = """
+    func.func @f(%x: tensor<4xf8E4M3FN>, %o: tensor<4xf8E4M3FN>) -> tensor<4xf8E4M3FN> {
+      %y = linalg.copy ins(%x : tensor<4xf8E4M3FN>) outs(%o : tensor<4xf8E4M3FN>) -> tensor<4xf8E4M3FN>
+      return %y : tensor<4xf8E4M3FN>
+    }"""
+    with pytest.raises(QuartetError, match="element type 'f8E4M3FN' in the signature of '@f'"):
+        _lower(text)
+
+
+def test_dynamic_entry_shape_is_refused():
+    text = """
+    func.func @f(%x: tensor<?xf32>) -> tensor<?xf32> {
+      return %x : tensor<?xf32>
+    }"""
+    with pytest.raises(QuartetError, match="dynamic shape"):
+        _lower(text)
+
+
+def test_schedule_of_the_wrong_length_is_refused():
+    text = ACCUMULATE.replace("array<i64: 32, 16, 8>", "array<i64: 32, 16>")
+    with pytest.raises(QuartetError, match="block_tile"):
+        _lower(text)
+
+
+def test_wrong_inputs_are_refused():
+    program = cpu.compile_cpu(ACCUMULATE)
+    a, b, c = _accumulate_inputs()
+    with pytest.raises(QuartetError, match="takes 3 inputs, got 2"):
+        program([a, b])
+    with pytest.raises(QuartetError, match=r"input 1 of '@acc': expected tensor<64x40xf32>"):
+        program([a, b.T.copy(), c])
+    with pytest.raises(QuartetError, match="expected tensor<50x40xf32>, got shape"):
+        program([a, b, c.astype(np.float64)])
+
+
+def test_named_softmax_is_decomposed():
+    text = """
+    func.func @sm(%x: tensor<7x33xf32>) -> tensor<7x33xf32> {
+      %e = tensor.empty() : tensor<7x33xf32>
+      %s = linalg.softmax dimension(1) ins(%x : tensor<7x33xf32>) outs(%e : tensor<7x33xf32>) -> tensor<7x33xf32>
+      return %s : tensor<7x33xf32>
+    }"""
+    x = np.random.default_rng(4).standard_normal((7, 33)).astype(np.float32)
+    out, = cpu.run_cpu(text, [x])
+    ref = np.exp(x - x.max(1, keepdims=True))
+    ref = ref / ref.sum(1, keepdims=True)
+    assert relative_error(out.astype(np.float64), ref) <= 1e-5
