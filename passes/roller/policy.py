@@ -64,7 +64,7 @@ EPS_STEPS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 DFS_NODES = 96          # block tiles the DFS may visit per register tile
 DFS_FOUND = 8           # aligned block tiles it collects per register tile
 WINDOW = 16             # reduction loops this short (filter windows) are staged whole
-REG_GROWTH = (1, 2, 4, 8, 16, 32)
+BLOCK_MULTIPLES = (1, 2, 4, 8, 16, 32, 64, 128, 256)   # block extent / register tile extent
 
 
 class Unsupported(ValueError):
@@ -465,9 +465,11 @@ def _thread_tiles(model: OpModel, hw: Hardware, unit, tensor_core: bool) -> list
 
 
 def _block_options(model: OpModel, loop: int, base: int, eps: float) -> list[int]:
+    """Block extents along ``loop`` for a register tile of ``base``: power-of-two multiples
+    and the whole (padded) extent, within the padding tolerance."""
     rng = model.ranges[loop]
     cover = -(-rng // base) * base
-    opts = {base * m for m in REG_GROWTH + (64, 128, 256) if base * m <= cover}
+    opts = {base * m for m in BLOCK_MULTIPLES if base * m <= cover}
     opts.add(cover)
     return sorted(o for o in opts if is_padding_ok(rng, o, eps))
 
