@@ -57,6 +57,11 @@ class ColSum(torch.nn.Module):
         return x.sum(dim=0)
 
 
+class MidSum(torch.nn.Module):
+    def forward(self, x):
+        return x.sum(dim=1)
+
+
 class MaxPool(torch.nn.Module):
     def forward(self, x):
         return F.max_pool2d(x, 2)
@@ -72,6 +77,8 @@ def cases(small: bool = False):
         "rowsum": (RowSum(), [(8192 // s, 8192 // s)]),
         "colsum": (ColSum(), [(8192 // s, 8192 // s)]),
         "maxpool": (MaxPool(), [(32, 64, 112 // s, 112 // s)]),
+        "softmax_n256": (Softmax(), [(32768 // s, 256)]),
+        "midsum": (MidSum(), [(64, 1024 // s, 512)]),
     }
 
 
@@ -104,15 +111,32 @@ def compile_case(text: str, schedule: dict | None = None):
     return specs[0], elapsed, arg_index, kind
 
 
+# Schedule variants tried on the device (name@variant): thread_tile[-1] = inner elements per
+# thread, threads = block size. The default (no variant) is the builder's own choice.
+VARIANTS = {
+    "softmax": {"tt16": {"thread_tile": [1, 16], "threads": 256},
+                "tt64": {"thread_tile": [1, 64], "threads": 256}},
+    "layernorm": {"tt16": {"thread_tile": [1, 16], "threads": 256},
+                  "tt8": {"thread_tile": [1, 8], "threads": 128},
+                  "tt64": {"thread_tile": [1, 64], "threads": 128}},
+    "rowsum": {"tt64": {"thread_tile": [1, 64], "threads": 256}},
+}
+
+
 def main(out: str, small: bool = False) -> None:
     os.makedirs(out, exist_ok=True)
     meta = {}
+    work = []
     for name, (module, shapes) in cases(small).items():
         text = import_linalg(module, shapes)
+        work.append((name, shapes, text, None))
+        for variant, schedule in VARIANTS.get(name, {}).items():
+            work.append((f"{name}@{variant}", shapes, text, schedule))
+    for name, shapes, text, schedule in work:
         times = []
-        for _ in range(5):
+        for _ in range(5 if schedule is None else 1):
             binary._CACHE.clear()
-            spec, elapsed, arg_index, kind = compile_case(text)
+            spec, elapsed, arg_index, kind = compile_case(text, schedule)
             times.append(elapsed)
         with open(os.path.join(out, f"{name}.cubin"), "wb") as f:
             f.write(spec.binary)

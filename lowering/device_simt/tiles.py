@@ -2,8 +2,9 @@
 
 This stands in for Welder's fusion when a test or the device benchmark needs one fused tile
 (softmax, layernorm, gelu(x+b)*s as one kernel): every op of the function except its
-``arith.constant``s (scalars and weights stay outside, as after outlining) and the ``func.return`` moves into one tile whose results the function
-returns. Schedule attributes can be set by hand afterwards. Not used by the compiler itself.
+``arith.constant``s (scalars and weights stay outside, as after outlining) and the
+``func.return`` moves into one tile whose results the function returns. Schedule attributes
+can be set by hand afterwards. Not used by the compiler itself.
 """
 
 from __future__ import annotations
