@@ -43,6 +43,9 @@ M, N, K all present) when the target has an mma fragment; per-warp tiles and the
 are then fragment multiples. For a convolution the M role spans several loops (batch and output
 pixels): the *product* of the warp tile over the M loops is a multiple of the fragment's m (and
 likewise for N and K), each loop carrying the factor that divides its extent, innermost first.
+N is a multiple of 16 too, and the block's M and N extents and reduction step are 16, 32 or
+multiples of 64 (a Hopper warp group's wgmma tile is 64 rows). Loops both inputs share
+(batch_matmul's batch) have block extent 1: a block computes one matrix of the batch.
 
 The schedule attributes written from a :class:`Schedule` follow the contract in
 ``dialects/quartet.py``: ``block_tile`` (reduction loops: the step), ``thread_tile`` (reduction
@@ -191,8 +194,10 @@ def tensor_core_unit(model: OpModel, hw: Hardware, eps: float) -> tuple[int, ...
         return None
     unit = [1] * model.num_loops
     main = main_reduction(model)
-    for loops, frag in ((roles.m, hw.mma_shape[0]), (roles.n, hw.mma_shape[1]),
-                        (roles.k, hw.mma_shape[2])):
+    frag_m, frag_n, frag_k = hw.mma_shape
+    # N is rounded up to M's fragment too: ldmatrix.x4 loads the B fragments of two n8 tiles at
+    # once, and an implicit-GEMM lowering may take either operand of a convolution as A.
+    for loops, frag in ((roles.m, frag_m), (roles.n, max(frag_n, frag_m)), (roles.k, frag_k)):
         if loops is roles.k:
             # Window loops are staged whole: the fragment factor goes to the main loop.
             loops = (main,) + tuple(k for k in loops if k != main and model.ranges[k] > WINDOW)
@@ -221,6 +226,13 @@ def _scalar_unit(model: OpModel, hw: Hardware) -> tuple[int, ...]:
         if loop is not None and not model.is_reduction[loop] and model.ranges[loop] % lanes == 0:
             unit[loop] = lanes
     return tuple(unit)
+
+
+def batch_loops(model: OpModel) -> tuple[int, ...]:
+    """Loops both inputs of a contraction share (batch_matmul's batch): a block computes one
+    matrix of the batch, as a strided-batched GEMM does; batching gains no reuse."""
+    roles = gemm_roles(model)
+    return roles.batch if roles else ()
 
 
 def main_reduction(model: OpModel) -> int | None:
@@ -423,10 +435,11 @@ def _transaction_aligned(model: OpModel, hw: Hardware, block) -> bool:
 
 def _thread_tiles(model: OpModel, hw: Hardware, unit, tensor_core: bool) -> list[tuple]:
     """Grow the register (warp) tile by reuse score until compute-bound against shared memory
-    or out of registers; return the last two tiles of the path."""
+    or out of registers; return the path, smallest first."""
     dtype = model.inputs[0].dtype
     threshold = hw.peak(dtype, tensor_core) / hw.smem_bandwidth
-    order = _inner_first(model.parallel, model.outputs[0])
+    batch = batch_loops(model)
+    order = tuple(p for p in _inner_first(model.parallel, model.outputs[0]) if p not in batch)
     tile = list(unit)
 
     def regs(t):
@@ -461,7 +474,7 @@ def _thread_tiles(model: OpModel, hw: Hardware, unit, tensor_core: bool) -> list
             break
         tile = best
         path.append(tuple(tile))
-    return path[-2:] if len(path) > 1 else path
+    return path
 
 
 def _block_options(model: OpModel, loop: int, base: int, eps: float) -> list[int]:
@@ -475,14 +488,16 @@ def _block_options(model: OpModel, loop: int, base: int, eps: float) -> list[int
 
 
 def _block_tiles(model: OpModel, hw: Hardware, thread, steps: dict[int, int],
-                 tensor_core: bool, eps: float, unit) -> list[tuple]:
+                 tensor_core: bool, eps: float, unit) -> tuple[list[tuple], bool]:
     """Grow the block tile from the register tile by reuse score while it fits (a depth-first
     search, best score first, as in Roller); every aligned tile met is a candidate (the last
-    one visited when none is aligned)."""
+    one visited when none is aligned). Returns the candidates and whether they are aligned."""
     block = list(_with_reduction(thread, steps))
-    options = {p: _block_options(model, p, thread[p], eps) for p in model.parallel}
+    batch = batch_loops(model)
+    options = {p: [thread[p]] if p in batch else _block_options(model, p, thread[p], eps)
+               for p in model.parallel}
     if any(not options[p] or options[p][0] != thread[p] for p in model.parallel):
-        return []
+        return [], False
     lanes_multiple = hw.sub_partitions if tensor_core else hw.peak_threads_multiple
     threshold = hw.peak(model.inputs[0].dtype, tensor_core) / hw.l2_bandwidth
     regs = register_usage(model, hw, thread, tensor_core, unit)
@@ -534,9 +549,10 @@ def _block_tiles(model: OpModel, hw: Hardware, thread, steps: dict[int, int],
             enlarge(grown)
 
     enlarge(tuple(block))
-    if not found and ok(last[0]):
-        found[last[0]] = None     # capacity-bound and unaligned: the shrink or align step fixes it
-    return list(found)
+    if found:
+        return list(found), True
+    # Capacity-bound and unaligned: the shrink or align step fixes it.
+    return ([last[0]] if ok(last[0]) else []), False
 
 
 def _shrink(model: OpModel, hw: Hardware, block, thread, unit, tensor_core: bool,
@@ -595,13 +611,25 @@ def _reuse_policy(model: OpModel, hw: Hardware, topk: int) -> list[Schedule]:
             if unit is None:
                 continue
             rsteps = _rstep_options(model, hw, unit, eps)
+            if tensor_core:
+                k_loops = gemm_roles(model).k
+                rsteps = [r for r in rsteps
+                          if math.prod(r[k] for k in k_loops) in (16, 32)
+                          or math.prod(r[k] for k in k_loops) % 64 == 0]
             if not rsteps:
                 continue
-            for thread in _thread_tiles(model, hw, unit, tensor_core):
-                for block in _block_tiles(model, hw, thread, rsteps[0], tensor_core, eps, unit):
+            # The largest register tiles first; smaller ones until two gave aligned blocks.
+            aligned_threads = 0
+            for thread in reversed(_thread_tiles(model, hw, unit, tensor_core)):
+                blocks, aligned = _block_tiles(model, hw, thread, rsteps[0], tensor_core, eps,
+                                               unit)
+                for block in blocks:
                     for steps in rsteps:
                         _add_reuse(candidates, model, hw, block, thread, steps, tensor_core,
                                    eps, unit)
+                aligned_threads += aligned
+                if aligned_threads >= 2:
+                    break
             if len(candidates) >= topk and eps >= 0.2:
                 break
         if candidates:
@@ -611,6 +639,18 @@ def _reuse_policy(model: OpModel, hw: Hardware, topk: int) -> list[Schedule]:
     return _rank(aligned or candidates.values(), topk)
 
 
+def tensor_core_block_ok(model: OpModel, block) -> bool:
+    """Tensor-core block shapes: the block's extent along M and along N, and its reduction step
+    (each a product over the loops of that GEMM role), are 16, 32 or a multiple of 64: a Hopper
+    warp group's wgmma tile is 64 rows, and warp tiles of 16 or 32 make up the smaller blocks."""
+    roles = gemm_roles(model)
+    for loops in (roles.m, roles.n, roles.k):
+        extent = math.prod(block[x] for x in loops)
+        if extent not in (16, 32) and extent % 64:
+            return False
+    return True
+
+
 def _add_reuse(candidates, model, hw, block, thread, steps, tensor_core, eps, unit):
     block = _with_reduction(block, steps)
     thread = _with_reduction(thread, steps)
@@ -618,6 +658,8 @@ def _add_reuse(candidates, model, hw, block, thread, steps, tensor_core, eps, un
         block, thread = _shrink(model, hw, block, thread, unit, tensor_core, eps)
     else:
         thread = _align_lanes(model, hw, block, thread, unit, tensor_core)
+    if tensor_core and not tensor_core_block_ok(model, block):
+        return
     key = (tuple(block), tuple(thread), tensor_core)
     if key in candidates or model.footprint(block) * hw.pipeline_stages > hw.smem_per_block:
         return

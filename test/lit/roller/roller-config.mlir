@@ -40,7 +40,7 @@ func.func @matmul_f32(%a: tensor<1024x1024xf32>, %b: tensor<1024x1024xf32>, %c: 
 
 // Small M: the block shrinks until the grid fills the 132 SMs; warps cooperate on K.
 // CHECK-LABEL: func.func @small_m
-// CHECK: }) {block_tile = array<i64: 16, 16, 64>, grid = array<i64: 1, 256>, smem_padding = array<i64: 8, 8>, target = "sm_90", tensor_core = true, thread_tile = array<i64: 16, 8, 32>, threads = 128 : i64}
+// CHECK: }) {block_tile = array<i64: 16, 16, 64>, grid = array<i64: 1, 256>, smem_padding = array<i64: 8, 8>, target = "sm_90", tensor_core = true, thread_tile = array<i64: 16, 16, 16>, threads = 128 : i64}
 func.func @small_m(%a: tensor<16x4096xf16>, %b: tensor<4096x4096xf16>, %c: tensor<16x4096xf32>) -> tensor<16x4096xf32> {
   %r = "quartet.tile"() ({
     %m = linalg.matmul ins(%a, %b : tensor<16x4096xf16>, tensor<4096x4096xf16>) outs(%c : tensor<16x4096xf32>) -> tensor<16x4096xf32>
