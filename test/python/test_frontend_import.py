@@ -44,6 +44,7 @@ def zoo():
 
 
 def _ops(module: ir.Module):
+    """Every op under ``module`` (or an op), nested ones too; keep ``module`` alive meanwhile."""
     def walk(op):
         for region in op.regions:
             for block in region.blocks:
@@ -198,7 +199,8 @@ def test_op_locations_are_lines_of_the_model(zoo):
 
     model, _, program = zoo["mlp"]
     with ir.Context() as ctx:
-        where = {location_of(op) for op in _ops(program.parse(ctx))
+        module = program.parse(ctx)  # keep it alive while its ops are used
+        where = {location_of(op) for op in _ops(module)
                  if op.name.startswith("linalg.") and op.name != "linalg.yield"}
     lines = {f"{models.__file__}:{_line_of(models.MLP.forward, code)}:0"
              for code in ("self.fc2(F.gelu", "self.norm(x + y)")}
@@ -273,7 +275,8 @@ def test_cond_becomes_scf_if_with_both_branches(zoo, tmp_path):
 def test_while_loop_becomes_scf_while(zoo):
     _, _, program = zoo["lstm_loop"]
     with ir.Context() as ctx:
-        names = [op.name for op in _ops(program.parse(ctx))]
+        module = program.parse(ctx)
+        names = [op.name for op in _ops(module)]
     assert names.count("scf.while") == 1
     assert "scf.for" not in names
 
@@ -307,6 +310,41 @@ def test_while_loop_with_data_dependent_trip_count(tmp_path):
     for n, result in zip(counts, got):
         np.testing.assert_allclose(result, model(n, h).detach().numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(got[0], h.numpy())  # zero trips: the input comes back
+
+
+class _BranchyRecurrence(nn.Module):
+    """A loop whose body branches on its state: ``h = tanh(a(h)) if sum(h) > 0 else sigmoid(b(h))``."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+        self.b = nn.Linear(8, 8)
+
+    def forward(self, n, h):
+        def cond(i, h):
+            return i > 0
+
+        def body(i, h):
+            h = torch.cond(h.sum() > 0, lambda h: torch.tanh(self.a(h)),
+                           lambda h: torch.sigmoid(self.b(h) - 0.5), (h,))
+            return i - 1, h
+
+        return while_loop(cond, body, (n, h))[1]
+
+
+def test_cond_nested_in_while_loop(tmp_path):
+    torch.manual_seed(1)
+    model = _BranchyRecurrence().eval()
+    h = torch.randn(2, 8)
+    program = import_module(model, (torch.tensor(1), h))
+    with ir.Context() as ctx:
+        module = program.parse(ctx)
+        (loop,) = [op for op in _ops(module) if op.name == "scf.while"]
+        assert [op.name for op in _ops(loop)].count("scf.if") == 1
+    counts = [torch.tensor(trips) for trips in (0, 3, 6)]
+    got = run_reference(program, [_arrays(program, (n, h)) for n in counts], tmp_path)
+    for n, result in zip(counts, got):
+        np.testing.assert_allclose(result, model(n, h).detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_counted_loop_from_folded_entry_test_is_caught(monkeypatch):
