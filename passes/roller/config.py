@@ -173,10 +173,11 @@ def _check_fragments(model, hw: Hardware, thread, fail) -> tuple[int, ...]:
         if extent % frag:
             fail(f"the warp tile's {what} extent {extent} (loops {list(loops)}) is not a "
                  f"multiple of the mma fragment's {frag}")
-    unit = [1] * model.num_loops
-    for loop in roles.k:
-        unit[loop] = thread[loop]
-    return tuple(unit)
+    # Registers are counted for one fragment step along K, as the policy counts them.
+    unit = policy.tensor_core_unit(model, hw, 1.0)
+    if unit is None or any(thread[k] % unit[k] for k in roles.k):
+        unit = tuple(thread[k] if k in roles.k else 1 for k in range(model.num_loops))
+    return unit
 
 
 def write_schedule(tile: TileOp, schedules: list[Schedule], hw: Hardware,

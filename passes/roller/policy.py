@@ -160,6 +160,14 @@ def _inner_first(loops, operand) -> tuple[int, ...]:
 
 
 def gemm_roles(model: OpModel) -> GemmRoles | None:
+    """The op's loops as a GEMM (None unless it is a two-input multiply-accumulate)."""
+    key = ("roles",)
+    if key not in model._cache:
+        model._cache[key] = _gemm_roles(model)
+    return model._cache[key]
+
+
+def _gemm_roles(model: OpModel) -> GemmRoles | None:
     if len(model.inputs) != 2 or len(model.outputs) != 1:
         return None
     payload = set(model.info.payload)
@@ -537,14 +545,14 @@ def _block_tiles(model: OpModel, hw: Hardware, thread, steps: dict[int, int],
                 return
         q_now, f_now = model.traffic(b), model.footprint(b)
         children = []
-        for p in order:
+        for rank, p in enumerate(order):
             bigger = [o for o in options[p] if o > b[p]]
             if not bigger:
                 continue
             grown = b[:p] + (bigger[0],) + b[p + 1:]
             if ok(grown):
                 score = (q_now - model.traffic(grown)) / max(1, model.footprint(grown) - f_now)
-                children.append((-score, order.index(p), grown))
+                children.append((-score, rank, grown))
         for _, _, grown in sorted(children):
             enlarge(grown)
 

@@ -499,6 +499,7 @@ def test_hand_given_schedule_is_kept_and_completed():
     ((128, 128, 32), (64, 36, 32), ", tensor_core = true", "not a positive multiple"),
     ((128, 128, 32), (64, 4, 32), ", tensor_core = true", "not a multiple of the mma fragment"),
     ((128, 128, 32), (8, 8, 32), ", threads = 128", "threads = 128, but"),
+    ((128, 128, 32), (128, 64, 32), ", tensor_core = true", "registers per thread"),
     ((128, 128, 32), (8, 8, 32), ", grid = array<i64: 4, 4>", "grid = [4, 4], but"),
     ((128, 128, 32), (8, 8, 32), ', target = "sm_80"', "target is 'sm_80'"),
 ])
@@ -509,6 +510,14 @@ def test_hand_given_schedule_that_does_not_fit(block, thread, extra, reason):
     message = str(e.value)
     assert "'quartet.tile' op with root 'linalg.matmul'" in message
     assert "does not fit sm_90" in message and reason in message
+
+
+def test_hand_given_tensor_cores_need_f16():
+    with pytest.raises(QuartetError, match="tensor_core = true needs a contraction of two f16"):
+        configure(_hand((128, 128, 32), (64, 32, 32), ", tensor_core = true", t="f32"))
+    with pytest.raises(QuartetError, match="does not fit cpu: tensor_core = true, but the target "
+                                           "has no tensor cores"):
+        configure(_hand((128, 128, 32), (64, 32, 32), ", tensor_core = true"), target="cpu")
 
 
 def test_unsupported_op_names_the_op():
