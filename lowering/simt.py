@@ -749,11 +749,11 @@ class _RowEmitter:
     def group_combine(self, name: str, s: ir.Value) -> ir.Value:
         """Combine a per-thread partial across the G threads of the row."""
         G, W = self.cfg.group, self.warp
-        # Always the full warp width: xor offsets below G stay inside each aligned group of G
-        # lanes, and the NVVM lowering turns width w into the member mask (1 << w) - 1, which
-        # is wrong when the other lanes of the warp shuffle too (measured: G = 16 gave a 7e-2
-        # error on the H100 with width 16).
-        width = _i32(W)
+        # The width is the number of lanes that shuffle: the whole warp, or the whole block when
+        # it is smaller. xor offsets below G stay inside each aligned group of G lanes; the NVVM
+        # lowering turns the width w into the member mask (1 << w) - 1, so a width of G when
+        # other lanes shuffle too is wrong (measured: G = 16 gave a 7e-2 error on the H100).
+        width = _i32(min(W, self.cfg.threads))
         offset = min(G, W) // 2
         while offset >= 1:
             other = gpu.shuffle(s, _i32(offset), width, gpu.ShuffleMode.XOR)[0]
@@ -834,9 +834,11 @@ def row_config(prog: RowProgram, tile, warp: int) -> _RowConfig:
     threads = tile.threads
     thread_tile, block_tile = tile.thread_tile, tile.block_tile
     where = _loc(tile.operation)
-    if threads is not None and (threads <= 0 or threads > 1024 or threads % warp):
+    if threads is not None and (threads <= 0 or threads > 1024 or
+                                (threads % warp and threads & (threads - 1))):
         raise QuartetError(f"'quartet.tile' threads={threads} does not fit the hardware "
-                           f"(a multiple of {warp}, at most 1024)", where)
+                           f"(a multiple of {warp} or a power of two below it, at most 1024)",
+                           where)
     V, N, R = prog.vector, prog.inner, prog.rows
     NV = N // V
     if prog.reductions == 0:
@@ -861,9 +863,12 @@ def row_config(prog: RowProgram, tile, warp: int) -> _RowConfig:
         T = G * max(1, min(1024 // G, math.prod(block_tile[:-1])))
     else:
         T = max(G, 256)
-    if T % G:
-        raise QuartetError(f"'quartet.tile' threads={T} is not a multiple of the {G} threads "
-                           f"that share a row", where)
+    while T % G:      # a block size the policy chose: fewer threads per row, more rows
+        G //= 2
+    C = math.ceil(NV / G)
+    if C > 64:
+        raise QuartetError(f"'quartet.tile' a row of {N} elements needs {C} vectors per thread "
+                           f"with {G} threads per row (at most 64 are kept in registers)", where)
     RB = T // G
     return _RowConfig("row", T, G, RB, C, math.ceil(R / RB))
 
@@ -1272,10 +1277,12 @@ def build_colreduce_kernel(tile, target, cr: ColReduction | None = None, name: s
     TX = min(8, PV)
     cap = min(1024, (32768 // (V * _bytes_of(acc_t))))
     if tile.threads is not None:
-        if tile.threads > 1024 or tile.threads % TX:
+        if tile.threads <= 0 or tile.threads > 1024:
             raise QuartetError(f"'quartet.tile' threads={tile.threads} does not fit the "
-                               f"hardware (a multiple of {TX}, at most 1024)", _loc(tile.operation))
-        TY = tile.threads // TX
+                               f"hardware (at most 1024)", _loc(tile.operation))
+        while tile.threads % TX:
+            TX //= 2
+        TY = 1 << ((tile.threads // TX).bit_length() - 1)    # a power of two for the tree
     else:
         want = max(1, (132 * 2048) // PV)
         TY = max(1, min(1 << (want.bit_length() - 1), cap // TX, _pow2_at_least(K)))

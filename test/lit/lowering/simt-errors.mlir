@@ -19,4 +19,4 @@ func.func @too_many_threads(%x: tensor<64x256xf32>) -> tensor<64x256xf32> {
   }) {threads = 2000 : i64} : () -> tensor<64x256xf32>
   return %r : tensor<64x256xf32>
 }
-// CHECK: simt-errors.mlir:10:8: error: 'quartet.tile' threads=2000 does not fit the hardware (a multiple of 32, at most 1024)
+// CHECK: simt-errors.mlir:10:8: error: 'quartet.tile' threads=2000 does not fit the hardware (a multiple of 32 or a power of two below it, at most 1024)
