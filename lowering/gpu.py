@@ -312,7 +312,13 @@ def _compile_all(op: ir.Operation, target: str) -> list:
             if fn.operation.name != "func.func":
                 continue
             for tile in _tiles_of(fn):
-                compiled.append(compile_tile(tile, target, f"q{n}"))
+                try:
+                    compiled.append(compile_tile(tile, target, f"q{n}"))
+                except QuartetError as e:      # name the tile's op and place
+                    if e.location is None:
+                        raise QuartetError(f"'{tile.root.operation.name}': {e.message}",
+                                           location_of(tile.operation)) from None
+                    raise
                 n += 1
     return compiled
 

@@ -756,7 +756,7 @@ class _RowEmitter:
         width = _i32(min(W, self.cfg.threads))
         offset = min(G, W) // 2
         while offset >= 1:
-            other = gpu.shuffle(s, _i32(offset), width, gpu.ShuffleMode.XOR)[0]
+            other = _shuffle_xor(s, offset, width)
             s = _combine(name, s, other)
             offset //= 2
         if G <= W:
@@ -801,6 +801,19 @@ class _RowEmitter:
                 idx = self.lead[:rank] + [_index(0)] * (rank - len(self.lead))
                 cond = _and(self.valid, self.lane0)
                 _guarded(cond, lambda got=got, idx=idx: memref.store(got.value, mem, idx))
+
+
+def _shuffle_xor(value: ir.Value, offset: int, width: ir.Value) -> ir.Value:
+    """``gpu.shuffle xor``; values narrower than 32 bits travel widened (nvvm.shfl.sync takes
+    32-bit operands only; 64-bit ones are split by the upstream lowering)."""
+    t = value.type
+    if _is_float(t) and _bytes_of(t) < 4:
+        wide = arith.extf(ir.F32Type.get(), value)
+        return arith.truncf(t, gpu.shuffle(wide, _i32(offset), width, gpu.ShuffleMode.XOR)[0])
+    if isinstance(t, ir.IntegerType) and ir.IntegerType(t).width < 32:
+        wide = arith.extsi(ir.IntegerType.get_signless(32), value)
+        return arith.trunci(t, gpu.shuffle(wide, _i32(offset), width, gpu.ShuffleMode.XOR)[0])
+    return gpu.shuffle(value, _i32(offset), width, gpu.ShuffleMode.XOR)[0]
 
 
 def _and(a, b):
