@@ -92,9 +92,13 @@ def _info_of_text(text: str, name: str) -> LinalgInfo:
                      for a in ir.ArrayAttr(attrs["indexing_maps"]))
         shapes, elts = [], []
         for v in generic.operands:
-            t = ir.ShapedType(v.type)
-            shapes.append(tuple(t.shape))
-            elts.append(str(t.element_type))
+            if isinstance(v.type, ir.ShapedType):
+                t = ir.ShapedType(v.type)
+                shapes.append(tuple(t.shape))
+                elts.append(str(t.element_type))
+            else:      # a scalar operand (linalg.fill's value): rank 0
+                shapes.append(())
+                elts.append(str(v.type))
         segs = list(ir.DenseI32ArrayAttr(attrs["operandSegmentSizes"]))
         payload = tuple(o.operation.name for o in generic.regions[0].blocks[0].operations)
         ranges = _loop_ranges(ir.ArrayAttr(attrs["indexing_maps"]), shapes, len(iterators))
