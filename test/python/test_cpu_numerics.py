@@ -532,3 +532,21 @@ def test_named_softmax_is_decomposed():
     ref = np.exp(x - x.max(1, keepdims=True))
     ref = ref / ref.sum(1, keepdims=True)
     assert relative_error(out.astype(np.float64), ref) <= 1e-5
+
+
+def test_cpu_kernel_spec_describes_the_shared_object(tmp_path):
+    spec = cpu.cpu_kernel(ACCUMULATE, opt_level=0)
+    assert (spec.target, spec.entry, spec.grid) == ("cpu", "forward", (1, 1, 1))
+    assert [(a.role, a.index, a.shape, a.dtype) for a in spec.args] == [
+        ("input", 0, (50, 64), "float32"), ("input", 1, (64, 40), "float32"),
+        ("input", 2, (50, 40), "float32"), ("output", 0, (50, 40), "float32"),
+        ("output", 1, (50, 40), "float32")]
+    path = tmp_path / "k.so"
+    path.write_bytes(spec.binary)
+    lib = ctypes.CDLL(str(path))
+    inputs = _accumulate_inputs()
+    outs = [np.empty(a.shape, np.float32) for a in spec.args if a.role == "output"]
+    getattr(lib, spec.entry)(*[ctypes.c_void_p(a.ctypes.data) for a in inputs + outs])
+    np.testing.assert_array_equal(outs[1], inputs[2])
+    ref = inputs[2].astype(np.float64) + inputs[0].astype(np.float64) @ inputs[1]
+    assert relative_error(outs[0].astype(np.float64), ref) <= 1e-5

@@ -4,11 +4,12 @@
 
 // The entry takes one bare pointer per input, then one per result (caller-allocated output
 // buffers), and returns nothing; the module records the tensor signature. Boolean tensors are
-// bytes. Only the LLVM dialect is left, and the only external calls are the C allocator.
+// bytes; no two buffers overlap (noalias). Only the LLVM dialect is left, and the only
+// external calls are the C allocator.
 // CHECK:       module attributes {quartet.cpu_entry = {inputs = [tensor<50x64xf32>, tensor<64x40xf32>, tensor<50x40xi1>], outputs = [tensor<50x40xf32>, tensor<50x40xi1>], symbol = "mm_mask"}}
 // CHECK-DAG:   llvm.func @malloc(i64) -> !llvm.ptr
 // CHECK-DAG:   llvm.func @free(!llvm.ptr)
-// CHECK:       llvm.func @mm_mask(%{{.*}}: !llvm.ptr, %{{.*}}: !llvm.ptr, %{{.*}}: !llvm.ptr, %{{.*}}: !llvm.ptr, %{{.*}}: !llvm.ptr) {
+// CHECK:       llvm.func @mm_mask(%{{.*}}: !llvm.ptr {llvm.noalias}, %{{.*}}: !llvm.ptr {llvm.noalias}, %{{.*}}: !llvm.ptr {llvm.noalias}, %{{.*}}: !llvm.ptr {llvm.noalias}, %{{.*}}: !llvm.ptr {llvm.noalias}) {
 // CHECK:         llvm.fmul
 // CHECK:         llvm.fadd
 // CHECK:         %[[BYTE:.*]] = llvm.load %{{.*}} : !llvm.ptr -> i8

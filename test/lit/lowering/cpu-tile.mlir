@@ -33,14 +33,16 @@ func.func @configured(%a: tensor<50x64xf32>, %b: tensor<64x40xf32>, %c: tensor<5
 // -----
 
 // No schedule: the default tile is 32x32 over the two innermost parallel loops, one
-// iteration of outer parallel loops, and the whole reduction.
+// iteration of outer parallel loops, and reduction steps of 16 (partial here: 20 = 16 + 4).
 // CHECK-LABEL: func.func @unconfigured(
 // CHECK-DAG:     %[[C1:.*]] = arith.constant 1 : index
+// CHECK-DAG:     %[[C16:.*]] = arith.constant 16 : index
 // CHECK-DAG:     %[[C32:.*]] = arith.constant 32 : index
 // CHECK:         scf.for %{{.*}} = %{{.*}} to %{{.*}} step %[[C1]]
 // CHECK:           scf.for %{{.*}} = %{{.*}} to %{{.*}} step %[[C32]]
 // CHECK:             scf.for %{{.*}} = %{{.*}} to %{{.*}} step %[[C32]]
-// CHECK:               linalg.batch_matmul ins(%{{.*}}, %{{.*}} : tensor<1x?x20xf32>, tensor<1x20x?xf32>)
+// CHECK:               scf.for %{{.*}} = %{{.*}} to %{{.*}} step %[[C16]]
+// CHECK:                 linalg.batch_matmul ins(%{{.*}}, %{{.*}} : tensor<1x?x?xf32>, tensor<1x?x?xf32>)
 // CHECK-NOT:     scf.for
 func.func @unconfigured(%a: tensor<3x40x20xf32>, %b: tensor<3x20x70xf32>, %c: tensor<3x40x70xf32>) -> tensor<3x40x70xf32> {
   %0 = "quartet.tile"() ({
