@@ -284,9 +284,10 @@ def outline(module) -> ir.Module:
     ``gpu.module`` kernel. (A private Context: pass managers cannot run in the Context of a
     running pass, and quartet-opt calls this from passes.)"""
     op = module.operation if hasattr(module, "operation") else module
+    from quartet.dialects import context as quartet_context   # the module may hold tiles too
+
     text = op.get_asm(enable_debug_info=True)
-    context = ir.Context()
-    context.emit_error_diagnostics = True
+    context = quartet_context()
     with context, ir.Location.unknown():
         copy = ir.Module.parse(text)
         _run(copy, "builtin.module(gpu-launch-sink-index-computations, gpu-kernel-outlining)",

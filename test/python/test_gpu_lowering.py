@@ -265,7 +265,41 @@ def test_host_ops_outside_tiles_are_rejected(ctx):
         lower_module(module, "sm_90")
 
 
+def test_fp16_max_reduction_shuffles_in_fp32(ctx):
+    text = MAPS + """
+func.func @amax(%x: tensor<64x512xf16>) -> tensor<64xf16> {
+  %ninf = arith.constant 0xFC00 : f16
+  %r = "quartet.tile"() ({
+    %e = tensor.empty() : tensor<64xf16>
+    %f = linalg.fill ins(%ninf : f16) outs(%e : tensor<64xf16>) -> tensor<64xf16>
+    %m = linalg.generic {indexing_maps = [#id, #row], iterator_types = ["parallel", "reduction"]}
+        ins(%x : tensor<64x512xf16>) outs(%f : tensor<64xf16>) {
+      ^bb0(%a: f16, %o: f16):
+        %0 = arith.maximumf %a, %o : f16
+        linalg.yield %0 : f16
+    } -> tensor<64xf16>
+    gpu.yield %m : tensor<64xf16>
+  }) : () -> tensor<64xf16>
+  return %r : tensor<64xf16>
+}"""
+    module = ir.Module.parse(text)
+    kernel = simt.build_simt_kernel(first_tile(module), "sm_90")
+    assert ": f16 to f32" in str(kernel)
+    (spec,) = binary.compile_launch_module(kernel, "sm_90")
+    assert spec.binary[:4] == b"\x7fELF"
+
+
+def test_amd_without_device_libraries_names_the_op(ctx):
+    module = ir.Module.parse(bias_gelu_text(8, 64).replace("math.tanh", "math.erf"))
+    with pytest.raises(QuartetError, match="'linalg.generic': AMDGPU code calls '__ocml_erf_f32'"):
+        lower_module(module, "gfx942")
+
+
 def test_amd_target_builds_hsaco(ctx):
+    try:
+        binary.find_ld_lld()
+    except QuartetError as e:
+        pytest.skip(str(e))
     module = ir.Module.parse(softmax_text(R=32, N=512))
     _, plan = lower_module(module, "gfx942")
     header = binary.elf_header(plan.launches[0].kernel.binary)

@@ -1,7 +1,8 @@
 // Reductions over an outer axis (colreduce: fp32 accumulation of fp16 data, a shared-memory
 // tree across the threads of a column) and a pooling op through the transform-dialect fallback.
 // RUN: quartet-opt %s --split-input-file --pass-pipeline='builtin.module(quartet-lower-gpu{target=sm_90 stop_after=kernels})' | %filecheck %s
-// RUN: quartet-opt %s --split-input-file --pass-pipeline='builtin.module(quartet-lower-gpu{target=gfx942})' | %filecheck %s --check-prefix=AMD
+// The AMD route up to the relocatable object (linking the hsaco needs ld.lld: test_binaries.py).
+// RUN: quartet-opt %s --split-input-file --pass-pipeline='builtin.module(quartet-lower-gpu{target=gfx942 stop_after=kernels},quartet-gpu-to-binary{target=gfx942 emit=obj})' | %filecheck %s --check-prefix=AMD
 
 #id = affine_map<(d0, d1) -> (d0, d1)>
 #col = affine_map<(d0, d1) -> (d1)>
@@ -28,9 +29,9 @@ func.func @colsum(%x: tensor<512x256xf16>) -> tensor<256xf16> {
 // CHECK: gpu.barrier
 // CHECK: arith.truncf {{.*}} : vector<8xf32> to vector<8xf16>
 // CHECK: vector.store
-// AMD-LABEL: func.func @colsum(
+// AMD-LABEL: func.func @q0(
 // AMD: gpu.launch_func @q0_kernel::@q0_kernel
-// AMD: gpu.binary @q0_kernel {{.*}}#rocdl.target<O = 3, chip = "gfx942">, bin = "\7FELF
+// AMD: gpu.binary @q0_kernel {{.*}}#rocdl.target<O = 3, chip = "gfx942">, bin = "\7FELF\02\01\01@\04\00\00\00\00\00\00\00\01\00\E0\00
 
 // -----
 
@@ -51,5 +52,5 @@ func.func @maxpool(%x: tensor<2x8x16x16xf16>) -> tensor<2x8x8x8xf16> {
 // CHECK: gpu.block_id
 // CHECK: gpu.thread_id
 // CHECK: arith.maximumf
-// AMD-LABEL: func.func @maxpool(
+// AMD-LABEL: func.func @q0(
 // AMD: gpu.binary @q0_kernel {{.*}}#rocdl.target<O = 3, chip = "gfx942">, bin = "\7FELF
