@@ -12,12 +12,7 @@ staged-driver shape of Triton's ``make_ttir``/``make_llir``/``make_ptx``/``make_
   ``gpu-lower-to-nvvm-pipeline`` nested on ``gpu.module`` with the bare-pointer calling
   convention for kernels, then ``gpu-module-to-binary{format=bin toolkit=...}`` with the ptxas
   (and libdevice) of the pip package ``nvidia-cuda-nvcc``; ``format=isa`` gives the PTX.
-* AMD (``gfx942``): ``rocdl-attach-target``, ``convert-gpu-to-rocdl`` (bare pointers); the
-  ``gpu.module``'s ops are cloned into a plain module, translated with
-  ``mlir.dialects.llvm.translate_module_to_llvmir``; llvmlite's AMDGPU target machine emits the
-  ELF object and ``ld.lld -shared`` links it into a loadable code object (hsaco). The MLIR wheel
-  has no AMDGPU back end, hence llvmlite (DESIGN.md). ``ld.lld`` comes from ``$QUARTET_LD_LLD``,
-  ``PATH``, or the pip package ``ziglang`` (``python -m ziglang ld.lld``, LLD 22).
+* AMD (``gfx942``): ``lowering/rocm.py`` - rocdl, LLVM IR, llvmlite, ``ld.lld`` -> hsaco.
 
 The result is one :class:`~quartet.lowering.kernel.KernelSpec` per launch, its arguments in
 bare-pointer order (the kernel's operands after outlining). Binaries are cached in memory by a
@@ -34,9 +29,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 
@@ -82,7 +75,7 @@ def get_target(name: str, location: str | None = None) -> Target:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tools: the CUDA toolkit of nvidia-cuda-nvcc, llvmlite, ld.lld
+# Tools: the CUDA toolkit of nvidia-cuda-nvcc (llvmlite and ld.lld: rocm.py)
 
 
 def find_cuda_toolkit(toolkit: str | None = None) -> str:
@@ -111,34 +104,6 @@ def find_cuda_toolkit(toolkit: str | None = None) -> str:
                        f"into a cubin; install it with `pip install nvidia-cuda-nvcc`")
 
 
-def _llvmlite():
-    try:
-        import llvmlite.binding as llvm_binding
-    except ImportError:
-        raise QuartetError("llvmlite not found: the AMDGPU back end needs its LLVM to emit the "
-                           "code object; install it with `pip install llvmlite`") from None
-    llvm_binding.initialize_all_targets()
-    llvm_binding.initialize_all_asmprinters()
-    return llvm_binding
-
-
-def find_ld_lld() -> list[str]:
-    """The command that runs ``ld.lld``: ``$QUARTET_LD_LLD``, ``ld.lld`` on PATH, or ziglang's."""
-    if os.environ.get("QUARTET_LD_LLD"):
-        return [os.environ["QUARTET_LD_LLD"]]
-    for name in ["ld.lld"] + [f"ld.lld-{v}" for v in range(30, 13, -1)]:
-        path = shutil.which(name)
-        if path:
-            return [path]
-    try:
-        import ziglang  # noqa: F401  (ships LLD; `python -m ziglang ld.lld`)
-        return [sys.executable, "-m", "ziglang", "ld.lld"]
-    except ImportError:
-        pass
-    raise QuartetError("ld.lld not found: the AMDGPU back end needs it to link the code object "
-                       "(hsaco); install it with `pip install ziglang` (or put ld.lld on PATH)")
-
-
 # ---------------------------------------------------------------------------------------------
 # Stage pipelines (pass lists as data)
 
@@ -159,15 +124,6 @@ def _nvvm_pipeline(target: Target, opt_level: int, fast_math: bool) -> str:
                             "canonicalize", "cse", "reconcile-unrealized-casts"]
     return (f"builtin.module(nvvm-attach-target{{chip={target.chip} features={target.features} "
             f"O={opt_level}{fast}}}, gpu.module({','.join(nested)}))")
-
-
-def _rocdl_pipeline(target: Target, opt_level: int) -> str:
-    # No ROCm device libraries here: expand math ops that have no LLVM intrinsic into arith.
-    nested = ["math-expand-ops"] + _KERNEL_PREP + [
-        f"convert-gpu-to-rocdl{{chipset={target.chip} use-bare-ptr-memref-call-conv=1}}",
-        "canonicalize", "cse", "reconcile-unrealized-casts"]
-    return (f"builtin.module(rocdl-attach-target{{chip={target.chip} O={opt_level}}}, "
-            f"gpu.module({','.join(nested)}))")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,7 +310,8 @@ def _binaries(outlined: ir.Module, target: Target, emit: str, toolkit: str | Non
                     _CACHE[key] = _nvvm_binary(single, target, emit, toolkit, opt_level,
                                                fast_math)
                 else:
-                    _CACHE[key] = _rocdl_binary(single, target, emit, opt_level)
+                    from . import rocm
+                    _CACHE[key] = rocm.rocdl_binary(single, target, emit, opt_level)
             result[name] = _CACHE[key]
     return result
 
@@ -395,57 +352,6 @@ def _nvvm_binary(single: ir.Module, target: Target, emit: str, toolkit: str,
          f"{'PTX generation' if fmt == 'isa' else 'ptxas'} ({target.name})")
     binary = next(o for o in single.body.operations if o.operation.name == "gpu.binary")
     return bytes(gpu.ObjectAttr(binary.opview.objects[0]).object)
-
-
-def _rocdl_binary(single: ir.Module, target: Target, emit: str, opt_level: int) -> bytes:
-    from mlir.dialects import llvm as llvm_dialect
-
-    lb = _llvmlite()
-    _run(single, _rocdl_pipeline(target, opt_level), f"lowering to ROCDL ({target.name})")
-    gpu_module = next(o for o in single.body.operations if o.operation.name == "gpu.module")
-    plain = ir.Module.create()
-    attrs = gpu_module.operation.attributes
-    if "llvm.data_layout" in attrs:
-        plain.operation.attributes["llvm.data_layout"] = attrs["llvm.data_layout"]
-    plain.operation.attributes["llvm.target_triple"] = ir.StringAttr.get("amdgcn-amd-amdhsa")
-    with ir.InsertionPoint(plain.body):
-        for op in gpu_module.regions[0].blocks[0].operations:
-            op.operation.clone()
-    llvm_ir = llvm_dialect.translate_module_to_llvmir(plain.operation)
-    undefined = [line.split("@")[1].split("(")[0] for line in llvm_ir.splitlines()
-                 if line.startswith("declare") and "@llvm." not in line]
-    if undefined:
-        raise QuartetError(f"AMDGPU code calls '{undefined[0]}', a ROCm device-library "
-                           f"function that Quartet cannot link (no ROCm device libraries)")
-    try:
-        mod = lb.parse_assembly(llvm_ir)
-        mod.verify()
-        machine = lb.Target.from_triple("amdgcn-amd-amdhsa").create_target_machine(
-            cpu=target.chip, features=target.features, opt=opt_level, reloc="pic",
-            codemodel="default")
-        obj = machine.emit_object(mod)
-    except RuntimeError as e:
-        raise QuartetError(f"llvmlite could not emit AMDGPU code: {str(e).splitlines()[0]}") \
-            from None
-    if emit == "obj":
-        return obj
-    return link_hsaco(obj)
-
-
-def link_hsaco(obj: bytes) -> bytes:
-    """``ld.lld -shared``: an AMDGPU ELF object -> a loadable code object (hsaco)."""
-    command = find_ld_lld()
-    with tempfile.TemporaryDirectory(prefix="quartet-lld-") as tmp:
-        src, dst = os.path.join(tmp, "kernel.o"), os.path.join(tmp, "kernel.hsaco")
-        with open(src, "wb") as f:
-            f.write(obj)
-        done = subprocess.run(command + ["-shared", "-o", dst, src], capture_output=True,
-                              text=True)
-        if done.returncode != 0:
-            first = (done.stderr or done.stdout).strip().splitlines()
-            raise QuartetError(f"ld.lld failed: {first[0] if first else done.returncode}")
-        with open(dst, "rb") as f:
-            return f.read()
 
 
 # ---------------------------------------------------------------------------------------------

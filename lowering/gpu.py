@@ -106,7 +106,8 @@ class _Host:
         return f"{prefix}{self.counter}"
 
 
-def lower_function(fn, target: str, module: ir.Module, compiled: list) -> HostPlan | None:
+def lower_function(fn, target: str, module: ir.Module, compiled: list,
+                   emit: str = "bin") -> HostPlan | None:
     tiles = _tiles_of(fn)
     fname = ir.StringAttr(fn.operation.attributes["sym_name"]).value
     if not tiles:
@@ -134,7 +135,7 @@ def lower_function(fn, target: str, module: ir.Module, compiled: list) -> HostPl
     for op in list(block.operations):
         op = op.operation
         if op.name == "quartet.tile":
-            _lower_tile(op.opview, target, module, host, compiled.pop(0))
+            _lower_tile(op.opview, target, module, host, compiled.pop(0), emit)
         elif op.name in ("tensor.expand_shape", "tensor.collapse_shape"):
             src = op.operands[0]
             name = host.fresh("view")
@@ -171,13 +172,14 @@ def _buffer_of(value: ir.Value, host: _Host) -> str:
     return name
 
 
-def compile_tile(tile, target: str, kname: str) -> list:
+def compile_tile(tile, target: str, kname: str, emit: str = "bin") -> list:
     """Build and compile the kernel(s) of one tile: its KernelSpecs."""
     kmod, _ = build_kernel(tile, target, kname)
-    return binary.compile_launch_module(kmod, target)
+    return binary.compile_launch_module(kmod, target, emit=emit)
 
 
-def _lower_tile(tile, target: str, module: ir.Module, host: _Host, specs: list) -> None:
+def _lower_tile(tile, target: str, module: ir.Module, host: _Host, specs: list,
+                emit: str = "bin") -> None:
     inputs = simt.kernel_inputs(tile)
     loc = tile.operation.location
     with loc, ir.InsertionPoint(tile.operation):
@@ -201,7 +203,7 @@ def _lower_tile(tile, target: str, module: ir.Module, host: _Host, specs: list) 
                     operands.append(outs[a.index])
                     bound.append(out_names[a.index])
             bin_name = spec.name
-            _insert_binary(module, bin_name, spec, target)
+            _insert_binary(module, bin_name, spec, target, emit)
             smem = arith.constant(ir.IntegerType.get_signless(32), spec.shared_bytes) \
                 if spec.shared_bytes else None
             gpu.LaunchFuncOp([bin_name, spec.entry],
@@ -260,14 +262,17 @@ def _results(ret: ir.Operation, host: _Host) -> None:
             plan.results.append(out)
 
 
-def lower_module(module, target: str = "sm_90") -> tuple[object, HostPlan | None]:
+def lower_module(module, target: str = "sm_90", emit: str = "bin") \
+        -> tuple[object, HostPlan | None]:
     """Lower every tile of every function of ``module`` in place; return (module, plan of the
-    first function holding tiles). :func:`lower_module_plans` gives every function's plan."""
-    module, plans = lower_module_plans(module, target)
+    first function holding tiles). :func:`lower_module_plans` gives every function's plan.
+    ``emit="ptx"`` keeps PTX text instead of cubins (NVIDIA targets; ``--emit ptx``)."""
+    module, plans = lower_module_plans(module, target, emit)
     return module, (next(iter(plans.values())) if plans else None)
 
 
-def lower_module_plans(module, target: str = "sm_90") -> tuple[object, dict[str, HostPlan]]:
+def lower_module_plans(module, target: str = "sm_90", emit: str = "bin") \
+        -> tuple[object, dict[str, HostPlan]]:
     """Lower in place; return (module, {function name: HostPlan}).
 
     Kernels are built and compiled in a private Context holding a copy of the module: nested
@@ -281,7 +286,7 @@ def lower_module_plans(module, target: str = "sm_90") -> tuple[object, dict[str,
     fns = [o for o in body.operations if o.operation.name == "func.func"]
     if not any(_tiles_of(fn) for fn in fns):
         return module, {}
-    compiled = _compile_all(op, target)
+    compiled = _compile_all(op, target, emit)
     plans: dict[str, HostPlan] = {}
 
     class _Holder:    # what _insert_binary needs: the module's block
@@ -291,14 +296,14 @@ def lower_module_plans(module, target: str = "sm_90") -> tuple[object, dict[str,
     holder.body = body
     with op.context, ir.Location.unknown():
         for fn in fns:
-            plan = lower_function(fn, target, holder, compiled)
+            plan = lower_function(fn, target, holder, compiled, emit)
             if plan is not None:
                 plans[plan.function] = plan
         op.attributes["gpu.container_module"] = ir.UnitAttr.get()
     return module, plans
 
 
-def _compile_all(op: ir.Operation, target: str) -> list:
+def _compile_all(op: ir.Operation, target: str, emit: str = "bin") -> list:
     """KernelSpecs of every tile, in walk order, compiled in a private Context."""
     from quartet.dialects import context as quartet_context
 
@@ -313,7 +318,7 @@ def _compile_all(op: ir.Operation, target: str) -> list:
                 continue
             for tile in _tiles_of(fn):
                 try:
-                    compiled.append(compile_tile(tile, target, f"q{n}"))
+                    compiled.append(compile_tile(tile, target, f"q{n}", emit))
                 except QuartetError as e:      # name the tile's op and place
                     if e.location is None:
                         raise QuartetError(f"'{tile.root.operation.name}': {e.message}",

@@ -8,7 +8,7 @@ import pytest
 from mlir import ir
 
 from quartet.errors import QuartetError
-from quartet.lowering import binary
+from quartet.lowering import binary, rocm
 
 LAUNCH = r"""
 func.func @scale(%a: memref<1024xf16>, %b: memref<1024xf32> {quartet.role = "output"}) {
@@ -61,7 +61,7 @@ def test_cubin_and_launch_shape(launch_module, chip):
 
 def _need_ld_lld():
     try:
-        binary.find_ld_lld()
+        rocm.find_ld_lld()
     except QuartetError as e:   # ziglang is not yet in pyproject's compiler extras
         pytest.skip(str(e))
 
@@ -108,7 +108,7 @@ def test_missing_ld_lld_names_the_package(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.setitem(sys.modules, "ziglang", None)
     with pytest.raises(QuartetError, match="pip install ziglang"):
-        binary.find_ld_lld()
+        rocm.find_ld_lld()
 
 
 def test_emit_kind_checked(launch_module):

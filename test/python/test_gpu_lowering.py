@@ -9,7 +9,7 @@ from mlir import ir
 
 import quartet.dialects as qd
 from quartet.errors import QuartetError
-from quartet.lowering import binary, simt
+from quartet.lowering import binary, rocm, simt
 from quartet.lowering.gpu import lower_module
 
 MAPS = """
@@ -247,6 +247,15 @@ def test_lower_module_gives_binaries_and_host_plan(ctx):
     assert launch.kernel.binary[:4] == b"\x7fELF" and plan.results == ["t1"]
 
 
+def test_emit_ptx_keeps_ptx_text(ctx):
+    module = ir.Module.parse(bias_gelu_text(16, 64))
+    _, plan = lower_module(module, "sm_80", emit="ptx")
+    ptx = plan.launches[0].kernel.binary.decode()
+    assert ".target sm_80" in ptx and "ld.global.v4" in ptx
+    assert "assembly = " in str(module)
+    binary.ptxas_check(ptx, "sm_80")
+
+
 def test_result_that_is_an_input_is_copied(ctx):
     module = ir.Module.parse(bias_gelu_text(8, 64).replace(
         "-> tensor<8x64xf32> {", "-> (tensor<8x64xf32>, tensor<8x64xf32>) {").replace(
@@ -297,7 +306,7 @@ def test_amd_without_device_libraries_names_the_op(ctx):
 
 def test_amd_target_builds_hsaco(ctx):
     try:
-        binary.find_ld_lld()
+        rocm.find_ld_lld()
     except QuartetError as e:
         pytest.skip(str(e))
     module = ir.Module.parse(softmax_text(R=32, N=512))
