@@ -95,6 +95,9 @@ def build_one(workload: suite.Workload, pipeline: str, out: Path, *, target: str
         shutil.rmtree(adir)
     try:
         fn = compile_fn or find_compile()
+    except LookupError as e:
+        row["status"] = f"not compiled: {e}"
+        return row
     except Exception as e:
         row["status"] = f"not compiled: {_one_line(e)}"
         return row
