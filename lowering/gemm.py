@@ -131,8 +131,8 @@ def _tc_schedule(prob, target, bm, bn, bk, wm, wn, threads, stages, limit, force
     if not (bk in (16, 32) or bk % 64 == 0):
         raise _Refuse(f"reduction step {bk} must be 16, 32 or a multiple of 64")
     for name, op in (("A", prob.a), ("B", prob.b)):
-        if op.kind == "im2col" and not op.conv.is_pointwise:
-            continue
+        if op.kind == "im2col":
+            continue                 # gathered through registers when cp.async cannot copy it
         if op.contiguous is None or op.granule < 2:
             raise _Refuse(f"operand {name} has no 4-byte aligned contiguous dimension")
     engine = "wgmma" if target == "sm_90" and force != "mma" else "mma"
@@ -193,7 +193,7 @@ def _wgmma_split(prob, bm, bn, threads):
 def _check_loads(prob, s):
     a_tile, a_k_inner, b_tile, b_k_inner, *_ = gemm_tc.smem_plan(prob, s)
     for name, op, t in (("A", prob.a, a_tile), ("B", prob.b, b_tile)):
-        if op.kind == "im2col" and not op.conv.is_pointwise:
+        if op is prob.b and gemm_tc.uses_gather(prob):
             per_row = t.inner // gemm_tc.GatherLoader.V
         else:
             per_row = t.inner // min(op.granule, t.inner)

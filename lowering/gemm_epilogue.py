@@ -7,6 +7,11 @@ evaluate the fused element-wise ``linalg.generic`` ops by cloning their bodies o
 other operands are loaded through their indexing maps: bias rows, broadcast scalars), convert to
 the output type and store, with bounds checks where a tile may cross the output's edge.
 Pairs are loaded and stored as 2-vectors where the output layout allows it.
+
+:class:`StagedEpilogue` (tensor-core kernels) first parks the raw f32 accumulators of the whole
+block tile in shared memory, then the block walks the tile in 16-byte chunks along the output's
+contiguous dimension: init loads, element-wise work and stores are then coalesced vectors
+instead of the fragments' scattered pairs.
 """
 
 from __future__ import annotations
@@ -200,3 +205,90 @@ class EpilogueWriter:
             init = memref.load(self._flat(ep.init_arg), [em.c(ioff)])
         out = self._finish(value, init, row, col)
         memref.store(out, self._flat(self.out.arg), [em.c(off)])
+
+
+STAGE_PAD = 8          # f32 elements added to each staged row (bank spreading)
+
+
+def stage_bytes(bm: int, bn: int) -> int:
+    return bm * (bn + STAGE_PAD) * 4
+
+
+def out_vector(prob: GemmProblem) -> int:
+    """Elements per chunk of the staged copy-out: a 16-byte vector where layout allows it."""
+    out = prob.out
+    if out.contiguous != "col":
+        return 1
+    v = min(out.granule, 16 // (2 if out.dtype != "f32" else 4), 4 if out.dtype == "f32" else 8)
+    while v > 1 and prob.n % v:
+        v //= 2
+    return max(v, 1)
+
+
+class StagedEpilogue(EpilogueWriter):
+    """Accumulators -> shared memory (``store``), then a coalesced copy-out (``flush``)."""
+
+    def __init__(self, em: Emitter, prob: GemmProblem, args, flat, batch: Ix, smem_f32,
+                 smem_base_elems: Ix, bm: int, bn: int, m0: Ix, n0: Ix):
+        super().__init__(em, prob, args, flat, batch)
+        self.smem, self.base = smem_f32, smem_base_elems
+        self.bm, self.bn, self.m0, self.n0 = bm, bn, m0, n0
+        self.row = bn + STAGE_PAD
+        self.v = out_vector(prob)
+
+    def store(self, row: Ix, col: Ix, values: list[ir.Value]) -> None:
+        """``row``/``col`` are tile-local here."""
+        em = self.em
+        idx = em.add(self.base, em.add(em.mul(row, self.row), col))
+        vt = ir.VectorType.get([len(values)], element_type("f32"))
+        vector.store(vector.from_elements(vt, values), self.smem, [em.c(idx)])
+
+    def flush(self, tid: ir.Value, threads: int) -> None:
+        em, prob, v = self.em, self.prob, self.v
+        ep = prob.epilogue
+        em.barrier()
+        per_row = self.bn // v
+        total = self.bm * per_row
+        loop = scf.ForOp(em.c(tid), em.c(total), em.c(threads))
+        with ir.InsertionPoint(loop.body):
+            q = loop.induction_variable
+            r, c = em.div(q, per_row), em.mul(em.rem(q, per_row), v)
+            grow, gcol = em.add(self.m0, r), em.add(self.n0, c)
+            cond = True
+            if not self.full_m:
+                cond = em.land(cond, em.lt(grow, prob.m))
+            if not self.full_n:
+                cond = em.land(cond, em.lt(gcol, prob.n))
+            body = scf.IfOp(cond) if cond is not True else None
+            ip = ir.InsertionPoint(body.then_block) if body else None
+            if ip:
+                ip.__enter__()
+            src = em.add(self.base, em.add(em.mul(r, self.row), c))
+            acc = vector.load(ir.VectorType.get([v], element_type("f32")), self.smem,
+                              [em.c(src)])
+            accs = [vector.extract(acc, [], [e]) for e in range(v)] if v > 1 else \
+                [vector.extract(acc, [], [0])]
+            inits = [None] * v
+            if ep.init == "tensor":
+                iop = ep.init_operand
+                ioff = self._offset(iop, grow, gcol)
+                if v > 1 and iop.contiguous == "col" and iop.granule % v == 0:
+                    iv = vector.load(ir.VectorType.get([v], element_type(iop.dtype)),
+                                     self._flat(ep.init_arg), [em.c(ioff)])
+                    inits = [vector.extract(iv, [], [e]) for e in range(v)]
+                else:
+                    inits = [memref.load(self._flat(ep.init_arg),
+                                         [em.c(self._offset(iop, grow, em.add(gcol, e)))])
+                             for e in range(v)]
+            outs = [self._finish(accs[e], inits[e], grow, em.add(gcol, e)) for e in range(v)]
+            off = self._offset(self.out, grow, gcol)
+            if v > 1:
+                vec = vector.from_elements(ir.VectorType.get([v], element_type(self.out.dtype)),
+                                           outs)
+                vector.store(vec, self._flat(self.out.arg), [em.c(off)])
+            else:
+                memref.store(outs[0], self._flat(self.out.arg), [em.c(off)])
+            if ip:
+                scf.YieldOp([])
+                ip.__exit__(None, None, None)
+            scf.YieldOp([])

@@ -114,6 +114,14 @@ class Operand:
             g //= 2
         return g
 
+    def k_stride(self, k_is_row: bool) -> int | None:
+        """Elements between consecutive K indices when the offset is affine in K, else None."""
+        if self.kind == "affine":
+            return self.strides[1] if k_is_row else self.strides[2]
+        if self.kind == "im2col" and self.conv.is_pointwise:
+            return self.conv.pixels
+        return None
+
     def row_part(self, em: Emitter, r: Ix) -> Ix:
         if self.kind == "affine":
             return em.mul(r, self.strides[1])
@@ -397,8 +405,10 @@ def _conv_problem(root, info, a_arg, b_arg, out_arg, out_dtype, common):
     g = ConvGeom(n, c, h, w, f, kh, kw, oh, ow, (geo[0][0], geo[1][0]), (geo[0][1], geo[1][1]))
     kdim = c * kh * kw
     types = info.element_types
-    a = Operand(a_arg, types[0], f, kdim, "affine", (0, kdim, 1))
-    b = Operand(b_arg, types[1], kdim, n * oh * ow, "im2col", conv=g)
+    # GEMM A is the filter (the root's second operand), GEMM B the gathered image (its first).
+    image_arg, filter_arg = a_arg, b_arg
+    a = Operand(filter_arg, types[1], f, kdim, "affine", (0, kdim, 1))
+    b = Operand(image_arg, types[0], kdim, n * oh * ow, "im2col", conv=g)
     out = Operand(out_arg, out_dtype, f, n * oh * ow, "conv_out", conv=g)
     roles = ["?"] * 7
     for d, r in ((n_d, "n_img"), (f_d, "m"), (oy_d, "oh"), (ox_d, "ow"), (c_d, "c"),

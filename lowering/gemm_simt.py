@@ -132,7 +132,9 @@ class _Loader:
             valid = em.land(kin, inside)
             kk = k if kin is True else em.select(kin, k, 0)
             x = memref.load(self.gmem, [em.c(em.add(part, self._k_part(kk)))])
-            if valid is not True:
+            if valid is False:
+                x = em.cf(0.0, self.op.dtype)
+            elif valid is not True:
                 x = arith.select(valid, x, em.cf(0.0, self.op.dtype))
             regs.append([x])
         return regs

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from mlir import ir
 from mlir.dialects import arith, gpu, llvm, memref, nvgpu, nvvm, scf, vector
 
-from .gemm_epilogue import EpilogueWriter
+from .gemm_epilogue import EpilogueWriter, StagedEpilogue, stage_bytes
 from .gemm_ir import Emitter, Ix, element_type, f32, i64, index, struct_type
 from .gemm_problem import GemmProblem, Operand
 
@@ -159,7 +159,8 @@ class AsyncLoader(_OperandLoader):
 
     def prepare(self, tid: ir.Value) -> None:
         em, t, g = self.em, self.tile, self.g
-        k_stride = self.op.strides[1] if self.k_is_row else self.op.strides[2]
+        k_stride = self.op.k_stride(self.k_is_row)
+        assert k_stride is not None, "cp.async loads need an operand affine along K"
         self.k_step = self.bk * k_stride
         other_tile = t.outer if self.k_inner else t.inner
         k_partial = self.k_total % self.bk != 0 or (self.k_inner and self.k_total % g != 0)
@@ -267,7 +268,9 @@ class GatherLoader(_OperandLoader):
             for cp, inside in parts:
                 x = memref.load(self.gmem, [em.c(em.add(cp, kpart))])
                 valid = em.land(kin, inside)
-                if valid is not True:
+                if valid is False:
+                    x = zero
+                elif valid is not True:
                     x = arith.select(valid, x, zero)
                 vals.append(x)
             self.regs.append(vector.from_elements(ir.VectorType.get([self.V], etype), vals))
@@ -513,9 +516,9 @@ def smem_plan(prob: GemmProblem, s: TCSchedule):
     b_tile, b_k_inner = tile_for(prob.b, s.bk, s.bn, k_is_row=True)
     stage = a_tile.bytes + b_tile.bytes
     table = 0
-    if prob.b.kind == "im2col" and not prob.b.conv.is_pointwise:
+    if uses_gather(prob):
         table = prob.k * 4
-    total = s.stages * stage + ((table + 1023) // 1024) * 1024
+    total = max(s.stages * stage + ((table + 1023) // 1024) * 1024, stage_bytes(s.bm, s.bn))
     if s.engine == "wgmma":
         total += 1024        # room to align the base to a swizzle atom at run time
     return a_tile, a_k_inner, b_tile, b_k_inner, stage, table, total
@@ -529,7 +532,8 @@ def no_unroll(loop) -> None:
 
 
 def uses_gather(prob: GemmProblem) -> bool:
-    return prob.b.kind == "im2col" and not prob.b.conv.is_pointwise
+    """Whether B is an implicit-GEMM input that cp.async cannot copy (no aligned runs)."""
+    return prob.b.kind == "im2col" and (not prob.b.conv.is_pointwise or prob.b.granule < 2)
 
 
 def emit_body(em: Emitter, prob: GemmProblem, s: TCSchedule, args: list[ir.Value],
@@ -564,7 +568,7 @@ def emit_body(em: Emitter, prob: GemmProblem, s: TCSchedule, args: list[ir.Value
                                               memory_space=ir.Attribute.parse(
                                                   "#gpu.address_space<workgroup>")),
                             em._smem_base, em.c(table_off), [])
-        loop = scf.ForOp(tid, em.c(prob.k), em.c(s.threads))
+        loop = scf.ForOp(em.c(tid), em.c(prob.k), em.c(s.threads))
         with ir.InsertionPoint(loop.body):
             kk = loop.induction_variable
             memref.store(arith.index_cast(ir.IntegerType.get_signless(32),
@@ -647,6 +651,12 @@ def emit_body(em: Emitter, prob: GemmProblem, s: TCSchedule, args: list[ir.Value
         scf.YieldOp(cur)
     eng.finish()
     accs = list(loop.results)
-    writer = EpilogueWriter(em, prob, args, flat, batch)
+    # Staged epilogue: drain the copy pipeline, park the accumulators in shared memory (over the
+    # operand tiles), then store the block tile in coalesced chunks.
+    nvvm.CpAsyncWaitGroupOp(0)
+    em.barrier()
+    staged = em.smem(base_shift, stage_bytes(s.bm, s.bn) // 4, "f32")
+    writer = StagedEpilogue(em, prob, args, flat, batch, staged, 0, s.bm, s.bn, m0, n0)
     writer.mark_full(prob.m % s.bm == 0, prob.n % s.bn == 0)
-    eng.epilogue(accs, tid, m0, n0, writer)
+    eng.epilogue(accs, tid, 0, 0, writer)
+    writer.flush(tid, s.threads)
