@@ -60,20 +60,47 @@ def info(op) -> LinalgInfo:
 
 
 def _standalone_text(op: ir.Operation) -> str:
-    """The op alone in a function of its operands (a clone: ``op`` is not touched)."""
+    """The op alone in a function of its operands (a clone: ``op`` is not touched).
+
+    Values the op's body reads from above (a ``linalg.generic`` using an outer constant)
+    become extra function arguments, after the operands.
+    """
+    from .quartet import captures
+
+    operands = list(op.operands)
+    outer = [v for v in captures(op) if v not in operands]
     with op.context, ir.Location.unknown():
         scratch = ir.Module.create()
         with ir.InsertionPoint(scratch.body):
             # Results are returned so that the rewrite driver does not erase a dead op.
-            fn = func.FuncOp("scratch", ([v.type for v in op.operands],
+            fn = func.FuncOp("scratch", ([v.type for v in operands + outer],
                                          [r.type for r in op.results]))
             entry = fn.add_entry_block()
             with ir.InsertionPoint(entry):
                 clone = op.clone()
-                for i, arg in enumerate(entry.arguments):
-                    clone.operands[i] = arg
+                for i in range(len(operands)):
+                    clone.operands[i] = entry.arguments[i]
+                _rebind(clone, outer, list(entry.arguments)[len(operands):])
                 func.ReturnOp(list(clone.results))
         return str(scratch)
+
+
+def _rebind(root: ir.Operation, old: list, new: list) -> None:
+    """Inside ``root``'s regions, read ``new[i]`` wherever ``old[i]`` was read."""
+    if not old:
+        return
+
+    def visit(inner):
+        inner = inner.operation
+        for i, value in enumerate(inner.operands):
+            if value in old:
+                inner.operands[i] = new[old.index(value)]
+        return ir.WalkResult.ADVANCE
+
+    for region in root.regions:
+        for block in region.blocks:
+            for inner in block.operations:
+                inner.operation.walk(visit)
 
 
 @lru_cache(maxsize=4096)
