@@ -83,12 +83,12 @@ def dir_bytes(path: Path) -> int:
 
 def build_one(workload: suite.Workload, pipeline: str, out: Path, *, target: str, seed: int,
               compile_fn: Callable | None = None,
-              keep_below: int = artifact_weights.KEEP_BELOW) -> dict:
+              keep_below: int = artifact_weights.KEEP_BELOW, tiny: bool = False) -> dict:
     """Compile one row in this process; returns its row (status ``compiled`` or ``not compiled: ...``)."""
     pipe = pipeline_for(workload, pipeline)
     rel = f"{workload.name}/{pipe}"
     row = {"workload": workload.name, "family": workload.family, "pipeline": pipe,
-           "target": target, "seed": seed, "form": workload.quartet_form,
+           "target": target, "seed": seed, "form": workload.quartet_form, "tiny": tiny,
            "status": None, "compile_s": None, "artifact": None}
     adir = Path(out) / rel
     if adir.exists():
@@ -102,8 +102,8 @@ def build_one(workload: suite.Workload, pipeline: str, out: Path, *, target: str
         row["status"] = f"not compiled: {_one_line(e)}"
         return row
     try:
-        module = workload.module(seed, form=workload.quartet_form)
-        example = workload.inputs(seed)
+        module = workload.module(seed, form=workload.quartet_form, tiny=tiny)
+        example = workload.inputs(seed, tiny=tiny)
         t0 = time.perf_counter()
         compiled = fn(module, example, pipeline=pipe, target=target)
         row["compile_s"] = time.perf_counter() - t0
@@ -129,13 +129,13 @@ def build_one(workload: suite.Workload, pipeline: str, out: Path, *, target: str
 
 
 def _build_in_child(workload: suite.Workload, pipeline: str, out: Path, *, target: str,
-                    seed: int, timeout_s: float) -> dict:
+                    seed: int, timeout_s: float, tiny: bool) -> dict:
     cmd = [sys.executable, "-m", "bench.build", "--child", workload.name, "--pipelines", pipeline,
-           "--out", str(out), "--target", target, "--seed", str(seed)]
+           "--out", str(out), "--target", target, "--seed", str(seed)] + (["--tiny"] if tiny else [])
     pipe = pipeline_for(workload, pipeline)
     base = {"workload": workload.name, "family": workload.family, "pipeline": pipe,
-            "target": target, "seed": seed, "form": workload.quartet_form, "compile_s": None,
-            "artifact": None}
+            "target": target, "seed": seed, "form": workload.quartet_form, "tiny": tiny,
+            "compile_s": None, "artifact": None}
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -195,11 +195,12 @@ def enforce_carry_budget(rows: list[dict], out: Path, max_bytes: int) -> None:
 def build(workloads: list[suite.Workload], out: Path, *, pipelines: list[str] = ("family",),
           target: str = "sm_90", seed: int = 0, timeout_s: float = 900.0,
           max_bytes: int = 40 << 20, isolate: bool = True, compile_fn: Callable | None = None,
-          log=print) -> dict:
+          tiny: bool = False, keep_below: int = artifact_weights.KEEP_BELOW, log=print) -> dict:
     """Build every (workload, pipeline) row and write ``<out>/build.json``; returns its content.
 
     ``isolate`` runs each compile in a child process (a crash or a hang costs one row);
-    ``compile_fn`` replaces ``quartet.compile`` (in-process only; tests use it).
+    ``compile_fn`` replaces ``quartet.compile`` (in-process only; tests use it).  ``tiny``
+    compiles the tiny sizes (for ``run.py --tiny`` dry runs, e.g. with ``target="cpu"``).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -214,9 +215,11 @@ def build(workloads: list[suite.Workload], out: Path, *, pipelines: list[str] = 
     for w in workloads:
         for p in pipelines:
             if isolate and compile_fn is None:
-                row = _build_in_child(w, p, out, target=target, seed=seed, timeout_s=timeout_s)
+                row = _build_in_child(w, p, out, target=target, seed=seed, timeout_s=timeout_s,
+                                      tiny=tiny)
             else:
-                row = build_one(w, p, out, target=target, seed=seed, compile_fn=compile_fn)
+                row = build_one(w, p, out, target=target, seed=seed, compile_fn=compile_fn,
+                                keep_below=keep_below, tiny=tiny)
             t = f"{row['compile_s']:.2f} s" if row.get("compile_s") is not None else "-"
             log(f"{w.name:28s} {row['pipeline']:8s} {t:>9s}  {row['status']}")
             new_rows.append(row)
@@ -255,18 +258,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-mib", type=float, default=40.0,
                     help="all artifacts together, to fit the device tool's carry limit")
     ap.add_argument("--in-process", action="store_true", help="no child process per compile")
+    ap.add_argument("--tiny", action="store_true",
+                    help="tiny sizes, for run.py --tiny dry runs (e.g. with --target cpu)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         row = build_one(suite.get(args.child), args.pipelines, args.out, target=args.target,
-                        seed=args.seed)
+                        seed=args.seed, tiny=args.tiny)
         print(RESULT_TAG + json.dumps(row), flush=True)
         return 0
     workloads = suite.select(args.only)
     pipelines = [p for p in args.pipelines.split(",") if p]
     m = build(workloads, args.out, pipelines=pipelines, target=args.target, seed=args.seed,
               timeout_s=args.timeout_s, max_bytes=int(args.max_mib * 2**20),
-              isolate=not args.in_process)
+              isolate=not args.in_process, tiny=args.tiny)
     n = sum(1 for r in m["rows"] if r.get("artifact"))
     print(f"{n} of {len(m['rows'])} rows compiled; {m['total_bytes'] / 2**20:.1f} MiB in "
           f"{os.path.relpath(args.out / MANIFEST)}")

@@ -579,6 +579,13 @@ class Run:
             return
         res.update({"pipeline": row["pipeline"], "compile_s": row.get("compile_s"),
                     "form": row.get("form")})
+        if bool(row.get("tiny")) != bool(self.args.tiny):
+            res["status"] = ("not run: artifact built at "
+                             + ("tiny sizes" if row.get("tiny") else "the real sizes")
+                             + ("; this run is --tiny" if self.args.tiny else ""))
+            st["rec"]["systems"]["quartet"] = res
+            self.log(f"{w.name}: quartet    {res['status']}")
+            return
         try:
             if row.get("seed", 0) != self.args.seed:
                 raise RuntimeError(f"artifact built with seed {row.get('seed')}, run uses "

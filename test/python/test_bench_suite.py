@@ -278,3 +278,60 @@ def test_compare_reports_errors_nans_and_token_mismatches():
     c = run.compare((torch.tensor([math.nan, 4.0]), torch.tensor([1, 2])), ref)
     assert math.isnan(c["rel_err"]) and not c["finite"]
     assert "error" in run.compare(torch.tensor([1.0]), ref)
+
+
+class _CopyProgram:
+    """A cpu artifact that returns its input unchanged (a copy step), with the module's weights."""
+
+    def __init__(self, module, inputs):
+        self.module, self.x = module, inputs[0]
+
+    def save(self, path):
+        from quartet.runtime import ArtifactWriter, Copy
+
+        dtype = str(self.x.dtype).replace("torch.", "")
+        w = ArtifactWriter("cpu", producer="test")
+        w.add_input("x", tuple(self.x.shape), dtype)
+        for name, p in self.module.named_parameters():
+            w.add_weight(name, p.detach())
+        w.add_output("y", tuple(self.x.shape), dtype)
+        w.add_step(Copy("y", "x", self.x.numel() * self.x.element_size()))
+        return w.save(path)
+
+
+def test_run_measures_a_quartet_artifact_with_rebuilt_weights(tmp_path):
+    """The Quartet path of run.py: weights rebuilt from the seed, load, check, time, bench.
+
+    The artifact computes the identity instead of a layer norm, so it runs and its check shows
+    a large error: the harness reports what the program does, whatever it is."""
+    arts = tmp_path / "arts"
+    m = build.build(suite.select("layernorm_f16"), arts, target="cpu", isolate=False, tiny=True,
+                    keep_below=0, log=lambda s: None,
+                    compile_fn=lambda mod, inp, pipeline, target: _CopyProgram(mod, inp))
+    row = m["rows"][0]
+    assert row["status"] == "compiled" and row["tiny"] and row["weights"]["stripped"]
+    out = tmp_path / "out"
+    assert run.main(["--device", "cpu", "--tiny", "--systems", "eager,quartet", "--only",
+                     "layernorm_f16", "--out", str(out), "--artifacts", str(arts), "--warmup", "1",
+                     "--target-s", "0.01", "--min-reps", "2", "--max-reps", "3"]) == 0
+    (path,) = out.glob("run-*.json")
+    q = json.loads(path.read_text())["workloads"][0]["systems"]["quartet"]
+    assert q["status"] == "ok", q.get("traceback")
+    assert q["weights"] == "rebuilt from the seed on this machine"
+    assert q["pipeline"] == "roller" and q["compile_s"] >= 0
+    assert q["e2e"]["median_ms"] > 0 and q["program_ms"] > 0
+    assert q["check"]["rel_err"] > 0.1  # identity is not a layer norm
+
+    # an artifact of the real sizes is not run by a --tiny run
+    assert run.main(["--device", "cpu", "--tiny", "--systems", "quartet", "--only",
+                     "layernorm_f16", "--out", str(tmp_path / "out2"), "--artifacts",
+                     str(arts / "nothing")]) == 0
+    rebuilt = json.loads((arts / "build.json").read_text())
+    rebuilt["rows"][0]["tiny"] = False
+    (arts / "build.json").write_text(json.dumps(rebuilt))
+    assert run.main(["--device", "cpu", "--tiny", "--systems", "quartet", "--only",
+                     "layernorm_f16", "--out", str(tmp_path / "out3"), "--artifacts",
+                     str(arts)]) == 0
+    (path,) = (tmp_path / "out3").glob("run-*.json")
+    q = json.loads(path.read_text())["workloads"][0]["systems"]["quartet"]
+    assert q["status"].startswith("not run: artifact built at the real sizes")
