@@ -1,13 +1,12 @@
 // From plain linalg: one tile per operator (quartet-outline-tiles), then Roller's tile programs.
-// The linalg.fill tile stays unconfigured: dialects/linalg_info.py cannot read its scalar
-// operand, and the verifier reads a configured tile's loops through it.
+// The linalg.fill tile is configured like any elementwise op (its scalar operand is rank 0).
 // RUN: quartet-opt %s --pass-pipeline='builtin.module(quartet-outline-tiles, roller-config{target=sm_90})' | filecheck %s
 
 // CHECK-LABEL: func.func @linear_relu
 // CHECK: "quartet.tile"() ({
 // CHECK-NEXT: linalg.fill
 // CHECK-NEXT: gpu.yield
-// CHECK-NEXT: }) : () -> tensor<512x1024xf32>
+// CHECK-NEXT: }) {block_tile = array<i64: {{[0-9]+}}, {{[0-9]+}}>, grid = array<i64: {{[0-9]+}}, {{[0-9]+}}>, smem_padding = array<i64: 0>, target = "sm_90", tensor_core = false, thread_tile = array<i64: {{[0-9]+}}, {{[0-9]+}}>, threads = {{[0-9]+}} : i64} : () -> tensor<512x1024xf32>
 // CHECK: "quartet.tile"() ({
 // CHECK-NEXT: linalg.matmul
 // CHECK-NEXT: gpu.yield
