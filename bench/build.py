@@ -56,18 +56,22 @@ def _one_line(e: BaseException) -> str:
 
 
 def find_compile() -> Callable:
-    """``quartet.compile`` (or ``quartet.frontend.compile``); LookupError when neither exists."""
+    """``quartet.compile``, else ``quartet.frontend.compile`` (the function, also when it lives in
+    the submodule of that name); LookupError when none exists."""
     import importlib
 
     import quartet
 
     fn = getattr(quartet, "compile", None)
-    if fn is None:
+    for where in ("quartet.frontend", "quartet.frontend.compile"):
+        if callable(fn):
+            break
         try:
-            frontend = importlib.import_module("quartet.frontend")
+            fn = getattr(importlib.import_module(where), "compile", None)
         except ImportError as e:
-            raise LookupError(f"quartet.compile does not exist yet ({_one_line(e)})") from e
-        fn = getattr(frontend, "compile", None)
+            if where == "quartet.frontend.compile" and e.name != where:
+                raise LookupError(f"quartet.compile cannot be imported ({_one_line(e)})") from e
+            fn = None
     if not callable(fn):
         raise LookupError("quartet.compile does not exist yet")
     return fn
