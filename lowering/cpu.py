@@ -828,17 +828,21 @@ def check_inputs(sig: EntrySig, inputs) -> list[np.ndarray]:
 _PROGRAMS: dict[tuple, CpuProgram] = {}
 
 
-def compile_cpu(module_or_text, *, entry: str | None = None) -> CpuProgram:
-    """Lower and JIT-compile; programs compiled from the same text are cached."""
+def compile_cpu(module_or_text, *, entry: str | None = None, opt_level: int = 2) -> CpuProgram:
+    """Lower and JIT-compile; programs compiled from the same text are cached.
+
+    ``opt_level`` is LLVM's: 0 compiles about 20x faster than 2 on a BERT layer (0.3 s against
+    6 s) and runs loops about 10x slower (a 128x768x3072 matmul: 0.77 s against 0.08 s)."""
     if isinstance(module_or_text, str):
-        key = (hashlib.sha256(module_or_text.encode()).hexdigest(), entry)
+        key = (hashlib.sha256(module_or_text.encode()).hexdigest(), entry, opt_level)
         if key not in _PROGRAMS:
-            _PROGRAMS[key] = CpuProgram(module_or_text, entry=entry)
+            _PROGRAMS[key] = CpuProgram(module_or_text, entry=entry, opt_level=opt_level)
         return _PROGRAMS[key]
-    return CpuProgram(module_or_text, entry=entry)
+    return CpuProgram(module_or_text, entry=entry, opt_level=opt_level)
 
 
-def run_cpu(module_or_text, inputs, *, entry: str | None = None) -> list[np.ndarray]:
+def run_cpu(module_or_text, inputs, *, entry: str | None = None,
+            opt_level: int = 2) -> list[np.ndarray]:
     """Run a module on the CPU with MLIR's ExecutionEngine; return its results.
 
     ``module_or_text``: MLIR text or an ``mlir.ir.Module`` (linalg on tensors, with or without
@@ -846,7 +850,7 @@ def run_cpu(module_or_text, inputs, *, entry: str | None = None) -> list[np.ndar
     one numpy array per entry argument, of its shape and dtype (bf16 as ``np.uint16`` bit
     patterns). Returns one new array per result (bf16 results as ``np.uint16``).
     """
-    return compile_cpu(module_or_text, entry=entry)(inputs)
+    return compile_cpu(module_or_text, entry=entry, opt_level=opt_level)(inputs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -106,11 +106,11 @@ def widen_bool_tensors(module: ir.Operation) -> None:
                 and op.parent.name in ("tensor.pad", "tensor.generate") \
                 and _byte_tensor(op.parent.results[0].type):
             _extend_operand(op, 0, i8)
-    for op in constants:
+    functions = [op for op in ops if op.name == "func.func"]
+    for op in constants:             # erases the old constants: `ops` is stale after this
         _widen_constant(op, i8)
-    for op in ops:
-        if op.name == "func.func":
-            _fix_signature(op)
+    for op in functions:
+        _fix_signature(op)
 
 
 def _extend_operand(op: ir.Operation, index: int, i8: ir.Type) -> None:
