@@ -445,7 +445,11 @@ class Run:
     def build_row(self, name: str) -> dict | None:
         if self.build is None:
             return None
+        """The build row Quartet runs: the workload's own pipeline when it compiled, else another
+        compiled one (e.g. ``roller`` for a model whose family pipeline does not exist yet)."""
+        family = suite.get(name).family
         rows = [r for r in self.build.get("rows", []) if r.get("workload") == name]
+        rows.sort(key=lambda r: r.get("pipeline") != family)
         compiled = [r for r in rows if r.get("artifact")]
         return (compiled or rows or [None])[0]
 
