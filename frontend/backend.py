@@ -1,0 +1,345 @@
+"""The torch.compile backend: ``torch.compile(model, backend="quartet")``.
+
+Dynamo hands the backend an FX graph of torch-level calls (parameters lifted to graph inputs)
+and example inputs. The backend
+
+1. decides per node whether Quartet supports it: the node's op is imported alone, as a
+   one-node ``GraphModule`` on tensors of the node's shapes and dtypes, through
+   :func:`quartet.frontend.importer.import_module` (torch-mlir to linalg on tensors). The answer
+   is cached by op, input shapes and dtypes and non-tensor arguments, for the whole process.
+   In-place ops and nodes on non-tensor values are never supported;
+2. partitions the graph into the largest supported, acyclic subgraphs with
+   ``torch.fx.passes.infra.partitioner.CapabilityBasedPartitioner``;
+3. compiles each partition with :func:`quartet.compile` (target ``cpu`` for CPU tensors; for
+   CUDA tensors ``options["target"]``, ``sm_90`` by default) and calls the compiled program in
+   its place; a partition that fails to compile runs eagerly;
+4. leaves every other node to eager PyTorch, with ONE warning per graph that names the
+   unsupported ops and where in the model they are (plus one naming partitions that failed to
+   compile, when any did).
+
+Options (``torch.compile(model, backend="quartet", options={...})``): ``target`` (the CUDA
+target), ``pipeline`` (``roller``), ``graph`` (replay CUDA graphs).
+
+Assumes inference: when autograd is on and an input requires grad, the graph runs eagerly
+(warned), since compiled partitions return tensors without autograd history. Static shapes
+only (a graph with symbolic sizes runs eagerly, warned).
+
+Registration: importing this module registers the backend with torch._dynamo; the package's
+``torch_dynamo_backends`` entry point (pyproject.toml) lets torch find it without the import.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.fx
+from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
+from torch.fx.passes.operator_support import OperatorSupportBase
+from torch.fx.passes.utils.fuser_utils import fuse_by_partitions
+
+from quartet.errors import QuartetError
+
+BACKEND_NAME = "quartet"
+DEFAULT_CUDA_TARGET = "sm_90"
+
+
+class QuartetWarning(UserWarning):
+    """What the backend leaves to eager PyTorch, and why."""
+
+
+@dataclass(frozen=True)
+class Options:
+    target: str = DEFAULT_CUDA_TARGET   # the target of CUDA tensors; CPU tensors use "cpu"
+    pipeline: str = "roller"
+    graph: bool = False
+
+    @classmethod
+    def from_dict(cls, options: dict | None) -> "Options":
+        options = dict(options or {})
+        unknown = sorted(set(options) - {"target", "pipeline", "graph"})
+        if unknown:
+            raise QuartetError(f"unknown quartet backend option(s) {', '.join(unknown)} "
+                               f"(known: target, pipeline, graph)")
+        return cls(**options)
+
+
+# --------------------------------------------------------------------------------------------
+# Which nodes Quartet supports
+# --------------------------------------------------------------------------------------------
+
+#: (op key) -> None when supported, else the reason; shared by every graph of the process
+_SUPPORT_CACHE: dict[tuple, str | None] = {}
+
+#: ops that only re-index or name values: a partition of nothing else is not worth compiling
+_PLUMBING = {"_operator.getitem", "torch.reshape", "torch.flatten", "torch.permute",
+             "torch.transpose", "torch.squeeze", "torch.unsqueeze",
+             "view", "reshape", "permute", "transpose", "flatten", "squeeze", "unsqueeze",
+             "contiguous", "t", "expand", "chunk", "split", "size"}
+
+
+def _example(node: torch.fx.Node):
+    """The fake (or real) value dynamo recorded for ``node``."""
+    return node.meta.get("example_value", node.meta.get("val"))
+
+
+def _static_tensor(value) -> bool:
+    return isinstance(value, torch.Tensor) and all(isinstance(d, int) for d in value.shape)
+
+
+def _outputs_ok(value) -> bool:
+    if isinstance(value, (tuple, list)):
+        return len(value) > 0 and all(_static_tensor(v) for v in value)
+    return _static_tensor(value)
+
+
+def op_name(node: torch.fx.Node, submodules=None) -> str:
+    """A readable name of a node's op: ``torch.tanh``, ``Tensor.cumsum``, ``nn.Linear``."""
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    if node.op == "call_module":
+        mod = (submodules or {}).get(node.target)
+        return f"nn.{type(mod).__name__}" if mod is not None else str(node.target)
+    from torch.fx.node import _get_qualified_name
+
+    try:
+        name = _get_qualified_name(node.target)
+    except Exception:
+        name = str(node.target)
+    name = name.replace("torch._C._special.special_", "torch.special.")
+    name = name.replace("torch._C._nn.", "torch.nn.functional.").replace("torch._C._fft.fft_", "torch.fft.")
+    return name.replace("_operator.", "operator.")
+
+
+def _in_place(node: torch.fx.Node) -> bool:
+    if node.kwargs.get("inplace") is True or "out" in node.kwargs:
+        return True
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    return isinstance(name, str) and name.endswith("_") and not name.endswith("__")
+
+
+def _key(node: torch.fx.Node, submodules) -> tuple:
+    """What decides support: op, input shapes and dtypes, and the non-tensor arguments."""
+    def arg(a):
+        if isinstance(a, torch.fx.Node):
+            v = _example(a)
+            return ("T", tuple(v.shape), str(v.dtype)) if isinstance(v, torch.Tensor) else ("N", a.name)
+        if isinstance(a, (tuple, list)):
+            return tuple(arg(x) for x in a)
+        if isinstance(a, dict):
+            return tuple((k, arg(v)) for k, v in sorted(a.items()))
+        return repr(a)
+
+    target = repr(submodules.get(node.target)) if node.op == "call_module" else op_name(node)
+    return (node.op, target, arg(node.args), arg(node.kwargs))
+
+
+def _single_node_module(gm: torch.fx.GraphModule, node: torch.fx.Node):
+    """``node`` alone as a GraphModule over placeholders, with CPU example tensors."""
+    graph = torch.fx.Graph()
+    env, inputs = {}, []
+    for inp in node.all_input_nodes:
+        env[inp] = graph.placeholder(inp.name)
+        inputs.append(example_tensor(_example(inp)))
+    graph.output(graph.node_copy(node, lambda n: env[n]))
+    return torch.fx.GraphModule(gm, graph), tuple(inputs)
+
+
+def example_tensor(value, device="cpu") -> torch.Tensor:
+    """A real tensor like ``value`` (a FakeTensor): normal floats, zero integers and bools."""
+    shape, dtype = tuple(value.shape), value.dtype
+    if dtype.is_floating_point:
+        return torch.randn(shape, dtype=torch.float32, device=device).to(dtype)
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
+class QuartetSupport(OperatorSupportBase):
+    """Supported: a call whose op imports alone to linalg on tensors (cached)."""
+
+    def __init__(self, gm: torch.fx.GraphModule):
+        self.gm = gm
+        self.reasons: dict[torch.fx.Node, str] = {}
+
+    def is_node_supported(self, submodules, node: torch.fx.Node) -> bool:
+        if node.op not in ("call_function", "call_method", "call_module"):
+            return False
+        reason = self._reason(submodules, node)
+        if reason is not None:
+            self.reasons[node] = reason
+        return reason is None
+
+    def _reason(self, submodules, node) -> str | None:
+        if node.op == "call_function" and node.target is operator.getitem:
+            # Plumbing of a multi-result op (chunk, split): supported with its producer.
+            src = node.args[0]
+            if isinstance(src, torch.fx.Node) and isinstance(_example(src), (tuple, list)):
+                return self._reason(submodules, src)
+        if not _outputs_ok(_example(node)):
+            return "its result is not a tensor of static shape"
+        if any(not _static_tensor(_example(n)) for n in node.all_input_nodes):
+            return "an operand is not a tensor of static shape"
+        if _in_place(node):
+            return "in-place ops are not supported"
+        key = _key(node, submodules)
+        if key not in _SUPPORT_CACHE:
+            _SUPPORT_CACHE[key] = _try_import(self.gm, node)
+        return _SUPPORT_CACHE[key]
+
+
+def _try_import(gm, node) -> str | None:
+    from quartet.frontend.importer import import_module
+
+    try:
+        module, inputs = _single_node_module(gm, node)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import_module(module, inputs)
+    except QuartetError as e:
+        return e.message
+    except Exception as e:   # torch.export or torch-mlir refused it
+        text = str(e).strip().splitlines()
+        return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The backend
+# --------------------------------------------------------------------------------------------
+
+
+class CompiledPartition(torch.nn.Module):
+    """A partition's compiled program, called where the partition's submodule was."""
+
+    def __init__(self, compiled, name: str):
+        super().__init__()
+        self.compiled = compiled
+        self.partition = name
+
+    def forward(self, *args):
+        out = self.compiled(*args)
+        return out if isinstance(out, tuple) else (out,)
+
+
+def _location(node: torch.fx.Node) -> str | None:
+    from quartet.frontend.importer import node_location
+
+    return node_location(node)
+
+
+def _describe_unsupported(reasons: dict, submodules) -> str:
+    """One line: each unsupported op once, with the model lines it is used at and why."""
+    ops: dict[str, tuple[list[str], str]] = {}
+    for node, reason in reasons.items():
+        if node.op == "call_function" and node.target is operator.getitem:
+            continue   # named through its producer
+        where, _ = ops.setdefault(op_name(node, submodules), ([], reason))
+        loc = _location(node)
+        if loc and loc not in where:
+            where.append(loc)
+    items = [name + (f" at {', '.join(where)}" if where else "") + f" ({reason})"
+             for name, (where, reason) in ops.items()]
+    return f"quartet: {len(ops)} unsupported op(s) run eagerly: " + "; ".join(items)
+
+
+def _worth_compiling(nodes, submodules) -> bool:
+    return any(op_name(n, submodules).removeprefix("Tensor.") not in _PLUMBING for n in nodes)
+
+
+def _eager(gm, message: str):
+    warnings.warn(message, QuartetWarning, stacklevel=2)
+    return gm.forward
+
+
+def quartet_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | None = None,
+                    **_ignored):
+    """The dynamo backend: compile supported partitions with Quartet, the rest stays eager."""
+    opts = Options.from_dict(options)
+    tensors = [x for x in example_inputs if isinstance(x, torch.Tensor)]
+    if len(tensors) != len(example_inputs) or not all(_static_tensor(t) for t in tensors):
+        return _eager(gm, "quartet: the graph has symbolic sizes or non-tensor inputs; it runs "
+                          "eagerly (use torch.compile(..., dynamic=False))")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return _eager(gm, "quartet: compiled programs do not record autograd; this graph runs "
+                          "eagerly (call the model under torch.no_grad() or "
+                          "torch.inference_mode())")
+    devices = {t.device.type for t in tensors}
+    if len(devices) > 1:
+        return _eager(gm, f"quartet: the graph mixes devices ({', '.join(sorted(devices))}); "
+                          f"it runs eagerly")
+    if devices == {"cuda"}:
+        if opts.target == "cpu":
+            raise QuartetError("quartet backend: target 'cpu' was given for CUDA tensors")
+        target = opts.target
+    else:
+        target = "cpu"
+
+    support = QuartetSupport(gm)
+    partitioner = CapabilityBasedPartitioner(gm, support, allows_single_node_partition=True)
+    submodules = dict(gm.named_modules())
+    partitions = [p for p in partitioner.propose_partitions()
+                  if _worth_compiling(p.nodes, submodules)]
+    if support.reasons:
+        warnings.warn(_describe_unsupported(support.reasons, submodules), QuartetWarning,
+                      stacklevel=2)
+    if not partitions:
+        return gm.forward
+    fused = fuse_by_partitions(gm, [dict(p.nodes) for p in partitions], prefix="quartet_",
+                               always_return_tuple=True)
+    failures = []
+    for call in [n for n in fused.graph.nodes if n.op == "call_module"
+                 and n.target.startswith("quartet_")]:
+        sub = fused.get_submodule(call.target)
+        try:
+            compiled = _compile_partition(sub, call, target, opts)
+        except Exception as e:
+            text = str(e).strip().splitlines()
+            failures.append(f"{call.target} ({', '.join(_node_ops(sub))}): "
+                            f"{text[0] if text else type(e).__name__}")
+            continue
+        setattr(fused, call.target, CompiledPartition(compiled, call.target))
+    if failures:
+        warnings.warn(f"quartet: {len(failures)} partition(s) failed to compile and run "
+                      f"eagerly: " + "; ".join(failures), QuartetWarning, stacklevel=2)
+    fused.recompile()
+    return fused
+
+
+def _node_ops(sub: torch.fx.GraphModule) -> list[str]:
+    mods = dict(sub.named_modules())
+    names = []
+    for n in sub.graph.nodes:
+        if n.op.startswith("call_") and op_name(n, mods) not in names:
+            names.append(op_name(n, mods))
+    return names
+
+
+def _compile_partition(sub: torch.fx.GraphModule, call: torch.fx.Node, target: str,
+                       opts: Options):
+    from quartet.frontend.compile import compile as quartet_compile
+
+    inputs = tuple(example_tensor(_example(a)) for a in call.args)
+    module = sub
+    if any(t.device.type != "cpu" for t in (*sub.parameters(), *sub.buffers())):
+        module = copy.deepcopy(sub).to("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quartet_compile(module, inputs, pipeline=opts.pipeline, target=target,
+                               graph=opts.graph)
+
+
+def register() -> None:
+    """Register ``"quartet"`` with torch._dynamo (idempotent).
+
+    When torch has already discovered the entry point (``_BACKENDS`` holds it), it loads this
+    module itself and registers the function; registering here too would be a duplicate.
+    """
+    from torch._dynamo.backends import registry
+
+    if BACKEND_NAME not in registry._BACKENDS and BACKEND_NAME not in registry._COMPILER_FNS:
+        registry.register_backend(quartet_backend, name=BACKEND_NAME)
+
+
+register()
