@@ -60,15 +60,12 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 from mlir import ir
-from mlir.dialects import func
 from mlir.dialects.transform import interpreter
 from mlir.passmanager import PassManager
 
-from quartet.dialects import captures
 from quartet.dialects import context as quartet_context
 from quartet.dialects import linalg_info
 from quartet.errors import QuartetError, location_of
@@ -244,67 +241,12 @@ def _i64_array(op: ir.Operation, name: str) -> list[int] | None:
 
 
 def iteration_space(op: ir.Operation) -> tuple[tuple[int, ...], tuple[str, ...]]:
-    """(loop extents, iterator kinds) of a structured linalg op with static shapes.
-
-    Read from the op generalized in a scratch module, like ``dialects/linalg_info.py`` does;
-    kept here because ``linalg_info.info`` refuses ops with scalar operands (``linalg.fill``),
-    which every lowered model has.
-    """
-    captured = captures(op)   # a generic's payload may read values defined above it
-    with op.context, ir.Location.unknown():
-        scratch = ir.Module.create()
-        with ir.InsertionPoint(scratch.body):
-            # The results are returned so that nothing erases the op as dead.
-            fn = func.FuncOp("scratch", ([v.type for v in list(op.operands) + captured],
-                                         [r.type for r in op.results]))
-            block = fn.add_entry_block()
-            with ir.InsertionPoint(block):
-                clone = op.clone()
-                args = list(block.arguments)
-                for i in range(len(op.operands)):
-                    clone.operands[i] = args[i]
-                _remap_captures(clone, captured, args[len(op.operands):])
-                func.ReturnOp(list(clone.results))
-        return _space_of_text(str(scratch))
-
-
-def _remap_captures(clone: ir.Operation, captured: list[ir.Value], args: list[ir.Value]) -> None:
-    def visit(inner):
-        inner = inner.operation
-        if inner == clone:
-            return ir.WalkResult.ADVANCE
-        for i, value in enumerate(inner.operands):
-            if value in captured:
-                inner.operands[i] = args[captured.index(value)]
-        return ir.WalkResult.ADVANCE
-
-    clone.walk(visit)
-
-
-@lru_cache(maxsize=4096)
-def _space_of_text(text: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
-    with ir.Context(), ir.Location.unknown():
-        module = ir.Module.parse(text)
-        PassManager.parse("builtin.module(func.func(linalg-generalize-named-ops))").run(
-            module.operation)
-        fn = module.body.operations[0]
-        generic = next(o.operation for o in fn.regions[0].blocks[0].operations
-                       if o.operation.name == "linalg.generic")
-        attrs = generic.attributes
-        kinds = tuple("reduction" if "reduction" in str(a) else "parallel"
-                      for a in ir.ArrayAttr(attrs["iterator_types"]))
-        ranges: list[int | None] = [None] * len(kinds)
-        for map_attr, value in zip(ir.ArrayAttr(attrs["indexing_maps"]), generic.operands):
-            if not isinstance(value.type, ir.ShapedType):
-                continue
-            shape = ir.ShapedType(value.type).shape
-            for extent, expr in zip(shape, ir.AffineMapAttr(map_attr).value.results):
-                expr = expr.maybe_downcast()
-                if isinstance(expr, ir.AffineDimExpr) and ranges[expr.position] is None \
-                        and extent >= 0:
-                    ranges[expr.position] = extent
-        # A loop seen only in compound expressions (a convolution window) is not tiled.
-        return tuple(r if r is not None else 0 for r in ranges), kinds
+    """(loop extents, iterator kinds) of a structured linalg op with static shapes."""
+    try:
+        info = linalg_info.info(op)
+    except ValueError as e:
+        _fail(op, f"operation '{op.name}' cannot be tiled for the CPU: {e}")
+    return info.loop_ranges, info.iterator_types
 
 
 def _tile_sizes(op: ir.Operation, schedule: ir.Operation | None) -> tuple[tuple, tuple]:

@@ -258,19 +258,7 @@ def test_operator_default_tiles_f32(name):
     check_case(name, "f32", "default", opt_level=2)
 
 
-# roller-config reads each op through dialects/linalg_info.py, which cannot yet read a
-# linalg.generic whose payload uses a value defined above it (a captured constant: the divisor
-# of avg_pool, gelu's constants, layernorm's epsilon). Strict: these fail loudly once fixed.
-ROLLER_KNOWN_FAILURES = {"avg_pool_2x2", "gelu_bias_scale", "sigmoid_tanh_relu",
-                         "where_masked_fill", "mean_axes12", "layernorm", "layernorm_1000"}
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(c.name, marks=pytest.mark.xfail(
-        strict=True, raises=QuartetError,
-        reason="roller-config: linalg_info cannot read payloads with captured values"))
-    if c.name in ROLLER_KNOWN_FAILURES else c.name
-    for c in CASES])
+@pytest.mark.parametrize("name", [c.name for c in CASES])
 def test_operator_roller_config_f32(name):
     if not _have_roller_config():
         pytest.skip("roller-config is not registered (passes/roller/config.py)")
@@ -353,6 +341,50 @@ def test_scf_while_around_tiles():
         for _ in range(n):
             ref = np.tanh(ref @ w)
         assert relative_error(out.astype(np.float64), ref) <= 1e-5, n
+
+
+# A persistent program (Rammer's uvirtual with vtasks, tiles inside): on one CPU thread it is its
+# tasks in SSA order.
+UVIRTUAL = """
+func.func @rammer(%a: tensor<20x30xf32>, %b: tensor<30x10xf32>, %x: tensor<20x10xf32>) -> tensor<20x10xf32> {
+  %zero = arith.constant 0.0 : f32
+  %e = tensor.empty() : tensor<20x10xf32>
+  %r = "quartet.uvirtual"() ({
+    %f = "quartet.vtask"() ({
+      %t = "quartet.tile"() ({
+        %fill = linalg.fill ins(%zero : f32) outs(%e : tensor<20x10xf32>) -> tensor<20x10xf32>
+        %m = linalg.matmul ins(%a, %b : tensor<20x30xf32>, tensor<30x10xf32>) outs(%fill : tensor<20x10xf32>) -> tensor<20x10xf32>
+        gpu.yield %m : tensor<20x10xf32>
+      }) {block_tile = array<i64: 8, 4, 7>} : () -> tensor<20x10xf32>
+      gpu.yield %t : tensor<20x10xf32>
+    }) {veu_begin = 0 : i64, veu_count = 2 : i64, step = 0 : i64} : () -> tensor<20x10xf32>
+    %g = "quartet.vtask"() ({
+      %t = "quartet.tile"() ({
+        %y = linalg.exp ins(%x : tensor<20x10xf32>) outs(%e : tensor<20x10xf32>) -> tensor<20x10xf32>
+        gpu.yield %y : tensor<20x10xf32>
+      }) : () -> tensor<20x10xf32>
+      gpu.yield %t : tensor<20x10xf32>
+    }) {veu_begin = 2 : i64, veu_count = 2 : i64, step = 0 : i64} : () -> tensor<20x10xf32>
+    %s = "quartet.vtask"() ({
+      %t = "quartet.tile"() ({
+        %y = linalg.add ins(%f, %g : tensor<20x10xf32>, tensor<20x10xf32>) outs(%e : tensor<20x10xf32>) -> tensor<20x10xf32>
+        gpu.yield %y : tensor<20x10xf32>
+      }) : () -> tensor<20x10xf32>
+      gpu.yield %t : tensor<20x10xf32>
+    }) {veu_begin = 0 : i64, veu_count = 4 : i64, step = 1 : i64} : () -> tensor<20x10xf32>
+    gpu.yield %s : tensor<20x10xf32>
+  }) {num_veus = 4 : i64} : () -> tensor<20x10xf32>
+  return %r : tensor<20x10xf32>
+}
+"""
+
+
+def test_uvirtual_vtasks_run_in_order():
+    rng = np.random.default_rng(5)
+    a, b, x = [rng.standard_normal(s).astype(np.float32) for s in ((20, 30), (30, 10), (20, 10))]
+    out, = cpu.run_cpu(UVIRTUAL, [a, b, x], opt_level=0)
+    ref = a.astype(np.float64) @ b + np.exp(x.astype(np.float64))
+    assert relative_error(out.astype(np.float64), ref) <= 1e-5
 
 
 # ---------------------------------------------------------------------------------------------
