@@ -20,7 +20,9 @@ added to each shared-memory row; tensor-core kernels use an XOR swizzle instead)
 An optional ``stages`` integer sets the shared-memory pipeline depth.
 
 The function carries ``quartet.shared_bytes`` (dynamic shared memory; above 48 KiB the host must
-raise the kernel's limit), ``quartet.grid`` and ``quartet.block``. ``supports(tile, target)``
+raise the kernel's limit), ``quartet.grid``, ``quartet.block``, ``quartet.chip`` (the chip the
+binary must be built for) and ``quartet.engine``; each argument carries ``quartet.role``
+(``input``/``output``), as ``lowering/binary.py`` reads them. ``supports(tile, target)``
 returns True or a one-line reason.
 """
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlir import ir
-from mlir.dialects import arith, func, gpu
+from mlir.dialects import arith, func, gpu, memref
 
 from quartet.errors import QuartetError, location_of
 
@@ -63,17 +65,25 @@ def _pow2(x: int) -> bool:
     return x > 0 and x & (x - 1) == 0
 
 
-def _tile_extents(tile, prob: GemmProblem, attr: list[int]) -> tuple[int, int, int]:
-    """(M, N, K) extents of a per-loop attribute in GEMM terms."""
+def _tile_extents(tile, prob: GemmProblem, attr: list[int]) -> tuple[int, int, int | None]:
+    """(M, N, K) extents of a per-loop schedule attribute in GEMM terms.
+
+    The attribute has one entry per loop of the tile's root op: the contraction itself, or,
+    for a tile whose last op is a fused element-wise epilogue, that op (its loops are the
+    output's dimensions and carry no reduction step: K is then None)."""
     roles = prob.loop_roles
-    if len(attr) != len(roles):
+    if len(attr) == len(roles):
+        get = dict(zip(roles, attr))
+    elif len(attr) == len(prob.out_dims) and prob.epilogue.generics:
+        get = dict(zip(prob.out_dims, attr))
+    else:
         raise _Refuse(f"schedule has {len(attr)} entries for {len(roles)} loops")
-    get = dict(zip(roles, attr))
-    if prob.kind == "conv2d":
-        return (get["m"], get["n_img"] * get["oh"] * get["ow"], get["c"] * get["kh"] * get["kw"])
-    if "b" in get and get["b"] != 1:
+    if get.get("b", 1) != 1:
         raise _Refuse("block_tile along the batch loop must be 1")
-    return get["m"], get["n"], get["k"]
+    if prob.kind == "conv2d":
+        k = get["c"] * get["kh"] * get["kw"] if "c" in get else None
+        return get["m"], get["n_img"] * get["oh"] * get["ow"], k
+    return get["m"], get["n"], get.get("k")
 
 
 class _Refuse(Exception):
@@ -100,10 +110,60 @@ def _plan(tile, prob: GemmProblem, target: str, stages: int | None, force: str |
     if bt is None or tt is None or tile.threads is None:
         raise _Refuse("tile is not configured (needs block_tile, thread_tile, threads)")
     bm, bn, bk = _tile_extents(tile, prob, bt)
-    wm, wn, _ = _tile_extents(tile, prob, tt)
-    threads = tile.threads
+    wm, wn, wk = _tile_extents(tile, prob, tt)
     if stages is None and "stages" in tile.operation.attributes:
         stages = ir.IntegerAttr(tile.operation.attributes["stages"]).value
+    tc = tile.tensor_core
+    if bk is None:
+        # The schedule describes the fused element-wise op (Welder's tile; the root is the last
+        # linalg op), which has no reduction step and, from Roller, no tensor-core choice:
+        # use it where it forms a GEMM schedule, else the lowering's own default.
+        tc = _tensor_core_types(prob)
+        try:
+            return _build_plan(prob, target, bm, bn, 64 if tc else 16, wm, wn, tile.threads, tc,
+                               tile.smem_padding, stages, force, 1)
+        except _Refuse:
+            d = default_schedule(prob, target)
+            return _build_plan(prob, target, *d, force, 1)
+    # Warps (threads) cooperating on the reduction: thread_tile's reduction extent divides the
+    # block's; each takes a slice of every step and the partial sums are added at the end.
+    split = 1
+    if wk is not None and wk < bk:
+        if bk % wk:
+            raise _Refuse(f"thread tile reduction {wk} does not divide the step {bk}")
+        split = bk // wk
+    return _build_plan(prob, target, bm, bn, bk, wm, wn, tile.threads, tc, tile.smem_padding,
+                       stages, force, split)
+
+
+def _tensor_core_types(prob: GemmProblem) -> bool:
+    return prob.a.dtype == prob.b.dtype and prob.a.dtype in ("f16", "bf16")
+
+
+def default_schedule(prob: GemmProblem, target: str):
+    """(bm, bn, bk, wm, wn, threads, tensor_core, padding, stages) for a problem: the
+    configurations that measured best on the H100 (lowering/device/NOTES.md)."""
+    if _tensor_core_types(prob):
+        if target == "sm_90":
+            if gemm_tc.uses_gather(prob):
+                return (64 if prob.m <= 64 else 128), 128, 64, 64, 128, 128, True, None, None
+            if prob.m <= 32:
+                return 64, 32, 64, 64, 32, 128, True, None, 8
+            if prob.m <= 64:
+                return 64, 128, 64, 64, 128, 128, True, None, 4
+            if prob.n >= 256 and prob.m >= 128:
+                return 128, 256, 64, 64, 128, 256, True, None, 4
+            return 128, 128, 64, 64, 64, 128, True, None, 4
+        if prob.m <= 16:
+            return 16, 64, 128, 16, 32, 64, True, None, 4
+        return 128, 128, 32, 64, 64, 128, True, None, 4
+    if prob.m >= 2048 and prob.n >= 2048:
+        return 128, 128, 16, 8, 8, 256, False, (4, 4), None
+    return 64, 64, 16, 8, 4, 128, False, (4, 4), None
+
+
+def _build_plan(prob, target, bm, bn, bk, wm, wn, threads, tc, padding, stages, force,
+                split) -> Plan:
     grid = (_ceil(prob.n, bn), _ceil(prob.m, bm), prob.batch)
     if grid[1] > MAX_GRID_YZ or grid[2] > MAX_GRID_YZ:
         raise _Refuse(f"grid {grid} exceeds the launch limits")
@@ -111,60 +171,70 @@ def _plan(tile, prob: GemmProblem, target: str, stages: int | None, force: str |
         raise _Refuse(f"threads = {threads} must be a multiple of 32 up to 1024")
     limit = SMEM_LIMITS[target]
     dtypes = {prob.a.dtype, prob.b.dtype}
-    if tile.tensor_core:
-        if len(dtypes) != 1 or prob.a.dtype not in ("f16", "bf16"):
+    if tc:
+        if not _tensor_core_types(prob):
             raise _Refuse(f"tensor cores take f16 or bf16 operands, got {sorted(dtypes)}")
-        s, engine = _tc_schedule(prob, target, bm, bn, bk, wm, wn, threads, stages, limit, force)
+        s, engine = _tc_schedule(prob, target, bm, bn, bk, wm, wn, threads, stages, limit, force,
+                                 split)
         *_, total = gemm_tc.smem_plan(prob, s)
         chip = "sm_90a" if engine == "wgmma" else target
         return Plan(prob, engine, s, grid, (threads, 1, 1), total, chip)
-    s = gemm_simt.schedule(prob, bm, bn, bk, wm, wn, threads, tile.smem_padding, stages, limit)
+    if split > 1:
+        raise _Refuse("f32 thread tiles that split the reduction are not supported")
+    s = gemm_simt.schedule(prob, bm, bn, bk, wm, wn, threads, padding, stages, limit)
     if isinstance(s, str):
         raise _Refuse(s)
     return Plan(prob, "simt", s, grid, (threads, 1, 1), gemm_simt.shared_bytes(prob, s), target)
 
 
-def _tc_schedule(prob, target, bm, bn, bk, wm, wn, threads, stages, limit, force=None):
+def _tc_schedule(prob, target, bm, bn, bk, wm, wn, threads, stages, limit, force=None, split=1):
     for name, v in (("m", bm), ("n", bn)):
         if not (v in (16, 32) or v % 64 == 0):
             raise _Refuse(f"block tile along {name} = {v} must be 16, 32 or a multiple of 64")
-    if not (bk in (16, 32) or bk % 64 == 0):
-        raise _Refuse(f"reduction step {bk} must be 16, 32 or a multiple of 64")
     for name, op in (("A", prob.a), ("B", prob.b)):
         if op.kind == "im2col":
             continue                 # gathered through registers when cp.async cannot copy it
         if op.contiguous is None or op.granule < 2:
             raise _Refuse(f"operand {name} has no 4-byte aligned contiguous dimension")
-    engine = "wgmma" if target == "sm_90" and force != "mma" else "mma"
-    if engine == "wgmma":
-        ws = _wgmma_split(prob, bm, bn, threads)
-        if ws is None:
-            engine = "mma"
+    engine = "wgmma" if target == "sm_90" and force != "mma" and split == 1 else "mma"
+    ws = _wgmma_split(prob, bm, bn, threads) if engine == "wgmma" else None
+    if ws is None:
+        engine = "mma"
     if engine == "mma":
         if wm % 16 or wn % 16 or bm % wm or bn % wn:
             raise _Refuse(f"warp tile {wm}x{wn} must divide the block tile {bm}x{bn} in "
                           f"multiples of 16")
-        if threads != 32 * (bm // wm) * (bn // wn):
+        if threads != 32 * (bm // wm) * (bn // wn) * split:
             raise _Refuse(f"threads = {threads} but the warp tiles need "
-                          f"{32 * (bm // wm) * (bn // wn)}")
-    s = None
+                          f"{32 * (bm // wm) * (bn // wn) * split}")
+    # The staged reduction step: the schedule's, or sub-steps of it when its operand tiles do
+    # not fit (any split of K computes the same sums); each warp of a split takes a slice.
+    steps = [x for x in [bk] + [x for x in (128, 64, 32, 16) if x < bk and bk % x == 0]
+             if (x in (16, 32) or x % 64 == 0) and x % (16 * split) == 0]
+    if not steps:
+        raise _Refuse(f"reduction step {bk} cannot be staged in multiples of {16 * split}")
     depths = [stages] if stages else [4, 3, 2]
     if gemm_tc.uses_gather(prob):
         depths = [2]          # a register-staged operand double-buffers
-    for depth in depths:
-        if engine == "wgmma":
-            cand = gemm_tc.TCSchedule("wgmma", bm, bn, bk, threads, depth, wg_m=ws[0], wg_n=ws[1])
-        else:
-            cand = gemm_tc.TCSchedule("mma", bm, bn, bk, threads, depth, warp_m=wm, warp_n=wn)
-        *_, total = gemm_tc.smem_plan(prob, cand)
-        if total <= limit:
-            s = cand
+    s = None
+    for step in steps:
+        for depth in depths:
+            if engine == "wgmma":
+                cand = gemm_tc.TCSchedule("wgmma", bm, bn, step, threads, depth,
+                                          wg_m=ws[0], wg_n=ws[1])
+            else:
+                cand = gemm_tc.TCSchedule("mma", bm, bn, step, threads, depth, warp_m=wm,
+                                          warp_n=wn, split_k=split)
+            *_, total = gemm_tc.smem_plan(prob, cand)
+            if total <= limit:
+                s = cand
+                break
+        if s is not None:
             break
     if s is None:
         raise _Refuse(f"the tile's shared memory exceeds {limit} bytes")
     if s.stages < 2:
         raise _Refuse("stages must be at least 2")
-    _check_loads(prob, s)
     return s, engine
 
 
@@ -190,18 +260,6 @@ def _wgmma_split(prob, bm, bn, threads):
     return None
 
 
-def _check_loads(prob, s):
-    a_tile, a_k_inner, b_tile, b_k_inner, *_ = gemm_tc.smem_plan(prob, s)
-    for name, op, t in (("A", prob.a, a_tile), ("B", prob.b, b_tile)):
-        if op is prob.b and gemm_tc.uses_gather(prob):
-            per_row = t.inner // gemm_tc.GatherLoader.V
-        else:
-            per_row = t.inner // min(op.granule, t.inner)
-        if (t.outer * per_row) % s.threads:
-            raise _Refuse(f"operand {name} tile {t.outer}x{t.inner} does not split over "
-                          f"{s.threads} threads")
-
-
 def _root_name(tile) -> str:
     try:
         return tile.root.operation.name
@@ -216,6 +274,24 @@ def supports(tile, target: str = "sm_90") -> bool | str:
     except QuartetError as e:
         return e.message
     return True
+
+
+def pin_argument_order(args) -> None:
+    """Use every function argument, in order, at the top of the launch body.
+
+    ``gpu-kernel-outlining`` makes the kernel's parameters from the values the body captures, in
+    order of first use; these dead uses (erased after outlining) make that order the function's,
+    which is the contract of :class:`quartet.lowering.kernel.KernelSpec`."""
+    for a in args:
+        t = a.type
+        if isinstance(t, ir.MemRefType):
+            memref.extract_aligned_pointer_as_index(a)
+        elif isinstance(t, ir.FloatType):
+            arith.bitcast(ir.IntegerType.get_signless(t.width), a)
+        elif isinstance(t, ir.IntegerType):
+            arith.addi(a, a)
+        else:
+            arith.index_cast(ir.IntegerType.get_signless(64), a)
 
 
 def kernel_name(prob: GemmProblem, engine: str) -> str:
@@ -242,6 +318,9 @@ def build_gemm_kernel(tile, target: str, *, stages: int | None = None,
             fn.attributes["quartet.block"] = ir.DenseI64ArrayAttr.get(list(p.block))
             fn.attributes["quartet.chip"] = ir.StringAttr.get(p.chip)
             fn.attributes["quartet.engine"] = ir.StringAttr.get(p.engine)
+            fn.arg_attrs = ir.ArrayAttr.get([
+                ir.DictAttr.get({"quartet.role": ir.StringAttr.get(kind)})
+                for kind in prob.arg_kinds])
             entry = fn.add_entry_block()
             with ir.InsertionPoint(entry):
                 smem = arith.ConstantOp(i32(), p.shared_bytes).result
@@ -250,6 +329,7 @@ def build_gemm_kernel(tile, target: str, *, stages: int | None = None,
                 with ir.InsertionPoint(body):
                     em = Emitter(body)
                     args = list(entry.arguments)
+                    pin_argument_order(args)
                     flat = {i: flat_view(a) for i, a in enumerate(args)
                             if isinstance(a.type, ir.MemRefType)}
                     if p.engine == "simt":

@@ -52,6 +52,10 @@ class EpilogueWriter:
         self.init_pair_ok = init is not None and init.contiguous == "col" and init.granule >= 2 \
             and init.cols % 2 == 0
 
+    def store_frag(self, r0: Ix, c0: Ix, dr: int, dc: int, values: list[ir.Value]) -> None:
+        """``store`` at (r0 + dr, c0 + dc): a thread's fragments share r0/c0."""
+        self.store(self.em.add(r0, dr), self.em.add(c0, dc), values)
+
     def mark_full(self, full_m: bool, full_n: bool) -> None:
         """Tiles never cross the output's edge along m / n: skip those bounds checks."""
         self.full_m, self.full_n = full_m, full_n
@@ -97,7 +101,8 @@ class EpilogueWriter:
             v = arith.addf(v, _convert(init, "f32"))
         v = _convert(v, ep.root_type)
         if ep.generics:
-            coords = self._loop_coords(row, col)
+            needs = any(kind == "tensor" for _, inputs in ep.generics for kind, _ in inputs)
+            coords = self._loop_coords(row, col) if needs else None
             for op, inputs in ep.generics:
                 v = self._apply_generic(op, inputs, v, coords)
         return _convert(v, self.out.dtype)
@@ -229,17 +234,26 @@ class StagedEpilogue(EpilogueWriter):
     """Accumulators -> shared memory (``store``), then a coalesced copy-out (``flush``)."""
 
     def __init__(self, em: Emitter, prob: GemmProblem, args, flat, batch: Ix, smem_f32,
-                 smem_base_elems: Ix, bm: int, bn: int, m0: Ix, n0: Ix):
+                 smem_base_elems: Ix, bm: int, bn: int, m0: Ix, n0: Ix, splits: int = 1):
         super().__init__(em, prob, args, flat, batch)
         self.smem, self.base = smem_f32, smem_base_elems
+        self.splits = splits      # partial sums of a split reduction, one tile each, added here
         self.bm, self.bn, self.m0, self.n0 = bm, bn, m0, n0
         self.row = bn + STAGE_PAD
         self.v = out_vector(prob)
 
     def store(self, row: Ix, col: Ix, values: list[ir.Value]) -> None:
         """``row``/``col`` are tile-local here."""
+        self.store_frag(row, col, 0, 0, values)
+
+    def store_frag(self, r0: Ix, c0: Ix, dr: int, dc: int, values: list[ir.Value]) -> None:
         em = self.em
-        idx = em.add(self.base, em.add(em.mul(row, self.row), col))
+        key = (r0 if isinstance(r0, int) else id(r0), c0 if isinstance(c0, int) else id(c0))
+        hit = self._cache.get(("frag",) + key)
+        if hit is None:
+            base = em.add(self.base, em.add(em.mul(r0, self.row), c0))
+            hit = self._cache[("frag",) + key] = (base, r0, c0)
+        idx = em.add(hit[0], dr * self.row + dc)
         vt = ir.VectorType.get([len(values)], element_type("f32"))
         vector.store(vector.from_elements(vt, values), self.smem, [em.c(idx)])
 
@@ -263,9 +277,12 @@ class StagedEpilogue(EpilogueWriter):
             ip = ir.InsertionPoint(body.then_block) if body else None
             if ip:
                 ip.__enter__()
-            src = em.add(self.base, em.add(em.mul(r, self.row), c))
-            acc = vector.load(ir.VectorType.get([v], element_type("f32")), self.smem,
-                              [em.c(src)])
+            src = em.add(em.mul(r, self.row), c)
+            vt = ir.VectorType.get([v], element_type("f32"))
+            acc = vector.load(vt, self.smem, [em.c(src)])
+            for part in range(1, self.splits):
+                more = vector.load(vt, self.smem, [em.c(em.add(src, part * self.bm * self.row))])
+                acc = arith.addf(acc, more)
             accs = [vector.extract(acc, [], [e]) for e in range(v)] if v > 1 else \
                 [vector.extract(acc, [], [0])]
             inits = [None] * v

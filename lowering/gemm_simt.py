@@ -26,6 +26,9 @@ from .gemm_problem import GemmProblem, Operand
 from .gemm_tc import no_unroll
 
 
+UNROLL = 8            # k values of a reduction step unrolled per inner-loop iteration
+
+
 @dataclass(frozen=True)
 class SimtSchedule:
     bm: int
@@ -204,7 +207,20 @@ def emit_body(em: Emitter, prob: GemmProblem, s: SimtSchedule, args, flat) -> No
         slot = em.rem(kt, 2)
         a_base = em.mul(slot, a_slot)
         b_base = em.mul(slot, b_slot)
-        for kk in range(s.bk):
+        # The step's k values: UNROLL at a time in a rolled loop (a fully unrolled 32-deep
+        # step of 8x8 tiles is 2048 FMAs, which ptxas takes over a second to schedule).
+        unroll = min(s.bk, UNROLL)
+        inner = None
+        if s.bk > unroll:
+            inner = scf.ForOp(em.c(0), em.c(s.bk), em.c(unroll), cur)
+            no_unroll(inner)
+            ip = ir.InsertionPoint(inner.body)
+            ip.__enter__()
+            k0 = inner.induction_variable
+            cur = list(inner.inner_iter_args)
+            a_base = em.add(a_base, em.mul(k0, s.bm + s.pad_a))
+            b_base = em.add(b_base, em.mul(k0, s.bn + s.pad_b))
+        for kk in range(unroll):
             a_vals = _frag(em, a_view, em.add(a_base, kk * (s.bm + s.pad_a)), row_groups, a_vec,
                            dt_a)
             b_vals = _frag(em, b_view, em.add(b_base, kk * (s.bn + s.pad_b)), col_groups, b_vec,
@@ -212,6 +228,10 @@ def emit_body(em: Emitter, prob: GemmProblem, s: SimtSchedule, args, flat) -> No
             bvec = vector.from_elements(vt, b_vals)
             for i in range(s.tm):
                 cur[i] = vector.fma(vector.broadcast(vt, a_vals[i]), bvec, cur[i])
+        if inner is not None:
+            scf.YieldOp(cur)
+            ip.__exit__(None, None, None)
+            cur = list(inner.results)
         nslot = em.mul(em.rem(em.add(kt, 1), 2), 1)
         a_ld.store(a_regs, em.mul(nslot, a_slot))
         b_ld.store(b_regs, em.mul(nslot, b_slot))

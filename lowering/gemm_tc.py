@@ -58,6 +58,7 @@ class TCSchedule:
     warp_n: int = 0
     wg_m: int = 1        # wgmma: warpgroup grid
     wg_n: int = 1
+    split_k: int = 1     # mma: warps sharing each reduction step (partial sums added at the end)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,19 +139,26 @@ class _OperandLoader:
 
 
 def _thread_items(em: Emitter, tid: ir.Value, outer: int, per_row: int, threads: int, width: int):
-    """(outer index, inner element index) of each item a thread moves: items are numbered
-    row-major over ``outer x per_row`` and dealt round-robin to the threads."""
+    """Items a thread moves, as (outer index, inner element index, j, step, active): items are
+    numbered row-major over ``outer x per_row`` and dealt round-robin to the threads. When the
+    threads cover whole rows, a thread's items share the inner index and its outer index is
+    ``o0 + j * step``; otherwise ``step`` is None. ``active`` is True, or an ``i1`` that is
+    false for the threads that have no item in the last, partial round."""
     total = outer * per_row
-    assert total % threads == 0, "tile does not split evenly over the threads"
-    count = total // threads
+    count = -(-total // threads)
+    out = []
     if threads % per_row == 0:
         o0, i = em.div(tid, per_row), em.mul(em.rem(tid, per_row), width)
         step = threads // per_row
-        return [(em.add(o0, j * step), i) for j in range(count)]
-    out = []
+        for j in range(count):
+            o = o0 if j == 0 else em.add(o0, j * step)
+            active = True if (j + 1) * threads <= total else em.lt(o, outer)
+            out.append((o, i, j, step, active))
+        return out
     for j in range(count):
         q = em.add(tid, j * threads)
-        out.append((em.div(q, per_row), em.mul(em.rem(q, per_row), width)))
+        active = True if (j + 1) * threads <= total else em.lt(q, total)
+        out.append((em.div(q, per_row), em.mul(em.rem(q, per_row), width), j, None, active))
     return out
 
 
@@ -167,12 +175,29 @@ class AsyncLoader(_OperandLoader):
         other_partial = self.other_extent % other_tile != 0 or \
             (not self.k_inner and self.other_extent % g != 0)
         self.need_guard = k_partial or other_partial
+        # Stride (elements) of the outer index in global memory, when affine: the first item's
+        # offsets then give every other item's by adding constants.
+        if self.k_inner:
+            o_stride = None if self.op.kind != "affine" else \
+                (self.op.strides[2] if self.k_is_row else self.op.strides[1])
+        else:
+            o_stride = k_stride
+        rows_keep_swizzle = True
         self.items = []
-        for o, i in _thread_items(em, tid, t.outer, t.inner // g, self.threads, g):
+        first = None
+        for o, i, j, step, active in _thread_items(em, tid, t.outer, t.inner // g, self.threads,
+                                                   g):
             k_local, other_local = (i, o) if self.k_inner else (o, i)
             other = em.add(self.other_origin, other_local)
-            base = self._offset(k_local, other)       # the offset at reduction step 0
-            smem_off = em.div(em.add(self.smem_base, t.byte_offset(em, o, i)), t.esize)
+            if first is not None and step is not None and o_stride is not None \
+                    and (step * j) % 8 == 0:
+                base = em.add(first[0], j * step * o_stride)
+                smem_off = em.add(first[1], j * step * t.row_bytes // t.esize)
+            else:
+                base = self._offset(k_local, other)       # the offset at reduction step 0
+                smem_off = em.div(em.add(self.smem_base, t.byte_offset(em, o, i)), t.esize)
+                if j == 0:
+                    first = (base, smem_off)
             # elements of the granule inside the operand along the non-K dimension
             if not other_partial:
                 other_count = g
@@ -180,7 +205,7 @@ class AsyncLoader(_OperandLoader):
                 other_count = em.select(em.lt(other, self.other_extent), g, 0)
             else:
                 other_count = _clamp(em, em.sub(self.other_extent, other), g)
-            self.items.append((k_local, base, smem_off, other_count))
+            self.items.append((k_local, base, smem_off, other_count, active))
 
     def issue(self, kt: Ix, slot_elems: Ix) -> None:
         em, g = self.em, self.g
@@ -188,23 +213,36 @@ class AsyncLoader(_OperandLoader):
         koff = em.mul(kt, self.k_step)
         bypass = True if g * self.tile.esize == 16 else None
         size = ir.IntegerAttr.get(index(), g)
-        for k_local, base, smem_off, other_count in self.items:
-            src = em.add(base, koff)
-            dst = em.add(slot_elems, smem_off)
-            if not self.need_guard:
-                nvgpu.DeviceAsyncCopyOp(self.smem, [em.c(dst)], self.gmem, [em.c(src)],
-                                        size, bypassL1=bypass)
-                continue
-            k = em.add(k0, k_local)
-            if self.k_inner:
-                k_count = _clamp(em, em.sub(self.k_total, k), g)
-                count = _min(em, k_count, other_count)
-            else:
-                count = em.select(em.lt(k, self.k_total), other_count, 0)
-            src = em.select(em.lt(0, count) if isinstance(count, int) else
-                            arith.cmpi(arith.CmpIPredicate.sgt, em.c(count), em.c(0)), src, 0)
+        for k_local, base, smem_off, other_count, active in self.items:
+            guard = None
+            if active is not True:
+                guard = scf.IfOp(active)
+                guard_ip = ir.InsertionPoint(guard.then_block)
+                guard_ip.__enter__()
+            self._copy(em, g, k0, koff, k_local, base, smem_off, other_count, slot_elems, size,
+                       bypass)
+            if guard is not None:
+                scf.YieldOp([])
+                guard_ip.__exit__(None, None, None)
+
+    def _copy(self, em, g, k0, koff, k_local, base, smem_off, other_count, slot_elems, size,
+              bypass) -> None:
+        src = em.add(base, koff)
+        dst = em.add(slot_elems, smem_off)
+        if not self.need_guard:
             nvgpu.DeviceAsyncCopyOp(self.smem, [em.c(dst)], self.gmem, [em.c(src)],
-                                    size, srcElements=em.c(count), bypassL1=bypass)
+                                    size, bypassL1=bypass)
+            return
+        k = em.add(k0, k_local)
+        if self.k_inner:
+            k_count = _clamp(em, em.sub(self.k_total, k), g)
+            count = _min(em, k_count, other_count)
+        else:
+            count = em.select(em.lt(k, self.k_total), other_count, 0)
+        src = em.select(em.lt(0, count) if isinstance(count, int) else
+                        arith.cmpi(arith.CmpIPredicate.sgt, em.c(count), em.c(0)), src, 0)
+        nvgpu.DeviceAsyncCopyOp(self.smem, [em.c(dst)], self.gmem, [em.c(src)],
+                                size, srcElements=em.c(count), bypassL1=bypass)
 
 
 def _min(em: Emitter, a: Ix, b: Ix) -> Ix:
@@ -240,7 +278,7 @@ class GatherLoader(_OperandLoader):
         self.items = []
         full = self.other_extent % t.inner == 0
         cols: dict = {}
-        for o, i in _thread_items(em, tid, t.outer, t.inner // v, self.threads, v):
+        for o, i, _, _, active in _thread_items(em, tid, t.outer, t.inner // v, self.threads, v):
             key = id(i) if not isinstance(i, int) else i
             if key not in cols:
                 parts = []
@@ -250,7 +288,7 @@ class GatherLoader(_OperandLoader):
                     safe = em.select(inside, pixel, 0)
                     parts.append((em.add(self.batch_off, self.op.col_part(em, safe)), inside))
                 cols[key] = parts
-            self.items.append((o, i, cols[key]))
+            self.items.append((o, i, cols[key], active))
         self.regs = None
 
     def load(self, kt: Ix) -> None:
@@ -259,7 +297,7 @@ class GatherLoader(_OperandLoader):
         etype = element_type(self.op.dtype)
         zero = em.cf(0.0, self.op.dtype)
         self.regs = []
-        for o, i, parts in self.items:
+        for o, i, parts, _ in self.items:
             k = em.add(k0, o)
             kin = True if self.k_total % self.bk == 0 else em.lt(k, self.k_total)
             kidx = k if kin is True else _clamp_idx(em, k, self.k_total)
@@ -277,9 +315,15 @@ class GatherLoader(_OperandLoader):
 
     def store(self, slot_bytes: Ix) -> None:
         em, t = self.em, self.tile
-        for (o, i, _), vec in zip(self.items, self.regs):
+        for (o, i, _, active), vec in zip(self.items, self.regs):
             off = em.add(em.add(slot_bytes, self.smem_base), t.byte_offset(em, o, i))
-            vector.store(vec, self.smem, [em.c(em.div(off, t.esize))])
+            if active is True:
+                vector.store(vec, self.smem, [em.c(em.div(off, t.esize))])
+                continue
+            guard = scf.IfOp(active)
+            with ir.InsertionPoint(guard.then_block):
+                vector.store(vec, self.smem, [em.c(em.div(off, t.esize))])
+                scf.YieldOp([])
 
 
 def _clamp_idx(em: Emitter, k: Ix, n: int) -> Ix:
@@ -390,12 +434,10 @@ class WgmmaEngine:
         c0 = em.add(em.add(n_origin, em.mul(self.wg_ni, self.tn)), em.mul(em.rem(lane, 4), 2))
         for mi in range(self.mi):
             for h in range(2):
-                row = em.add(r0, mi * 64 + h * 8)
                 for j in range(self.tn // 8):
-                    col = em.add(c0, j * 8)
                     vals = [llvm.ExtractValueOp(f32(), accs[mi], [j * 4 + h * 2 + e]).result
                             for e in range(2)]
-                    writer.store(row, col, vals)
+                    writer.store_frag(r0, c0, mi * 64 + h * 8, j * 8, vals)
 
 
 def _add_i64(em: Emitter, v: ir.Value, c: int) -> ir.Value:
@@ -422,6 +464,12 @@ class MmaSyncEngine:
         warp = em.div(tid, 32)
         lane = em.rem(tid, 32)
         warps_n = s.bn // s.warp_n
+        warps_mn = (s.bm // s.warp_m) * warps_n
+        # Split reduction: warp group kq takes K slice [kq * kw, (kq + 1) * kw) of each step.
+        self.kq = em.div(warp, warps_mn) if s.split_k > 1 else 0
+        warp = em.rem(warp, warps_mn) if s.split_k > 1 else warp
+        self.kw = s.bk // s.split_k
+        kbase = em.mul(self.kq, self.kw)
         self.wm0 = em.mul(em.div(warp, warps_n), s.warp_m)
         self.wn0 = em.mul(em.rem(warp, warps_n), s.warp_n)
         self.lane = lane
@@ -431,24 +479,26 @@ class MmaSyncEngine:
         self.a_addr = []
         for mi in range(self.mi):
             row = []
-            for kk in range(self.s.bk // 16):
+            for kk in range(self.kw // 16):
+                k16 = em.add(kbase, kk * 16)
                 if self.a_k_inner:     # tile [m][k]: rows m, ldmatrix x4
                     o = em.add(em.add(self.wm0, mi * 16), em.add(l8, em.mul(em.rem(q, 2), 8)))
-                    i = em.add(kk * 16, em.mul(em.div(q, 2), 8))
+                    i = em.add(k16, em.mul(em.div(q, 2), 8))
                 else:                  # tile [k][m]: ldmatrix x4 .trans
-                    o = em.add(kk * 16, em.add(l8, em.mul(em.div(q, 2), 8)))
+                    o = em.add(k16, em.add(l8, em.mul(em.div(q, 2), 8)))
                     i = em.add(em.add(self.wm0, mi * 16), em.mul(em.rem(q, 2), 8))
                 row.append(em.div(em.add(a_off, at.byte_offset(em, o, i)), 2))
             self.a_addr.append(row)
         self.b_addr = []
         for nj2 in range(self.nj // 2):
             row = []
-            for kk in range(self.s.bk // 16):
+            for kk in range(self.kw // 16):
+                k16 = em.add(kbase, kk * 16)
                 if self.b_k_inner:     # tile [n][k]: ldmatrix x4
                     o = em.add(em.add(self.wn0, nj2 * 16), em.add(l8, em.mul(em.div(q, 2), 8)))
-                    i = em.add(kk * 16, em.mul(em.rem(q, 2), 8))
+                    i = em.add(k16, em.mul(em.rem(q, 2), 8))
                 else:                  # tile [k][n]: ldmatrix x4 .trans
-                    o = em.add(kk * 16, em.add(l8, em.mul(em.rem(q, 2), 8)))
+                    o = em.add(k16, em.add(l8, em.mul(em.rem(q, 2), 8)))
                     i = em.add(em.add(self.wn0, nj2 * 16), em.mul(em.div(q, 2), 8))
                 row.append(em.div(em.add(b_off, bt.byte_offset(em, o, i)), 2))
             self.b_addr.append(row)
@@ -468,7 +518,7 @@ class MmaSyncEngine:
         b4_vt = ir.VectorType.get([4, 2], self.etype)
         b_vt = ir.VectorType.get([2, 2], self.etype)
         out = list(accs)
-        for kk in range(self.s.bk // 16):
+        for kk in range(self.kw // 16):
             afr = [nvgpu.LdMatrixOp(a_vt, self.smem, [em.c(em.add(slot_elems, self.a_addr[mi][kk]))],
                                     not self.a_k_inner, 4).result for mi in range(self.mi)]
             bfr = []
@@ -503,7 +553,7 @@ class MmaSyncEngine:
                 for h in range(2):
                     pair = vector.extract(acc, [], [h])
                     vals = [vector.extract(pair, [], [e]) for e in range(2)]
-                    writer.store(em.add(r0, mi * 16 + h * 8), em.add(c0, nj * 8), vals)
+                    writer.store_frag(r0, c0, mi * 16 + h * 8, nj * 8, vals)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,7 +568,8 @@ def smem_plan(prob: GemmProblem, s: TCSchedule):
     table = 0
     if uses_gather(prob):
         table = prob.k * 4
-    total = max(s.stages * stage + ((table + 1023) // 1024) * 1024, stage_bytes(s.bm, s.bn))
+    total = max(s.stages * stage + ((table + 1023) // 1024) * 1024,
+                s.split_k * stage_bytes(s.bm, s.bn))
     if s.engine == "wgmma":
         total += 1024        # room to align the base to a swizzle atom at run time
     return a_tile, a_k_inner, b_tile, b_k_inner, stage, table, total
@@ -655,8 +706,10 @@ def emit_body(em: Emitter, prob: GemmProblem, s: TCSchedule, args: list[ir.Value
     # operand tiles), then store the block tile in coalesced chunks.
     nvvm.CpAsyncWaitGroupOp(0)
     em.barrier()
-    staged = em.smem(base_shift, stage_bytes(s.bm, s.bn) // 4, "f32")
-    writer = StagedEpilogue(em, prob, args, flat, batch, staged, 0, s.bm, s.bn, m0, n0)
+    staged = em.smem(base_shift, s.split_k * stage_bytes(s.bm, s.bn) // 4, "f32")
+    split_base = em.mul(eng.kq, stage_bytes(s.bm, s.bn) // 4) if s.split_k > 1 else 0
+    writer = StagedEpilogue(em, prob, args, flat, batch, staged, split_base, s.bm, s.bn, m0, n0,
+                            splits=s.split_k)
     writer.mark_full(prob.m % s.bm == 0, prob.n % s.bn == 0)
     eng.epilogue(accs, tid, 0, 0, writer)
     writer.flush(tid, s.threads)
