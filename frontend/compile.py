@@ -234,8 +234,10 @@ class CompiledModule:
     (loaded on the first call), exactly as a saved and reloaded artifact would be.
     """
 
-    def __init__(self, writer, result: CompileResult, *, graph: bool = False):
+    def __init__(self, writer, result: CompileResult, *, graph: bool = False,
+                 name: str | None = None):
         self.result = result
+        self.name = name   # the model, named in call-time errors instead of the private folder
         self._writer = writer
         self._folder = Path(tempfile.mkdtemp(prefix="quartet-"))
         self._path = writer.save(self._folder / "program")
@@ -259,7 +261,12 @@ class CompiledModule:
         return self._program
 
     def __call__(self, *inputs, **kwargs):
-        return self.program(*inputs, **kwargs)
+        try:
+            return self.program(*inputs, **kwargs)
+        except QuartetError as e:
+            if self.name and e.location == str(self._path):
+                raise QuartetError(e.message, f"compiled {self.name}") from None
+            raise
 
     def save(self, path) -> Path:
         """Save the artifact: a folder, or one file when ``path`` ends in ``.qrt``."""
@@ -287,4 +294,4 @@ def compile(module, example_inputs, pipeline: str = "roller", target: str = "sm_
     producer = {"model": f"{type(module).__module__}.{type(module).__qualname__}"}
     writer, result, _ = compile_to_artifact(module, example_inputs, pipeline=pipeline,
                                             target=target, producer=producer)
-    return CompiledModule(writer, result, graph=graph)
+    return CompiledModule(writer, result, graph=graph, name=producer["model"])
