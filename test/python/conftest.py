@@ -2,6 +2,13 @@
 
 import pytest
 
+# `mlir` before `torch_mlir`: the other order makes MLIR's ExecutionEngine resolve symbols against
+# torch_mlir's copy of LLVM (garbled names). Tests import torch_mlir through the frontend.
+try:
+    import mlir.ir  # noqa: F401
+except ImportError:      # the GPU machine runs the runtime tests without MLIR
+    pass
+
 
 def _have_cuda_gpu() -> bool:
     try:
