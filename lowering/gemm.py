@@ -92,6 +92,11 @@ class _Refuse(Exception):
 
 def plan(tile, target: str, *, stages: int | None = None, engine: str | None = None) -> Plan:
     """Check the tile and its schedule; raise :class:`QuartetError` naming the op and reason."""
+    with tile.operation.context, tile.operation.location:
+        return _checked_plan(tile, target, stages, engine)
+
+
+def _checked_plan(tile, target, stages, engine) -> Plan:
     root_name = _root_name(tile)
     where = location_of(tile)
     if target not in TARGETS:
@@ -339,3 +344,45 @@ def build_gemm_kernel(tile, target: str, *, stages: int | None = None,
                     gpu.TerminatorOp()
                 func.ReturnOp([])
     return module
+
+
+def main(argv=None) -> int:
+    """``python -m quartet.lowering.gemm FILE [--target sm_90]``: print the kernel module of
+    every configured ``quartet.tile`` in FILE (the IR at the kernel stage, for lit tests)."""
+    import argparse
+    import sys
+
+    from quartet.dialects import context
+
+    ap = argparse.ArgumentParser(prog="python -m quartet.lowering.gemm")
+    ap.add_argument("file")
+    ap.add_argument("--target", default="sm_90")
+    a = ap.parse_args(argv)
+    ctx = context()
+    with ctx:
+        with open(a.file) as f:
+            text = f.read()
+        from quartet.passes import driver
+
+        try:
+            module = driver.parse(text, ctx, a.file)
+        except QuartetError as e:
+            print(str(e), file=sys.stderr)
+            return 1
+        tiles = []
+        module.operation.walk(lambda op: (tiles.append(op.opview)
+                                          if op.operation.name == "quartet.tile" else None)
+                              or ir.WalkResult.ADVANCE)
+        try:
+            for tile in tiles:
+                print(build_gemm_kernel(tile, a.target))
+        except QuartetError as e:
+            if e.location and e.location.startswith("-:"):     # parsed text names no file
+                e.location = a.file + e.location[1:]
+            print(str(e), file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -223,7 +223,8 @@ def analyze(tile) -> GemmProblem | str:
     """The GEMM problem of ``tile``, or a one-line reason why it is not one this lowering takes."""
     comp = tile.computation
     linalg_ops = [op for op in comp if linalg_info.is_linalg(op)]
-    others = [op for op in comp if not linalg_info.is_linalg(op) and op.name != "arith.constant"]
+    others = [op for op in comp if not linalg_info.is_linalg(op)
+              and op.name not in ("arith.constant", "tensor.empty")]
     if others:
         return f"tile holds '{others[0].name}', which the GEMM lowering does not take"
     roots = [op for op in linalg_ops
@@ -299,6 +300,8 @@ def analyze(tile) -> GemmProblem | str:
             ep.init, ep.init_arg = "scalar", arg_of(value)
         else:
             return "the fill value must be a constant or a tile input"
+    elif not isinstance(c_val.owner, ir.Block) and c_val.owner.name == "tensor.empty":
+        ep.init = "zero"           # an undefined init: any start value refines it
     else:
         if arg_of(c_val) is None:
             return "root op init must be a tile input or a fill inside the tile"
