@@ -175,6 +175,7 @@ class AsyncLoader(_OperandLoader):
         other_partial = self.other_extent % other_tile != 0 or \
             (not self.k_inner and self.other_extent % g != 0)
         self.need_guard = k_partial or other_partial
+        self.k_partial = k_partial
         # Stride (elements) of the outer index in global memory, when affine: the first item's
         # offsets then give every other item's by adding constants.
         if self.k_inner:
@@ -205,6 +206,12 @@ class AsyncLoader(_OperandLoader):
                 other_count = em.select(em.lt(other, self.other_extent), g, 0)
             else:
                 other_count = _clamp(em, em.sub(self.other_extent, other), g)
+            if other_partial and not k_partial:
+                # Only the non-K edge cuts granules, the same at every step: decide once. An
+                # empty granule reads from the K offset alone, which stays inside the operand.
+                nonzero = em.lt(0, other_count) if isinstance(other_count, int) else \
+                    arith.cmpi(arith.CmpIPredicate.sgt, em.c(other_count), em.c(0))
+                base = em.select(nonzero, base, 0)
             self.items.append((k_local, base, smem_off, other_count, active))
 
     def issue(self, kt: Ix, slot_elems: Ix) -> None:
@@ -232,6 +239,10 @@ class AsyncLoader(_OperandLoader):
         if not self.need_guard:
             nvgpu.DeviceAsyncCopyOp(self.smem, [em.c(dst)], self.gmem, [em.c(src)],
                                     size, bypassL1=bypass)
+            return
+        if not self.k_partial:
+            nvgpu.DeviceAsyncCopyOp(self.smem, [em.c(dst)], self.gmem, [em.c(src)],
+                                    size, srcElements=em.c(other_count), bypassL1=bypass)
             return
         k = em.add(k0, k_local)
         if self.k_inner:
