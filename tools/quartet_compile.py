@@ -264,6 +264,7 @@ def main(argv: list[str]) -> int:
     if not specs:
         raise QuartetError("quartet-compile: give one --input DIMS:DTYPE per forward() argument")
 
+    _quiet_torch_logs()
     cls = load_model_class(args.model)
     weights = str(Path(args.weights).resolve()) if args.weights else None
     module = build_model(cls, seed=args.seed, weights=weights, dtype=dtype)
@@ -305,6 +306,16 @@ def main(argv: list[str]) -> int:
     seconds = ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items())
     print(f"wrote {path} ({args.target}, {args.pipeline}; {seconds})", file=sys.stderr)
     return 0
+
+
+def _quiet_torch_logs() -> None:
+    """torch logs a traceback when fake tensors meet a shape error (a wrong --input); the
+    error itself comes back as one QuartetError line, so keep the log quiet."""
+    import logging
+
+    import torch  # noqa: F401  (torch sets its loggers' levels when it is imported)
+
+    logging.getLogger("torch._subclasses.fake_tensor").setLevel(logging.CRITICAL)
 
 
 def _check_arity(module, count: int) -> None:

@@ -1,0 +1,179 @@
+"""Tests of the torch.compile backend ``"quartet"`` (frontend/backend.py), on CPU tensors.
+
+A model that mixes supported ops with one torch-mlir cannot import (``torch.special.i0``) must
+give the same numbers as eager, compile the supported partitions with Quartet, run the rest
+eagerly and say so in exactly one warning that names the op and the model line. Also: the
+backend is found by name, support answers are cached, a partition that fails to compile falls
+back to eager with a warning, and training-mode graphs stay eager.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from quartet.errors import QuartetError
+from quartet.frontend import backend as qb
+
+I0_LINE = 34   # the torch.special.i0 line of Mixed.forward below
+
+
+class Mixed(torch.nn.Module):
+    """Supported matmul, relu, tanh, sum, add around one unsupported op (i0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(16, 8))
+
+    def forward(self, x):
+        y = torch.relu(x @ self.w)
+        z = torch.special.i0(y)
+        a, b = z.chunk(2, dim=1)
+        return torch.tanh(a) + b.sum(-1, keepdim=True)
+
+
+class AllSupported(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(16, 8))
+
+    def forward(self, x):
+        return torch.softmax(torch.tanh(x @ self.w) * 2.0, dim=-1)
+
+
+def _compile(model, x, **kw):
+    """torch.compile with the quartet backend; also return the graph modules it produced."""
+    produced = []
+
+    def spy(gm, example_inputs, **options):
+        out = qb.quartet_backend(gm, example_inputs, **options)
+        produced.append(out)
+        return out
+
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.no_grad():
+            compiled = torch.compile(model, backend=spy, dynamic=False, **kw)
+            y = compiled(x)
+            y_again = compiled(x)
+    ours = [w for w in caught if issubclass(w.category, qb.QuartetWarning)]
+    return y, y_again, produced, ours
+
+
+def _compiled_partitions(produced) -> list:
+    mods = []
+    for gm in produced:
+        if isinstance(gm, torch.fx.GraphModule):
+            mods += [m for m in gm.modules() if isinstance(m, qb.CompiledPartition)]
+    return mods
+
+
+def test_mixed_model_one_warning_and_eager_numerics():
+    torch.manual_seed(0)
+    model, x = Mixed().eval(), torch.randn(4, 16)
+    y, y_again, produced, warned = _compile(model, x)
+    with torch.no_grad():
+        ref = model(x)
+    assert torch.allclose(y, ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(y, y_again)
+    assert len(warned) == 1, [str(w.message) for w in warned]
+    text = str(warned[0].message)
+    assert text.startswith("quartet: 1 unsupported op(s) run eagerly: torch.special.i0 at ")
+    assert f"{__file__}:{I0_LINE}" in text and "torch.aten.i0" in text
+    parts = _compiled_partitions(produced)
+    assert len(parts) == 2   # before and after the i0
+    assert all(p.compiled.target == "cpu" for p in parts)
+
+
+def test_support_answers_are_cached(monkeypatch):
+    torch.manual_seed(0)
+    model, x = Mixed().eval(), torch.randn(4, 16)
+    _compile(model, x)   # fills the cache (or finds it filled by the test above)
+    calls = []
+    real = qb._try_import
+    monkeypatch.setattr(qb, "_try_import", lambda gm, node: calls.append(node) or real(gm, node))
+    y, _, _, warned = _compile(model, x)
+    assert calls == []
+    assert len(warned) == 1
+
+
+def test_fully_supported_model_compiles_without_warnings():
+    torch.manual_seed(0)
+    model, x = AllSupported().eval(), torch.randn(4, 16)
+    y, _, produced, warned = _compile(model, x)
+    with torch.no_grad():
+        ref = model(x)
+    assert warned == []
+    assert torch.allclose(y, ref, rtol=1e-5, atol=1e-6)
+    assert len(_compiled_partitions(produced)) == 1
+
+
+def test_partition_that_fails_to_compile_runs_eagerly(monkeypatch):
+    def refuse(sub, call, target, opts):
+        raise QuartetError("no tile configuration fits cpu")
+
+    monkeypatch.setattr(qb, "_compile_partition", refuse)
+    torch.manual_seed(0)
+    model, x = AllSupported().eval(), torch.randn(4, 16)
+    y, _, produced, warned = _compile(model, x)
+    with torch.no_grad():
+        assert torch.allclose(y, model(x))
+    assert _compiled_partitions(produced) == []
+    assert len(warned) == 1
+    text = str(warned[0].message)
+    assert text.startswith("quartet: 1 partition(s) failed to compile and run eagerly: quartet_0")
+    assert "no tile configuration fits cpu" in text and "torch.tanh" in text
+
+
+def test_autograd_graphs_stay_eager():
+    torch.manual_seed(0)
+    model, x = AllSupported(), torch.randn(4, 16)
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = torch.compile(model, backend="quartet", dynamic=False)(x)
+    y.sum().backward()
+    assert model.w.grad is not None
+    texts = [str(w.message) for w in caught if issubclass(w.category, qb.QuartetWarning)]
+    assert len(texts) == 1 and "do not record autograd" in texts[0]
+
+
+def test_backend_found_by_name_and_options_checked():
+    from torch._dynamo.backends.registry import list_backends, lookup_backend
+
+    assert "quartet" in list_backends()
+    assert lookup_backend("quartet") is qb.quartet_backend
+    with pytest.raises(QuartetError, match="unknown quartet backend option"):
+        qb.Options.from_dict({"targte": "sm_80"})
+    assert qb.Options.from_dict({"target": "sm_80"}).target == "sm_80"
+
+
+def test_backend_name_resolves_without_importing_quartet(tmp_path):
+    """The package's torch_dynamo_backends entry point: a fresh process, no quartet import.
+
+    (Run outside the checkout: a stale ``quartet.egg-info`` there, from an older install,
+    would shadow the installed metadata.)"""
+    code = ("import torch\n"
+            "from torch._dynamo.backends.registry import lookup_backend\n"
+            "fn = lookup_backend('quartet')\n"
+            "assert fn.__module__ == 'quartet.frontend.backend', fn.__module__\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.gpu
+def test_cuda_tensors_compile_for_the_cuda_target():
+    torch.manual_seed(0)
+    model, x = AllSupported().eval().cuda(), torch.randn(4, 16, device="cuda")
+    y, _, produced, warned = _compile(model, x, options={"target": "sm_90"})
+    with torch.no_grad():
+        ref = model(x)
+    assert y.device.type == "cuda"
+    assert torch.allclose(y, ref, rtol=1e-3, atol=1e-3)
+    assert [p.compiled.target for p in _compiled_partitions(produced)] == ["sm_90"]
