@@ -136,8 +136,6 @@ def _lower_cpu(mlir_module, imported, stop_after, producer):
 
 def _lower_gpu(mlir_module, imported, target, stop_after, producer):
     from quartet.lowering import gpu
-    from quartet.runtime.artifact import ArtifactWriter
-    from quartet.runtime.manifest import Copy, Launch
 
     if stop_after == "llvm":
         raise QuartetError("--emit llvm is the CPU path's LLVM dialect; for a GPU target use "
@@ -152,6 +150,16 @@ def _lower_gpu(mlir_module, imported, target, stop_after, producer):
     if len(plans) != 1:
         raise QuartetError(f"expected one function with tiles, found {len(plans)}")
     plan = next(iter(plans.values()))
+    return _write_plan(plan, imported, target, producer), None
+
+
+def _write_plan(plan, imported, target, producer):
+    """The artifact of a host plan: arguments (inputs, then the weights the importer passes as
+    arguments), outputs, constants, temporaries, kernels and the host program's steps."""
+    from quartet.lowering import host_plan as hp
+    from quartet.runtime.artifact import ArtifactWriter
+    from quartet.runtime import manifest as mf
+
     writer = ArtifactWriter(target, producer=_producer_text(producer))
     arg_names = _add_arguments(writer, imported)
     storage: dict[str, str] = {}
@@ -167,20 +175,55 @@ def _lower_gpu(mlir_module, imported, target, stop_after, producer):
             storage[b.name] = writer.add_weight(
                 b.name, np.frombuffer(b.data, dtype=_np(b.dtype)).reshape(b.shape))
         elif b.name not in plan.aliases:
-            storage[b.name] = writer.add_buffer(b.name, _nbytes(b.shape, b.dtype))
-    for view, base in plan.aliases.items():
-        storage[view] = storage[base]
-    # Outputs that alias a temp: results are returned from their own buffers.
-    for i, launch in enumerate(plan.launches):
-        k = launch.kernel
-        writer.add_kernel(f"k{i}_{k.name}", k.binary, k.entry, k.grid, k.block,
-                          shared_memory=k.shared_bytes,
-                          args=[storage[n] for n in launch.buffers], cooperative=k.cooperative)
-        writer.add_step(Launch(f"k{i}_{k.name}"))
-    for c in plan.copies:
-        buf = plan.buffer(plan.aliases.get(c.src, c.src))
-        writer.add_step(Copy(storage[c.dst], storage[c.src], _nbytes(buf.shape, buf.dtype)))
-    return writer, None
+            storage[b.name] = writer.add_buffer(b.name, max(1, _nbytes(b.shape, b.dtype)))
+
+    def place(name: str) -> tuple[str, int]:
+        base, offset = plan.storage(name)
+        return storage[base], offset
+
+    def arg(name: str):
+        base, offset = place(name)
+        return mf.BufferArg(base, offset)
+
+    kernels = iter(range(len(plan.launches)))
+
+    def steps(tree) -> list:
+        out = []
+        for s in tree:
+            if isinstance(s, hp.Launch):
+                k = s.kernel
+                kname = f"k{next(kernels)}_{k.name}"
+                writer.add_kernel(kname, k.binary, k.entry, k.grid, k.block,
+                                  shared_memory=k.shared_bytes,
+                                  args=[arg(n) for n in s.buffers], cooperative=k.cooperative)
+                out.append(mf.Launch(kname))
+            elif isinstance(s, hp.Copy):
+                dst, dst_off = place(s.dst)
+                src, src_off = place(s.src)
+                size = s.size
+                if size is None:
+                    b = plan.buffer(s.dst)
+                    size = _nbytes(b.shape, b.dtype)
+                out.append(mf.Copy(dst, src, size, dst_off + s.dst_offset,
+                                   src_off + s.src_offset))
+            elif isinstance(s, hp.While):
+                out.append(mf.While(steps(s.cond), _predicate(s.predicate, storage),
+                                    steps(s.body)))
+            elif isinstance(s, hp.If):
+                out.append(mf.If(_predicate(s.predicate, storage), steps(s.then),
+                                 steps(s.else_)))
+            else:
+                raise QuartetError(f"unknown host-plan step {s!r}")
+        return out
+
+    writer.add_step(*steps(plan.program))
+    return writer
+
+
+def _predicate(p, storage):
+    from quartet.runtime import manifest as mf
+
+    return mf.Predicate(storage[p.buffer], p.dtype, p.offset)
 
 
 def _with_kernels(mlir_module, target):

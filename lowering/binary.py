@@ -21,7 +21,8 @@ hash of the kernel module text and the options (Triton's content-keyed cache).
 Assumes: grid, block and dynamic shared-memory sizes are constants; the kernels read only
 memref arguments of the enclosing function (constants are sunk into the kernel by outlining).
 Which function argument is an input or an output is read from the ``quartet.role`` argument
-attribute (``"input"``/``"output"``) when present, else from ``num_inputs``.
+attribute (``"input"``/``"output"``) when present, else from ``num_inputs``. A kernel function
+may name the chip its binary needs in ``quartet.chip`` (``sm_90a`` for Hopper ``wgmma``).
 """
 
 from __future__ import annotations
@@ -141,6 +142,7 @@ class _Launch:
     shared_bytes: int
     args: tuple[KernelArg, ...]
     location: str | None
+    chip: str | None = None         # the function's ``quartet.chip`` (``sm_90a`` for wgmma)
 
 
 def _constant(value: ir.Value, what: str, where) -> int:
@@ -189,6 +191,8 @@ def _launches(module: ir.Module, num_inputs: int | None) -> list[_Launch]:
             continue
         fn = fn.opview
         roles = _arg_roles(fn, num_inputs)
+        chip = ir.StringAttr(fn.attributes["quartet.chip"]).value \
+            if "quartet.chip" in fn.attributes else None
         args_of = {}
         for i, a in enumerate(fn.arguments):
             args_of[a] = i
@@ -224,7 +228,7 @@ def _launches(module: ir.Module, num_inputs: int | None) -> list[_Launch]:
             path = list(ir.SymbolRefAttr(lf.kernel).value)   # [gpu.module, gpu.func]
             root, leaf = path[0], path[-1]
             found.append(_Launch(ir.StringAttr(fn.sym_name).value, root, leaf, tuple(numbers),
-                                 grid, block, shared, tuple(kargs), location_of(op)))
+                                 grid, block, shared, tuple(kargs), location_of(op), chip))
     return found
 
 
@@ -246,9 +250,42 @@ def outline(module) -> ir.Module:
     context = quartet_context()
     with context, ir.Location.unknown():
         copy = ir.Module.parse(text)
+        _pin_arguments(copy)
         _run(copy, "builtin.module(gpu-launch-sink-index-computations, gpu-kernel-outlining)",
              "kernel outlining")
     return copy
+
+
+def _pin_arguments(module: ir.Module) -> None:
+    """Make every kernel take every memref argument of its function, in the function's order.
+
+    ``gpu-kernel-outlining`` gives a kernel the values its body reads, in order of first use, so
+    a builder's kernel that never reads one input (the init of a result nobody uses) would take
+    one argument fewer than the tile has inputs. A dead use of every memref argument at the top
+    of each launch body (erased after outlining by canonicalization) keeps the one convention of
+    :class:`KernelSpec`: the function's memref arguments, in order."""
+    from mlir.dialects import memref
+
+    for fn in module.body.operations:
+        if fn.operation.name != "func.func" or not len(fn.regions[0].blocks):
+            continue
+        args = [a for a in fn.regions[0].blocks[0].arguments if isinstance(a.type, ir.MemRefType)]
+        if not args:
+            continue
+        launches = []
+
+        def visit(op, launches=launches):
+            if op.operation.name == "gpu.launch":
+                launches.append(op.operation)
+                return ir.WalkResult.SKIP
+            return ir.WalkResult.ADVANCE
+
+        fn.operation.walk(visit, ir.WalkOrder.PRE_ORDER)
+        for launch in launches:
+            body = launch.regions[0].blocks[0]
+            with ir.InsertionPoint.at_block_begin(body), launch.location:
+                for a in args:
+                    memref.extract_aligned_pointer_as_index(a)
 
 
 def compile_launch_module(module: ir.Module, target, *, emit: str = "bin",
@@ -273,7 +310,8 @@ def compile_launch_module(module: ir.Module, target, *, emit: str = "bin",
     launches = _launches(outlined, num_inputs)
     if not launches:
         raise QuartetError("no 'gpu.launch' to compile in the module")
-    binaries = _binaries(outlined, target, emit, tk, opt_level, fast_math)
+    chips = {launch.kernel_module: _chip_target(target, launch.chip) for launch in launches}
+    binaries = _binaries(outlined, target, emit, tk, opt_level, fast_math, chips)
     specs = []
     for launch in launches:
         blob = binaries[launch.kernel_module]
@@ -288,9 +326,23 @@ def compile_launch_module(module: ir.Module, target, *, emit: str = "bin",
     return specs
 
 
+def _chip_target(target: Target, chip: str | None) -> Target:
+    """``target`` built for ``chip`` when a kernel function names one: ``sm_90a`` (wgmma,
+    setmaxnreg) is ``sm_90`` plus architecture-specific instructions, so its cubin runs on the
+    same GPUs; any other chip of another family is refused."""
+    if chip is None or chip == target.chip:
+        return target
+    if not target.is_nvidia or chip.rstrip("a") != target.chip:
+        raise QuartetError(f"a kernel built for chip '{chip}' cannot run on target "
+                           f"'{target.name}'")
+    return Target(target.name, target.backend, chip, target.features, target.warp_size)
+
+
 def _binaries(outlined: ir.Module, target: Target, emit: str, toolkit: str | None,
-              opt_level: int, fast_math: bool) -> dict[str, bytes]:
-    """gpu.module name -> binary bytes, for every gpu.module of ``outlined``."""
+              opt_level: int, fast_math: bool,
+              chips: dict[str, Target] | None = None) -> dict[str, bytes]:
+    """gpu.module name -> binary bytes, for every gpu.module of ``outlined`` (built for the
+    chip ``chips`` names for it, else for ``target``)."""
     context = outlined.context
     result: dict[str, bytes] = {}
     with context, ir.Location.unknown():
@@ -298,20 +350,21 @@ def _binaries(outlined: ir.Module, target: Target, emit: str, toolkit: str | Non
             if op.operation.name != "gpu.module":
                 continue
             name = ir.StringAttr(op.operation.attributes["sym_name"]).value
+            tgt = (chips or {}).get(name, target)
             single = ir.Module.create()
             single.operation.attributes["gpu.container_module"] = ir.UnitAttr.get()
             with ir.InsertionPoint(single.body):
                 op.operation.clone()
             text = str(single)
             key = hashlib.sha256(
-                f"{target}|{emit}|{toolkit}|{opt_level}|{fast_math}|{text}".encode()).hexdigest()
+                f"{tgt}|{emit}|{toolkit}|{opt_level}|{fast_math}|{text}".encode()).hexdigest()
             if key not in _CACHE:
-                if target.is_nvidia:
-                    _CACHE[key] = _nvvm_binary(single, target, emit, toolkit, opt_level,
+                if tgt.is_nvidia:
+                    _CACHE[key] = _nvvm_binary(single, tgt, emit, toolkit, opt_level,
                                                fast_math)
                 else:
                     from . import rocm
-                    _CACHE[key] = rocm.rocdl_binary(single, target, emit, opt_level)
+                    _CACHE[key] = rocm.rocdl_binary(single, tgt, emit, opt_level)
             result[name] = _CACHE[key]
     return result
 

@@ -1038,6 +1038,14 @@ def _generic_loops(op) -> tuple[list, tuple]:
     return list(info.iterator_types), tuple(info.loop_ranges)
 
 
+def _divisor_at_most(n: int, k: int) -> int:
+    """The largest divisor of ``n`` that is at most ``k`` (at least 1)."""
+    for d in range(min(n, max(1, k)), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
 def fallback_tiles(tile, fb: FallbackPlan, warp: int) -> tuple[list, list, int]:
     """(block tile sizes, thread tile sizes, threads per block); 0 = not tiled (reductions)."""
     n = len(fb.ranges)
@@ -1050,41 +1058,48 @@ def fallback_tiles(tile, fb: FallbackPlan, warp: int) -> tuple[list, list, int]:
         block = [bt[i] if i in par else 0 for i in range(n)]
         thread = [tt[i] if i in par else 0 for i in range(n)]
         for i in par:
-            if thread[i] <= 0 or block[i] <= 0 or block[i] % thread[i]:
-                raise QuartetError(f"'quartet.tile' block_tile {block[i]} is not a multiple of "
-                                   f"thread_tile {thread[i]} on loop {i}", where)
+            if thread[i] <= 0 or block[i] <= 0:
+                raise QuartetError(f"'quartet.tile' block_tile {block[i]} and thread_tile "
+                                   f"{thread[i]} on loop {i} must be positive", where)
+            # Upstream mapping needs static tiles: a block tile that does not divide its loop
+            # (Roller pads irregular extents) shrinks to the largest divisor below it, and a
+            # thread tile that does not divide its block tile (Roller sizes them per memory
+            # level independently) to their common divisor: more blocks or more threads.
+            block[i] = _divisor_at_most(fb.ranges[i], block[i])
+            thread[i] = math.gcd(block[i], thread[i])
     else:
         block = [0] * n
         thread = [0] * n
         budget = 256
         for i in reversed(par):
-            size = min(fb.ranges[i], budget)
-            block[i], thread[i] = max(1, size), 1
-            budget //= max(1, size)
+            size = _divisor_at_most(fb.ranges[i], max(1, budget))
+            block[i], thread[i] = size, 1
+            budget //= size
         for i in par:
             block[i] = block[i] or 1
             thread[i] = thread[i] or 1
     # Loops whose block tile is the whole loop are not tiled over blocks (size 0), and at most 3
-    # loops are (x, y, z): outer ones beyond that stay whole per block.
+    # loops are (x, y, z): outer ones beyond that stay whole per block, and each thread walks
+    # them whole too (their thread tile is the loop).
     for i in par:
         if block[i] >= fb.ranges[i]:
             block[i] = 0
     tiled = [i for i in par if block[i]]
     for i in tiled[:-3]:
         block[i] = 0
+        thread[i] = fb.ranges[i]
     if not tiled:        # one block: tile the outermost loop whole (an all-zero tiling asserts)
         block[par[0]] = fb.ranges[par[0]]
     extent = [block[i] or fb.ranges[i] for i in range(n)]
     for i in par:
-        thread[i] = min(thread[i], extent[i])
+        thread[i] = math.gcd(min(thread[i], extent[i]), extent[i])
     threads = math.prod(math.ceil(extent[i] / thread[i]) for i in par) if par else 1
     if threads > 1024:
         raise QuartetError(f"'quartet.tile' needs {threads} threads per block (at most 1024)",
                            where)
-    if tile.threads is not None and tile.threads < threads:
-        raise QuartetError(f"'quartet.tile' threads={tile.threads} is fewer than the {threads} "
-                           f"thread tiles of its block tile", where)
-    return block, thread, max(threads, tile.threads or 0)
+    # The schedule's thread count is a lower bound: fewer threads than thread tiles would leave
+    # tiles unmapped, so the block takes one thread per thread tile (at most 1024, checked above).
+    return block, thread, max(threads, min(tile.threads or 0, 1024))
 
 
 def _mapping(kind: str, sizes: list) -> str:
@@ -1098,13 +1113,11 @@ def _mapping(kind: str, sizes: list) -> str:
     return "[" + ", ".join(names) + "]"
 
 
-def build_fallback_kernel(tile, target, fb: FallbackPlan | None = None, name: str = "kernel"):
-    """One linalg op -> tile_using_forall (blocks, threads) -> bufferize -> gpu.launch."""
+def _fallback_function(tile, fb: FallbackPlan, name: str) -> tuple[ir.Module, list]:
+    """``func @name`` on memrefs computing ``fb.op`` on tensors (inputs from ``to_tensor``,
+    results materialized in the output memrefs); the ops to fuse with it (fills, copies)."""
     from mlir.dialects import bufferization, linalg
 
-    target = get_target(target)
-    fb = fb or analyze_fallback(tile)
-    block, thread, threads = fallback_tiles(tile, fb, target.warp_size)
     module = ir.Module.create()
     fn, ins, outs = kernel_func(module, name, tile)
     with ir.InsertionPoint(fn.entry_block):
@@ -1127,7 +1140,9 @@ def build_fallback_kernel(tile, target, fb: FallbackPlan | None = None, name: st
                 fill.operands[len(fill.operands) - 1] = out_tensor
                 _remap(fill, env)
                 env[init] = fill.results[0]
-            elif init not in env:     # a tensor.empty in the tile: write into the output
+            elif init not in env or _is_empty(init):
+                # a tensor.empty (in the tile or captured from the host): only its shape is
+                # read, so the op writes straight into the output
                 env[init] = out_tensor
             else:                     # an input: copied into the output, fused like a fill
                 env[init] = linalg.copy(env[init], outs=[out_tensor])
@@ -1138,6 +1153,52 @@ def build_fallback_kernel(tile, target, fb: FallbackPlan | None = None, name: st
             bufferization.MaterializeInDestinationOp(None, result, outs[k], restrict=True,
                                                      writable=True)
         func.ReturnOp([])
+    return module, fused
+
+
+def build_serial_kernel(tile, target, fb: FallbackPlan | None = None, name: str = "kernel"):
+    """An op with no parallel loop -> one block of one thread running its loops.
+
+    Scalars of a host loop or branch (a step counter, a predicate) and reductions of every loop
+    (``mean(x) > t``) have no parallel loop for threads: bufferize, lower the op to loops and
+    wrap the function body in a 1x1 ``gpu.launch``."""
+    from mlir.passmanager import PassManager
+
+    get_target(target)
+    fb = fb or analyze_fallback(tile)
+    module, _ = _fallback_function(tile, fb, name)
+    PassManager.parse("builtin.module(one-shot-bufferize{bufferize-function-boundaries=1}, "
+                      "func.func(convert-linalg-to-loops, canonicalize, cse))")\
+        .run(module.operation)
+    _erase_self_copies(module)
+    fn = next(o for o in module.body.operations if o.operation.name == "func.func")
+    block = fn.regions[0].blocks[0]
+    ops = list(block.operations)
+    body_ops, ret = ops[:-1], ops[-1]
+    allocs = [o for o in body_ops if o.operation.name == "memref.alloc"]
+    if allocs:
+        raise _Unsupported("a serial kernel that needs a temporary buffer")
+    with ir.InsertionPoint(ret), ret.location:
+        launch = gpu.LaunchOp((1, 1, 1), (1, 1, 1))
+        kbody = launch.regions[0].blocks[0]
+        with ir.InsertionPoint(kbody):
+            term = gpu.TerminatorOp()
+    for o in body_ops:
+        o.operation.move_before(term)
+    return module, ([0] * len(fb.ranges), [0] * len(fb.ranges), 1)
+
+
+def build_fallback_kernel(tile, target, fb: FallbackPlan | None = None, name: str = "kernel"):
+    """One linalg op -> tile_using_forall (blocks, threads) -> bufferize -> gpu.launch.
+
+    An op with no parallel loop (a 0-d op, a reduction of every loop) becomes one thread of one
+    block running the op's loops (:func:`build_serial_kernel`)."""
+    target = get_target(target)
+    fb = fb or analyze_fallback(tile)
+    if "parallel" not in fb.iterators:
+        return build_serial_kernel(tile, target, fb, name)
+    block, thread, threads = fallback_tiles(tile, fb, target.warp_size)
+    module, fused = _fallback_function(tile, fb, name)
     sizes_b = ", ".join(map(str, block))
     sizes_t = ", ".join(map(str, thread))
     fuse_b = fuse_t = ""
@@ -1179,9 +1240,12 @@ module attributes {{transform.with_named_sequence}} {{
     try:
         interpreter.apply_named_sequence(module.operation,
                                          schedule.body.operations[0], schedule.operation)
-    except ir.MLIRError as e:
+    except (ir.MLIRError, ValueError) as e:
         first = e.error_diagnostics[0].message if getattr(e, "error_diagnostics", None) else e
-        raise _Unsupported(f"transform schedule failed: {str(first).splitlines()[0]}") from None
+        lines = [ln for ln in str(first).splitlines() if ln.strip()]
+        detail = lines[-1] if len(lines) > 1 and "Diagnostic" in lines[-1] else \
+            " / ".join(lines[:2])
+        raise _Unsupported(f"transform schedule failed: {detail}") from None
     from mlir.passmanager import PassManager
     PassManager.parse("builtin.module(func.func(convert-linalg-to-loops, canonicalize, cse))")\
         .run(module.operation)
