@@ -164,7 +164,7 @@ def default_schedule(prob: GemmProblem, target: str):
         return 128, 128, 32, 64, 64, 128, True, None, 4
     if prob.m >= 2048 and prob.n >= 2048:
         return 128, 128, 16, 8, 8, 256, False, (4, 4), None
-    return 64, 64, 16, 8, 4, 128, False, (4, 4), None
+    return 64, 64, 16, 8, 8, 64, False, (4, 4), None
 
 
 def _build_plan(prob, target, bm, bn, bk, wm, wn, threads, tc, padding, stages, force,
