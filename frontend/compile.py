@@ -144,8 +144,9 @@ def _lower_gpu(mlir_module, imported, target, stop_after, producer):
         gpu.build_kernels_into(mlir_module, target)
         return None, str(mlir_module)
     if stop_after == "ptx":
-        texts = gpu.launches_to_binaries(_with_kernels(mlir_module, target), target, emit="ptx")
-        return None, "\n".join(t if isinstance(t, str) else t.decode() for t in texts)
+        _, plans = gpu.lower_module_plans(mlir_module, target, emit="ptx")
+        return None, "\n".join(launch.kernel.binary.decode() for plan in plans.values()
+                               for launch in plan.launches)
     _, plans = gpu.lower_module_plans(mlir_module, target)
     if len(plans) != 1:
         raise QuartetError(f"expected one function with tiles, found {len(plans)}")
@@ -224,13 +225,6 @@ def _predicate(p, storage):
     from quartet.runtime import manifest as mf
 
     return mf.Predicate(storage[p.buffer], p.dtype, p.offset)
-
-
-def _with_kernels(mlir_module, target):
-    from quartet.lowering import gpu
-
-    gpu.build_kernels_into(mlir_module, target)
-    return mlir_module
 
 
 def _add_arguments(writer, imported) -> list[str]:
