@@ -5,9 +5,9 @@ Roller's rProgram for a non-tensor-core tile (OSDI'22, section 4): the block til
 schedule's padding added to each row (``smem_padding``: bank-conflict avoidance), K outermost:
 ``A`` as ``[BK][BM + pad_a]`` (transposed on the way in when A is K-major), ``B`` as
 ``[BK][BN + pad_b]``; each thread owns a ``TM x TN`` register tile (the schedule's
-``thread_tile``) whose rows and columns are groups of 4 spread over the block tile, so that
-shared-memory reads are 16-byte vectors that neighbouring threads take from neighbouring
-addresses. Loads go global -> registers -> shared memory with two shared-memory slots (the next
+``thread_tile``) whose rows and columns are groups of 4 (2 or 1 when the thread tile is not a
+multiple of 4) spread over the block tile, so that shared-memory reads are vectors that
+neighbouring threads take from neighbouring addresses. Loads go global -> registers -> shared memory with two shared-memory slots (the next
 step's loads are in flight while this step computes); global loads are vectors along the
 operand's contiguous dimension where the layout allows. Accumulation is in f32; the epilogue is
 ``gemm_epilogue.py``'s.
@@ -43,8 +43,8 @@ class SimtSchedule:
 
 def schedule(prob: GemmProblem, bm, bn, bk, tm, tn, threads, padding, stages, limit):
     """A :class:`SimtSchedule`, or the reason the tile's schedule does not fit this kernel."""
-    if tm % 4 or tn % 4 or tm <= 0 or tn <= 0:
-        return f"thread tile {tm}x{tn} must be multiples of 4"
+    if tm <= 0 or tn <= 0:
+        return f"thread tile {tm}x{tn} must be positive"
     if bm % tm or bn % tn:
         return f"thread tile {tm}x{tn} must divide the block tile {bm}x{bn}"
     if (bm // tm) * (bn // tn) != threads:
@@ -55,10 +55,6 @@ def schedule(prob: GemmProblem, bm, bn, bk, tm, tn, threads, padding, stages, li
     if len(pad) != 2 or any(p < 0 for p in pad):
         return "smem_padding must have one non-negative entry per input"
     s = SimtSchedule(bm, bn, bk, tm, tn, threads, pad[0], pad[1])
-    for name, op, k_is_row, other in (("A", prob.a, False, bm), ("B", prob.b, True, bn)):
-        g = _granule(op, k_is_row, bk, other, threads)
-        if (bk * other // g) % threads:
-            return f"operand {name} tile does not split over {threads} threads"
     if shared_bytes(prob, s) > limit:
         return f"the tile's shared memory exceeds {limit} bytes"
     return s
@@ -106,15 +102,20 @@ class _Loader:
         per_row = inner // g
         self.items = []
         batch_off = op.batch_part(em, batch)
-        for j in range(inner * outer // g // threads):
+        total = inner * outer // g
+        for j in range(-(-total // threads)):
             q = em.add(tid, j * threads)
+            # the last round may have fewer items than threads: the others load item 0 and
+            # store nothing
+            active = True if (j + 1) * threads <= total else em.lt(q, total)
+            q = em.select(active, q, 0)
             o, i = em.div(q, per_row), em.mul(em.rem(q, per_row), g)
             k_l, oth_l = (i, o) if self.k_inner else (o, i)
             other = em.add(other_origin, oth_l)
             inside = True if full_other else em.lt(other, other_extent)
             safe = em.select(inside, other, 0)
             part = op.col_part(em, safe) if k_is_row else op.row_part(em, safe)
-            self.items.append((k_l, oth_l, em.add(batch_off, part), inside))
+            self.items.append((k_l, oth_l, em.add(batch_off, part), inside, active))
 
     def _k_part(self, k: Ix) -> Ix:
         op, em = self.op, self.em
@@ -125,7 +126,7 @@ class _Loader:
         et = element_type(self.op.dtype)
         k0 = em.mul(kt, self.bk)
         regs = []
-        for k_l, _, part, inside in self.items:
+        for k_l, _, part, inside, _ in self.items:
             k = em.add(k0, k_l)
             if g > 1:
                 off = em.add(part, self._k_part(k))
@@ -146,21 +147,34 @@ class _Loader:
         em, g = self.em, self.g
         et = element_type(self.op.dtype)
         base = em.add(slot_off, self.smem_off)
-        for (k_l, oth_l, _, _), r in zip(self.items, regs):
-            if self.k_inner:
-                vals = r if isinstance(r, list) else \
-                    [vector.extract(r, [], [e]) for e in range(g)]
-                for e in range(g):
-                    idx = em.add(base, em.add(em.mul(em.add(k_l, e), self.row), oth_l))
-                    memref.store(vals[e], self.smem, [em.c(idx)])
-            else:
-                if isinstance(r, list):
-                    r = vector.from_elements(ir.VectorType.get([g], et), r) if g > 1 else r[0]
-                idx = em.add(base, em.add(em.mul(k_l, self.row), oth_l))
-                if g > 1:
-                    vector.store(r, self.smem, [em.c(idx)])
-                else:
-                    memref.store(r, self.smem, [em.c(idx)])
+        for (k_l, oth_l, _, _, active), r in zip(self.items, regs):
+            guard = None
+            if active is False:
+                continue
+            if active is not True:
+                guard = scf.IfOp(active)
+                ip = ir.InsertionPoint(guard.then_block)
+                ip.__enter__()
+            self._store_item(k_l, oth_l, r, base, g, et)
+            if guard is not None:
+                scf.YieldOp([])
+                ip.__exit__(None, None, None)
+
+    def _store_item(self, k_l, oth_l, r, base, g, et) -> None:
+        em = self.em
+        if self.k_inner:
+            vals = r if isinstance(r, list) else [vector.extract(r, [], [e]) for e in range(g)]
+            for e in range(g):
+                idx = em.add(base, em.add(em.mul(em.add(k_l, e), self.row), oth_l))
+                memref.store(vals[e], self.smem, [em.c(idx)])
+            return
+        if isinstance(r, list):
+            r = vector.from_elements(ir.VectorType.get([g], et), r) if g > 1 else r[0]
+        idx = em.add(base, em.add(em.mul(k_l, self.row), oth_l))
+        if g > 1:
+            vector.store(r, self.smem, [em.c(idx)])
+        else:
+            memref.store(r, self.smem, [em.c(idx)])
 
 
 def emit_body(em: Emitter, prob: GemmProblem, s: SimtSchedule, args, flat) -> None:
@@ -184,10 +198,13 @@ def emit_body(em: Emitter, prob: GemmProblem, s: SimtSchedule, args, flat) -> No
     cols_t = s.bn // s.tn
     tx, ty = em.rem(tid, cols_t), em.div(tid, cols_t)
     # rows of this thread: groups of 4 spread by BM / (TM / 4)
-    row_groups = [em.add(em.mul(ty, 4), gi * (s.bm * 4 // s.tm)) for gi in range(s.tm // 4)]
-    col_groups = [em.add(em.mul(tx, 4), gj * (s.bn * 4 // s.tn)) for gj in range(s.tn // 4)]
-    a_vec = (s.bm + s.pad_a) % 4 == 0
-    b_vec = (s.bn + s.pad_b) % 4 == 0
+    # A thread's rows: groups of wm consecutive rows (4 where the tile allows) spread by
+    # BM * wm / TM, so neighbouring threads read neighbouring vectors; columns alike.
+    wm, wn = _group(s.tm), _group(s.tn)
+    row_groups = [em.add(em.mul(ty, wm), gi * (s.bm * wm // s.tm)) for gi in range(s.tm // wm)]
+    col_groups = [em.add(em.mul(tx, wn), gj * (s.bn * wn // s.tn)) for gj in range(s.tn // wn)]
+    a_vec = (s.bm + s.pad_a) % wm == 0
+    b_vec = (s.bn + s.pad_b) % wn == 0
 
     a_ld.store(a_ld.load(0), 0)
     b_ld.store(b_ld.load(0), 0)
@@ -221,10 +238,10 @@ def emit_body(em: Emitter, prob: GemmProblem, s: SimtSchedule, args, flat) -> No
             a_base = em.add(a_base, em.mul(k0, s.bm + s.pad_a))
             b_base = em.add(b_base, em.mul(k0, s.bn + s.pad_b))
         for kk in range(unroll):
-            a_vals = _frag(em, a_view, em.add(a_base, kk * (s.bm + s.pad_a)), row_groups, a_vec,
-                           dt_a)
-            b_vals = _frag(em, b_view, em.add(b_base, kk * (s.bn + s.pad_b)), col_groups, b_vec,
-                           dt_b)
+            a_vals = _frag(em, a_view, em.add(a_base, kk * (s.bm + s.pad_a)), row_groups, wm,
+                           a_vec, dt_a)
+            b_vals = _frag(em, b_view, em.add(b_base, kk * (s.bn + s.pad_b)), col_groups, wn,
+                           b_vec, dt_b)
             bvec = vector.from_elements(vt, b_vals)
             for i in range(s.tm):
                 cur[i] = vector.fma(vector.broadcast(vt, a_vals[i]), bvec, cur[i])
@@ -241,26 +258,32 @@ def emit_body(em: Emitter, prob: GemmProblem, s: SimtSchedule, args, flat) -> No
 
     writer = EpilogueWriter(em, prob, args, flat, batch)
     writer.mark_full(prob.m % s.bm == 0, prob.n % s.bn == 0)
+    pair = 2 if wn % 2 == 0 else 1
     for gi, rg in enumerate(row_groups):
-        for e in range(4):
+        for e in range(wm):
             row = em.add(em.add(m0, rg), e)
-            acc = accs[gi * 4 + e]
+            acc = accs[gi * wm + e]
             for gj, cg in enumerate(col_groups):
-                for half in range(2):
-                    vals = [vector.extract(acc, [], [gj * 4 + half * 2 + x]) for x in range(2)]
-                    writer.store(row, em.add(em.add(n0, cg), half * 2), vals)
+                for part in range(wn // pair):
+                    vals = [vector.extract(acc, [], [gj * wn + part * pair + x])
+                            for x in range(pair)]
+                    writer.store(row, em.add(em.add(n0, cg), part * pair), vals)
 
 
-def _frag(em: Emitter, view, base: Ix, groups, vec_ok: bool, dtype: str) -> list:
-    """Values at ``base + group + (0..3)`` for each group, as f32 scalars."""
+def _group(t: int) -> int:
+    return 4 if t % 4 == 0 else 2 if t % 2 == 0 else 1
+
+
+def _frag(em: Emitter, view, base: Ix, groups, width: int, vec_ok: bool, dtype: str) -> list:
+    """Values at ``base + group + (0..width-1)`` for each group, as f32 scalars."""
     out = []
     for g in groups:
         idx = em.add(base, g)
-        if vec_ok:
-            v = vector.load(ir.VectorType.get([4], element_type(dtype)), view, [em.c(idx)])
-            vals = [vector.extract(v, [], [e]) for e in range(4)]
+        if vec_ok and width > 1:
+            v = vector.load(ir.VectorType.get([width], element_type(dtype)), view, [em.c(idx)])
+            vals = [vector.extract(v, [], [e]) for e in range(width)]
         else:
-            vals = [memref.load(view, [em.c(em.add(idx, e))]) for e in range(4)]
+            vals = [memref.load(view, [em.c(em.add(idx, e))]) for e in range(width)]
         if dtype != "f32":
             vals = [arith.extf(f32(), x) for x in vals]
         out.extend(vals)

@@ -222,6 +222,8 @@ class AsyncLoader(_OperandLoader):
         size = ir.IntegerAttr.get(index(), g)
         for k_local, base, smem_off, other_count, active in self.items:
             guard = None
+            if active is False:
+                continue
             if active is not True:
                 guard = scf.IfOp(active)
                 guard_ip = ir.InsertionPoint(guard.then_block)
@@ -330,6 +332,8 @@ class GatherLoader(_OperandLoader):
             off = em.add(em.add(slot_bytes, self.smem_base), t.byte_offset(em, o, i))
             if active is True:
                 vector.store(vec, self.smem, [em.c(em.div(off, t.esize))])
+                continue
+            if active is False:
                 continue
             guard = scf.IfOp(active)
             with ir.InsertionPoint(guard.then_block):

@@ -378,3 +378,29 @@ def test_simt_f32_on_gpu(ctx):
     err = _gpu_check(src, info, "sm_90", lambda n: n["a"].astype(np.float64)
                      @ n["b"].astype(np.float64) + n["c"])
     assert err < 1e-5
+
+
+@pytest.mark.parametrize("tm,tn,threads", [(4, 4, 256), (2, 1, 128), (8, 2, 64), (3, 4, 64)])
+def test_simt_thread_tiles_cover_the_output(ctx, tm, tn, threads):
+    """Every output element of a block is stored by exactly one thread, for thread tiles of any
+    shape (index arithmetic folded at concrete thread ids)."""
+    from quartet.lowering import gemm_epilogue
+
+    bm, bn = (16 * tm if tm != 3 else 48), 16 * tn
+    src = cases.matmul(100, 60, 40, dt="f32", tc=False, bt=(bm, bn, 8), tt=(tm, tn, 8),
+                       threads=(bm // tm) * (bn // tn), pad=(1, 1))[0]
+    _, tile = tile_of(src)
+    stored, state = [], {}
+    old = (Emitter.thread_id, Emitter.block_id, gemm_epilogue.EpilogueWriter.store)
+    Emitter.thread_id = lambda self: state["tid"]
+    Emitter.block_id = lambda self, d="x": 0
+    gemm_epilogue.EpilogueWriter.store = \
+        lambda self, row, col, values: stored.extend((row, col + i) for i in range(len(values)))
+    try:
+        p = gemm.plan(tile, "sm_90")
+        for t in range(p.block[0]):
+            state["tid"] = t
+            gemm.build_gemm_kernel(tile, "sm_90")
+    finally:
+        Emitter.thread_id, Emitter.block_id, gemm_epilogue.EpilogueWriter.store = old
+    assert sorted(stored) == [(r, c) for r in range(bm) for c in range(bn)]
