@@ -23,21 +23,32 @@ Follows Roller (OSDI'22) sections 4-5 as summarised in ``shared/papers/roller_ra
   reduction step. Roller compiles and profiles its top-k; Quartet ranks them with this model.
 * **Scale-out and small operators (1.5).** The grid is ``ceil(N_i / block_i)`` per parallel
   loop; reductions stay inside a block. An operator whose grid does not fill the SMs has its
-  block tile halved, lowest-reuse axis first (Roller's ``try_shrink``), and, when that leaves
-  fewer threads than a full set of sub-partitions, threads cooperate on the main reduction.
+  block tile halved, lowest-reuse axis first (Roller's ``try_shrink``), but never below a block
+  that can still hold a full set of sub-partitions; when its register tiles leave fewer threads
+  than that, the tiles shrink and threads cooperate on the main reduction. An operator too
+  small to fill the SMs with such blocks runs on fewer SMs: a block of a few threads would idle
+  most lanes of its warp and three of the four schedulers of its SM.
 * **Irregular extents (1.5).** The padding tolerance eps grows from 0 in steps of 0.2 until
-  enough candidates exist (197, 1000, 30522 have few divisors; candidates of eps 0 and 0.2 are
-  always pooled). Ranking charges a padded tile its padding twice (once as wasted work in the
+  enough candidates exist, one of them with a full set of sub-partitions (197, 1000, 30522
+  have few divisors; candidates of eps 0 and 0.2 are always pooled). Ranking charges a padded tile its padding twice (once as wasted work in the
   model, once as a factor ``1 + padding``): it must beat exact tiles by more than it wastes.
 * **Ops without reuse (1.4, ``PolicyPlainRT``).** Elementwise ops, pooling, depthwise
-  convolution and reductions gain nothing from large tiles: threads are a multiple of 32 laid
-  out innermost-first with vector-wide per-thread tiles on the contiguous axis. Row reductions
-  (the contiguous axis is reduced, as in softmax and layernorm) give a block whole rows, with
+  convolution, transposes, copies, fills, broadcasts and reductions gain nothing from large
+  tiles: whole warps laid out innermost-first with vector-wide per-thread tiles on the input's
+  contiguous axis (coalesced reads) and, when the output's contiguous axis is another loop (a
+  transpose), a transaction per thread along it (whole sectors written). Row reductions (the
+  contiguous axis is reduced, as in softmax and layernorm) give a block whole rows, with
   threads cooperating on the row; other reductions are serial per thread, with threads
-  cooperating when the parallel extent cannot fill the SMs.
+  cooperating when the parallel extent cannot fill the SMs. A block has a full set of
+  sub-partitions (``warp x sub_partitions`` threads) whenever the op has that many elements
+  (``plain_thread_goal``): an op too small for vector-wide threads on every SM takes fewer
+  elements per thread, then fewer SMs, not fewer threads. Thread tiles are cut to the
+  register budget (a transpose's tile holds its input and its output).
 
-An op uses the reuse policy when some large input (at least 1/8 of the largest) does not depend on
-a parallel loop of extent > 1: that input is reused across the loop (matmul, convolution).
+An op uses the reuse policy when it reduces and some large tensor input (at least 1/8 of the
+largest) does not depend on a parallel loop of extent > 1: that input is reused across the loop
+(matmul, convolution). Ops without a reduction (a broadcast bias, a fill's scalar, an outer
+product) take the plain policy: a broadcast input is re-read from the cache, not staged.
 Tensor cores (``tensor_core=true``) are used for f16/bf16 contractions of two inputs (GEMM roles
 M, N, K all present) when the target has an mma fragment; per-warp tiles and the reduction step
 are then fragment multiples. For a convolution the M role spans several loops (batch and output
@@ -61,7 +72,7 @@ from dataclasses import dataclass, replace
 
 from quartet.dialects.linalg_info import LinalgInfo
 from quartet.passes.footprint import MapError, OpModel, is_padding_ok
-from quartet.passes.hardware import Hardware
+from quartet.passes.hardware import TARGETS, Hardware
 
 EPS_STEPS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 DFS_NODES = 96          # block tiles the DFS may visit per register tile
@@ -113,8 +124,16 @@ def model_of(info: LinalgInfo) -> OpModel:
     return model
 
 
+_CONSTRUCTED: dict[tuple, list[Schedule]] = {}
+
+
 def construct(info: LinalgInfo, hw: Hardware, topk: int = 1) -> list[Schedule]:
-    """The ``topk`` best tile programs for the op, best first (by the performance model)."""
+    """The ``topk`` best tile programs for the op, best first (by the performance model).
+    Ops of one shape repeat in a model (every layer of a BERT): results for the built-in
+    targets are remembered per ``(info, target, topk)``."""
+    key = (info, hw.name, topk) if TARGETS.get(hw.name) is hw else None
+    if key is not None and key in _CONSTRUCTED:
+        return list(_CONSTRUCTED[key])
     model = model_of(info)
     if has_reuse(model):
         schedules = _reuse_policy(model, hw, topk)
@@ -122,15 +141,24 @@ def construct(info: LinalgInfo, hw: Hardware, topk: int = 1) -> list[Schedule]:
         schedules = _plain_policy(model, hw, topk)
     if not schedules:
         raise Unsupported(f"no tile configuration fits {hw.name}")
-    return schedules[:topk]
+    schedules = schedules[:topk]
+    if key is not None:
+        if len(_CONSTRUCTED) >= 4096:
+            _CONSTRUCTED.clear()
+        _CONSTRUCTED[key] = schedules
+    return list(schedules)
 
 
 def has_reuse(model: OpModel) -> bool:
-    """Whether a bigger tile cuts traffic: a large input does not vary along a parallel loop."""
-    if not model.inputs:
+    """Whether a bigger tile cuts traffic: a large input does not vary along a parallel loop,
+    and the op reduces (a contraction). Without a reduction every input element meets each
+    output element at most once: a broadcast input (a bias, a fill's scalar, one operand of an
+    outer product) is re-read from the cache, and staging it buys nothing (plain policy)."""
+    tensors = [o for o in model.inputs if o.dims]
+    if not tensors or not model.reduction:
         return False
-    largest = max(o.bytes for o in model.inputs)
-    for operand in model.inputs:
+    largest = max(o.bytes for o in tensors)
+    for operand in tensors:
         if operand.bytes * 8 < largest:
             continue
         loops = operand.loops
@@ -566,9 +594,22 @@ def _block_tiles(model: OpModel, hw: Hardware, thread, steps: dict[int, int],
 def _shrink(model: OpModel, hw: Hardware, block, thread, unit, tensor_core: bool,
             eps: float) -> tuple[tuple, tuple]:
     """Roller's try_shrink: halve the block tile, lowest reuse first, until the grid fills the
-    SMs; then restore a full set of sub-partitions with more threads per block (smaller
-    register tiles, then threads cooperating on the main reduction)."""
+    SMs, but never below a block that can hold a full set of sub-partitions (threads, or warps
+    with tensor cores: unit tiles of its parallel loops times the steps of its main reduction
+    they may share); then restore that full set with more threads per block (smaller register
+    tiles, then threads cooperating on the main reduction). An operator too small to fill the
+    SMs with such blocks keeps fewer of them."""
     block, thread = list(block), list(thread)
+    lanes_multiple = hw.sub_partitions if tensor_core else hw.peak_threads_multiple
+    main = main_reduction(model)
+
+    def capacity(b) -> int:
+        lanes = math.prod(b[p] // unit[p] for p in model.parallel)
+        if main is None:
+            return lanes
+        steps = b[main] // unit[main]
+        return lanes * (steps & -steps)     # halving a step splits it only while it is even
+
     while model.num_tiles(block) < hw.num_units:
         best, best_cost = None, math.inf
         q_now, f_now = model.traffic(block), model.footprint(block)
@@ -576,6 +617,8 @@ def _shrink(model: OpModel, hw: Hardware, block, thread, unit, tensor_core: bool
             half = block[p] // 2
             if block[p] % 2 or half < unit[p] or half % unit[p] or \
                     not is_padding_ok(model.ranges[p], half, max(eps, 0.2)):
+                continue
+            if capacity(block[:p] + [half] + block[p + 1:]) < lanes_multiple:
                 continue
             smaller = list(block)
             smaller[p] = half
@@ -638,12 +681,13 @@ def _reuse_policy(model: OpModel, hw: Hardware, topk: int) -> list[Schedule]:
                 aligned_threads += aligned
                 if aligned_threads >= 2:
                     break
-            if len(candidates) >= topk and eps >= 0.2:
+            aligned = [s for s in candidates.values()
+                       if s.threads % hw.peak_threads_multiple == 0]
+            # Pad more only while no block has a full set of sub-partitions (33 columns).
+            if len(candidates) >= topk and eps >= 0.2 and aligned:
                 break
         if candidates:
             break     # tensor cores when they apply; CUDA cores otherwise
-    aligned = [s for s in candidates.values()
-               if s.threads % hw.peak_threads_multiple == 0]
     return _rank(aligned or candidates.values(), topk)
 
 
@@ -681,28 +725,69 @@ def _add_reuse(candidates, model, hw, block, thread, steps, tensor_core, eps, un
 
 
 def _plain_policy(model: OpModel, hw: Hardware, topk: int) -> list[Schedule]:
-    main = max(model.inputs, key=lambda o: o.bytes) if model.inputs else model.outputs[0]
+    tensors = [o for o in model.inputs if o.dims]
+    main = max(tensors, key=lambda o: o.bytes) if tensors else model.outputs[0]
     elem = max(o.elem_bytes for o in model.operands)
     vec = max(1, hw.vector_bytes // elem)
     layout = _PlainLayout(model, hw, main)
     counts = [t for t in (32, 64, 128, 256, 512, 1024) if t <= hw.max_threads_per_block]
     if hw.warp_size == 1:
         counts = [1, 4, 16, 64, 256]
+    sector = max(1, hw.transaction_bytes // model.outputs[0].elem_bytes)
+    per_threads = [(vec, sector), (2 * vec, sector), (4 * vec, sector)]
+    # An op too small to give every SM a full set of sub-partitions with a vector (and, on the
+    # store side, a transaction) per thread may take fewer elements per thread instead, and
+    # so more threads per block.
+    points = math.prod(model.ranges[p] for p in model.parallel)
+    if layout.row is not None:
+        points *= model.ranges[layout.row]
+    if points < vec * hw.peak_threads_multiple * hw.num_units:
+        per_threads = [(p, p) for p in sorted({1, max(1, vec // 2)}) if p < vec] + per_threads
+    goal = plain_thread_goal(model, hw, layout)
     candidates: dict = {}
+    tried: set = set()
     for eps in EPS_STEPS:
         for threads in counts:
-            for per_thread in (vec, 2 * vec, 4 * vec):
+            for per_thread, store in per_threads:
                 for exact in (False, True):
-                    tiles = _plain_tile(model, hw, layout, threads, per_thread, eps, exact)
-                    if tiles is None:
+                    tiles = _plain_tile(model, hw, layout, threads, per_thread, store, eps,
+                                        exact)
+                    key = tiles and (tiles[0], tiles[1], False)
+                    if tiles is None or key in candidates or key in tried:
                         continue
+                    tried.add(key)
                     s = derive(model, hw, tiles[0], tiles[1], False, policy="plain")
-                    if fits(hw, s) and s.key not in candidates:
-                        candidates[s.key] = s
-        if len(candidates) >= topk and eps >= 0.2:
+                    if fits(hw, s):
+                        candidates[key] = s
+        good = [s for s in candidates.values() if _whole_warps(s, hw, goal)]
+        if eps >= 0.2 and len(candidates) >= topk and good:
             break
-    aligned = [s for s in candidates.values() if s.threads % hw.warp_size == 0]
-    return _rank(aligned or candidates.values(), topk)
+    warps = [s for s in candidates.values() if s.threads % hw.warp_size == 0]
+    return _rank(good or warps or candidates.values(), topk)
+
+
+def plain_thread_goal(model: OpModel, hw: Hardware, layout: "_PlainLayout | None" = None) -> int:
+    """Threads a block of the plain policy should have: a full set of sub-partitions (warp x
+    sub-partitions), or, for an op with fewer parallel elements (row elements included, which
+    threads share), the largest power of two of them; 0 when the op has less than a warp of
+    work (then a power of two below the warp will do)."""
+    if layout is None:
+        tensors = [o for o in model.inputs if o.dims]
+        layout = _PlainLayout(model, hw, max(tensors, key=lambda o: o.bytes) if tensors
+                              else model.outputs[0])
+    points = math.prod(model.ranges[p] for p in model.parallel)
+    if layout.row is not None:
+        points *= model.ranges[layout.row]
+    if points < hw.warp_size:
+        return 0
+    return min(hw.peak_threads_multiple, _pow2_at_most(points))
+
+
+def _whole_warps(s: Schedule, hw: Hardware, goal: int) -> bool:
+    """Whole warps, at least ``goal`` threads; for an op under a warp, a power of two."""
+    if goal == 0:
+        return s.threads & (s.threads - 1) == 0
+    return s.threads % hw.warp_size == 0 and s.threads >= goal
 
 
 @dataclass(frozen=True)
@@ -742,9 +827,11 @@ def _fit_pow2(extent: int, want: int, eps: float) -> int:
 
 
 def _plain_tile(model: OpModel, hw: Hardware, layout: _PlainLayout, threads: int,
-                per_thread: int, eps: float, exact: bool):
+                per_thread: int, store: int, eps: float, exact: bool):
     """Threads laid out along ``layout.order``, a power of two per loop, or (``exact``) as many
-    as cover the loop when that fits. None if no tile fits the padding rule."""
+    as cover the loop when that fits; ``per_thread`` elements of the vector loop (and of a row
+    reduction) and ``store`` of the output's contiguous loop per thread. None if no tile fits
+    the padding rule."""
     ranges = model.ranges
     thread = [1] * model.num_loops
     block = [1] * model.num_loops
@@ -752,9 +839,7 @@ def _plain_tile(model: OpModel, hw: Hardware, layout: _PlainLayout, threads: int
     if layout.vector is not None:
         thread[layout.vector] = _fit_pow2(ranges[layout.vector], per_thread, eps)
     if layout.store is not None and not model.is_reduction[layout.store]:
-        store_elem = model.outputs[0].elem_bytes
-        thread[layout.store] = _fit_pow2(ranges[layout.store],
-                                         max(1, hw.transaction_bytes // store_elem), eps)
+        thread[layout.store] = _fit_pow2(ranges[layout.store], store, eps)
     for r in model.reduction:
         if r == layout.row:
             thread[r] = min(ranges[r], per_thread)
@@ -763,6 +848,9 @@ def _plain_tile(model: OpModel, hw: Hardware, layout: _PlainLayout, threads: int
         else:
             thread[r] = _fit_pow2(ranges[r], 8, eps)
             serial = r if serial is None else serial
+    if not _fit_registers(model, hw, layout, thread):
+        return None
+    for r in model.reduction:
         block[r] = thread[r]
     budget = threads
     for loop in layout.order:
@@ -786,9 +874,14 @@ def _plain_tile(model: OpModel, hw: Hardware, layout: _PlainLayout, threads: int
 
 def _plain_shrink(model: OpModel, hw: Hardware, layout: _PlainLayout, block, thread,
                   serial) -> None:
-    """Fewer lanes per block, outermost loops first, until the grid fills the SMs; the lanes
-    freed go to a serial reduction (threads cooperate on it). The contiguous loops keep at
-    least one memory transaction per block (rule 2)."""
+    """Smaller blocks until the grid fills the SMs (Roller's scale-out for small operators):
+    first fewer lanes per block, outermost loops first, while a full set of sub-partitions
+    (``warp x sub_partitions`` threads) stays busy, the lanes freed going to a serial
+    reduction when there is one (threads cooperate on it, and their number stays); then less
+    work per thread. The contiguous loops keep at least one memory transaction per block
+    (rule 2). An operator too small to fill the SMs with such blocks keeps fewer blocks: a
+    block of a few threads leaves most lanes of its warp, and three of the four schedulers of
+    its SM, idle."""
 
     def minimum(loop):
         if loop in (layout.vector, layout.store):
@@ -797,13 +890,21 @@ def _plain_shrink(model: OpModel, hw: Hardware, layout: _PlainLayout, block, thr
             return min(model.ranges[loop], max(1, hw.transaction_bytes // elem))
         return 1
 
+    def lanes():
+        return math.prod(b // t for b, t in zip(block, thread))
+
+    def serial_room():
+        return serial is not None and block[serial] * 2 <= \
+            -(-model.ranges[serial] // thread[serial]) * thread[serial]
+
+    floor = hw.peak_threads_multiple
     parallel_order = [p for p in layout.order if not model.is_reduction[p]]
     while model.num_tiles(block) < hw.num_units:
         for p in reversed(parallel_order):
-            if block[p] // thread[p] >= 2 and block[p] // 2 >= minimum(p):
+            if (block[p] // thread[p]) % 2 == 0 and block[p] // 2 >= minimum(p) \
+                    and (serial_room() or lanes() // 2 >= floor):
                 block[p] //= 2
-                if serial is not None and block[serial] * 2 <= \
-                        -(-model.ranges[serial] // thread[serial]) * thread[serial]:
+                if serial_room():
                     block[serial] *= 2
                 break
         else:
@@ -814,3 +915,18 @@ def _plain_shrink(model: OpModel, hw: Hardware, layout: _PlainLayout, block, thr
                     break
             else:
                 return
+
+
+def _fit_registers(model: OpModel, hw: Hardware, layout: _PlainLayout, thread) -> bool:
+    """Halve the thread tile (store loop first, then the vector loop, then the others) until
+    its values fit the register tile budget; False if one element per loop does not fit."""
+    order = [x for x in (layout.store, layout.vector) if x is not None]
+    order += [k for k in range(model.num_loops) if k not in order and not model.is_reduction[k]]
+    while register_usage(model, hw, thread, False) - hw.reg_overhead > hw.reg_tile_budget:
+        for k in order:
+            if thread[k] > 1:
+                thread[k] = -(-thread[k] // 2)
+                break
+        else:
+            return False
+    return True

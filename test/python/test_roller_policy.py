@@ -113,6 +113,88 @@ def reduction(shape, axis, t="f32"):
                     f"%s = arith.addf %x0, %y : {t}\n      linalg.yield %s : {t}")
 
 
+def _t(shape, t="f32") -> str:
+    return f"tensor<{''.join(f'{d}x' for d in shape)}{t}>"
+
+
+def transpose(shape, perm, t="f32"):
+    out = tuple(shape[p] for p in perm)
+    body = (f"%0 = linalg.transpose ins(%a0 : {_t(shape, t)}) outs(%a1 : {_t(out, t)}) "
+            f"permutation = [{', '.join(map(str, perm))}]")
+    return _tile_func([_t(shape, t), _t(out, t)], _t(out, t), body)
+
+
+def copy(shape, t="f32"):
+    body = f"%0 = linalg.copy ins(%a0 : {_t(shape, t)}) outs(%a1 : {_t(shape, t)}) -> {_t(shape, t)}"
+    return _tile_func([_t(shape, t), _t(shape, t)], _t(shape, t), body)
+
+
+def broadcast(shape, out, dims, t="f32"):
+    body = (f"%0 = linalg.broadcast ins(%a0 : {_t(shape, t)}) outs(%a1 : {_t(out, t)}) "
+            f"dimensions = [{', '.join(map(str, dims))}]")
+    return _tile_func([_t(shape, t), _t(out, t)], _t(out, t), body)
+
+
+def fill(shape, t="f32"):
+    body = (f"%c = arith.constant 0.0 : {t}\n    %0 = linalg.fill ins(%c : {t}) "
+            f"outs(%a0 : {_t(shape, t)}) -> {_t(shape, t)}")
+    return _tile_func([_t(shape, t)], _t(shape, t), body)
+
+
+def sum_pool(n, c, h, w, t="f32"):
+    ho = h // 2
+    x, k, y = _t((n, c, h, w), t), _t((2, 2), t), _t((n, c, ho, ho), t)
+    body = (f"%0 = linalg.pooling_nchw_sum {{strides = dense<2> : tensor<2xi64>, "
+            f"dilations = dense<1> : tensor<2xi64>}} ins(%a0, %a1 : {x}, {k}) "
+            f"outs(%a2 : {y}) -> {y}")
+    return _tile_func([x, k, y], y, body)
+
+
+def argmax(rows, cols, axis):
+    """Max with its index along ``axis`` of a rows x cols input: two outputs, linalg.index
+    (the tile yields the indices, as outlining an argmax does)."""
+    shape = (rows, cols) if axis == 1 else (cols, rows)
+    x = _t(shape)
+    vals, idx = _t((rows,)), _t((rows,), "i64")
+    in_map = "(d0, d1) -> (d0, d1)" if axis == 1 else "(d0, d1) -> (d1, d0)"
+    return (f"func.func @f(%a0: {x}, %a1: {vals}, %a2: {idx}) -> {idx} {{\n"
+            f"  %r = \"quartet.tile\"() ({{\n"
+            f"    %0:2 = linalg.generic {{indexing_maps = [affine_map<{in_map}>, "
+            f"affine_map<(d0, d1) -> (d0)>, affine_map<(d0, d1) -> (d0)>], "
+            f"iterator_types = [\"parallel\", \"reduction\"]}} ins(%a0 : {x}) "
+            f"outs(%a1, %a2 : {vals}, {idx}) {{\n"
+            f"    ^bb0(%in: f32, %out: f32, %out_i: i64):\n"
+            f"      %i = linalg.index 1 : index\n"
+            f"      %ii = arith.index_cast %i : index to i64\n"
+            f"      %gt = arith.cmpf ogt, %in, %out : f32\n"
+            f"      %v = arith.select %gt, %in, %out : f32\n"
+            f"      %j = arith.select %gt, %ii, %out_i : i64\n"
+            f"      linalg.yield %v, %j : f32, i64\n"
+            f"    }} -> ({vals}, {idx})\n"
+            f"    gpu.yield %0#1 : {idx}\n"
+            f"  }}) : () -> {idx}\n"
+            f"  return %r : {idx}\n}}\n")
+
+
+def bias(shape, bias_dims, t="f32"):
+    """``x + b`` with ``b`` broadcast: ``bias_dims`` are the loops ``b`` is indexed by."""
+    rank = len(shape)
+    dims = ", ".join(f"d{i}" for i in range(rank))
+    b_shape = tuple(shape[i] for i in bias_dims)
+    b_map = ", ".join(f"d{i}" for i in bias_dims)
+    return _generic([shape, b_shape], [f"({dims}) -> ({dims})", f"({dims}) -> ({b_map})",
+                                       f"({dims}) -> ({dims})"], ["parallel"] * rank, shape, t,
+                    f"%s = arith.addf %x0, %x1 : {t}\n      linalg.yield %s : {t}")
+
+
+def zero_loop(t="f32"):
+    """A generic with no loops on rank-0 tensors (torch-mlir's form of scalar code in cond and
+    while_loop predicates)."""
+    add = "arith.addf" if t.startswith(("f", "bf")) else "arith.addi"
+    return _generic([()], ["() -> ()", "() -> ()"], [], (), t,
+                    f"%s = {add} %x0, %x0 : {t}\n      linalg.yield %s : {t}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Running the policy and the pass on such IR.
 
@@ -251,6 +333,131 @@ def test_policy_cpu_target(name):
     (s,) = policy.construct(info, hw, topk=1)
     assert not s.tensor_core
     check_invariants(info, hw, s)
+
+
+# Small operators as the zoo models import them (and a few large ones): every target must
+# configure each with a schedule that fits, and on a GPU whole warps with a full set of
+# sub-partitions when the op has that many elements (``policy.plain_thread_goal``).
+SMALL_OPS = {
+    "transpose 256x64": transpose((256, 64), (1, 0)),
+    "transpose 4096x4096": transpose((4096, 4096), (1, 0)),
+    "transpose 1000x197 f16": transpose((1000, 197), (1, 0), "f16"),
+    "transpose heads 2x16x4x32": transpose((2, 16, 4, 32), (0, 2, 1, 3)),
+    "transpose inner 2x4x16x32": transpose((2, 4, 16, 32), (0, 1, 3, 2)),
+    "copy 128x256": copy((128, 256)),
+    "broadcast rows 64 -> 16x64": broadcast((64,), (16, 64), (0,)),
+    "broadcast columns 64 -> 64x16": broadcast((64,), (64, 16), (1,)),
+    "fill 16x64": fill((16, 64)),
+    "fill 197": fill((197,)),
+    "fill rank 0": fill(()),
+    "bias rows 2x128": bias((2, 128), (1,)),
+    "bias columns 16x256": bias((16, 256), (0,)),
+    "bias 2x8x64": bias((2, 8, 64), (2,)),
+    "zero-loop generic": zero_loop(),
+    "zero-loop generic i64": zero_loop("i64"),
+    "reduce all 4x64": _generic([(4, 64)], ["(d0, d1) -> (d0, d1)", "(d0, d1) -> ()"],
+                                ["reduction", "reduction"], (), "f32",
+                                "%s = arith.addf %x0, %y : f32\n      linalg.yield %s : f32"),
+    "argmax rows 197x1000": argmax(197, 1000, 1),
+    "argmax columns 1000x197": argmax(197, 1000, 0),
+    "max pool 1x16x16x16": maxpool(1, 16, 17, 17),
+    "sum pool 2x8x14x14": sum_pool(2, 8, 14, 14),
+    "conv 1x3x18x18 3x3 f32": conv(1, 3, 18, 18, 16, 3, 3, t="f32", acc="f32"),
+    "depthwise 1x16x14x14": depthwise(1, 16, 14, 14),
+    "matmul 2x128x32 f32": matmul(2, 128, 32, "f32", "f32"),
+    "matmul 16x64x256 f32": matmul(16, 64, 256, "f32", "f32"),
+    "matvec 1x768x768 f32": matmul(1, 768, 768, "f32", "f32"),
+    "batch_matmul 8x16x16x16": batch_matmul(8, 16, 16, 16, "f32", "f32"),
+    **{f"reduce 6x197x30 axis {a}": reduction((6, 197, 30), a) for a in range(3)},
+    **{f"reduce 2x4x8x16 axis {a}": reduction((2, 4, 8, 16), a) for a in range(4)},
+    **{f"reduce 8x64 axis {a}": reduction((8, 64), a) for a in range(2)},
+}
+TARGETS = ("sm_90", "sm_80", "gfx942", "cpu")
+
+
+def check_threads(info, hw, s: policy.Schedule) -> None:
+    """On a GPU: whole warps and a full set of sub-partitions where the op has the work."""
+    if hw.kind == "cpu":
+        return
+    model = OpModel(info)
+    if s.policy == "plain":
+        goal = policy.plain_thread_goal(model, hw)
+        if goal == 0:
+            assert s.threads & (s.threads - 1) == 0, s
+        else:
+            assert s.threads % hw.warp_size == 0 and s.threads >= goal, (goal, s)
+    elif math.prod(model.ranges[p] for p in model.parallel) >= 4 * hw.peak_threads_multiple:
+        assert s.threads % hw.peak_threads_multiple == 0, s
+
+
+@pytest.mark.parametrize("name", list(SMALL_OPS))
+@pytest.mark.parametrize("target", TARGETS)
+def test_small_ops_are_configured_on_every_target(name, target):
+    hw = hardware.get(target)
+    module, tile = configure(SMALL_OPS[name], target=target)
+    with _ctx():
+        s = check_fits(tile, hw)            # the written schedule is consistent and fits
+        info = loop_info(tile.root)
+    assert tile.target == target and len(tile.block_tile) == len(info.loop_ranges)
+    check_threads(info, hw, s)
+
+
+def _coalesced(model, hw, s, operand) -> bool:
+    """The block covers a whole memory transaction (or the whole dimension) of ``operand``'s
+    contiguous dimension."""
+    loop = model.contiguous_loop(operand)
+    span = min(s.block_tile[loop], model.ranges[loop]) * operand.elem_bytes
+    return span >= min(hw.transaction_bytes, model.ranges[loop] * operand.elem_bytes)
+
+
+@pytest.mark.parametrize("name", [n for n in SMALL_OPS if n.split()[0] in ("transpose", "copy")])
+@pytest.mark.parametrize("target", ["sm_90", "sm_80", "gfx942"])
+def test_transposes_get_full_blocks_and_coalesced_access(name, target):
+    """A transpose or copy: at least warp x sub-partitions threads (128 on sm_90, not 2), reads
+    or writes coalesced."""
+    hw = hardware.get(target)
+    info = info_of(SMALL_OPS[name])
+    (s,) = policy.construct(info, hw)
+    model = OpModel(info)
+    assert s.threads >= hw.peak_threads_multiple and s.threads % hw.warp_size == 0, s
+    assert _coalesced(model, hw, s, model.inputs[0]) or _coalesced(model, hw, s, model.outputs[0])
+    assert math.prod(s.block_tile) // s.threads >= 1
+
+
+def test_transpose_on_the_cpu_fits_the_vector_registers():
+    """It once had no configuration on the CPU: a 8x16 thread tile holds 256 values, input
+    and output, against 128 vector-register words."""
+    hw = hardware.get("cpu")
+    info = info_of(transpose((256, 64), (1, 0)))
+    (s,) = policy.construct(info, hw)
+    assert s.regs_per_thread <= hw.reg_tile_budget + hw.reg_overhead
+    check_invariants(info, hw, s)
+
+
+def test_ops_without_a_reduction_take_the_plain_policy():
+    for text in (fill((16, 64)), bias((2, 128), (1,)), broadcast((64,), (16, 64), (0,)),
+                 _generic([(64,), (128,)], ["(d0, d1) -> (d0)", "(d0, d1) -> (d1)",
+                                            "(d0, d1) -> (d0, d1)"], ["parallel", "parallel"],
+                          (64, 128), "f32", "%s = arith.mulf %x0, %x1 : f32\n"
+                                            "      linalg.yield %s : f32")):
+        assert policy.construct(info_of(text), H100)[0].policy == "plain"
+
+
+def test_tiny_ops_keep_whole_blocks_rather_than_fill_the_sms():
+    """A 2x128x32 matmul cannot give 132 SMs a block of 128 threads each: fewer blocks, full."""
+    (s,) = policy.construct(info_of(matmul(2, 128, 32, "f32", "f32")), H100)
+    assert s.threads % 128 == 0
+    (s,) = policy.construct(info_of(bias((2, 128), (1,))), H100)
+    assert s.threads == 128 and math.prod(s.grid) == 2
+
+
+def test_repeated_ops_reuse_the_constructed_schedules():
+    info = info_of(matmul(197, 1000, 768, "f32", "f32"))
+    first = policy.construct(info, H100, topk=2)
+    started = time.perf_counter()
+    again = policy.construct(info, H100, topk=2)
+    assert again == first and again is not first
+    assert time.perf_counter() - started < 0.005
 
 
 # ---------------------------------------------------------------------------------------------

@@ -105,3 +105,37 @@ func.func @hand_given(%a: tensor<1024x1024xf32>, %b: tensor<1024x1024xf32>, %c: 
   }) {block_tile = array<i64: 64, 64, 16>, thread_tile = array<i64: 4, 4, 16>} : () -> tensor<1024x1024xf32>
   return %r : tensor<1024x1024xf32>
 }
+
+// A transpose: a full set of sub-partitions (128 threads, not 2), 32 lanes along the input's
+// contiguous loop (d0: coalesced reads); on the CPU a register tile that fits the vector file.
+// CHECK-LABEL: func.func @transpose
+// CHECK: }) {block_tile = array<i64: 32, 8>, grid = array<i64: 2, 32>, smem_padding = array<i64: 0>, target = "sm_90", tensor_core = false, thread_tile = array<i64: 1, 2>, threads = 128 : i64}
+// AMD-LABEL: func.func @transpose
+// AMD: target = "gfx942", tensor_core = false, thread_tile = array<i64: {{[0-9]+}}, {{[0-9]+}}>, threads = 256 : i64}
+// CPU-LABEL: func.func @transpose
+// CPU: }) {block_tile = array<i64: 64, 16>, grid = array<i64: 1, 16>, smem_padding = array<i64: 0>, target = "cpu", tensor_core = false, thread_tile = array<i64: 8, 4>, threads = 32 : i64}
+func.func @transpose(%x: tensor<256x64xf32>, %y: tensor<64x256xf32>) -> tensor<64x256xf32> {
+  %r = "quartet.tile"() ({
+    %t = linalg.transpose ins(%x : tensor<256x64xf32>) outs(%y : tensor<64x256xf32>) permutation = [1, 0]
+    gpu.yield %t : tensor<64x256xf32>
+  }) : () -> tensor<64x256xf32>
+  return %r : tensor<64x256xf32>
+}
+
+// Scalar code of a torch.cond predicate: no loops, one thread, every target.
+// CHECK-LABEL: func.func @zero_loops
+// CHECK: }) {block_tile = array<i64>, grid = array<i64>, smem_padding = array<i64: 0>, target = "sm_90", tensor_core = false, thread_tile = array<i64>, threads = 1 : i64}
+// CPU-LABEL: func.func @zero_loops
+// CPU: }) {block_tile = array<i64>, grid = array<i64>, smem_padding = array<i64: 0>, target = "cpu", tensor_core = false, thread_tile = array<i64>, threads = 1 : i64}
+func.func @zero_loops(%x: tensor<f32>, %y: tensor<i1>) -> tensor<i1> {
+  %zero = arith.constant 0.0 : f32
+  %r = "quartet.tile"() ({
+    %p = linalg.generic {indexing_maps = [affine_map<() -> ()>, affine_map<() -> ()>], iterator_types = []} ins(%x : tensor<f32>) outs(%y : tensor<i1>) {
+    ^bb0(%in: f32, %out: i1):
+      %c = arith.cmpf ogt, %in, %zero : f32
+      linalg.yield %c : i1
+    } -> tensor<i1>
+    gpu.yield %p : tensor<i1>
+  }) : () -> tensor<i1>
+  return %r : tensor<i1>
+}
