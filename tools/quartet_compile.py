@@ -258,6 +258,10 @@ def main(argv: list[str]) -> int:
     if args.emit is None and args.output in (None, "-"):
         raise QuartetError("quartet-compile: give the artifact to write with -o OUT "
                            "(or print IR with --emit STAGE)")
+    missing = [m for m in ("torch", "torch_mlir", "mlir") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise QuartetError(f"quartet-compile needs {', '.join(missing)}: install the compiler "
+                           f"with pip install 'quartet[compiler]'")
     specs = [parse_input_spec(s) for s in args.input]
     dtype = model_dtype(args.model_dtype, specs)
     _check_choices(args)

@@ -360,6 +360,11 @@ def _load_artifact_weights(module, program, where: str) -> None:
 
 def check(program, inputs, outputs, args) -> float:
     """Run the rebuilt model eagerly; return the max relative error over outputs."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        raise QuartetError("--check runs the PyTorch model: it needs torch, which is not "
+                           "installed here")
     m = program.manifest
     expected = eager_outputs(program, inputs, model=args.model)
     got = list(outputs) if isinstance(outputs, tuple) else [outputs]

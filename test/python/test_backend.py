@@ -169,6 +169,7 @@ def test_backend_name_resolves_without_importing_quartet(tmp_path):
 
 @pytest.mark.gpu
 def test_cuda_tensors_compile_for_the_cuda_target():
+    pytest.importorskip("mlir")   # the GPU machine runs artifacts but cannot compile
     torch.manual_seed(0)
     model, x = AllSupported().eval().cuda(), torch.randn(4, 16, device="cuda")
     y, _, produced, warned = _compile(model, x, options={"target": "sm_90"})

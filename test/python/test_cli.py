@@ -167,6 +167,22 @@ def test_check_fails_above_the_tolerance(small_folder, work):
     assert f"above the tolerance 0.0001 (float32)" in one_line_error(done)
 
 
+def test_bf16_inputs_make_a_bf16_model(work):
+    """--model-dtype auto: bf16 inputs cast the model to bf16; its weights are stored as
+    bfloat16 (not their uint16 bits) and --check runs eager in bf16 on them."""
+    out = work / "small_bf16.qrt"
+    run("compile", "models.py:Small", "--input", "4x16:bf16", "--target", "cpu", "-o", out,
+        cwd=work, check_rc=0)
+    from quartet.runtime import load_manifest
+
+    m = load_manifest(out)
+    assert {w.dtype for w in m.weights} == {"bfloat16"}
+    assert json.loads(m.producer)["model_dtype"] == "bfloat16"
+    done = run("run", out, "--check", cwd=work, check_rc=0)
+    assert done.stdout.startswith("out0: bfloat16 [4, 8]")
+    assert float(done.stdout.split("max relative error: ")[1].split()[0]) < 5e-2
+
+
 def test_inputs_from_npy_files(small_folder, work):
     x = np.random.default_rng(7).standard_normal((4, 16)).astype(np.float32)
     np.save(work / "x.npy", x)
