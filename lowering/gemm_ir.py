@@ -17,11 +17,11 @@ from __future__ import annotations
 from typing import Union
 
 from mlir import ir
-from mlir.dialects import arith, gpu, llvm, memref, scf, vector
+from mlir.dialects import arith, gpu, llvm, memref, scf
 
 Ix = Union[int, ir.Value]
 
-DYNAMIC = ir.ShapedType.get_dynamic_size() if hasattr(ir.ShapedType, "get_dynamic_size") else -(2**63)
+DYNAMIC = -(2**63)          # ShapedType's dynamic size
 
 
 def f16() -> ir.Type:

@@ -103,7 +103,8 @@ class Operand:
         if self.contiguous is None:
             return 1
         if self.kind == "affine":
-            other = [self.strides[0], self.strides[1] if self.contiguous == "col" else self.strides[2]]
+            other = [self.strides[0],
+                     self.strides[1] if self.contiguous == "col" else self.strides[2]]
             g = limit
             while g > 1 and any(s % g for s in other):
                 g //= 2
@@ -180,7 +181,7 @@ class GemmProblem:
     b: Operand
     out: Operand
     epilogue: Epilogue
-    loop_roles: tuple[str, ...]            # per root loop: b | m | n | k | (conv) n_img/oh/ow/c/kh/kw
+    loop_roles: tuple[str, ...]            # per root loop: b|m|n|k, conv: n_img|m|oh|ow|c|kh|kw
     out_dims: tuple[str, ...]              # per output dim: its loop role
     out_shape: tuple[int, ...]
     arg_types: list                        # kernel argument types (memref or scalar), in order
@@ -229,7 +230,8 @@ def analyze(tile) -> GemmProblem | str:
         return f"tile holds '{others[0].name}', which the GEMM lowering does not take"
     roots = [op for op in linalg_ops
              if op.name in ("linalg.matmul", "linalg.batch_matmul", "linalg.conv_2d_nchw_fchw")
-             or (op.name == "linalg.generic" and "reduction" in linalg_info.info(op).iterator_types)]
+             or (op.name == "linalg.generic"
+                 and "reduction" in linalg_info.info(op).iterator_types)]
     if len(roots) != 1:
         return "tile must hold exactly one matmul, batch_matmul, conv_2d_nchw_fchw or " \
                "matmul-like linalg.generic"
@@ -393,7 +395,8 @@ def _conv_problem(root, info, a_arg, b_arg, out_arg, out_dtype, common):
         m = _CONV.match(expr)
         if not m:
             return f"input index '{expr}' is not 'oh * s + kh * d'"
-        d1, s1, d2, s2 = int(m.group(1)), int(m.group(2) or 1), int(m.group(3)), int(m.group(4) or 1)
+        d1, s1 = int(m.group(1)), int(m.group(2) or 1)
+        d2, s2 = int(m.group(3)), int(m.group(4) or 1)
         if (d1, d2) == (o_d, k_d):
             geo.append((s1, s2))
         elif (d1, d2) == (k_d, o_d):

@@ -7,8 +7,9 @@ schedule's padding added to each row (``smem_padding``: bank-conflict avoidance)
 ``[BK][BN + pad_b]``; each thread owns a ``TM x TN`` register tile (the schedule's
 ``thread_tile``) whose rows and columns are groups of 4 (2 or 1 when the thread tile is not a
 multiple of 4) spread over the block tile, so that shared-memory reads are vectors that
-neighbouring threads take from neighbouring addresses. Loads go global -> registers -> shared memory with two shared-memory slots (the next
-step's loads are in flight while this step computes); global loads are vectors along the
+neighbouring threads take from neighbouring addresses. Loads go global -> registers -> shared
+memory with two shared-memory slots (the next step's loads are in flight while this step
+computes); global loads are vectors along the
 operand's contiguous dimension where the layout allows. Accumulation is in f32; the epilogue is
 ``gemm_epilogue.py``'s.
 """

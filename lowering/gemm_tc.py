@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlir import ir
-from mlir.dialects import arith, gpu, llvm, memref, nvgpu, nvvm, scf, vector
+from mlir.dialects import arith, llvm, memref, nvgpu, nvvm, scf, vector
 
 from .gemm_epilogue import EpilogueWriter, StagedEpilogue, stage_bytes
 from .gemm_ir import Emitter, Ix, element_type, f32, i64, index, struct_type
@@ -102,7 +102,8 @@ class SmemTile:
         return em.add(em.add(em.mul(blk, self.block_bytes), em.mul(o, rb)), inrow)
 
 
-def tile_for(op: Operand, k_extent: int, other_extent: int, k_is_row: bool) -> tuple[SmemTile, bool]:
+def tile_for(op: Operand, k_extent: int, other_extent: int,
+             k_is_row: bool) -> tuple[SmemTile, bool]:
     """The shared-memory tile of an operand and whether K is its inner (contiguous) dimension.
 
     ``k_is_row``: whether the operand's rows are the K dimension (B) or its columns (A)."""
@@ -534,7 +535,8 @@ class MmaSyncEngine:
         b_vt = ir.VectorType.get([2, 2], self.etype)
         out = list(accs)
         for kk in range(self.kw // 16):
-            afr = [nvgpu.LdMatrixOp(a_vt, self.smem, [em.c(em.add(slot_elems, self.a_addr[mi][kk]))],
+            afr = [nvgpu.LdMatrixOp(a_vt, self.smem,
+                                    [em.c(em.add(slot_elems, self.a_addr[mi][kk]))],
                                     not self.a_k_inner, 4).result for mi in range(self.mi)]
             bfr = []
             for nj2 in range(self.nj // 2):
