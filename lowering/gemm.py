@@ -14,16 +14,31 @@ tile's inputs (in order of first use) and then its result, and whose body is one
 
 Schedule attributes read from the tile (``dialects/quartet.py``): ``block_tile`` (per root loop;
 for reduction loops the reduction step, whose product over the K loops of a convolution is the
-step in flattened (c, kh, kw)), ``thread_tile`` (tensor cores: the per-warp tile along M/N used by
-``mma.sync``; SIMT: the per-thread register tile), ``threads``, ``smem_padding`` (SIMT: elements
-added to each shared-memory row; tensor-core kernels use an XOR swizzle instead), ``tensor_core``.
-An optional ``stages`` integer sets the shared-memory pipeline depth.
+step in flattened (c, kh, kw); steps whose operand tiles do not fit shared memory twice are taken
+in sub-steps), ``thread_tile`` (tensor cores: the per-warp tile along M/N used by ``mma.sync``,
+and a reduction extent below the block's means warps share each step - split-K inside the block,
+partial sums added in the epilogue; wgmma arranges its warpgroups itself; SIMT: the per-thread
+register tile), ``threads``, ``smem_padding`` (SIMT: elements added to each shared-memory row;
+tensor-core kernels use an XOR swizzle instead), ``tensor_core``. An optional ``stages`` integer
+sets the shared-memory pipeline depth. A Welder-fused tile whose schedule describes its last,
+element-wise op (no reduction step) keeps its parallel tiles when they form a GEMM schedule and
+otherwise gets :func:`default_schedule` (the configurations measured fastest on the H100,
+``lowering/device/NOTES.md``); its tensor-core choice follows the operand types.
+
+Convolution pixel tiles are contiguous ranges of the flattened (image, row, column) output
+pixels, of the size the schedule's box (n x oh x ow) has.
 
 The function carries ``quartet.shared_bytes`` (dynamic shared memory; above 48 KiB the host must
 raise the kernel's limit), ``quartet.grid``, ``quartet.block``, ``quartet.chip`` (the chip the
 binary must be built for) and ``quartet.engine``; each argument carries ``quartet.role``
 (``input``/``output``), as ``lowering/binary.py`` reads them. ``supports(tile, target)``
-returns True or a one-line reason.
+returns True or a one-line reason; ``python -m quartet.lowering.gemm FILE --target T`` prints
+the kernel module of every configured tile of FILE (the IR at the kernel stage).
+
+Why not transform-dialect schedules: the parts that make these kernels fast - wgmma shared-memory
+descriptors over a swizzled layout, a cp.async pipeline that keeps one wgmma group in flight,
+register-staged im2col gathers, a staged coalesced epilogue - are not what upstream's tiling,
+promotion and mapping produce, so the kernels are built directly from nvgpu/nvvm ops.
 """
 
 from __future__ import annotations
