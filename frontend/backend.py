@@ -121,9 +121,23 @@ def _in_place(node: torch.fx.Node) -> bool:
     return isinstance(name, str) and name.endswith("_") and not name.endswith("__")
 
 
-def _key(node: torch.fx.Node, submodules) -> tuple:
-    """What decides support: op, input shapes and dtypes, and the non-tensor arguments."""
+def _subgraph(gm: torch.fx.GraphModule, node: torch.fx.Node):
+    """The GraphModule a ``get_attr`` node names (a higher-order op's subgraph), else None."""
+    if node.op != "get_attr":
+        return None
+    try:
+        value = gm.get_submodule(node.target)
+    except AttributeError:
+        return None
+    return value if isinstance(value, torch.fx.GraphModule) else None
+
+
+def _key(node: torch.fx.Node, submodules, gm: torch.fx.GraphModule) -> tuple:
+    """What decides support: op, input shapes and dtypes, and the non-tensor arguments
+    (a subgraph by its code)."""
     def arg(a):
+        if isinstance(a, torch.fx.Node) and _subgraph(gm, a) is not None:
+            return ("G", _subgraph(gm, a).code)
         if isinstance(a, torch.fx.Node):
             v = _example(a)
             return ("T", tuple(v.shape), str(v.dtype)) if isinstance(v, torch.Tensor) else ("N", a.name)
@@ -142,6 +156,9 @@ def _single_node_module(gm: torch.fx.GraphModule, node: torch.fx.Node):
     graph = torch.fx.Graph()
     env, inputs = {}, []
     for inp in node.all_input_nodes:
+        if _subgraph(gm, inp) is not None:
+            env[inp] = graph.get_attr(inp.target)
+            continue
         env[inp] = graph.placeholder(inp.name)
         inputs.append(example_tensor(_example(inp)))
     graph.output(graph.node_copy(node, lambda n: env[n]))
@@ -164,6 +181,9 @@ class QuartetSupport(OperatorSupportBase):
         self.reasons: dict[torch.fx.Node, str] = {}
 
     def is_node_supported(self, submodules, node: torch.fx.Node) -> bool:
+        if node.op == "get_attr":
+            # The branch or body of a higher-order op (cond, while_loop): it travels with it.
+            return _subgraph(self.gm, node) is not None
         if node.op not in ("call_function", "call_method", "call_module"):
             return False
         reason = self._reason(submodules, node)
@@ -179,11 +199,12 @@ class QuartetSupport(OperatorSupportBase):
                 return self._reason(submodules, src)
         if not _outputs_ok(_example(node)):
             return "its result is not a tensor of static shape"
-        if any(not _static_tensor(_example(n)) for n in node.all_input_nodes):
+        if any(not _static_tensor(_example(n)) for n in node.all_input_nodes
+               if _subgraph(self.gm, n) is None):
             return "an operand is not a tensor of static shape"
         if _in_place(node):
             return "in-place ops are not supported"
-        key = _key(node, submodules)
+        key = _key(node, submodules, self.gm)
         if key not in _SUPPORT_CACHE:
             _SUPPORT_CACHE[key] = _try_import(self.gm, node)
         return _SUPPORT_CACHE[key]
@@ -245,7 +266,12 @@ def _describe_unsupported(reasons: dict, submodules) -> str:
 
 
 def _worth_compiling(nodes, submodules) -> bool:
-    return any(op_name(n, submodules).removeprefix("Tensor.") not in _PLUMBING for n in nodes)
+    """Some computation (not only views and subgraph references), reading at least one
+    tensor from outside (a partition of constants, e.g. ``torch.zeros``, stays eager)."""
+    compute = [n for n in nodes if n.op != "get_attr"
+               and op_name(n, submodules).removeprefix("Tensor.") not in _PLUMBING]
+    reads = any(i not in nodes and i.op != "get_attr" for n in nodes for i in n.all_input_nodes)
+    return bool(compute) and reads
 
 
 def _eager(gm, message: str):

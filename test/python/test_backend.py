@@ -45,6 +45,23 @@ class AllSupported(torch.nn.Module):
         return torch.softmax(torch.tanh(x @ self.w) * 2.0, dim=-1)
 
 
+class Gate(torch.nn.Module):
+    """A block taken or skipped under torch.cond: the branches are subgraphs of the graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(16, 16) * 0.1)
+
+    def forward(self, x):
+        def run(x):
+            return x + torch.relu(x @ self.w)
+
+        def skip(x):
+            return x * 0.5
+
+        return torch.cond(x.mean() > 0, run, skip, (x,))
+
+
 def _compile(model, x, **kw):
     """torch.compile with the quartet backend; also return the graph modules it produced."""
     produced = []
@@ -105,6 +122,18 @@ def test_support_answers_are_cached(monkeypatch):
 def test_fully_supported_model_compiles_without_warnings():
     torch.manual_seed(0)
     model, x = AllSupported().eval(), torch.randn(4, 16)
+    y, _, produced, warned = _compile(model, x)
+    with torch.no_grad():
+        ref = model(x)
+    assert warned == []
+    assert torch.allclose(y, ref, rtol=1e-5, atol=1e-6)
+    assert len(_compiled_partitions(produced)) == 1
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_higher_order_op_compiles_with_its_branches(sign):
+    torch.manual_seed(0)
+    model, x = Gate().eval(), torch.randn(4, 16).abs() * sign
     y, _, produced, warned = _compile(model, x)
     with torch.no_grad():
         ref = model(x)
