@@ -816,7 +816,23 @@ def emit_shared_object(module_or_text, *, entry: str | None = None, symbol: str 
     with module.context:
         _rename_entry(module.operation, sig.symbol, symbol)
         llvm_ir = str(translate_module_to_llvmir(module.operation))
-    obj = _compile_object(llvm_ir, cpu, opt_level)
+    key = (hashlib.sha256(llvm_ir.encode()).hexdigest(), cpu, opt_level)
+    if key in _SHARED_OBJECTS:
+        return _SHARED_OBJECTS[key]
+    so = _link_shared_object(_compile_object(llvm_ir, cpu, opt_level))
+    if len(_SHARED_OBJECTS) >= 32:
+        _SHARED_OBJECTS.pop(next(iter(_SHARED_OBJECTS)))
+    _SHARED_OBJECTS[key] = so
+    return so
+
+
+# Shared objects by (sha256 of the LLVM IR, cpu, opt_level): compiling the same program again
+# (the same model with other weights: weights are arguments) skips LLVM, which is most of the
+# CPU path's compile time.
+_SHARED_OBJECTS: dict[tuple, bytes] = {}
+
+
+def _link_shared_object(obj: bytes) -> bytes:
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
         raise QuartetError("linking the CPU shared object needs a C compiler: no 'cc' on PATH "
