@@ -47,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _arguments() -> argparse.ArgumentParser:
-    p = _Parser(prog="quartet-compile", description=__doc__.split("\n\n")[0],
+    p = _Parser(prog="quartet-compile", description=__doc__.split("\n\n")[0].replace("``", ""),
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="FILE.py:ClassName", help="the model class to compile")
     p.add_argument("--input", action="append", default=[], metavar="DIMS:DTYPE",

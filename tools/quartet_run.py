@@ -145,7 +145,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _arguments() -> argparse.ArgumentParser:
-    p = _Parser(prog="quartet-run", description=__doc__.split("\n\n")[0],
+    p = _Parser(prog="quartet-run", description=__doc__.split("\n\n")[0].replace("``", ""),
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("artifact", help="artifact folder or .qrt file (from quartet-compile)")
     p.add_argument("--check", action="store_true",
