@@ -20,7 +20,8 @@ Stages (each a short function; the pass ``quartet-lower-cpu`` runs them all):
    tile-size group (``stop_after=tile`` ends here), then one-shot bufferization of the whole
    module (function boundaries with identity layouts, copies as ``linalg.copy`` so that no copy
    needs MLIR's runtime library).
-4. ``OUT_PARAMS`` and ``LLVM_PIPELINE``: results become out-parameters, deallocation,
+4. ``OUT_PARAMS``, ``DEALLOCATION`` and ``LLVM_PIPELINE``: results become out-parameters,
+   deallocation (its boolean ownership buffers stored as bytes, ``cpu_i1.py``),
    ``convert-linalg-to-loops``, then the LLVM dialect with the bare-pointer calling convention.
    f16/bf16 arithmetic is computed in f32 and rounded after every op
    (``arith-emulate-unsupported-floats``), which is what LLVM's soft promotion does on x86;
@@ -69,7 +70,7 @@ from mlir.passmanager import PassManager
 from quartet.dialects import context as quartet_context
 from quartet.dialects import linalg_info
 from quartet.errors import QuartetError, location_of
-from quartet.lowering.cpu_i1 import widen_bool_tensors
+from quartet.lowering.cpu_i1 import widen_bool_memrefs, widen_bool_tensors
 from quartet.lowering.kernel import KernelArg, KernelSpec
 from quartet.passes.registry import ModulePass, register
 
@@ -430,8 +431,11 @@ OUT_PARAMS = ",".join([
     "cse",
     "buffer-results-to-out-params{hoist-static-allocs=true modify-public-functions=true}",
 ])
+# Deallocation may call a helper of its own, on buffers of dynamic size that the bare-pointer
+# calling convention cannot pass: it is inlined. Its ownership flags are boolean buffers:
+# cpu_i1.widen_bool_memrefs runs between DEALLOCATION and LLVM_PIPELINE.
+DEALLOCATION = "buffer-deallocation-pipeline,inline"
 LLVM_PIPELINE = ",".join([
-    "buffer-deallocation-pipeline",
     "func.func(convert-linalg-to-loops)",
     "math-extend-to-supported-types",
     "arith-emulate-unsupported-floats{source-types=bf16,f16 target-type=f32}",
@@ -625,6 +629,8 @@ def _lower_to_llvm(module: ir.Operation, entry: str | None, stop_after: str) -> 
     if stop_after == "llvm":
         _run_pipeline(module, OUT_PARAMS, "the LLVM pipeline")
         _no_alias_arguments(find_entry(module, sig.symbol))
+        _run_pipeline(module, DEALLOCATION, "the LLVM pipeline")
+        widen_bool_memrefs(module)
         _run_pipeline(module, LLVM_PIPELINE, "the LLVM pipeline")
         _check_lowered(module)
         _run_pipeline(module, RECONCILE, "the LLVM pipeline")

@@ -17,6 +17,14 @@ not change. Scalars stay ``i1``; the conversions sit where a scalar meets a tens
 * function signatures follow their block arguments and returned values.
 
 What is computed does not change: every ``i1`` value inside a payload is the same bit as before.
+
+Bufferization brings boolean *buffers* of its own: when a buffer's ownership is only known at run
+time (an ``scf.if`` yielding either a fresh buffer or an argument, as SkipNet-style models
+import), ``buffer-deallocation-pipeline`` lowers the deallocation to a helper function that
+keeps its ownership flags in ``memref<?xi1>``. :func:`widen_bool_memrefs` runs after it and
+stores those flags as bytes too (loads truncated, stores zero-extended), before
+``finalize-memref-to-llvm``.
+
 Assumes: the module was checked by ``cpu.check_supported`` (no elementwise arith on tensors).
 """
 
@@ -185,5 +193,59 @@ def _fix_signature(fn: ir.Operation) -> None:
     else:
         inputs = [_widened(t) for t in ftype.inputs]
     results = [_widened(t) for t in ftype.results]
+    if list(ftype.inputs) != inputs or list(ftype.results) != results:
+        fn.attributes["function_type"] = ir.TypeAttr.get(ir.FunctionType.get(inputs, results))
+
+
+# ---------------------------------------------------------------------------------------------
+# Boolean buffers made by bufferization (ownership flags of the deallocation helper).
+
+
+def _bool_memref(t: ir.Type) -> bool:
+    return isinstance(t, ir.MemRefType) and _i1(ir.MemRefType(t).element_type)
+
+
+def _byte_memref(t: ir.Type) -> ir.Type:
+    m = ir.MemRefType(t)
+    return ir.MemRefType.get(m.shape, ir.IntegerType.get_signless(8), m.layout, m.memory_space)
+
+
+def widen_bool_memrefs(module: ir.Operation) -> None:
+    """Rewrite every ``memref<...xi1>`` of ``module`` into ``memref<...xi8>`` in place: the
+    values loaded are truncated to ``i1``, the values stored zero-extended to ``i8``."""
+    ops = _all_ops(module)
+    touched = False
+    for op in ops:
+        for value in list(op.results) + [a for r in op.regions for b in r.blocks
+                                         for a in b.arguments]:
+            if _bool_memref(value.type):
+                value.set_type(_byte_memref(value.type))
+                touched = True
+    if not touched:
+        return
+    i8 = ir.IntegerType.get_signless(8)
+    for op in ops:
+        if op.name == "memref.load" and _i1(op.results[0].type):
+            _truncate_result(op, i8)
+        elif op.name == "memref.store" and _i1(op.operands[0].type) \
+                and ir.MemRefType(op.operands[1].type).element_type == i8:
+            _extend_operand(op, 0, i8)
+        elif op.name in ("memref.global", "memref.get_global", "memref.atomic_rmw",
+                         "memref.generic_atomic_rmw") and any(
+                _i1(ir.MemRefType(v.type).element_type) for v in op.operands
+                if isinstance(v.type, ir.MemRefType)):
+            raise QuartetError(f"'{op.name}' on a boolean buffer is not supported by the CPU "
+                               f"target", location_of(op))
+    for op in ops:
+        if op.name == "func.func":
+            _fix_memref_signature(op)
+
+
+def _fix_memref_signature(fn: ir.Operation) -> None:
+    ftype = ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value)
+    blocks = fn.regions[0].blocks
+    inputs = [a.type for a in blocks[0].arguments] if len(blocks) else \
+        [_byte_memref(t) if _bool_memref(t) else t for t in ftype.inputs]
+    results = [_byte_memref(t) if _bool_memref(t) else t for t in ftype.results]
     if list(ftype.inputs) != inputs or list(ftype.results) != results:
         fn.attributes["function_type"] = ir.TypeAttr.get(ir.FunctionType.get(inputs, results))
