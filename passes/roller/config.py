@@ -14,9 +14,11 @@ registers per thread and per block, tensor-core fragment multiples, consistency 
 and ``grid``) and the pass fills in whichever derived attributes are missing. A schedule that
 does not fit, and an op the policy does not support, are one-line errors naming the op.
 
-A ``linalg.fill`` tile is left unconfigured while ``dialects/linalg_info.py`` cannot describe
-an op with a scalar operand: the verifier (``dialects/verify.py``) reads a configured tile's
-loops through it and would reject the tile. The policy itself handles fills (``loop_info``).
+Every op the zoo models and the benchmark import is configured on every target, fills,
+transposes, broadcasts and loop-free scalar generics included (``test_compile_cpu.py`` and
+``test_roller_policy.py`` check it). A ``linalg.fill`` tile that ``dialects/linalg_info.py``
+cannot describe would be left unconfigured (the verifier, ``dialects/verify.py``, reads a
+configured tile's loops through it); ``loop_info`` describes fills itself for the policy.
 
 Welder's fused tiles are configured by their root op alone: the footprint of the other ops
 in the region is not counted (that is Welder's tile propagation, not Roller's).

@@ -127,6 +127,11 @@ def model_of(info: LinalgInfo) -> OpModel:
 _CONSTRUCTED: dict[tuple, list[Schedule]] = {}
 
 
+def forget() -> None:
+    """Drop the remembered schedules (``construct`` builds every one again)."""
+    _CONSTRUCTED.clear()
+
+
 def construct(info: LinalgInfo, hw: Hardware, topk: int = 1) -> list[Schedule]:
     """The ``topk`` best tile programs for the op, best first (by the performance model).
     Ops of one shape repeat in a model (every layer of a BERT): results for the built-in
