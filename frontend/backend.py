@@ -110,7 +110,8 @@ def op_name(node: torch.fx.Node, submodules=None) -> str:
     except Exception:
         name = str(node.target)
     name = name.replace("torch._C._special.special_", "torch.special.")
-    name = name.replace("torch._C._nn.", "torch.nn.functional.").replace("torch._C._fft.fft_", "torch.fft.")
+    name = name.replace("torch._C._nn.", "torch.nn.functional.")
+    name = name.replace("torch._C._fft.fft_", "torch.fft.")
     return name.replace("_operator.", "operator.")
 
 
@@ -140,7 +141,9 @@ def _key(node: torch.fx.Node, submodules, gm: torch.fx.GraphModule) -> tuple:
             return ("G", _subgraph(gm, a).code)
         if isinstance(a, torch.fx.Node):
             v = _example(a)
-            return ("T", tuple(v.shape), str(v.dtype)) if isinstance(v, torch.Tensor) else ("N", a.name)
+            if isinstance(v, torch.Tensor):
+                return ("T", tuple(v.shape), str(v.dtype))
+            return ("N", a.name)
         if isinstance(a, (tuple, list)):
             return tuple(arg(x) for x in a)
         if isinstance(a, dict):

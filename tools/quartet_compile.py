@@ -53,7 +53,8 @@ def _arguments() -> argparse.ArgumentParser:
     p.add_argument("--input", action="append", default=[], metavar="DIMS:DTYPE",
                    help="one per forward() argument, e.g. 1x128x768:f16 or scalar:i64 "
                         f"(dtypes: {', '.join(k for k in SHORT_DTYPES if k != 'i1')})")
-    p.add_argument("--pipeline", default="roller", help="named pipeline (quartet-opt --list-passes)")
+    p.add_argument("--pipeline", default="roller",
+                   help="named pipeline (quartet-opt --list-passes)")
     p.add_argument("--target", default="sm_90", help="sm_90, sm_80, gfx942 or cpu")
     p.add_argument("-o", dest="output", default=None,
                    help="artifact to write (folder, or one file ending in .qrt); with --emit, "
@@ -156,8 +157,8 @@ def build_model(cls, *, seed: int = 0, weights: str | None = None, dtype: str | 
         module = cls()
     except Exception as e:
         file = inspect.getsourcefile(cls)
-        raise QuartetError(f"{cls.__name__}() failed: {_one_line(e)}",
-                           (_frame_in(e, Path(file).resolve()) if file else None) or where) from None
+        frame = _frame_in(e, Path(file).resolve()) if file else None
+        raise QuartetError(f"{cls.__name__}() failed: {_one_line(e)}", frame or where) from None
     if weights is not None:
         _load_state_dict(module, weights)
     if dtype:

@@ -298,7 +298,8 @@ def test_weights_that_do_not_fit(work):
     torch.save({"w": torch.zeros(3, 3)}, work / "bad.pt")
     line = one_line_error(run("compile", "models.py:Small", "--input", "4x16:f32", "--target",
                               "cpu", "--weights", "bad.pt", "-o", "x.qrt", cwd=work))
-    assert "state dict does not fit Small: missing: b; wrong shape: w [3, 3] (model: [16, 8])" in line
+    assert ("state dict does not fit Small: missing: b; wrong shape: w [3, 3] (model: [16, 8])"
+            in line)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -333,7 +334,8 @@ def test_artifact_of_another_format_version(conv_artifact, tmp_path):
     manifest["version"] = 99
     (folder / "manifest.json").write_text(json.dumps(manifest))
     line = one_line_error(run("run", folder))
-    assert "artifact format version 99 is not supported by this runtime (it reads version 1)" in line
+    assert ("artifact format version 99 is not supported by this runtime (it reads version 1)"
+            in line)
 
 
 def test_cpu_artifact_of_another_machine(conv_artifact, tmp_path):
