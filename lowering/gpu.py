@@ -16,7 +16,8 @@ Then, for each ``quartet.tile`` of each function, in order:
 1. pick a builder: the GEMM/convolution builder (``lowering/gemm.py``, imported lazily) when it
    says it supports the tile, else the SIMT builders (``lowering/simt.py``); a GEMM kernel that
    then fails to build or compile falls back to SIMT with a warning; a tile neither takes is a
-   :class:`QuartetError` naming its op and location;
+   :class:`QuartetError` naming its op and location. ``QUARTET_GEMM=0`` in the environment
+   leaves the GEMM builder out (every tile SIMT: to tell a GEMM kernel's fault from the rest);
 2. build the kernel (a ``func.func`` with a ``gpu.launch`` on memrefs) and compile it with
    ``lowering/binary.py`` for the target (cubin for sm_90/sm_80, hsaco for gfx942);
 3. rewrite the host side: the tile's tensor inputs become buffers (``bufferization.to_buffer``),
@@ -44,7 +45,7 @@ scalars that tiles never capture (tiles capture only ``arith.constant`` scalars)
 
 from __future__ import annotations
 
-import math
+import os
 import warnings
 from dataclasses import dataclass, field
 
@@ -73,7 +74,7 @@ def _gemm():
 
 def _gemm_takes(tile, target: str) -> bool:
     gemm = _gemm()
-    if gemm is None:
+    if gemm is None or os.environ.get("QUARTET_GEMM", "1") == "0":
         return False
     try:    # True, or the reason it does not take the tile
         return gemm.supports(tile, target) is True

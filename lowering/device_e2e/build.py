@@ -2,7 +2,8 @@
 
     python -m quartet.lowering.device_e2e.build .e2e_build [--tiny] [--twin] [case ...]
 
-Cases: every model of the zoo (frontend/models.py, default sizes, weights from seed 0) and every
+Cases: every model of the zoo (frontend/models.py, default sizes, weights from seed 0; a few
+``VARIANTS`` at larger sizes, or compiled with the GEMM builder left out) and every
 single operator of the benchmark (bench/suite.py, family ``roller``, full sizes, weights from
 seed 0), each compiled with ``compile_to_artifact(model, inputs, target="sm_90")`` into
 ``<dir>/<case>/`` (an artifact folder). For the zoo models, ``<dir>/<case>.ref.npz`` also holds
@@ -28,6 +29,12 @@ import numpy as np
 import torch
 
 ZOO = ("mlp", "attention", "bert_layer", "conv_block", "lstm_loop", "cond_residual")
+#: more cases of zoo models: case -> (model, constructor sizes, batch, environment while compiling)
+VARIANTS = {
+    "conv_block@simt": ("conv_block", {}, None, {"QUARTET_GEMM": "0"}),
+    "mlp_large": ("mlp", {"dim": 768, "hidden": 3072, "tokens": 128}, 8, {}),
+    "attention_large": ("attention", {"dim": 768, "heads": 12, "tokens": 128}, 8, {}),
+}
 
 
 def _ops() -> list[str]:
@@ -60,15 +67,27 @@ def _save(writer, result, path: Path, twin: bool) -> None:
     writer.save(path)
 
 
-def build_zoo(name: str, out: Path, twin: bool = False) -> dict:
+def build_zoo(case: str, out: Path, twin: bool = False) -> dict:
+    import os
+
     from quartet.frontend import models
     from quartet.frontend.compile import compile_to_artifact
 
-    model, inputs = models.build(name, seed=0)
-    t0 = time.perf_counter()
-    writer, result, _ = compile_to_artifact(model, inputs, target="sm_90")
-    seconds = time.perf_counter() - t0
-    _save(writer, result, out / name, twin)
+    name, sizes, batch, env = VARIANTS.get(case, (case, {}, None, {}))
+    model, inputs = models.build(name, seed=0, batch=batch, **sizes)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        t0 = time.perf_counter()
+        writer, result, _ = compile_to_artifact(model, inputs, target="sm_90")
+        seconds = time.perf_counter() - t0
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    _save(writer, result, out / case, twin)
     gen = torch.Generator().manual_seed(1234)
     xs = [torch.randn(x.shape, generator=gen, dtype=x.dtype) for x in inputs]
     sets = [xs] + ([[-x for x in xs]] if name == "cond_residual" else [])
@@ -80,8 +99,9 @@ def build_zoo(name: str, out: Path, twin: bool = False) -> dict:
             for j, x in enumerate(s):
                 ref[f"in{k}_{j}"] = x.numpy()
             ref[f"out{k}"] = y.numpy()
-    np.savez(out / f"{name}.ref.npz", **ref)
-    return {"case": name, "kind": "zoo", "name": name, "seed": 0, "sets": len(sets),
+    np.savez(out / f"{case}.ref.npz", **ref)
+    return {"case": case, "kind": "zoo", "name": name, "seed": 0, "sets": len(sets),
+            "sizes": sizes, "batch": batch, "env": env,
             **_summary(writer, result, seconds)}
 
 
@@ -105,12 +125,15 @@ def main(argv: list[str]) -> int:
     tiny, twin = "--tiny" in flags, "--twin" in flags
     out = Path(argv[0])
     out.mkdir(parents=True, exist_ok=True)
-    wanted = argv[1:] or list(ZOO) + _ops()
+    wanted = argv[1:] or list(ZOO) + list(VARIANTS) + _ops()
     cases = []
+    from quartet.lowering import gpu
+
     for name in wanted:
+        gpu.GEMM_FALLBACKS.clear()
         t0 = time.perf_counter()
         try:
-            info = build_zoo(name, out, twin) if name in ZOO else \
+            info = build_zoo(name, out, twin) if name in ZOO or name in VARIANTS else \
                 build_op(name, out, tiny, twin)
         except Exception as e:      # noqa: BLE001 - report and go on with the other cases
             info = {"case": name, "error": f"{type(e).__name__}: {e}"}

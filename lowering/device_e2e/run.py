@@ -133,7 +133,8 @@ def time_ms(fn, *, budget_s: float = 0.4, max_reps: int = 200, min_reps: int = 1
 def _model(case: dict):
     if case["kind"] == "zoo":
         models = _load("quartet_zoo_models", ROOT / "frontend" / "models.py")
-        model, _ = models.build(case["name"], seed=case["seed"])
+        model, _ = models.build(case["name"], seed=case["seed"], batch=case.get("batch"),
+                                **case.get("sizes", {}))
         return model, None
     suite = _load("quartet_bench_suite", ROOT / "bench" / "suite.py")
     w = {x.name: x for x in suite.WORKLOADS}[case["name"]]
@@ -142,7 +143,8 @@ def _model(case: dict):
 
 def _check_weights(model, path: Path) -> tuple[bool, list]:
     """(parameters byte-identical to the artifact's weights, names that differ); on a mismatch
-    the artifact's weights are loaded into ``model``."""
+    the artifact's weights are loaded into ``model``. Weights the model does not name are the
+    program's tensor constants (initial loop state, ``true``), not parameters: skipped."""
     import numpy as np
     import torch
 
@@ -155,7 +157,6 @@ def _check_weights(model, path: Path) -> tuple[bool, list]:
         for w in art.manifest.weights:
             raw = bytes(read_weight(art, w))
             if w.name not in state:
-                differ.append(f"{w.name} (not in the model)")
                 continue
             t = state[w.name].detach().contiguous().cpu()
             if t.numel() * t.element_size() != len(raw) or \
@@ -163,6 +164,9 @@ def _check_weights(model, path: Path) -> tuple[bool, list]:
                 differ.append(w.name)
                 arr = np.frombuffer(raw, dtype=np.uint8).copy()
                 state[w.name].copy_(torch.from_numpy(arr).view(t.dtype).reshape(t.shape))
+        named = {w.name for w in art.manifest.weights}
+        differ += [f"{n} (not in the artifact)" for n, _ in model.named_parameters()
+                   if n not in named]
     finally:
         art.close()
     return not differ, differ
