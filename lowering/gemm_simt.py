@@ -227,7 +227,9 @@ def emit_body(em: Emitter, prob: GemmProblem, s: SimtSchedule, args, flat) -> No
         b_base = em.mul(slot, b_slot)
         # The step's k values: UNROLL at a time in a rolled loop (a fully unrolled 32-deep
         # step of 8x8 tiles is 2048 FMAs, which ptxas takes over a second to schedule).
-        unroll = min(s.bk, UNROLL)
+        # The unroll factor divides the step: a step of 27 (3x3 conv over 3 channels) taken 8
+        # at a time would read k = 27..31 of the slot, which holds stale data.
+        unroll = max(d for d in range(1, min(s.bk, UNROLL) + 1) if s.bk % d == 0)
         inner = None
         if s.bk > unroll:
             inner = scf.ForOp(em.c(0), em.c(s.bk), em.c(unroll), cur)
