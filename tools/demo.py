@@ -1,7 +1,9 @@
-"""The README's main job: a small PyTorch model imported with torch-mlir, outlined into Quartet
-tiles, configured by Roller where available, and printed.
+"""The README's main job, end to end on a machine without a GPU: a PyTorch MLP imported with
+torch-mlir, compiled by the ``roller`` pipeline for the CPU target into an artifact, run by
+``quartet.runtime`` and checked against PyTorch eager; the Quartet IR (tiles with Roller's
+schedules) is printed first.
 
-    python -m quartet.tools.demo [--target sm_90]
+    python -m quartet.tools.demo [--target cpu] [-o mlp.qrt]
 """
 
 from __future__ import annotations
@@ -13,51 +15,32 @@ from quartet.tools.cli import run_main
 
 
 def main(argv: list[str]) -> int:
+    import mlir.ir  # noqa: F401  (before torch_mlir: see test/python/conftest.py)
+
     parser = argparse.ArgumentParser(prog="quartet-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--target", default="sm_90", help="Roller target (sm_90, sm_80, ...)")
+    parser.add_argument("-o", dest="output", default=None, help="also save the artifact here")
     args = parser.parse_args(argv)
 
+    import numpy as np
     import torch
 
-    import quartet.dialects as qd
-    from quartet.passes import registry
-    from quartet.passes.driver import parse, run_pipeline
+    from quartet.frontend import models
+    from quartet.frontend.compile import CompiledModule, compile_to_artifact
 
-    class MLP(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc1 = torch.nn.Linear(64, 256)
-            self.fc2 = torch.nn.Linear(256, 64)
-
-        def forward(self, x):
-            return self.fc2(torch.nn.functional.gelu(self.fc1(x))) + x
-
-    torch.manual_seed(0)
-    model = MLP().eval()
-    x = torch.randn(8, 64)
-    linalg_text = _import(model, x)
-
-    ctx = qd.context()
-    module = parse(linalg_text, ctx, "<torch-mlir>")
-    registry.load_all()
-    passes = ["quartet-outline-tiles"]
-    if "roller-config" in registry.PASSES:
-        passes.append(f"roller-config{{target={args.target}}}")
-    run_pipeline(module, "builtin.module(" + ",".join(passes) + ")")
-    print(f"// Quartet IR of an MLP (64 -> 256 -> 64, gelu, residual), after {', '.join(passes)}")
-    print(module)
-    return 0
-
-
-def _import(model, x) -> str:
-    """linalg-on-tensors text of ``model``: Quartet's importer if present, else torch-mlir."""
-    try:
-        from quartet.frontend.importer import import_module
-    except ImportError:
-        from torch_mlir import fx
-
-        return str(fx.export_and_import(model, x, output_type="linalg-on-tensors"))
-    return import_module(model, (x,)).text
+    model, inputs = models.build("mlp", seed=0)
+    writer, result, _ = compile_to_artifact(model, inputs, pipeline="roller", target="cpu")
+    print("// Quartet IR of the MLP after quartet-outline-tiles and roller-config{target=cpu}")
+    print(result.quartet)
+    compiled = CompiledModule(writer, result)
+    out = compiled(*inputs)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    ref = model(*inputs).detach().double().numpy()
+    err = np.linalg.norm(np.asarray(out, dtype=np.float64) - ref) / np.linalg.norm(ref)
+    times = ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items())
+    print(f"// compiled for cpu ({times}); max relative error against PyTorch: {err:.3e}")
+    if args.output:
+        print(f"// artifact saved to {compiled.save(args.output)}")
+    return 0 if err < 1e-4 else 1
 
 
 if __name__ == "__main__":
