@@ -15,6 +15,7 @@ from .quartet import (  # noqa: F401  (registers the classes)
     UVirtualOp,
     VTaskOp,
     captures,
+    collect,
     load,
     tile,
     uvirtual,

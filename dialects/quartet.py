@@ -270,6 +270,20 @@ def uvirtual(result_types, *, num_veus, loc=None, ip=None) -> UVirtualOp:
     return UVirtualOp(result_types, num_veus=num_veus, loc=loc, ip=ip)
 
 
+def collect(root, predicate) -> list[ir.Operation]:
+    """Every op nested in ``root`` (``root`` included) for which ``predicate(op)`` holds, in
+    pre-order. Collect first, then rewrite: a walk must not see ops it erases."""
+    found: list[ir.Operation] = []
+
+    def visit(op):
+        if predicate(op.operation):
+            found.append(op.operation)
+        return ir.WalkResult.ADVANCE
+
+    (root.operation if hasattr(root, "operation") else root).walk(visit)
+    return found
+
+
 def captures(op) -> list[ir.Value]:
     """Values used inside ``op``'s regions but defined outside it, in order of first use."""
     op = op.operation

@@ -68,7 +68,7 @@ from mlir.dialects.transform import interpreter
 from mlir.passmanager import PassManager
 
 from quartet.dialects import context as quartet_context
-from quartet.dialects import linalg_info
+from quartet.dialects import collect, linalg_info
 from quartet.errors import QuartetError, location_of
 from quartet.lowering.cpu_i1 import widen_bool_memrefs, widen_bool_tensors
 from quartet.lowering.kernel import KernelArg, KernelSpec
@@ -201,18 +201,6 @@ def _check_type(op, t: ir.Type, where: str | None = None) -> None:
 # Stage 2: tile sizes from the schedule, then the quartet regions inlined.
 
 
-def _walk_ops(root: ir.Operation, predicate) -> list[ir.Operation]:
-    found: list[ir.Operation] = []
-
-    def visit(op):
-        if predicate(op.operation):
-            found.append(op.operation)
-        return ir.WalkResult.ADVANCE
-
-    root.walk(visit)
-    return found
-
-
 def _is_structured(op: ir.Operation) -> bool:
     return (linalg_info.is_linalg(op) and op.name not in UNSUPPORTED_LINALG
             and op.name not in DECOMPOSED_LINALG)
@@ -284,7 +272,7 @@ def tag_and_inline(module: ir.Operation) -> dict[tuple, int]:
     Returns {(block sizes, thread sizes): group id}."""
     groups: dict[tuple, int] = {}
     i64 = ir.IntegerType.get_signless(64)
-    for op in _walk_ops(module, lambda o: _is_structured(o) and not _inside_linalg(o)):
+    for op in collect(module, lambda o: _is_structured(o) and not _inside_linalg(o)):
         tile = _enclosing_tile(op)
         schedule = None
         if tile is not None and _root_of(tile) == op:
@@ -296,7 +284,7 @@ def tag_and_inline(module: ir.Operation) -> dict[tuple, int]:
         op.attributes[_TILE_GROUP_ATTR] = ir.IntegerAttr.get(i64, group)
     # Tiles first, then vtasks, then uvirtuals: inner regions before the ones around them.
     for name in REGION_OPS:
-        for region_op in _walk_ops(module, lambda o, name=name: o.name == name):
+        for region_op in collect(module, lambda o, name=name: o.name == name):
             inline_region(region_op)
     return groups
 
@@ -400,7 +388,7 @@ def tile_and_bufferize(module: ir.Operation, groups: dict[tuple, int]) -> None:
     """Tile every group of linalg ops by its sizes (transform dialect, ``tile_using_for``)."""
     _apply_script(module, transform_script(groups, bufferize=False))
     # The tiled clones keep the group attribute; it means nothing any more.
-    for op in _walk_ops(module, lambda o: _TILE_GROUP_ATTR in o.attributes):
+    for op in collect(module, lambda o: _TILE_GROUP_ATTR in o.attributes):
         del op.attributes[_TILE_GROUP_ATTR]
 
 
@@ -641,12 +629,12 @@ def _lower_to_llvm(module: ir.Operation, entry: str | None, stop_after: str) -> 
 def _check_lowered(module: ir.Operation) -> None:
     """Safety net: nothing but the LLVM dialect may be left, and no call to a library that is
     not the C library or libm."""
-    for op in _walk_ops(module, lambda o: not (o.name.startswith("llvm.")
+    for op in collect(module, lambda o: not (o.name.startswith("llvm.")
                                               or o.name in ("builtin.module",
                                                             "builtin.unrealized_conversion_cast"))):
         _fail(op, f"operation '{op.name}' is not supported by the CPU target (left after "
                   f"lowering)")
-    for op in _walk_ops(module, lambda o: o.name == "llvm.func" and not len(o.regions[0].blocks)):
+    for op in collect(module, lambda o: o.name == "llvm.func" and not len(o.regions[0].blocks)):
         name = _sym_name(op)
         if name not in _C_SYMBOLS and not _is_libm(name):
             _fail(op, f"the CPU lowering needs the external function '{name}', which is "

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from mlir import ir
 
-from quartet.dialects import TileOp, linalg_info, yield_
+from quartet.dialects import TileOp, collect, linalg_info, yield_
 from quartet.errors import QuartetError, location_of
 
 from .registry import ModulePass, register
@@ -35,18 +35,6 @@ def _outlinable(op: ir.Operation) -> bool:
             return False
         parent = parent.parent
     return True
-
-
-def _collect(module: ir.Operation, predicate) -> list[ir.Operation]:
-    found: list[ir.Operation] = []
-
-    def visit(op):
-        if predicate(op.operation):
-            found.append(op.operation)
-        return ir.WalkResult.ADVANCE
-
-    module.walk(visit)
-    return found
 
 
 def _yielded_results(op: ir.Operation) -> list[ir.Value]:
@@ -101,7 +89,7 @@ class OutlineTiles(ModulePass):
     summary = "wrap every linalg op of every function in its own quartet.tile"
 
     def apply(self, module) -> None:
-        for op in _collect(module, _outlinable):
+        for op in collect(module, _outlinable):
             outline_op(op)
 
 
@@ -113,5 +101,5 @@ class InlineTiles(ModulePass):
 
     def apply(self, module) -> None:
         # Innermost first is not needed (tiles do not nest), but walk order is pre-order.
-        for tile in _collect(module, lambda op: op.name == "quartet.tile"):
+        for tile in collect(module, lambda op: op.name == "quartet.tile"):
             inline_tile(tile)
