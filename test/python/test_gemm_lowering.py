@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 import pytest
+from cuda_launch import run_kernel
 from mlir import ir
 
 import quartet.dialects as qd
@@ -287,39 +288,6 @@ def test_every_device_configuration_assembles(ctx, tmp_path):
 # On a GPU: run with cuda-bindings, compare with numpy in float64
 
 
-def _run(compiled, arrays):
-    from cuda.bindings import driver
-
-    def check(result):
-        err = result[0] if isinstance(result, tuple) else result
-        assert err == driver.CUresult.CUDA_SUCCESS, err
-        if isinstance(result, tuple):
-            return result[1] if len(result) == 2 else result[1:]
-        return None
-
-    check(driver.cuInit(0))
-    dev = check(driver.cuDeviceGet(0))
-    context = check(driver.cuDevicePrimaryCtxRetain(dev))
-    check(driver.cuCtxSetCurrent(context))
-    mod = check(driver.cuModuleLoadData(compiled.cubin))
-    fn = check(driver.cuModuleGetFunction(mod, compiled.name.encode()))
-    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    check(driver.cuFuncSetAttribute(fn, attr, compiled.shared_bytes))
-    ptrs = []
-    for a in arrays:
-        p = check(driver.cuMemAlloc(a.nbytes))
-        check(driver.cuMemcpyHtoD(p, a.ctypes.data, a.nbytes))
-        ptrs.append(p)
-    args = [np.array([int(p)], dtype=np.uint64) for p in ptrs]
-    argp = np.array([a.ctypes.data for a in args], dtype=np.uint64)
-    check(driver.cuLaunchKernel(fn, *compiled.grid, *compiled.block, compiled.shared_bytes, 0,
-                                argp.ctypes.data, 0))
-    check(driver.cuCtxSynchronize())
-    for a, p in zip(arrays, ptrs):
-        check(driver.cuMemcpyDtoH(a.ctypes.data, p, a.nbytes))
-        check(driver.cuMemFree(p))
-
-
 NP = {"f16": np.float16, "f32": np.float32}
 
 
@@ -334,7 +302,8 @@ def _gpu_check(src, info, target, reference):
             x[...] = np.nan
         arrays.append(x)
         named[a["role"]] = x
-    _run(compiled, arrays)
+    run_kernel(compiled.cubin, compiled.name, compiled.grid, compiled.block,
+               compiled.shared_bytes, arrays)
     out = named["out"].astype(np.float64)
     ref = reference(named)
     assert not np.isnan(out).any()

@@ -5,6 +5,7 @@ kernels with cuda-bindings and compare with PyTorch."""
 
 import numpy as np
 import pytest
+from cuda_launch import run_kernel
 from mlir import ir
 
 import quartet.dialects as qd
@@ -320,34 +321,8 @@ def test_amd_target_builds_hsaco(ctx):
 # On a GPU: run the cubins with cuda-bindings and compare with PyTorch (CPU, float64).
 
 
-def _run_cuda(spec, arrays):
-    from cuda.bindings import driver
-
-    def check(result):
-        err = result[0]
-        assert err == driver.CUresult.CUDA_SUCCESS, err
-        return result[1:] if len(result) > 2 else (result[1] if len(result) == 2 else None)
-
-    check(driver.cuInit(0))
-    dev = check(driver.cuDeviceGet(0))
-    ctx = check(driver.cuDevicePrimaryCtxRetain(dev))
-    check(driver.cuCtxSetCurrent(ctx))
-    mod = check(driver.cuModuleLoadData(spec.binary))
-    fn = check(driver.cuModuleGetFunction(mod, spec.entry.encode()))
-    ptrs = []
-    for a in arrays:
-        p = check(driver.cuMemAlloc(a.nbytes))
-        check(driver.cuMemcpyHtoD(p, a.ctypes.data, a.nbytes))
-        ptrs.append(p)
-    args = [np.array([int(p)], dtype=np.uint64) for p in ptrs]
-    argp = np.array([a.ctypes.data for a in args], dtype=np.uint64)
-    check(driver.cuLaunchKernel(fn, *spec.grid, *spec.block, spec.shared_bytes, 0,
-                                argp.ctypes.data, 0))
-    check(driver.cuCtxSynchronize())
-    for a, p in zip(arrays, ptrs):
-        check(driver.cuMemcpyDtoH(a.ctypes.data, p, a.nbytes))
-        check(driver.cuMemFree(p))
-    return arrays
+def _run_spec(spec, arrays):
+    return run_kernel(spec.binary, spec.entry, spec.grid, spec.block, spec.shared_bytes, arrays)
 
 
 @pytest.mark.gpu
@@ -359,7 +334,7 @@ def test_softmax_numerics_on_gpu(ctx, R, N):
     _, plan = lower_module(module, "sm_90")
     x = np.random.default_rng(0).standard_normal((R, N)).astype(np.float16)
     out = np.full((R, N), np.nan, dtype=np.float16)
-    _run_cuda(plan.launches[0].kernel, [x, out])
+    _run_spec(plan.launches[0].kernel, [x, out])
     ref = torch.softmax(torch.from_numpy(x).double(), dim=-1).numpy()
     assert not np.isnan(out).any()
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 2e-3
@@ -372,6 +347,6 @@ def test_sum_numerics_on_gpu(ctx, dim):
     _, plan = lower_module(module, "sm_90")
     x = np.random.default_rng(1).standard_normal((300, 256)).astype(np.float16)
     out = np.full((256 if dim == 0 else 300,), np.nan, dtype=np.float16)
-    _run_cuda(plan.launches[0].kernel, [x, out])
+    _run_spec(plan.launches[0].kernel, [x, out])
     ref = x.astype(np.float64).sum(axis=dim)
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 2e-3
