@@ -344,7 +344,15 @@ def estimate(model: OpModel, hw: Hardware, block, thread, threads: int, tensor_c
     active = min(grid, hw.num_units)
     resident = max(1, min(blocks_per_unit, per_unit))
     warps = resident * -(-threads // hw.warp_size)
-    efficiency = min(1.0, warps / hw.warps_for_peak)
+    needed = hw.warps_for_peak
+    if staged and not tensor_core and hw.kind != "cpu" and \
+            math.prod(thread[p] for p in model.parallel) >= ILP_ACCUMULATORS:
+        # A register tile of many independent accumulators hides the FMA and shared-memory
+        # latency by itself: one warp per sub-partition keeps it busy. fp32 1024^3 (NOTES.md):
+        # 64x64 with 8x8 tiles, 64 threads and two blocks per SM (4 warps) ran at 0.78 of
+        # cuBLAS, 8x4 tiles with 128 threads (8 warps) at 0.71.
+        needed = hw.sub_partitions
+    efficiency = min(1.0, warps / needed)
     padded = model.padded_ranges(block)
     full = tuple(padded[k] if model.is_reduction[k] else block[k] for k in range(model.num_loops))
     dtype = model.inputs[0].dtype if model.inputs else model.outputs[0].dtype
@@ -361,8 +369,18 @@ def estimate(model: OpModel, hw: Hardware, block, thread, threads: int, tensor_c
         inner = model.traffic(thread, space=full)
         t_smem = per_unit * inner / (hw.smem_bandwidth / hw.num_units)
     steps = math.prod(-(-model.ranges[r] // block[r]) for r in model.reduction)
-    t_sync = -(-per_unit // resident) * steps * hw.sync_seconds
+    step_seconds = model.flops(block) / (peak / hw.num_units) / efficiency
+    t_sync = -(-per_unit // resident) * steps * exposed_sync(hw, resident, step_seconds)
     return max(t_compute, t_memory, t_smem) + t_sync + hw.launch_seconds
+
+
+def exposed_sync(hw: Hardware, resident: int, step_seconds: float) -> float:
+    """Seconds of one reduction step's barrier the SM cannot hide: while a block waits at its
+    barrier the other resident blocks compute their own steps, so the cost shrinks by their
+    work. fp32 4096^3 (NOTES.md): 128x128 with an 8-deep step (124 registers, two resident
+    blocks) ran at 0.79 of cuBLAS, a 16-deep step (137 registers, one block) at 0.73, and
+    roller's 64x128 with a 32-deep step and 128 threads at 0.60."""
+    return max(0.0, hw.sync_seconds - (resident - 1) * step_seconds)
 
 
 def derive(model: OpModel, hw: Hardware, block, thread, tensor_core: bool, *, padding=None,
@@ -380,6 +398,14 @@ def derive(model: OpModel, hw: Hardware, block, thread, tensor_core: bool, *, pa
     stages = hw.pipeline_stages if (staged and steps > 1
                                     and smem * hw.pipeline_stages <= hw.smem_per_block) else 1
     regs = register_usage(model, hw, thread, tensor_core, unit)
+    if staged and not tensor_core and hw.kind != "cpu":
+        # The CUDA-core GEMM stages its operands global -> registers -> shared memory
+        # (lowering/gemm_simt.py): each thread holds its share of the next step's input tiles,
+        # with addressing about 1.5 registers per word (ptxas counts of NOTES.md's kernels,
+        # results/manifest-run4.json: 128x128x8 / 8x8 123 registers, x16 137; 64x64x16 / 8x8
+        # with 64 threads 164, x32 216). A deeper step can cost an SM its second resident block.
+        words = -(-model.footprint(block) // 4)
+        regs += math.ceil(STAGE_REGS * -(-words // max(1, threads)))
     bpu = occupancy(hw, threads, smem * stages, regs)
     est = estimate(model, hw, block, thread, threads, tensor_core, max(1, bpu), staged)
     padded = max((p / r - 1.0 for p, r in zip(model.padded_ranges(block), model.ranges)),
@@ -394,6 +420,8 @@ def fits(hw: Hardware, s: Schedule) -> bool:
             and s.regs_per_thread * s.threads <= hw.regs_per_block and s.blocks_per_unit >= 1)
 
 
+ILP_ACCUMULATORS = 32   # accumulators per thread from which one warp per sub-partition suffices
+STAGE_REGS = 1.5   # registers per staged word in a CUDA-core GEMM thread (see ``derive``)
 TIE = 0.03    # estimates this close to the best are ties for the model
 
 
@@ -574,7 +602,11 @@ def _block_tiles(model: OpModel, hw: Hardware, thread, steps: dict[int, int],
         last[0] = b
         if aligned(b):
             found[b] = None
-            if bound(b):
+            # Roller stops at an aligned tile that is compute-bound against L2. A CUDA-core
+            # block stops there only once it has 2 x warp x sub-partitions threads (Roller's
+            # preferred 256): fp32 4096^3 measured 0.79 of cuBLAS with 128x128 / 256 threads
+            # against 0.60 with the L2-bound 64x128 / 128 threads (NOTES.md).
+            if bound(b) and (tensor_core or lanes(b) >= 2 * lanes_multiple):
                 return
         q_now, f_now = model.traffic(b), model.footprint(b)
         children = []
@@ -660,6 +692,15 @@ def _align_lanes(model: OpModel, hw: Hardware, block, thread, unit, tensor_core:
 
 
 def _reuse_policy(model: OpModel, hw: Hardware, topk: int) -> list[Schedule]:
+    wgmma = _warpgroup_policy(model, hw, topk) if warpgroup_target(hw) else []
+    if len(wgmma) >= topk:
+        return wgmma
+    rest = [s for s in _general_reuse_policy(model, hw, topk)
+            if s.key not in {w.key for w in wgmma}]
+    return (wgmma + rest)[:topk]
+
+
+def _general_reuse_policy(model: OpModel, hw: Hardware, topk: int) -> list[Schedule]:
     candidates: dict = {}
     for tensor_core in (True, False):
         for eps in EPS_STEPS:
@@ -687,7 +728,8 @@ def _reuse_policy(model: OpModel, hw: Hardware, topk: int) -> list[Schedule]:
                 if aligned_threads >= 2:
                     break
             aligned = [s for s in candidates.values()
-                       if s.threads % hw.peak_threads_multiple == 0]
+                       if s.threads % hw.peak_threads_multiple == 0
+                       or fills_sub_partitions(model, hw, s)]
             # Pad more only while no block has a full set of sub-partitions (33 columns).
             if len(candidates) >= topk and eps >= 0.2 and aligned:
                 break
@@ -712,17 +754,295 @@ def _add_reuse(candidates, model, hw, block, thread, steps, tensor_core, eps, un
     block = _with_reduction(block, steps)
     thread = _with_reduction(thread, steps)
     if model.num_tiles(block) < hw.num_units:
-        block, thread = _shrink(model, hw, block, thread, unit, tensor_core, eps)
+        block, aligned = _shrink(model, hw, block, thread, unit, tensor_core, eps)
     else:
-        thread = _align_lanes(model, hw, block, thread, unit, tensor_core)
+        aligned = _align_lanes(model, hw, block, thread, unit, tensor_core)
     if tensor_core and not tensor_core_block_ok(model, block):
         return
-    key = (tuple(block), tuple(thread), tensor_core)
-    if key in candidates or model.footprint(block) * hw.pipeline_stages > hw.smem_per_block:
+    if model.footprint(block) * hw.pipeline_stages > hw.smem_per_block:
         return
-    s = derive(model, hw, block, thread, tensor_core, policy="reuse", unit=unit)
-    if fits(hw, s):
-        candidates[key] = s
+    threads = [aligned]
+    # CUDA-core tiles may keep their register tile with fewer threads than a full set of
+    # sub-partitions when several blocks are resident per SM (``fills_sub_partitions``): the
+    # 8x8 tile with 64 threads beat the 8x4 one with 128 on fp32 1024^3 (NOTES.md: 0.78 / 0.71).
+    own = tuple(math.gcd(b, t) for b, t in zip(block, thread))
+    if not tensor_core and hw.kind != "cpu" and own != tuple(aligned):
+        threads.append(own)
+    for th in threads:
+        key = (tuple(block), tuple(th), tensor_core)
+        if key in candidates:
+            continue
+        s = derive(model, hw, block, th, tensor_core, policy="reuse", unit=unit)
+        if fits(hw, s) and (th is aligned or fills_sub_partitions(model, hw, s)):
+            candidates[key] = s
+
+
+def fills_sub_partitions(model: OpModel, hw: Hardware, s: Schedule) -> bool:
+    """Roller's execution-unit rule per SM rather than per block: whole warps, and the blocks
+    the grid gives each SM (as many as are resident) hold ``warp x sub_partitions`` threads
+    together, so every warp scheduler has a warp (two resident blocks of 64 threads do what
+    one of 128 does)."""
+    if s.threads % hw.warp_size or s.threads % hw.peak_threads_multiple == 0:
+        return s.threads % hw.peak_threads_multiple == 0
+    per_unit = max(1, round(math.prod(s.grid) / hw.num_units))     # what most SMs get
+    return s.threads * min(s.blocks_per_unit, per_unit) >= hw.peak_threads_multiple
+
+
+# ---------------------------------------------------------------------------------------------
+# Hopper warpgroup MMA (wgmma): tensor-core tiles as the sm_90 lowering builds them
+#
+# Calibrated against the H100 measurements in lowering/device/NOTES.md ("Final run", run 4):
+# the schedules Roller built with mma.sync-style warp tiles ran at 0.53-0.57 of cuBLAS/cuDNN
+# where hand-picked wgmma tiles reached 0.73-1.36. The lowering (lowering/gemm.py
+# ``_tc_schedule``) uses wgmma on sm_90 when the tile's GEMM rows (its operand A: the matmul's
+# M; a convolution's filters, gemm_problem.py binds the filter to A) are a multiple of 64 per
+# warpgroup and the threads are whole warpgroups; otherwise it falls back to mma.sync. So on a
+# warpgroup-MMA target the policy builds its tensor-core candidates in the GEMM's terms:
+#
+# * a warpgroup is 4 warps, one per sub-partition (``warp x sub_partitions`` = 128 threads: one
+#   warpgroup alone already fills Roller's execution-unit rule); its wgmma tile is 64 rows (per
+#   instruction) by up to 256 columns, accumulators in its registers;
+# * a block has the *fewest* warpgroups whose accumulators (plus a register-staged gather) fit
+#   the register-tile budget: 128x256 -> 2 warpgroups of 64x256 (256 threads), 128x128 and
+#   64x128 -> 1 (128 threads). More warpgroups add no tensor-core throughput (the four tensor
+#   cores of an SM are already fed) and shrink each thread's registers: NOTES.md measured
+#   128x256 with 512 threads (4 warpgroups of 64x128) at 0.53 against 0.73 with 256 threads on
+#   8192x768x3072, and the 3x3 convolution at 0.57 with roller's 256-thread mma.sync tile
+#   against 1.05 with one warpgroup of 64x128;
+# * the block's registers (warpgroups x 128 threads x accumulators) must fit the register file:
+#   this is what bounds the block at 128x256 / 256x128 (256x256 would need 4 warpgroups of 160
+#   registers, more than 64K);
+# * a convolution is configured as the implicit GEMM the lowering runs (``gemm_problem.py``):
+#   rows = filters, columns = output pixels flattened over (n, oh, ow), K = (c, kh, kw)
+#   flattened; the per-loop attributes hold boxes whose products are those extents (the
+#   lowering reads the products only);
+# * the reduction step is one 128-byte swizzled row of the operand (64 f16), what every
+#   measured wgmma kernel used; shared-memory stages are the lowering's (4, 3 or 2 that fit; 2
+#   for a register-staged gather);
+# * the model: tensor-core compute at the dense wgmma rate, L2 and DRAM traffic of the GEMM,
+#   shared-memory reads of the wgmma instructions (both operands come from shared memory, B is
+#   read once per 64-row slab: a 64x256 warpgroup tile reads 20 % less per FLOP than a 128x128
+#   one), the integer work of a register-staged im2col gather, and the per-step barrier.
+
+WARPGROUP_MMA_TARGETS = ("sm_90",)   # lowering/gemm.py: engine "wgmma" on sm_90 (sm_90a binary)
+WGMMA_ROWS = 64                      # rows of one wgmma instruction (PTX ISA, wgmma.mma_async)
+WGMMA_MAX_COLS = 256                 # its largest N
+WGMMA_BLOCK_ROWS = (64, 128, 256)
+WGMMA_BLOCK_COLS = (16, 32, 64, 128, 256)
+# passes/hardware.py takes 2/3 of the dense tensor peak as what mma.sync reaches on Hopper;
+# wgmma reaches the dense peak's share: NOTES.md measured 561 TF/s (wgmma 128x256) against
+# 386 TF/s (mma.sync 128x128) on 4096^3, a factor 1.45.
+WGMMA_OVER_MMA = 1.5
+# A register-staged im2col gather (a convolution window without aligned runs, gemm_tc.py
+# ``uses_gather``) computes each element's address from (pixel, k): divisions into
+# (n, oh, ow) and (c, kh, kw), bounds and the address, about 16 integer operations, at the
+# INT32 rate (half the FP32 lanes on Hopper: 64 of 128 per SM). Model figure: it puts the 3x3
+# convolution of NOTES.md at 55 us against 64 us measured, where the traffic model says 31 us.
+GATHER_INT_OPS = 16
+
+
+@dataclass(frozen=True)
+class ImplicitGemm:
+    """A two-input contraction in the terms of the GEMM lowering (rows x cols, K)."""
+
+    rows: tuple[int, ...]      # loops of the lowering's A rows, innermost first
+    cols: tuple[int, ...]      # loops of its B columns, innermost first
+    k: tuple[int, ...]         # reduction loops, innermost first in the lowering's K order
+    batch: tuple[int, ...]
+    extents: tuple[int, int, int, int]    # R, C, K, batch
+    gathered: bool             # B is an im2col gather staged through registers
+    elem: int                  # bytes per input element
+
+
+def warpgroup_target(hw: Hardware) -> bool:
+    return hw.name in WARPGROUP_MMA_TARGETS and hw.mma_shape is not None
+
+
+def implicit_gemm(model: OpModel) -> ImplicitGemm | None:
+    """The op as the GEMM lowering sees it (None unless an f16/bf16 two-input contraction).
+    A convolution is recognised by its windowed input (an index that adds two loops): that
+    input is the gathered B, the other (the filter) is A, as in ``gemm_problem.py``."""
+    roles = gemm_roles(model)
+    types = {o.dtype for o in model.inputs}
+    if roles is None or len(types) != 1 or next(iter(types)) not in ("f16", "bf16"):
+        return None
+    first, second = model.inputs
+    windowed = [o for o in (first, second) if any(len(d.terms) > 1 for d in o.dims)]
+    ranges = model.ranges
+    if windowed:
+        image = windowed[0]
+        if image is not first:
+            return None
+        rows, cols = roles.n, roles.m
+        k = _inner_first(roles.k, second)          # (c, kh, kw): kw innermost
+        gathered = any(ranges[t[0]] > 1 and model.is_reduction[t[0]]
+                       for d in image.dims if len(d.terms) > 1 for t in d.terms) or \
+            any(abs(c) > 1 for d in image.dims if len(d.terms) > 1 for _, c in d.terms)
+    else:
+        rows, cols, k = roles.m, roles.n, roles.k
+        gathered = False
+    ext = tuple(math.prod(ranges[x] for x in loops) for loops in (rows, cols, k, roles.batch))
+    return ImplicitGemm(rows, cols, k, roles.batch, ext, gathered, first.elem_bytes)
+
+
+def _box(loops, product: int, extents) -> dict[int, int]:
+    """Per-loop extents whose product is ``product``: innermost loop first, each taking the
+    largest factor that divides its extent (exact tiles); what is left goes to the innermost
+    loop (a padded box: the lowering reads only the product, a flattened range)."""
+    out, rest = {}, product
+    for loop in loops:
+        g = math.gcd(rest, extents[loop])
+        out[loop] = g
+        rest //= g
+    if rest > 1:
+        out[loops[0]] *= rest
+    return out
+
+
+def _wgmma_layout(rows: int, cols: int, warpgroups: int):
+    """The lowering's warpgroup grid (``gemm._wgmma_split``): the first (wg_m, wg_n) by wg_n
+    whose warpgroup tile is whole 64-row slabs, at most 256 columns, 128 accumulators."""
+    for wg_n in range(1, warpgroups + 1):
+        if warpgroups % wg_n or cols % wg_n:
+            continue
+        wg_m = warpgroups // wg_n
+        tn = cols // wg_n
+        if rows % (WGMMA_ROWS * wg_m) or tn > WGMMA_MAX_COLS or tn % 8:
+            continue
+        if (rows // wg_m) * tn // 128 > 128:
+            continue
+        return wg_m, wg_n
+    return None
+
+
+def _wgmma_schedule(model: OpModel, hw: Hardware, g: ImplicitGemm, br: int, bc: int,
+                    eps: float):
+    """One wgmma candidate of ``br`` x ``bc`` (None when no warpgroup count fits), and its
+    padding in GEMM terms."""
+    R, C, K, batch = g.extents
+    # The step: one 128-byte row (64 f16) or the largest of 32, 16 that pads K within eps.
+    bk = next((s for s in (128 // g.elem, 32, 16) if is_padding_ok(K, s, eps)), None)
+    if bk is None:
+        return None
+    warp = hw.warp_size * hw.sub_partitions
+    layout = None
+    for warpgroups in (1, 2, 4, 8):
+        threads = warpgroups * warp
+        if threads > hw.max_threads_per_block:
+            break
+        layout = _wgmma_layout(br, bc, warpgroups)
+        if layout is None:
+            continue
+        acc = br * bc // threads                              # f32 accumulators per thread
+        gather = -(-bc * bk * g.elem // (4 * threads)) if g.gathered else 0
+        regs = acc + gather + hw.reg_overhead
+        if acc + gather <= hw.reg_tile_budget and regs <= hw.max_regs_per_thread \
+                and regs * threads <= hw.regs_per_block:
+            break
+        layout = None
+    if layout is None:
+        return None
+    wg_m, wg_n = layout
+    stage = (br + bc) * bk * g.elem
+    for stages in ((2,) if g.gathered else (4, 3, 2)):
+        if stage * stages <= hw.smem_per_block:
+            break
+    else:
+        return None
+    # Per-loop attributes: boxes of the GEMM extents (warp tile: a warp holds 16 rows of each
+    # 64-row slab of its warpgroup's tile, all of its columns).
+    block = [1] * model.num_loops
+    thread = [1] * model.num_loops
+    k_box = _box(g.k, bk, model.ranges)
+    for loops, extent, per_warp in ((g.rows, br, br // wg_m // 4), (g.cols, bc, bc // wg_n)):
+        box = _box(loops, extent, model.ranges)
+        sub = _box(loops, per_warp, box)
+        for x in loops:
+            block[x], thread[x] = box[x], sub[x]
+    for x in g.k:
+        block[x] = thread[x] = k_box[x]
+    for x in model.reduction:
+        if x not in g.k:
+            block[x] = thread[x] = model.ranges[x]
+    block, thread = tuple(block), tuple(thread)
+    # The micro model, in GEMM terms.
+    tiles_r, tiles_c, steps = -(-R // br), -(-C // bc), -(-K // bk)
+    grid_blocks = tiles_r * tiles_c * batch
+    per_unit = -(-grid_blocks // hw.num_units)
+    active = min(grid_blocks, hw.num_units)
+    smem = stage * stages
+    bpu = occupancy(hw, threads, smem, regs)
+    resident = max(1, min(bpu, per_unit))
+    k_pad = steps * bk
+    peak = hw.peak(model.inputs[0].dtype, True) * WGMMA_OVER_MMA
+    t_compute = per_unit * 2 * br * bc * k_pad / (peak / hw.num_units)
+    out_bytes = sum(o.bytes for o in model.outputs)
+    l2 = grid_blocks * (br + bc) * k_pad * g.elem + out_bytes
+    dram = model.compulsory_bytes()
+    t_memory = max(l2 / (hw.l2_bandwidth * active / hw.num_units),
+                   dram / min(hw.dram_bandwidth, active * hw.unit_bandwidth))
+    rows_wg, cols_wg = br // wg_m, bc // wg_n
+    smem_reads = wg_m * wg_n * (rows_wg // WGMMA_ROWS) * (WGMMA_ROWS + cols_wg) * k_pad * g.elem
+    t_smem = per_unit * smem_reads / (hw.smem_bandwidth / hw.num_units)
+    t_gather = 0.0
+    if g.gathered:
+        int_rate = hw.peak("f32") / 4          # FMA = 2 FLOP; INT32 lanes = half of FP32's
+        t_gather = per_unit * bc * k_pad * GATHER_INT_OPS / (int_rate / hw.num_units)
+    step_seconds = 2 * br * bc * bk / (peak / hw.num_units)
+    t_sync = -(-per_unit // resident) * steps * exposed_sync(hw, resident, step_seconds)
+    est = max(t_compute, t_memory, t_smem, t_gather) + t_sync + hw.launch_seconds
+    padding = bank_padding(model, hw, block, True)
+    grid = tuple(-(-model.ranges[p] // block[p]) for p in model.parallel)
+    per_loop_eps = max((p / r - 1.0 for p, r in zip(model.padded_ranges(block), model.ranges)),
+                       default=0.0)
+    gemm_eps = max(tiles_r * br / R, tiles_c * bc / C, k_pad / K) - 1.0
+    s = Schedule(block, thread, threads, grid, padding, True, stage, stages, regs, bpu, est,
+                 "reuse", round(per_loop_eps, 4))
+    per_flop = smem_reads / (2 * br * bc * k_pad)
+    return s, gemm_eps, per_flop
+
+
+def grid_short(model: OpModel, hw: Hardware, s: Schedule) -> bool:
+    """Whether the schedule's blocks leave SMs idle."""
+    return math.prod(-(-model.ranges[p] // s.block_tile[p]) for p in model.parallel) \
+        < hw.num_units
+
+
+def _warpgroup_policy(model: OpModel, hw: Hardware, topk: int) -> list[Schedule]:
+    """wgmma candidates (module docstring of this section), best first; [] when the op has
+    none within a padding of 0.2 (rows not a multiple of 64 without more padding, e.g. M=16:
+    then the mma.sync-style tiles of the general path apply)."""
+    g = implicit_gemm(model)
+    if g is None or tensor_core_unit(model, hw, 0.2) is None:
+        return []
+    R, C, K, _ = g.extents
+    found: dict = {}
+    for eps in (0.0, 0.2):
+        for br in WGMMA_BLOCK_ROWS:
+            if not is_padding_ok(R, br, eps):
+                continue
+            for bc in WGMMA_BLOCK_COLS:
+                if not is_padding_ok(C, bc, eps):
+                    continue
+                made = _wgmma_schedule(model, hw, g, br, bc, eps)
+                if made is not None and made[0].key not in found and fits(hw, made[0]):
+                    found[made[0].key] = made
+    if not found:
+        return []
+    cost = {key: s.estimate * (1.0 + eps) for key, (s, eps, _) in found.items()}
+    best = min(cost.values())
+
+    def rank(key):
+        s, eps, per_flop = found[key]
+        if cost[key] > best * (1 + TIE):
+            return (1, (), cost[key])
+        # Ties: a grid that fills every SM (Roller's scale-out rule), fewer shared-memory bytes per FLOP (the widest warpgroup tiles), less padding
+        # (already charged in the cost), fewer warpgroups (blocks of one warpgroup are
+        # independent: one's barrier does not stall the other), then the larger block.
+        return (0, (grid_short(model, hw, s), round(per_flop, 6), round(eps, 3), s.threads,
+                    -math.prod(s.block_tile[x] for x in model.parallel)), cost[key])
+
+    return [found[key][0] for key in sorted(found, key=rank)][:topk]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@
 // CHECK-LABEL: func.func @matmul_f16
 // CHECK: "quartet.tile"() ({
 // CHECK: linalg.matmul
-// CHECK: }) {block_tile = array<i64: 128, 256, 64>, grid = array<i64: 32, 16>, smem_padding = array<i64: 8, 8>, target = "sm_90", tensor_core = true, thread_tile = array<i64: 32, 64, 64>, threads = 512 : i64}
+// CHECK: }) {block_tile = array<i64: 128, 256, 64>, grid = array<i64: 32, 16>, smem_padding = array<i64: 8, 8>, target = "sm_90", tensor_core = true, thread_tile = array<i64: 16, 256, 64>, threads = 256 : i64}
 // TOPK-LABEL: func.func @matmul_f16
 // TOPK: candidates = [{block_tile = array<i64: 128, 256, 64>, {{.*}}}, {block_tile = {{.*}}}]
 // AMD-LABEL: func.func @matmul_f16
@@ -29,7 +29,7 @@ func.func @matmul_f16(%a: tensor<4096x4096xf16>, %b: tensor<4096x4096xf16>, %c: 
 
 // fp32 GEMM: CUDA cores, an 8x8-ish register tile per thread, one bank word of padding.
 // CHECK-LABEL: func.func @matmul_f32
-// CHECK: }) {block_tile = array<i64: {{.*}}>, grid = array<i64: {{.*}}>, smem_padding = array<i64: 1, 1>, target = "sm_90", tensor_core = false, thread_tile = array<i64: {{.*}}>, threads = {{128|256|384|512}} : i64}
+// CHECK: }) {block_tile = array<i64: {{.*}}>, grid = array<i64: {{.*}}>, smem_padding = array<i64: 1, 1>, target = "sm_90", tensor_core = false, thread_tile = array<i64: {{.*}}>, threads = {{64|128|256}} : i64}
 func.func @matmul_f32(%a: tensor<1024x1024xf32>, %b: tensor<1024x1024xf32>, %c: tensor<1024x1024xf32>) -> tensor<1024x1024xf32> {
   %r = "quartet.tile"() ({
     %m = linalg.matmul ins(%a, %b : tensor<1024x1024xf32>, tensor<1024x1024xf32>) outs(%c : tensor<1024x1024xf32>) -> tensor<1024x1024xf32>
@@ -51,7 +51,9 @@ func.func @small_m(%a: tensor<16x4096xf16>, %b: tensor<4096x4096xf16>, %c: tenso
 
 // Convolution as an implicit GEMM on tensor cores: window loops (r, s) staged whole.
 // CHECK-LABEL: func.func @conv3x3
-// CHECK: }) {block_tile = array<i64: {{[0-9]+}}, {{[0-9]+}}, {{[0-9]+}}, {{[0-9]+}}, {{[0-9]+}}, 3, 3>, {{.*}}tensor_core = true, thread_tile = array<i64: {{[0-9]+}}, {{[0-9]+}}, {{[0-9]+}}, {{[0-9]+}}, {{[0-9]+}}, 3, 3>
+// The implicit GEMM as the wgmma lowering runs it: 64 filters x 128 pixels (a 2x8x8 box), a
+// 64-deep step of the flattened (c, kh, kw), one warpgroup (lowering/device/NOTES.md).
+// CHECK: }) {block_tile = array<i64: 2, 64, 8, 8, 64, 1, 1>, grid = array<i64: 16, 1, 7, 7>, {{.*}}tensor_core = true, thread_tile = array<i64: 2, 16, 8, 8, 64, 1, 1>, threads = 128 : i64}
 func.func @conv3x3(%x: tensor<32x64x58x58xf16>, %w: tensor<64x64x3x3xf16>, %y: tensor<32x64x56x56xf32>) -> tensor<32x64x56x56xf32> {
   %r = "quartet.tile"() ({
     %m = linalg.conv_2d_nchw_fchw {strides = dense<1> : tensor<2xi64>, dilations = dense<1> : tensor<2xi64>} ins(%x, %w : tensor<32x64x58x58xf16>, tensor<64x64x3x3xf16>) outs(%y : tensor<32x64x56x56xf32>) -> tensor<32x64x56x56xf32>
