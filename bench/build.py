@@ -111,6 +111,10 @@ def build_one(workload: suite.Workload, pipeline: str, out: Path, *, target: str
         t0 = time.perf_counter()
         compiled = fn(module, example, pipeline=pipe, target=target)
         row["compile_s"] = time.perf_counter() - t0
+        # Per stage (import; passes; lowering to binaries) and kernels made: linalg -> cubin
+        # per kernel is (passes + lower) / kernels.
+        row["stage_s"] = dict(getattr(compiled.result, "seconds", {}) or {})
+        row["kernels"] = len(compiled.manifest.kernels)
     except Exception as e:
         row["status"] = f"not compiled: {_one_line(e)}"
         return row

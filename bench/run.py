@@ -582,6 +582,7 @@ class Run:
             self.log(f"{w.name}: quartet    {res['status']}")
             return
         res.update({"pipeline": row["pipeline"], "compile_s": row.get("compile_s"),
+                    "stage_s": row.get("stage_s"), "kernels": row.get("kernels"),
                     "form": row.get("form")})
         if bool(row.get("tiny")) != bool(self.args.tiny):
             res["status"] = ("not run: artifact built at "

@@ -21,6 +21,7 @@ from .quartet import (  # noqa: F401  (registers the classes)
     uvirtual,
     vtask,
     yield_,
+    anchor_of,
 )
 from .verify import verify  # noqa: F401
 

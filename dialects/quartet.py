@@ -200,11 +200,8 @@ class TileOp(_RegionOp):
 
     @property
     def root(self) -> ir.OpView:
-        """The op whose loops the per-loop schedule attributes describe: the last linalg op."""
-        for op in reversed(self.computation):
-            if op.name.startswith("linalg."):
-                return op.opview
-        raise ValueError("quartet.tile holds no linalg op")
+        """The op whose loops the per-loop schedule attributes describe (:func:`anchor_of`)."""
+        return anchor_of([op for op in self.computation if op.name.startswith("linalg.")]).opview
 
 
 @_cext.register_operation(_Dialect)
@@ -268,6 +265,40 @@ def vtask(result_types, *, veu_begin, veu_count, step, loc=None, ip=None) -> VTa
 
 def uvirtual(result_types, *, num_veus, loc=None, ip=None) -> UVirtualOp:
     return UVirtualOp(result_types, num_veus=num_veus, loc=loc, ip=ip)
+
+
+def num_loops(op: ir.Operation) -> int:
+    """Loops of a linalg op on tensors: ``iterator_types`` of a generic, the output rank of a
+    fill, else what ``linalg_info`` reads from the generalized op."""
+    op = op.operation
+    if op.name == "linalg.generic":
+        return len(ir.ArrayAttr(op.attributes["iterator_types"]))
+    if op.name == "linalg.fill":
+        return ir.ShapedType(op.operands[-1].type).rank
+    from quartet.dialects import linalg_info
+    try:
+        return linalg_info.info(op).num_loops
+    except Exception:   # noqa: BLE001  an op linalg_info cannot read (e.g. linalg.softmax):
+        shaped = [v.type for v in list(op.results) + list(op.operands)  # its output's rank
+                  if isinstance(v.type, ir.ShapedType)]
+        return ir.ShapedType(shaped[0]).rank if shaped else 0
+
+
+def anchor_of(linalg_ops: Sequence[ir.Operation]) -> ir.Operation:
+    """The root of a tile: the linalg op with the most loops, the last of those.
+
+    For a one-op tile that is the op. For a tile Welder fused it is the op that carries the
+    iteration space: the contraction of a GEMM with its fill and element-wise epilogue, the
+    last op of a row program (softmax's loops are those of every op but the row reductions'
+    fills), the last op of an element-wise chain. Raises ValueError without linalg ops."""
+    if not linalg_ops:
+        raise ValueError("quartet.tile holds no linalg op")
+    best, best_loops = None, -1
+    for op in linalg_ops:
+        n = num_loops(op)
+        if n >= best_loops:
+            best, best_loops = op, n
+    return best
 
 
 def collect(root, predicate) -> list[ir.Operation]:

@@ -9,7 +9,7 @@ attributes. This verifier checks the rest of DESIGN.md's semantics:
 * a tile holds at least one linalg op; its per-loop schedule attributes (``block_tile``,
   ``thread_tile``) have one positive entry per loop of its root op, ``smem_padding`` one
   non-negative entry per input of the root op, ``edge_levels`` one memory level (0/1/2) per
-  linalg op before the root, ``candidates`` dictionaries of the same attributes;
+  linalg op other than the root (``TileOp.root``: the op with the most loops, the last of them), ``candidates`` dictionaries of the same attributes;
 * a vtask lies inside a uvirtual and its vEU range ``[veu_begin, veu_begin + veu_count)`` lies
   inside that uvirtual's ``num_veus``.
 
@@ -23,6 +23,7 @@ from mlir import ir
 from quartet.errors import QuartetError, location_of
 
 from . import linalg_info
+from .quartet import anchor_of
 
 REGION_OPS = ("quartet.tile", "quartet.vtask", "quartet.uvirtual")
 
@@ -92,8 +93,8 @@ def _verify_tile(op) -> None:
     if not any(name in attrs for name in ("block_tile", "thread_tile", "smem_padding",
                                           "edge_levels", "candidates")):
         return
-    root = ops[-1]
     try:
+        root = anchor_of(ops)
         loops = linalg_info.info(root)
     except ValueError as e:
         _fail(op, f"root op '{root.name}': {e}")
@@ -141,7 +142,7 @@ def _verify_schedule(op, attrs: dict, loops, num_edges: int, what: str) -> None:
         values = array("edge_levels")
         if len(values) != num_edges:
             _fail(op, f"attribute 'edge_levels' has {len(values)} entries, but the tile has "
-                      f"{num_edges} internal values (linalg ops before the root)")
+                      f"{num_edges} internal values (linalg ops other than the root)")
         if any(v not in (0, 1, 2) for v in values):
             _fail(op, "attribute 'edge_levels' entries must be 0 (global), 1 (shared) or "
                       "2 (register)")

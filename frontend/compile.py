@@ -297,7 +297,8 @@ class CompiledModule:
 
     @property
     def manifest(self):
-        return self.program.manifest
+        """The artifact's manifest (read from the writer: no runtime, no device needed)."""
+        return self._writer.manifest()
 
     @property
     def program(self):

@@ -290,11 +290,10 @@ def tag_and_inline(module: ir.Operation) -> dict[tuple, int]:
 
 
 def _root_of(tile: ir.Operation) -> ir.Operation | None:
-    block = tile.regions[0].blocks[0]
-    for op in reversed(list(block.operations)):
-        if linalg_info.is_linalg(op.operation):
-            return op.operation
-    return None
+    try:
+        return tile.opview.root.operation
+    except ValueError:
+        return None
 
 
 def inline_region(op: ir.Operation) -> None:

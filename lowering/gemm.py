@@ -46,6 +46,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlir import ir
+
+from quartet.dialects import linalg_info
 from mlir.dialects import arith, func, gpu, memref
 
 from quartet.errors import QuartetError, location_of
@@ -105,6 +107,11 @@ class _Refuse(Exception):
     pass
 
 
+#: (tile location, reason) of every tile whose schedule this lowering could not take and
+#: replaced by :func:`default_schedule` (in this process)
+SCHEDULE_OVERRIDES: list[tuple[str | None, str]] = []
+
+
 def plan(tile, target: str, *, stages: int | None = None, engine: str | None = None) -> Plan:
     """Check the tile and its schedule; raise :class:`QuartetError` naming the op and reason."""
     with tile.operation.context, tile.operation.location:
@@ -122,7 +129,20 @@ def _checked_plan(tile, target, stages, engine) -> Plan:
     try:
         return _plan(tile, prob, target, stages, engine)
     except _Refuse as e:
-        raise QuartetError(f"'{root_name}' schedule not supported: {e}", where) from None
+        refused = str(e)
+        if sum(1 for op in tile.computation if linalg_info.is_linalg(op)) < 2:
+            raise QuartetError(f"'{root_name}' schedule not supported: {e}", where) from None
+    # A fused tile (roller-fuse: the accumulator's fill, element-wise epilogues) whose schedule
+    # is outside this lowering's repertoire (e.g. a thread tile that splits an f32 reduction)
+    # has no other builder: build the lowering's own measured default instead of refusing.
+    # Recorded, never silent. A lone contraction is refused (the SIMT builders take it).
+    try:
+        chosen = _build_plan(prob, target, *default_schedule(prob, target), engine, 1)
+    except _Refuse as e:
+        raise QuartetError(f"'{root_name}' schedule not supported: {refused} (and the "
+                           f"lowering's default schedule: {e})", where) from None
+    SCHEDULE_OVERRIDES.append((where, f"'{root_name}': {refused}"))
+    return chosen
 
 
 def _plan(tile, prob: GemmProblem, target: str, stages: int | None, force: str | None) -> Plan:

@@ -117,6 +117,8 @@ class EpilogueWriter:
                 mapping[arg] = chain
             elif kind == "scalar":
                 mapping[arg] = self.args[what]
+            elif kind == "const":
+                mapping[arg] = self._lookup(mapping, what)
             else:
                 pos, dims, shape = what
                 strides = _strides(shape)
@@ -130,9 +132,10 @@ class EpilogueWriter:
             if inner.name == "linalg.yield":
                 result = self._lookup(mapping, inner.operands[0])
                 break
+            operands = [self._lookup(mapping, v) for v in inner.operands]  # constants first
             clone = inner.clone()
-            for j, operand in enumerate(inner.operands):
-                clone.operands[j] = self._lookup(mapping, operand)
+            for j, operand in enumerate(operands):
+                clone.operands[j] = operand
             for old, new in zip(inner.results, clone.results):
                 mapping[old] = new
         return result

@@ -163,7 +163,8 @@ class Epilogue:
     init_operand: Operand | None = None
     root_type: str = "f32"              # element type of the root op's result
     # Per epilogue linalg.generic, in order: (op, inputs), inputs[i] = ("chain", None) for the
-    # previous result, ("tensor", (arg, map dims)) or ("scalar", arg) for a tile input.
+    # previous result, ("tensor", (arg, map dims)) or ("scalar", arg) for a tile input,
+    # ("const", value) for a scalar arith.constant (rebuilt in the kernel).
     generics: list = field(default_factory=list)
 
 
@@ -220,6 +221,17 @@ def _scalar_type_name(t: ir.Type) -> str:
     return str(t)
 
 
+def _scalar_constant(value: ir.Value) -> bool:
+    owner = value.owner
+    return (not isinstance(owner, ir.Block) and owner.name == "arith.constant"
+            and not isinstance(value.type, ir.ShapedType))
+
+
+def _empty(value: ir.Value) -> bool:
+    owner = value.owner
+    return not isinstance(owner, ir.Block) and owner.name == "tensor.empty"
+
+
 def analyze(tile) -> GemmProblem | str:
     """The GEMM problem of ``tile``, or a one-line reason why it is not one this lowering takes."""
     comp = tile.computation
@@ -249,7 +261,11 @@ def analyze(tile) -> GemmProblem | str:
     if payload != ["arith.mulf", "arith.addf", "linalg.yield"]:
         return f"root op body {info.payload} is not a multiply-accumulate"
 
-    inputs = list(tile.inputs)
+    # Scalar constants the tile reads (a fill value, a GELU coefficient captured by a fused
+    # epilogue's body) are rebuilt inside the kernel, never passed as arguments; tensor.empty
+    # results (the outs of a fused fill or epilogue) are never read. The rest are the kernel's
+    # inputs in the order of ``simt.kernel_inputs``, which the host plan follows.
+    inputs = [v for v in tile.inputs if not _scalar_constant(v) and not _empty(v)]
     outputs = list(tile.outputs)
     if len(outputs) != 1:
         return "tile must have exactly one result"
@@ -467,6 +483,8 @@ def _epilogue(prob: GemmProblem, root, after, tile, arg_of) -> str | None:
                                               tuple(ir.RankedTensorType(v.type).shape))))
                 else:
                     inputs.append(("scalar", arg_of(v)))
+            elif _scalar_constant(v):
+                inputs.append(("const", v))
             else:
                 return "an epilogue operand is computed inside the tile but is not the chain"
         if not seen_current:

@@ -286,6 +286,10 @@ class _Unsupported(Exception):
     """A tile this builder does not take (the dispatcher tries the next one)."""
 
 
+#: Public name of the refusal, for callers of the analyses (``roller-fuse`` asks them).
+Unsupported = _Unsupported
+
+
 # ---------------------------------------------------------------------------------------------
 # Analysis of a row program
 

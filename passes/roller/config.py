@@ -20,8 +20,9 @@ transposes, broadcasts and loop-free scalar generics included (``test_compile_cp
 cannot describe would be left unconfigured (the verifier, ``dialects/verify.py``, reads a
 configured tile's loops through it); ``loop_info`` describes fills itself for the policy.
 
-Welder's fused tiles are configured by their root op alone: the footprint of the other ops
-in the region is not counted (that is Welder's tile propagation, not Roller's).
+Fused tiles (``roller-fuse``) are configured by their root op (``TileOp.root``: the op with the
+most loops), except row programs, which get the row policy of ``rows.py``: the footprint of the
+other ops in the region is not counted (that is Welder's tile propagation, not Roller's).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from quartet.errors import QuartetError, location_of
 from quartet.passes import hardware
 from quartet.passes.hardware import Hardware
 from quartet.passes.registry import ModulePass, register
-from quartet.passes.roller import policy
+from quartet.passes.roller import policy, rows
 from quartet.passes.roller.policy import Schedule, Unsupported
 
 
@@ -88,11 +89,38 @@ def _root(tile: TileOp):
         _fail(tile, "holds no linalg op")
 
 
+def row_program(tile: TileOp, info: LinalgInfo):
+    """The row program of a tile with reductions along its innermost loop broadcast back
+    (softmax, layer norm after ``roller-fuse``) whose loops are the root's, else None."""
+    from quartet.lowering import simt     # the lowering's analysis of rows (no codegen)
+
+    ops = [o for o in tile.computation if linalg_info.is_linalg(o)]
+    if len(ops) < 2:
+        return None
+    try:
+        prog = simt.analyze_rows(tile)
+    except simt.Unsupported:
+        return None
+    if prog.reductions == 0 or tuple(prog.space) != tuple(info.loop_ranges):
+        return None
+    return prog
+
+
 def configure(tile: TileOp, hw: Hardware, topk: int = 1) -> list[Schedule]:
-    """The policy's ``topk`` schedules for ``tile`` (best first); QuartetError if unsupported."""
+    """The policy's ``topk`` schedules for ``tile`` (best first); QuartetError if unsupported.
+
+    A fused row program (reductions along the innermost loop, broadcast back) gets the row
+    policy (``rows.py``, one schedule); every other tile the construction policy on its root."""
     root = _root(tile)
     try:
-        return policy.construct(loop_info(root), hw, topk)
+        info = loop_info(root)
+        if hw.kind != "cpu":
+            prog = row_program(tile, info)
+            if prog is not None:
+                return [rows.schedule(tuple(prog.space), prog.vector, hw,
+                                      num_inputs=info.num_inputs,
+                                      inner_parallel=info.iterator_types[-1] == "parallel")]
+        return policy.construct(info, hw, topk)
     except Unsupported as e:
         _fail(tile, f"with root '{root.operation.name}' is not supported by roller-config "
                     f"on {hw.name}: {e}")

@@ -9,8 +9,9 @@ max |out - ref| / max |ref|.
 
 Schedules: ``irregular`` hand-written block and thread tiles that divide no extent (every
 tiled loop has a partial last tile; the reduction step too), ``default`` (no tiles at all: the
-pass's own default tiling of bare linalg ops), and ``roller`` (``roller-config{target=cpu}``,
-where that pass exists). DESIGN.md: the schedule never changes what is computed.
+pass's own default tiling of bare linalg ops), ``roller`` (``roller-config{target=cpu}``,
+where that pass exists) and ``fused`` (``roller-fuse{target=sm_90}`` first: the merged tiles of a
+GPU build, run on the CPU). DESIGN.md: the schedule never changes what is computed.
 
 Cost: each case is imported once (cached) and compiled at LLVM -O0 except the ``default`` runs
 (-O2, what ``run_cpu`` uses); the file takes about 90 s on 2 cores (80 s of CPU time).
@@ -215,6 +216,13 @@ def compile_case(text: str, schedule: str, opt_level: int = 0) -> cpu.CpuProgram
         elif schedule == "roller":
             registry.make_pass("roller-config", {"target": "cpu"}).apply(module.operation)
             assert any(t.attributes.__contains__("block_tile") for t in _tiles(module))
+        elif schedule == "fused":
+            # The tiles a GPU build makes (roller-fuse's sm_90 decisions), run on the CPU.
+            before = len(_tiles(module))
+            registry.load_all()
+            registry.make_pass("roller-fuse", {"target": "sm_90"}).apply(module.operation)
+            registry.make_pass("roller-config", {"target": "cpu"}).apply(module.operation)
+            assert len(_tiles(module)) <= before
         return cpu.CpuProgram(module, opt_level=opt_level)
 
 
@@ -256,6 +264,17 @@ def test_operator_irregular_tiles(name, dtype):
 def test_operator_default_tiles_f32(name):
     # Also the optimization level run_cpu uses by default (the others compile at -O0 for speed).
     check_case(name, "f32", "default", opt_level=2)
+
+
+FUSED = [pytest.param(c.name, d, id=f"{c.name}-{d}") for c in CASES for d in c.dtypes
+         if d != "bf16"]
+
+
+@pytest.mark.parametrize("name,dtype", FUSED)
+def test_operator_fused_tiles(name, dtype):
+    """roller-fuse's merged tiles (softmax, layer norm, GEMM + fill + bias + cast, element-wise
+    chains as one tile each) compute what the separate ops compute."""
+    check_case(name, dtype, "fused")
 
 
 @pytest.mark.parametrize("name", [c.name for c in CASES])

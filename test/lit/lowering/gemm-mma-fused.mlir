@@ -1,8 +1,8 @@
 // RUN: %PYTHON -m quartet.lowering.gemm %s --target=sm_80 | %filecheck %s
 
-// A Welder-fused tile (fill + matmul with B given as [N, K] + bias + cast to f16) for sm_80: the
-// schedule is written for the tile's last op (two loops, no reduction step), so the lowering
-// takes its block/warp tiles and a 64-wide step. mma.sync m16n8k16 with ldmatrix fragments
+// A fused tile (fill + matmul with B given as [N, K] + bias + cast to f16, as roller-fuse makes
+// it) for sm_80: the schedule is written for the tile's root, the matmul (TileOp.root: the op
+// with the most loops): block 64x128 with a 64-wide step, warp tiles 32x64. mma.sync m16n8k16 with ldmatrix fragments
 // (B is K-major: no transpose), the fill's zero start, and the bias add and f16 cast evaluated
 // per element in the coalesced epilogue.
 
@@ -37,6 +37,6 @@ func.func @mmt(%a: tensor<128x64xf16>, %b: tensor<256x64xf16>, %bias: tensor<256
       linalg.yield %t : f16
     } -> tensor<128x256xf16>
     gpu.yield %2 : tensor<128x256xf16>
-  }) {block_tile = array<i64: 64, 128>, thread_tile = array<i64: 32, 64>, smem_padding = array<i64: 8, 8>, tensor_core = true, threads = 128 : i64} : () -> tensor<128x256xf16>
+  }) {block_tile = array<i64: 64, 128, 64>, thread_tile = array<i64: 32, 64, 64>, smem_padding = array<i64: 8, 8>, tensor_core = true, threads = 128 : i64} : () -> tensor<128x256xf16>
   return %0 : tensor<128x256xf16>
 }
