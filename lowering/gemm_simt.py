@@ -55,6 +55,15 @@ def schedule(prob: GemmProblem, bm, bn, bk, tm, tn, threads, padding, stages, li
     pad = list(padding) if padding else [0, 0]
     if len(pad) != 2 or any(p < 0 for p in pad):
         return "smem_padding must have one non-negative entry per input"
+    # Roller's padding counts scalar accesses (one element shifts each row by a bank); this
+    # kernel reads a thread's rows and columns as vectors of _group(t) elements, which need
+    # rows that stay multiples of the vector: round a padding up to one (pad 1 -> 4 for f32).
+    # On the H100, fp32 4096^3 with 128x128 k8: 3.5 ms with padding 4 (lowering/device/NOTES.md)
+    # against 4.8 ms for Roller's padding 1 through the pipeline (bench run 2026-11-25 07:37).
+    for i, (extent, t) in enumerate(((bm, tm), (bn, tn))):
+        w = _group(t)
+        if pad[i] and (extent + pad[i]) % w:
+            pad[i] = -(-(extent + pad[i]) // w) * w - extent
     s = SimtSchedule(bm, bn, bk, tm, tn, threads, pad[0], pad[1])
     if shared_bytes(prob, s) > limit:
         return f"the tile's shared memory exceeds {limit} bytes"

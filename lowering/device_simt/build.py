@@ -78,6 +78,9 @@ def cases(small: bool = False):
         "colsum": (ColSum(), [(8192 // s, 8192 // s)]),
         "maxpool": (MaxPool(), [(32, 64, 112 // s, 112 // s)]),
         "softmax_n256": (Softmax(), [(32768 // s, 256)]),
+        # bench/suite.py's bias_gelu_scale_f16: b and s per column
+        "gelu_colscale": (GeluBiasScale(), [(8192 // s, 8192 // s), (8192 // s,),
+                                            (8192 // s,)]),
         "midsum": (MidSum(), [(64, 1024 // s, 512)]),
     }
 
@@ -116,10 +119,16 @@ def compile_case(text: str, schedule: dict | None = None):
 VARIANTS = {
     "softmax": {"tt16": {"thread_tile": [1, 16], "threads": 256},
                 "tt64": {"thread_tile": [1, 64], "threads": 256}},
-    "layernorm": {"tt16": {"thread_tile": [1, 16], "threads": 256},
-                  "tt8": {"thread_tile": [1, 8], "threads": 128},
-                  "tt64": {"thread_tile": [1, 64], "threads": 128}},
     "rowsum": {"tt64": {"thread_tile": [1, 64], "threads": 256}},
+    # element-wise: C = tt / 8 vectors of 16 B in flight per thread (row mode) instead of one
+    "gelu_colscale": {"tt16": {"thread_tile": [1, 16], "threads": 256},
+                      "tt32": {"thread_tile": [1, 32], "threads": 256},
+                      "tt64": {"thread_tile": [1, 64], "threads": 256},
+                      "tt32t512": {"thread_tile": [1, 32], "threads": 512}},
+    "layernorm": {"tt16": {"thread_tile": [1, 16], "threads": 256},
+                  "tt16t128": {"thread_tile": [1, 16], "threads": 128},
+                  "tt32t512": {"thread_tile": [1, 32], "threads": 512},
+                  "tt8": {"thread_tile": [1, 8], "threads": 128}},
 }
 
 

@@ -26,6 +26,7 @@ REFS = {
     "softmax": lambda x: torch.softmax(x, dim=-1),
     "layernorm": lambda x, w, b: F.layer_norm(x, (x.shape[-1],), w, b),
     "gelu_bias_scale": lambda x, b, s: F.gelu(x + b) * s,
+    "gelu_colscale": lambda x, b, s: F.gelu(x + b) * s,
     "rowsum": lambda x: x.sum(dim=-1),
     "colsum": lambda x: x.sum(dim=0),
     "maxpool": lambda x: F.max_pool2d(x, 2),
