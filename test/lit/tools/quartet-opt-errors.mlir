@@ -37,3 +37,7 @@
 func.func @identity(%a: tensor<4xf32>) -> tensor<4xf32> {
   return %a : tensor<4xf32>
 }
+
+// RUN: not quartet-opt %s --pass-pipeline='builtin.module(roller-fuse{target=sm_99})' 2>&1 | %filecheck %s --check-prefix=FUSETARGET
+// FUSETARGET: --pass-pipeline: error: unknown target 'sm_99' (known targets: sm_90, sm_80, gfx942, cpu)
+// FUSETARGET-NOT: Traceback
