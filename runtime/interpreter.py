@@ -10,6 +10,12 @@ move onto the device).
 A backend is anything with the small interface of :class:`Backend`. Addresses are plain ints on
 every backend (device pointers on CUDA, host pointers on the CPU), so argument lists and
 offsets are computed here once.
+
+A buffer's address can change between runs: :meth:`Interpreter.rebind` points a buffer at other
+memory (the loaded program binds the caller's CUDA tensors in place this way). The launch
+arguments that refer to the buffer are found through a per-buffer list of (plan, position,
+offset) slots made at construction, so a rebind costs one update per use of the buffer; copies,
+memsets and predicates read :attr:`Interpreter.addresses` when they run.
 """
 
 from __future__ import annotations
@@ -70,15 +76,20 @@ class Backend(Protocol):
 
 
 class _LaunchPlan:
-    """A kernel's argument values with the buffer addresses filled in; index args are slots."""
+    """A kernel's argument values with the buffer addresses filled in; index args are slots.
+
+    ``buffer_slots`` lists (position, buffer, offset) of every buffer argument, for rebinding.
+    """
 
     def __init__(self, kernel: Kernel, prepared: Any, addresses: dict[str, int]):
         self.prepared = prepared
         self.values: list[int | float] = []
         self.index_slots: list[tuple[int, str]] = []
+        self.buffer_slots: list[tuple[int, str, int]] = []
         for i, a in enumerate(kernel.args):
             if isinstance(a, BufferArg):
                 self.values.append(addresses[a.buffer] + a.offset)
+                self.buffer_slots.append((i, a.buffer, a.offset))
             elif isinstance(a, ScalarArg):
                 self.values.append(a.value)
             elif isinstance(a, IndexArg):
@@ -95,13 +106,42 @@ class _LaunchPlan:
 
 
 class Interpreter:
-    """Runs a manifest's host program on a backend over already-allocated buffers."""
+    """Runs a manifest's host program on a backend over already-allocated buffers.
+
+    ``addresses`` is copied: the interpreter's map is its own, changed only by :meth:`rebind`.
+    """
 
     def __init__(
         self, manifest: Manifest, backend: Backend, addresses: dict[str, int], prepared: dict[str, Any]
     ):
-        self.manifest, self.backend, self.addresses = manifest, backend, addresses
-        self.plans = {k.name: _LaunchPlan(k, prepared[k.name], addresses) for k in manifest.kernels}
+        self.manifest, self.backend = manifest, backend
+        self.addresses: dict[str, int] = dict(addresses)
+        self.plans = {k.name: _LaunchPlan(k, prepared[k.name], self.addresses) for k in manifest.kernels}
+        # buffer name -> the launch-argument slots that hold its address (+ offset)
+        self._uses: dict[str, list[tuple[list, int, int]]] = {}
+        for plan in self.plans.values():
+            for i, name, offset in plan.buffer_slots:
+                self._uses.setdefault(name, []).append((plan.values, i, offset))
+
+    def rebind(self, name: str, address: int) -> None:
+        """Make buffer ``name`` live at ``address`` for the following runs (O(uses of the buffer)).
+
+        Launch arguments become ``address + offset``; copies, memsets and predicates read the
+        new address when they run. Runs already issued are not affected.
+        """
+        addresses = self.addresses
+        if name not in addresses:
+            raise KeyError(f"unknown buffer {name!r}")
+        if addresses[name] == address:
+            return
+        addresses[name] = address
+        for values, i, offset in self._uses.get(name, ()):
+            values[i] = address + offset
+
+    def rebind_all(self, bindings: dict[str, int]) -> None:
+        """:meth:`rebind` every ``name: address`` pair of ``bindings``."""
+        for name, address in bindings.items():
+            self.rebind(name, address)
 
     def run(self) -> None:
         """Issue the whole program once."""

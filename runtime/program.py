@@ -3,12 +3,23 @@
 Loading opens and checks the artifact, picks the backend its manifest names, allocates every
 buffer once, uploads the weights, loads every kernel and, with ``graph=True`` on CUDA, records
 the whole host program as one CUDA graph. Calling the program checks the inputs against the
-manifest (count, shape, element type), copies them into the input buffers, runs the host
-program on the caller's stream, and returns the outputs as new tensors: torch tensors when any
-input was a torch tensor (on the GPU for the cuda backend), numpy arrays otherwise.
+manifest (count, shape, element type), binds them, runs the host program on the caller's
+stream, and returns the outputs: torch tensors when any input was a torch tensor (on the GPU for
+the cuda backend), numpy arrays otherwise.
 
-Inputs are copied rather than bound in place, so buffer addresses never change between calls:
-that is what lets a captured graph be replayed. A loaded program is not thread-safe.
+Binding. On the cuda backend without a graph, the caller's tensors are used in place: a CUDA
+torch input on the program's device that is contiguous and 16-byte aligned (kernels use 16-byte
+vector accesses) is read where it lies, and each torch output is a fresh ``torch.empty`` tensor
+that the program writes directly; the buffers are rebound to those addresses for the call
+(:meth:`Interpreter.rebind`). This is sound because a program never writes its ``input``
+buffers (a rule of the format, runtime/FORMAT.md) and writes every byte of its outputs on each
+run. Every other input is copied into the program's own buffer (non-contiguous or misaligned
+tensors, CPU tensors, numpy arrays, the cpu backend, graph mode), and outputs returned as numpy
+arrays, or in graph mode, are copied out of the program's own buffers. ``Program.addresses``
+always names the program's own allocations.
+
+A captured graph has fixed addresses, so ``graph=True`` copies inputs in and outputs out on
+every call. A loaded program is not thread-safe.
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +41,11 @@ from quartet.runtime.interpreter import Interpreter
 from quartet.runtime.manifest import Manifest, TensorSpec
 from quartet.runtime.validate import host_control_flow
 from quartet.runtime.targets import check_runnable
+
+
+# Tensors bound in place must start at a multiple of this many bytes (kernels use 16-byte vector
+# loads and stores); others are copied into the program's own (256-byte aligned) buffer.
+IN_PLACE_ALIGNMENT = 16
 
 
 @dataclass(frozen=True)
@@ -62,8 +78,28 @@ def load(
     return Program(Path(path), device=device, graph=graph, verify=verify)
 
 
+@dataclass
+class _Call:
+    """The bindings of one call: buffer -> address, and the tensors that must stay alive."""
+
+    use_torch: bool
+    record: Any = None  # a torch stream other than the current one, for record_stream
+    bindings: dict[str, int] = field(default_factory=dict)
+    keep: list = field(default_factory=list)
+
+
 class Program:
-    """A loaded artifact; call it as ``prog(*inputs, stream=None)``."""
+    """A loaded artifact; call it as ``prog(*inputs, stream=None)``.
+
+    On the cuda backend (``graph=False``) aligned contiguous CUDA torch inputs are read in place
+    and torch outputs are written in place (see the module docstring); with ``graph=True``
+    inputs are copied into the program's buffers and outputs copied out, since the captured
+    graph holds fixed addresses. ``stream``: a ``torch.cuda.Stream``, a CUstream or an int
+    handle; the caller makes the inputs ready on it. When it is a torch stream other than the
+    current one, inputs and outputs are marked with ``record_stream`` so that torch does not
+    reuse their memory before the program's work on that stream is done; with a raw handle the
+    caller keeps inputs and outputs alive until that work is done.
+    """
 
     def __init__(self, path: Path, *, device: int = 0, graph: bool = False, verify: bool = True):
         self.path = path
@@ -113,21 +149,33 @@ class Program:
         self._interpreter = Interpreter(m, b, self.addresses, prepared)
         b.synchronize()
         self._graph = b.capture(self._interpreter.run) if graph else None
+        # the caller's tensors are bound in place only where addresses may change between runs
+        self._in_place = m.backend == "cuda" and self._graph is None
 
     # calling -----------------------------------------------------------------------------------
 
     def __call__(self, *inputs: Any, stream: Any = None):
         """Run the program; returns one output, or a tuple of outputs when there are several."""
-        use_torch = self._bind_inputs(inputs, stream)
+        call = self._bind_inputs(inputs, stream)
+        specs = self.manifest.outputs
+        bound = [self._bind_output(spec, call) for spec in specs]
+        self._interpreter.rebind_all(call.bindings)
         self._run()
-        outputs = [self._fetch(spec, use_torch, stream) for spec in self.manifest.outputs]
-        if not use_torch or self.manifest.backend != "cuda":
+        outputs = [
+            out if out is not None else self._fetch(spec, call) for out, spec in zip(bound, specs)
+        ]
+        if not call.use_torch or self.manifest.backend != "cuda":
             self.backend.synchronize()
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def bench(self, *inputs: Any, warmup: int = 3, repeat: int = 20, stream: Any = None) -> BenchResult:
-        """Time the host program alone: inputs are bound once, each timed run is one program run."""
-        self._bind_inputs(inputs, stream)
+        """Time the host program alone: inputs are bound once (in place where a call would bind
+        them in place), outputs go to the program's own buffers, each timed run is one program
+        run (no allocation, no copies)."""
+        call = self._bind_inputs(inputs, stream)
+        for spec in self.manifest.outputs:
+            call.bindings[spec.buffer] = self.addresses[spec.buffer]
+        self._interpreter.rebind_all(call.bindings)
         for _ in range(warmup):
             self._run()
         times = []
@@ -153,24 +201,27 @@ class Program:
         else:
             self._interpreter.run()
 
-    def _bind_inputs(self, inputs: tuple, stream: Any) -> bool:
-        """Check and copy the inputs into their buffers; True when outputs should be torch tensors."""
+    def _bind_inputs(self, inputs: tuple, stream: Any) -> _Call:
+        """Check the inputs and bind each one (in place, or copied into its own buffer)."""
         specs = self.manifest.inputs
         if len(inputs) != len(specs):
             names = ", ".join(s.name for s in specs)
             raise QuartetError(f"expected {len(specs)} input(s) ({names}), got {len(inputs)}", self._where)
-        use_torch = any(dtypes.is_torch_tensor(x) for x in inputs)
+        call = _Call(use_torch=any(dtypes.is_torch_tensor(x) for x in inputs))
         if self.manifest.backend == "cuda":
             self.backend.activate()
-            self.backend.set_stream(_resolve_stream(stream, self.backend, self._where))
+            handle = _resolve_stream(stream, self.backend, self._where)
+            self.backend.set_stream(handle)
+            call.record = _foreign_torch_stream(stream, handle, self.backend.device)
         elif stream is not None:
             raise QuartetError("stream= is for the cuda backend; this artifact runs on the cpu", self._where)
         for i, (x, spec) in enumerate(zip(inputs, specs)):
-            self._bind(i, x, spec)
-        return use_torch
+            self._bind(i, x, spec, call)
+        return call
 
-    def _bind(self, i: int, x: Any, spec: TensorSpec) -> None:
+    def _bind(self, i: int, x: Any, spec: TensorSpec, call: _Call) -> None:
         address = self.addresses[spec.buffer]
+        call.bindings[spec.buffer] = address
         if dtypes.is_torch_tensor(x):
             shape, dtype = tuple(x.shape), dtypes.name_of_torch(x.dtype)
             self._check_input(i, spec, shape, dtype)
@@ -185,7 +236,21 @@ class Program:
                         f"the program is loaded on cuda:{self.backend.device}",
                         self._where,
                     )
-                x = x.detach().contiguous()
+                x = x.detach()
+                if call.record is not None:
+                    x.record_stream(call.record)  # read on that stream, in place or by the copy
+                if (
+                    self._in_place
+                    and spec.nbytes
+                    and x.is_contiguous()
+                    and x.data_ptr() % IN_PLACE_ALIGNMENT == 0
+                ):
+                    call.bindings[spec.buffer] = x.data_ptr()
+                    call.keep.append(x)
+                    return
+                if not x.is_contiguous():
+                    x = _contiguous_on(x, call.record)
+                call.keep.append(x)
                 self.backend.copy(address, x.data_ptr(), spec.nbytes)
                 return
             import torch
@@ -210,17 +275,36 @@ class Program:
                 self._where,
             )
 
-    def _fetch(self, spec: TensorSpec, use_torch: bool, stream: Any):
+    def _bind_output(self, spec: TensorSpec, call: _Call):
+        """The output tensor the program writes in place, or None when it is fetched after the run
+        from the program's own buffer (numpy outputs, the cpu backend, graph mode, empty tensors)."""
         address = self.addresses[spec.buffer]
-        if use_torch:
+        call.bindings[spec.buffer] = address
+        if not (call.use_torch and self._in_place and spec.nbytes):
+            return None
+        import torch
+
+        device = f"cuda:{self.backend.device}"
+        out = torch.empty(spec.shape, dtype=dtypes.torch_dtype(spec.dtype), device=device)
+        if out.data_ptr() % IN_PLACE_ALIGNMENT:  # not from torch's caching allocator (256 bytes)
+            return None
+        if call.record is not None:
+            out.record_stream(call.record)
+        call.bindings[spec.buffer] = out.data_ptr()
+        return out
+
+    def _fetch(self, spec: TensorSpec, call: _Call):
+        """Copy output ``spec`` out of the program's own buffer into a new tensor or array."""
+        address = self.addresses[spec.buffer]
+        if call.use_torch:
             import torch
 
             device = f"cuda:{self.backend.device}" if self.manifest.backend == "cuda" else "cpu"
             out = torch.empty(spec.shape, dtype=dtypes.torch_dtype(spec.dtype), device=device)
             if self.manifest.backend == "cuda":
                 self.backend.copy(out.data_ptr(), address, spec.nbytes)
-                if isinstance(stream, torch.cuda.Stream):
-                    out.record_stream(stream)
+                if call.record is not None:
+                    out.record_stream(call.record)
             elif spec.nbytes:
                 self.backend.download(address, out.reshape(-1).view(torch.uint8).numpy())
             return out
@@ -280,3 +364,28 @@ def _resolve_stream(stream: Any, backend, where: str) -> int:
     raise QuartetError(
         f"stream must be a torch.cuda.Stream, a CUstream or an int handle, got {type(stream).__name__}", where
     )
+
+
+def _foreign_torch_stream(stream: Any, handle: int, device: int):
+    """``stream`` when it is a torch stream other than torch's current one on ``device``, else None.
+
+    Tensors used on such a stream get ``record_stream(stream)``: torch's caching allocator then
+    waits for the work on it before reusing their memory.
+    """
+    torch = sys.modules.get("torch")
+    if stream is None or torch is None or not isinstance(stream, torch.cuda.Stream):
+        return None
+    if handle == int(torch.cuda.current_stream(device).cuda_stream):
+        return None
+    return stream
+
+
+def _contiguous_on(x: Any, stream: Any):
+    """A contiguous copy of the CUDA tensor ``x``, made on ``stream`` when one is given (the copy
+    is then ordered before the program's work there and its memory belongs to that stream)."""
+    if stream is None:
+        return x.contiguous()
+    import torch
+
+    with torch.cuda.stream(stream):
+        return x.contiguous()

@@ -3,6 +3,8 @@
 :func:`validate` runs on every manifest the writer saves and the reader loads, so a program
 that passes it can be interpreted without further checks: every buffer, kernel and loop index
 it names exists, and every copy, memset, predicate and argument offset stays inside its buffer.
+It also enforces the read-only rule of ``input`` and ``weight`` buffers for copies and memsets
+(no step writes them; kernels are trusted to follow it, as arguments have no access mode).
 """
 
 from __future__ import annotations
@@ -139,6 +141,13 @@ def _check_scalar(where, a: ScalarArg, fail) -> None:
             fail(where, f"value {a.value} does not fit in {a.dtype}")
 
 
+# Buffers the program only reads: the runtime binds a caller's input tensor in place, and weights
+# are shared by every call. Copies and memsets are checked here; kernel arguments carry no access
+# mode in format version 1, so for launches this is the compiler's guarantee.
+_READ_ONLY = ("input", "weight")
+_READ_ONLY_WHY = "input and weight buffers are only read by the program"
+
+
 def _validate_program(m: Manifest, fail, need_buffer, in_bounds) -> None:
     kernels = m.kernel_map
 
@@ -160,8 +169,8 @@ def _validate_program(m: Manifest, fail, need_buffer, in_bounds) -> None:
             elif isinstance(s, Copy):
                 in_bounds(where, need_buffer(where, s.src), s.src_offset, s.size)
                 in_bounds(where, need_buffer(where, s.dst), s.dst_offset, s.size)
-                if m.buffer_map[s.dst].kind == "weight":
-                    fail(where, f"copy into weight buffer {s.dst!r}")
+                if m.buffer_map[s.dst].kind in _READ_ONLY:
+                    fail(where, f"copy into {m.buffer_map[s.dst].kind} buffer {s.dst!r} ({_READ_ONLY_WHY})")
             elif isinstance(s, Memset):
                 buf = need_buffer(where, s.buffer)
                 size = buf.size - s.offset if s.size is None else s.size
@@ -172,8 +181,8 @@ def _validate_program(m: Manifest, fail, need_buffer, in_bounds) -> None:
                 if size < 0 or size % s.width or s.offset % s.width:
                     fail(where, f"offset {s.offset} and size {size} must be multiples of width {s.width}")
                 in_bounds(where, buf, s.offset, size)
-                if buf.kind == "weight":
-                    fail(where, f"memset of weight buffer {s.buffer!r}")
+                if buf.kind in _READ_ONLY:
+                    fail(where, f"memset of {buf.kind} buffer {s.buffer!r} ({_READ_ONLY_WHY})")
             elif isinstance(s, Loop):
                 walk(s.body, f"{where}.body", scope | ({s.index} if s.index else set()))
             elif isinstance(s, While):

@@ -2,9 +2,12 @@
 
 CPU tests build tiny ``cpu`` artifacts whose kernels are C functions compiled here with
 ``cc -shared -fPIC``, and exercise launches, copies, memsets, loop/while/if, weights, the
-folder and single-file forms, and every load-time and call-time error. The ``gpu`` tests run the
-checks of quartet.runtime.device_selftest (hand-written PTX through the cuda backend); they
-skip on machines without an NVIDIA GPU.
+folder and single-file forms, and every load-time and call-time error. The cuda backend's
+in-place binding of torch tensors is exercised on the CPU with a fake cuda backend (the cpu
+backend under the cuda name, running the same C kernels on host pointers) and torch CPU tensors
+that report a CUDA device. The ``gpu`` tests run the checks of quartet.runtime.device_selftest
+(hand-written PTX through the cuda backend) and a real in-place call; they skip on machines
+without an NVIDIA GPU.
 """
 
 from __future__ import annotations
@@ -36,7 +39,10 @@ from quartet.runtime import (
     load_manifest,
     pack,
 )
-from quartet.runtime import device_selftest
+from quartet.runtime import BufferArg, device_selftest
+from quartet.runtime import program as program_module
+from quartet.runtime.cpu_backend import CpuBackend
+from quartet.runtime.interpreter import Interpreter
 from quartet.runtime.targets import cuda_compatible
 
 
@@ -56,6 +62,9 @@ void dec(int32_t *counter, int32_t *flag) {
   *flag = *counter > 0;
 }
 void positive(const float *x, uint8_t *flag) { *flag = x[0] > 0; }
+void half_neg(const uint16_t *x, uint16_t *y, int32_t n) {
+  for (int32_t i = 0; i < n; ++i) y[i] = x[i] ^ 0x8000;
+}
 """
 
 N = 16
@@ -494,6 +503,373 @@ def test_wrong_torch_inputs(kernels_so, tmp_path):
     a = torch.zeros(N)
     expect_error(lambda: prog(a, a.to(torch.float16)), "input 1 ('b')", "float16")
     expect_error(lambda: prog(a, a.reshape(4, 4)), "got shape [4, 4] float32")
+
+
+# --------------------------------------------------------------------------------------------
+# In-place binding on the cuda backend (faked on the CPU)
+# --------------------------------------------------------------------------------------------
+
+
+class FakeCudaBackend(CpuBackend):
+    """The cpu backend under the cuda backend's name: C kernels on host pointers, with a log.
+
+    Addresses are host pointers, so torch CPU tensors posing as CUDA tensors can be bound in
+    place and the kernels really read and write them.
+    """
+
+    name = "cuda"
+    device_arch = "sm_90"
+    device = 0
+
+    def __init__(self, workdir: Path):
+        super().__init__("fake-cuda")
+        self.workdir = workdir
+        self.copies: list[tuple[int, int, int]] = []
+        self.uploads: list[int] = []
+        self.launches: list[list] = []
+        self.stream = None
+
+    def activate(self) -> None:
+        pass
+
+    def set_stream(self, stream: int) -> None:
+        self.stream = stream
+
+    def prepare(self, kernel, binary: bytes):
+        path = self.workdir / f"{kernel.binary}.so"
+        if not path.exists():
+            path.write_bytes(binary)
+        return super().prepare(kernel, path)
+
+    def launch(self, prepared, args) -> None:
+        self.launches.append(list(args))
+        super().launch(prepared, args)
+
+    def copy(self, dst: int, src: int, size: int) -> None:
+        self.copies.append((dst, src, size))
+        super().copy(dst, src, size)
+
+    def upload(self, address: int, data: np.ndarray) -> None:
+        self.uploads.append(address)
+        super().upload(address, data)
+
+    def capture(self, issue):
+        return issue
+
+    def replay(self, issue) -> None:
+        issue()
+
+    def timer(self):
+        import time
+
+        t0 = [0.0]
+
+        def start():
+            t0[0] = time.perf_counter()
+
+        def stop():
+            return (time.perf_counter() - t0[0]) * 1e3 + 1e-6
+
+        return start, stop, lambda: None
+
+    def clear_log(self) -> None:
+        self.copies.clear()
+        self.uploads.clear()
+        self.launches.clear()
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch, tmp_path):
+    """(backend, FakeCuda tensor class, list of torch.empty calls) with the fake cuda backend and
+    torch.empty(device='cuda:N') served from CPU memory."""
+    torch = pytest.importorskip("torch")
+
+    class FakeCuda(torch.Tensor):
+        @property
+        def device(self):
+            return torch.device("cuda", 0)
+
+    backend = FakeCudaBackend(tmp_path)
+    monkeypatch.setattr(program_module, "_make_backend", lambda m, device, where: backend)
+    real_empty = torch.empty
+    empties: list = []
+
+    def empty(*shape, device=None, **kw):
+        if str(device).startswith("cuda"):
+            out = real_empty(*shape, **kw).as_subclass(FakeCuda)
+            empties.append(out)
+            return out
+        return real_empty(*shape, device=device, **kw)
+
+    monkeypatch.setattr(torch, "empty", empty)
+    return backend, FakeCuda, empties
+
+
+def half_neg_writer(so: bytes) -> ArtifactWriter:
+    """y = -x for float16 (the sign bit flipped), as an sm_90 artifact whose kernel is C."""
+    w = ArtifactWriter("sm_90")
+    w.add_input("x", (N,), "float16")
+    w.add_output("y", (N,), "float16")
+    w.add_kernel(
+        "neg", so, "half_neg", (1, 1, 1), (1, 1, 1), args=["x", "y", ScalarArg("int32", N)],
+        binary_format="cubin",
+    )
+    w.add_step(Launch("neg"))
+    return w
+
+
+def test_in_place_inputs_and_outputs(kernels_so, tmp_path, fake_cuda):
+    torch = pytest.importorskip("torch")
+    backend, FakeCuda, empties = fake_cuda
+    prog = load(vadd_writer(kernels_so, "sm_90").save(tmp_path / "vadd.qrt"))
+    own = dict(prog.addresses)
+    assert prog.manifest.kernels[0].binary_format == "cubin"
+    a, b = torch.randn(N).as_subclass(FakeCuda), torch.randn(N).as_subclass(FakeCuda)
+    a0, b0 = a.clone(), b.clone()
+    assert a.data_ptr() % 16 == 0 and b.data_ptr() % 16 == 0
+    backend.clear_log()
+    c = prog(a, b)
+    assert c is empties[-1] and c.device.type == "cuda"
+    # nothing copied in or out: the kernel read a and b and wrote c where they lie
+    assert backend.copies == [] and backend.uploads == []
+    assert backend.launches == [[a.data_ptr(), b.data_ptr(), c.data_ptr(), N]]
+    assert c.data_ptr() not in own.values()
+    torch.testing.assert_close(torch.Tensor(c), torch.Tensor(a0 + b0))
+    assert torch.equal(a, a0) and torch.equal(b, b0)
+    assert prog.addresses == own  # Program.addresses keeps naming the program's own buffers
+    # a second call binds the new tensors (and a new output)
+    a2 = torch.randn(N).as_subclass(FakeCuda)
+    c2 = prog(a2, b)
+    assert c2.data_ptr() != c.data_ptr()
+    assert backend.launches[-1] == [a2.data_ptr(), b.data_ptr(), c2.data_ptr(), N]
+    torch.testing.assert_close(torch.Tensor(c2), torch.Tensor(a2 + b))
+    torch.testing.assert_close(torch.Tensor(c), torch.Tensor(a0 + b0))  # the first result is untouched
+
+
+def test_misaligned_and_strided_inputs_are_copied(kernels_so, tmp_path, fake_cuda):
+    torch = pytest.importorskip("torch")
+    backend, FakeCuda, _ = fake_cuda
+    prog = load(half_neg_writer(kernels_so).save(tmp_path / "neg"))
+    own_x, own_y = prog.addresses["x"], prog.addresses["y"]
+    nbytes = 2 * N
+
+    # storage offset of one float16 element: contiguous but 2 bytes past a 16-byte boundary
+    base = torch.randn(N + 1, dtype=torch.float16).as_subclass(FakeCuda)
+    x = base[1:]
+    assert x.is_contiguous() and x.data_ptr() % 16 == 2
+    backend.clear_log()
+    y = prog(x)
+    assert backend.copies == [(own_x, x.data_ptr(), nbytes)]
+    assert backend.launches == [[own_x, y.data_ptr(), N]]  # the output is still bound in place
+    assert torch.equal(torch.Tensor(y), -torch.Tensor(x))
+
+    # not contiguous: copied from a contiguous temporary
+    wide = torch.randn(2 * N, dtype=torch.float16).as_subclass(FakeCuda)
+    x = wide[::2]
+    assert not x.is_contiguous()
+    backend.clear_log()
+    y = prog(x)
+    assert len(backend.copies) == 1 and backend.copies[0][0] == own_x and backend.copies[0][2] == nbytes
+    assert backend.copies[0][1] != x.data_ptr()
+    assert backend.launches == [[own_x, y.data_ptr(), N]]
+    assert torch.equal(torch.Tensor(y), -torch.Tensor(x))
+
+    # aligned again: bound in place (rebound away from the own buffer)
+    x = torch.randn(N, dtype=torch.float16).as_subclass(FakeCuda)
+    backend.clear_log()
+    y = prog(x)
+    assert backend.copies == [] and backend.launches == [[x.data_ptr(), y.data_ptr(), N]]
+    assert torch.equal(torch.Tensor(y), -torch.Tensor(x))
+
+    # numpy in, numpy out: the program's own buffers again
+    xn = np.random.default_rng(3).standard_normal(N).astype(np.float16)
+    backend.clear_log()
+    yn = prog(xn)
+    assert isinstance(yn, np.ndarray)
+    assert backend.uploads == [own_x] and backend.launches == [[own_x, own_y, N]]
+    np.testing.assert_array_equal(yn, -xn)
+
+    # a CPU torch tensor on the cuda backend: uploaded, the output still a (fake) CUDA tensor
+    xc = torch.randn(N, dtype=torch.float16)
+    backend.clear_log()
+    y = prog(xc)
+    assert backend.uploads == [own_x] and backend.launches == [[own_x, y.data_ptr(), N]]
+    assert y.device.type == "cuda" and torch.equal(torch.Tensor(y), -xc)
+
+
+def test_graph_mode_copies(kernels_so, tmp_path, fake_cuda):
+    torch = pytest.importorskip("torch")
+    backend, FakeCuda, _ = fake_cuda
+    prog = load(vadd_writer(kernels_so, "sm_90").save(tmp_path / "vadd"), graph=True)
+    own = prog.addresses
+    a, b = torch.randn(N).as_subclass(FakeCuda), torch.randn(N).as_subclass(FakeCuda)
+    backend.clear_log()
+    c = prog(a, b)
+    assert backend.launches == [[own["a"], own["b"], own["c"], N]]
+    assert backend.copies == [
+        (own["a"], a.data_ptr(), 4 * N),
+        (own["b"], b.data_ptr(), 4 * N),
+        (c.data_ptr(), own["c"], 4 * N),
+    ]
+    torch.testing.assert_close(torch.Tensor(c), torch.Tensor(a + b))
+
+
+def test_bench_binds_once(kernels_so, tmp_path, fake_cuda):
+    torch = pytest.importorskip("torch")
+    backend, FakeCuda, empties = fake_cuda
+    prog = load(vadd_writer(kernels_so, "sm_90").save(tmp_path / "vadd"))
+    a, b = torch.randn(N).as_subclass(FakeCuda), torch.randn(N).as_subclass(FakeCuda)
+    c = prog(a, b)  # leaves c bound; bench must not write into it
+    c0 = c.clone()
+    backend.clear_log()
+    count = len(empties)
+    result = prog.bench(a, b, warmup=2, repeat=3)
+    assert result.repeat == 3 and result.min_ms > 0
+    assert len(empties) == count  # no allocation
+    assert backend.copies == [] and backend.uploads == []
+    assert backend.launches == [[a.data_ptr(), b.data_ptr(), prog.addresses["c"], N]] * 5
+    assert torch.equal(c, c0)
+
+
+class RecordingBackend:
+    """Records what the interpreter issues; predicates read as true."""
+
+    name = "record"
+
+    def __init__(self):
+        self.log: list[tuple] = []
+
+    def launch(self, prepared, args):
+        self.log.append(("launch", prepared, list(args)))
+
+    def copy(self, dst, src, size):
+        self.log.append(("copy", dst, src, size))
+
+    def memset(self, address, value, width, count):
+        self.log.append(("memset", address, value, width, count))
+
+    def read_scalar(self, address, dtype):
+        self.log.append(("read", address, dtype))
+        return 1
+
+
+def test_interpreter_rebind_keeps_offsets(kernels_so):
+    w = ArtifactWriter("sm_90")
+    w.add_input("a", (N,), "float32")
+    w.add_output("y", (N,), "float32")
+    w.add_buffer("t", 64)
+    w.add_kernel(
+        "k",
+        kernels_so,
+        "vadd",
+        (1, 1, 1),
+        (1, 1, 1),
+        args=[BufferArg("a", 16), "a", BufferArg("y", 8), "t", ScalarArg("int32", N)],
+        binary_format="cubin",
+    )
+    w.add_kernel(
+        "i", kernels_so, "axpb", (1, 1, 1), (1, 1, 1), args=[BufferArg("a", 32), IndexArg("j")],
+        binary_format="cubin",
+    )
+    w.add_step(
+        Launch("k"),
+        Copy("t", "a", 4, src_offset=8),
+        Memset("y", 0, size=8, offset=4),
+        If(Predicate("a", "int32", 12), [Loop(2, [Launch("i")], index="j")]),
+    )
+    m = w.manifest()
+    own = {"a": 0x1000, "y": 0x2000, "t": 0x3000}
+    backend = RecordingBackend()
+    interp = Interpreter(m, backend, own, {"k": "K", "i": "I"})
+    interp.run()
+    assert backend.log == [
+        ("launch", "K", [0x1010, 0x1000, 0x2008, 0x3000, N]),
+        ("copy", 0x3000, 0x1008, 4),
+        ("memset", 0x2004, 0, 1, 8),
+        ("read", 0x100C, "int32"),
+        ("launch", "I", [0x1020, 0]),
+        ("launch", "I", [0x1020, 1]),
+    ]
+    interp.rebind_all({"a": 0x50000, "y": 0x60000, "t": 0x3000})
+    assert own == {"a": 0x1000, "y": 0x2000, "t": 0x3000}  # the caller's map is not changed
+    backend.log.clear()
+    interp.run()
+    assert backend.log == [
+        ("launch", "K", [0x50010, 0x50000, 0x60008, 0x3000, N]),
+        ("copy", 0x3000, 0x50008, 4),
+        ("memset", 0x60004, 0, 1, 8),
+        ("read", 0x5000C, "int32"),
+        ("launch", "I", [0x50020, 0]),
+        ("launch", "I", [0x50020, 1]),
+    ]
+    interp.rebind("a", 0x1000)  # back to the own buffer
+    assert interp.plans["k"].values[:2] == [0x1010, 0x1000] and interp.plans["i"].values[0] == 0x1020
+    with pytest.raises(KeyError):
+        interp.rebind("nope", 0)
+
+
+def test_validate_rejects_writes_to_inputs(kernels_so, tmp_path):
+    for step, words in (
+        (Copy("a", "c", 4), ("program[1]", "copy into input buffer 'a'", "only read")),
+        (Copy("b", "a", 8, dst_offset=8), ("copy into input buffer 'b'",)),
+        (Memset("a", 0), ("program[1]", "memset of input buffer 'a'", "only read")),
+        (Loop(1, [Memset("b", 0, size=4)]), ("program[1].body[0]", "memset of input buffer 'b'")),
+    ):
+        w = vadd_writer(kernels_so)
+        w.add_step(step)
+        expect_error(w.manifest, *words)
+    w = weights_loop_writer(kernels_so)
+    w.add_step(Memset("w", 0))
+    expect_error(w.manifest, "memset of weight buffer 'w'")
+    # the reader checks it too (a manifest written by something else)
+    path = vadd_writer(kernels_so).save(tmp_path / "v")
+    edit_manifest(path, lambda d: d["program"].append({"op": "memset", "buffer": "a"}))
+    expect_error(lambda: load_manifest(path), "memset of input buffer 'a'")
+    # reading an input (copy out of it) stays allowed
+    w = vadd_writer(kernels_so)
+    w.add_step(Copy("c", "a", 4))
+    w.manifest()
+
+
+@pytest.mark.gpu
+def test_gpu_in_place_call(tmp_path):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch has no CUDA")
+    ctx = device_selftest.Context(tmp_path)
+    n = device_selftest.N
+    w = ctx.writer()
+    w.add_input("x", (n,), "float32")
+    w.add_output("y", (n,), "float32")
+    w.add_buffer("t", 4 * n)
+    # y = x * 3 + 0 (axpb with the loop index t = 0), through a temp and an offset-free copy
+    args = ["x", "t", ScalarArg("float32", 3.0), ScalarArg("int64", 0), ScalarArg("int32", n)]
+    ctx.kernel(w, "axpb", "axpb", args)
+    w.add_step(Launch("axpb"), Copy("y", "t", 4 * n))
+    prog = load(ctx.save(w, "in_place.qrt"))
+    x = torch.randn(n, device="cuda")
+    x0 = x.clone()
+    y = prog(x)
+    torch.cuda.synchronize()
+    assert y.is_cuda and y.data_ptr() not in prog.addresses.values()
+    torch.testing.assert_close(y, x0 * 3)
+    assert torch.equal(x, x0)
+    # misaligned (one float past a 16-byte boundary) and strided inputs are copied
+    base = torch.randn(n + 1, device="cuda")
+    torch.testing.assert_close(prog(base[1:]), base[1:] * 3)
+    wide = torch.randn(2 * n, device="cuda")
+    torch.testing.assert_close(prog(wide[::2]), wide[::2] * 3)
+    # numpy after torch: the program's own buffers
+    xn = x0.cpu().numpy()
+    np.testing.assert_allclose(prog(xn), xn * 3, rtol=1e-6)
+    # on a side torch stream (record_stream path)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    y2 = prog(x, stream=side)
+    side.synchronize()
+    torch.testing.assert_close(y2, x0 * 3)
+    assert torch.equal(x, x0)
+    prog.close()
 
 
 # --------------------------------------------------------------------------------------------
