@@ -605,6 +605,14 @@ class Run:
                 del cpu_module
             prog = rt.load(str(path))
             res["poisoned"] = _poison_outputs(prog) if self.device.type == "cuda" else False
+            if res["poisoned"]:
+                # The poisoned output buffers are the program's own: a call with host (numpy)
+                # inputs writes them and copies them out (a call with CUDA tensors writes
+                # straight into fresh tensors instead), so this call shows any unwritten byte.
+                host = prog(*[x.detach().cpu().numpy() for x in st["check"]])
+                host = host if isinstance(host, tuple) else (host,)
+                host = tuple(torch.from_numpy(h).to(self.device) for h in host)
+                res["check_poisoned"] = compare(host[0] if len(host) == 1 else host, st["ref"])
             res.update(self._measure(w, "quartet", prog))
             try:
                 r = prog.bench(*st["pool"][0], warmup=3, repeat=20)
