@@ -113,8 +113,10 @@ def build_one(workload: suite.Workload, pipeline: str, out: Path, *, target: str
         row["compile_s"] = time.perf_counter() - t0
         # Per stage (import; passes; lowering to binaries) and kernels made: linalg -> cubin
         # per kernel is (passes + lower) / kernels.
-        row["stage_s"] = dict(getattr(compiled.result, "seconds", {}) or {})
-        row["kernels"] = len(compiled.manifest.kernels)
+        result = getattr(compiled, "result", None)
+        row["stage_s"] = dict(getattr(result, "seconds", None) or {})
+        manifest = getattr(compiled, "manifest", None)
+        row["kernels"] = len(manifest.kernels) if manifest is not None else None
     except Exception as e:
         row["status"] = f"not compiled: {_one_line(e)}"
         return row
