@@ -10,7 +10,7 @@ cast and the transpose is its own kernel writing an f32 (or transposed) copy to 
 and the transpose are how the operator was spelled, not part of it; this pass takes them back
 out, so that Roller sees the operator it was written for.
 
-Rule. A ``linalg.matmul`` / ``linalg.batch_matmul`` (any ``indexing_maps``), or a matmul-like
+Rule 1. A ``linalg.matmul`` / ``linalg.batch_matmul`` (any ``indexing_maps``), or a matmul-like
 ``linalg.generic`` (two inputs, one init, projected-permutation maps, body ``[extf ...] mulf,
 addf(acc, product), yield``), whose input is produced, through a chain of
 
@@ -29,6 +29,12 @@ addf``, accumulating into the same init (usually the ``linalg.fill``). The value
 The new generic is what ``lowering/gemm_problem.analyze`` takes (projected-permutation maps,
 payload less extf/truncf ``[mulf, addf, yield]``); its fp16/bf16 operands reach tensor cores.
 
+Rule 2, for the epilogue. An element-wise (all-parallel) ``linalg.generic`` that reads a
+contraction's result and a cast (as above, identity maps) of an f16/bf16 tensor, such as the bias
+of ``F.linear``, reads the f16/bf16 tensor instead with the ``extf`` moved into its body (the op
+is changed in place). Without it the bias cast stays a kernel of its own: ``roller-fuse`` puts
+nothing but the accumulator's fill in front of a GEMM, and the cast has no producer to join.
+
 Reading the source is valid whether or not the cast or transposed value has other users; the
 chain's ops (and their ``tensor.empty`` inits) are erased once nothing reads them any more, so a
 cast shared with another consumer stays for that consumer. A contraction with no such chain, or
@@ -38,8 +44,7 @@ that is not a multiply-accumulate), is left unchanged; the pass never fails.
 Assumes: plain linalg on tensors, run BEFORE ``quartet-outline-tiles`` (the Roller pipeline:
 ``roller-fold-casts,quartet-outline-tiles,roller-fuse,roller-config``). Ops inside a
 ``quartet.tile`` are left alone: a tile's inputs are the interface its schedule was made for.
-The bias cast of ``F.linear`` is not a contraction input; ``roller-fuse`` takes it into the GEMM's
-epilogue.
+Casts in front of other ops (softmax, layer norm) are left to ``roller-fuse``'s row programs.
 """
 
 from __future__ import annotations
@@ -376,6 +381,45 @@ def fold_contraction(c: Contraction) -> ir.Operation | None:
     return new
 
 
+def _reads_contraction(op: ir.Operation) -> bool:
+    for value in op.operands:
+        producer = _defining_op(value)
+        if producer is None:
+            continue
+        if producer.name in ("linalg.matmul", "linalg.batch_matmul"):
+            return True
+        if producer.name == "linalg.generic" and \
+                "reduction" in str(producer.attributes["iterator_types"]):
+            return True
+    return False
+
+
+def fold_epilogue_casts(op: ir.Operation) -> int:
+    """Rule 2 (module docstring): an element-wise ``linalg.generic`` reading a contraction's
+    result reads the f16/bf16 source of a cast operand instead, with the ``extf`` moved into its
+    body. Rewrites ``op`` in place; returns how many operands were folded."""
+    if op.name != "linalg.generic" or not _parallel(op) or not _reads_contraction(op):
+        return 0
+    num_inputs = list(ir.DenseI32ArrayAttr(op.attributes["operandSegmentSizes"]))[0]
+    block = op.regions[0].blocks[0]
+    folded, casts = 0, []
+    for i in range(num_inputs):
+        step = _producer_step(op.operands[i])
+        if step is None or not step.cast or step.perm != tuple(range(len(step.perm))):
+            continue
+        arg = block.arguments[i]
+        wide = arg.type
+        op.operands[i] = step.source
+        arg.set_type(ir.RankedTensorType(step.source.type).element_type)
+        with op.location, ir.InsertionPoint.at_block_begin(block):
+            extended = arith.extf(wide, arg)
+        arg.replace_all_uses_except(extended, extended.owner.operation)
+        casts.append(step.op)
+        folded += 1
+    erase_dead(casts)
+    return folded
+
+
 def erase_dead(candidates: list[ir.Operation]) -> int:
     """Erase the candidate ops (and ``tensor.empty`` inits they read) that nothing reads, until
     none is left; return how many ops were erased."""
@@ -416,3 +460,5 @@ class RollerFoldCasts(ModulePass):
         for c in found:
             if c is not None:
                 fold_contraction(c)
+        for op in collect(module, lambda o: o.name == "linalg.generic" and not _in_tile(o)):
+            fold_epilogue_casts(op)
