@@ -394,15 +394,16 @@ def _reads_contraction(op: ir.Operation) -> bool:
     return False
 
 
-def fold_epilogue_casts(op: ir.Operation) -> int:
+def fold_epilogue_casts(op: ir.Operation) -> list[ir.Operation]:
     """Rule 2 (module docstring): an element-wise ``linalg.generic`` reading a contraction's
     result reads the f16/bf16 source of a cast operand instead, with the ``extf`` moved into its
-    body. Rewrites ``op`` in place; returns how many operands were folded."""
+    body. Rewrites ``op`` in place; returns the casts it no longer reads (not erased here: the
+    caller erases them with :func:`erase_dead` once every consumer has been rewritten)."""
     if op.name != "linalg.generic" or not _parallel(op) or not _reads_contraction(op):
-        return 0
+        return []
     num_inputs = list(ir.DenseI32ArrayAttr(op.attributes["operandSegmentSizes"]))[0]
     block = op.regions[0].blocks[0]
-    folded, casts = 0, []
+    casts = []
     for i in range(num_inputs):
         step = _producer_step(op.operands[i])
         if step is None or not step.cast or step.perm != tuple(range(len(step.perm))):
@@ -415,9 +416,7 @@ def fold_epilogue_casts(op: ir.Operation) -> int:
             extended = arith.extf(wide, arg)
         arg.replace_all_uses_except(extended, extended.owner.operation)
         casts.append(step.op)
-        folded += 1
-    erase_dead(casts)
-    return folded
+    return casts
 
 
 def erase_dead(candidates: list[ir.Operation]) -> int:
@@ -460,5 +459,7 @@ class RollerFoldCasts(ModulePass):
         for c in found:
             if c is not None:
                 fold_contraction(c)
+        unread = []
         for op in collect(module, lambda o: o.name == "linalg.generic" and not _in_tile(o)):
-            fold_epilogue_casts(op)
+            unread += fold_epilogue_casts(op)
+        erase_dead(unread)

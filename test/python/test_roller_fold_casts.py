@@ -232,6 +232,38 @@ def test_linear_compiles_for_sm90_with_the_pass_in_front(monkeypatch):
     assert b"sm_90a" in cubin or b"wgmma" in cubin
 
 
+def test_bert_layer_f16_compiles_to_fewer_kernels_and_computes_the_same(monkeypatch, tmp_path):
+    """A small fp16 BERT layer (bench/suite.py's): every GEMM is one tile on tensor cores, the
+    transposes and casts of its projections are gone, and the artifact's CPU twin agrees with
+    PyTorch in float64."""
+    import quartet.runtime as rt
+    from quartet.bench.suite import BertLayer
+    from quartet.lowering.device_e2e.cpu_twin import cpu_twin
+
+    compile_mod = importlib.import_module("quartet.frontend.compile")
+    roller = compile_mod.pipeline_passes
+    monkeypatch.setattr(compile_mod, "pipeline_passes", lambda p, t: roller(p, t).replace(
+        "builtin.module(", f"builtin.module({FOLD},", 1))
+    torch.manual_seed(0)
+    model = BertLayer(96, 4, 384).to(H).eval()
+    (x,) = _inputs("bert_layer", [(2, 16, 96)], H)
+    writer, result, _ = compile_mod.compile_to_artifact(model, (x,), target="sm_90")
+    # Without the pass: 31 tiles (7 transposes, f32 projections on CUDA cores); measured.
+    assert len(writer.manifest().kernels) == 14
+    module = _run(result.quartet, "")
+    _, gemms = _gemm_tiles(module)
+    assert len(gemms) == 6 and all(p.a.dtype == p.b.dtype == "f16" for _, p in gemms)
+    prog = rt.load(cpu_twin(writer, result.quartet).save(tmp_path / "twin"))
+    try:
+        out = prog(x.numpy())
+    finally:
+        prog.close()
+    out = np.asarray(out[0] if isinstance(out, tuple) else out, dtype=np.float64)
+    with torch.no_grad():
+        ref = model.double()(x.double()).numpy()
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 2e-3
+
+
 # ---------------------------------------------------------------------------------------------
 # Numerics on the CPU path against PyTorch in float64 (test_cpu_numerics.py's metric).
 
