@@ -1,7 +1,8 @@
 """Named pipelines: each compiler is a pipeline over the same IR (DESIGN.md).
 
-``roller{target=T}``: linalg on tensors -> one ``quartet.tile`` per linalg op
-(``quartet-outline-tiles``) -> one per operator (``roller-fuse``: fills, casts and element-wise
+``roller{target=T}``: linalg on tensors -> casts and transposes in front of contractions
+folded into mixed-precision contractions (``roller-fold-casts``) -> one ``quartet.tile`` per
+linalg op (``quartet-outline-tiles``) -> one per operator (``roller-fuse``: fills, casts and element-wise
 ops join the op that owns their iteration space) -> Roller's tile programs -> kernels. For a GPU target the result holds ``gpu.binary`` ops (cubin for ``sm_*``,
 hsaco for ``gfx*``) and ``gpu.launch_func`` calls; for ``target=cpu`` it is LLVM-dialect code
 for the ExecutionEngine.
@@ -22,4 +23,5 @@ def roller(options: dict[str, str]) -> list[str]:
     target = options.get("target", "sm_90")
     topk = options.get("topk", "1")
     lower = "quartet-lower-cpu" if target == "cpu" else f"quartet-lower-gpu{{target={target}}}"
-    return ["quartet-outline-tiles", f"roller-fuse{{target={target}}}", f"roller-config{{target={target} topk={topk}}}", lower]
+    return ["roller-fold-casts", "quartet-outline-tiles", f"roller-fuse{{target={target}}}",
+            f"roller-config{{target={target} topk={topk}}}", lower]

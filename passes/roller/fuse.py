@@ -14,6 +14,8 @@ This pass merges a producer tile into its consumer tile when
 1. every use of every result of the producer is inside the consumer (directly, or through
    ``tensor.expand_shape`` / ``tensor.collapse_shape`` ops whose results only the consumer reads;
    those views move into the merged tile too), so the intermediate never needs to be in memory;
+   A producer that only fills is the exception: it is copied into each consumer that can
+   take it (a fill costs nothing to repeat; torch-mlir shares one fill among GEMMs);
 2. the merged tile is still *one iteration space* that a single-kernel lowering takes: a GEMM or
    implicit-GEMM convolution with the fill of its accumulator and element-wise epilogues
    (``lowering/gemm_problem.py``), a row program (element-wise ops, and reductions along the
@@ -187,13 +189,27 @@ def edge_levels(tile: TileOp, kind: str) -> list[int]:
     return levels
 
 
+def _fill_only(tile_op: ir.Operation) -> bool:
+    ops = tile_op.opview.computation
+    return any(o.name == "linalg.fill" for o in ops) and \
+        all(o.name in ("linalg.fill", "tensor.empty", "arith.constant") for o in ops)
+
+
 def try_merge(producer: ir.Operation, consumer: ir.Operation,
-              target: str = "sm_90") -> ir.Operation | None:
+              target: str = "sm_90") -> tuple[ir.Operation, bool] | None:
     """Merge ``producer`` into ``consumer`` if the module docstring's rules allow it; return
-    the merged tile (which replaced the consumer) or None (the IR is unchanged)."""
+    (the merged tile, which replaced the consumer; whether the producer is gone), or None (the
+    IR is unchanged).
+
+    A producer that only fills (torch-mlir shares one ``linalg.fill`` among the GEMMs of one
+    output shape) is copied into the consumer instead when others read it too: a fill costs
+    nothing to repeat, and each GEMM then starts its accumulator from the scalar."""
     views = _views_to_consumer(producer, consumer)
+    copy_only = False
     if views is None:
-        return None
+        if not _fill_only(producer):
+            return None
+        views, copy_only = [], True
     fused = merged_tile(producer, views, consumer)
     with consumer.location:          # the analyses build scratch IR
         kind = single_kernel(fused, target)
@@ -205,8 +221,10 @@ def try_merge(producer: ir.Operation, consumer: ir.Operation,
     consumer.erase()
     for view in reversed(views):
         view.erase()
-    producer.erase()
-    return fused.operation
+    if not copy_only or not any(True for r in producer.results for _ in r.uses):
+        producer.erase()
+        return fused.operation, True
+    return fused.operation, False
 
 
 def fuse_block_tiles(block_tiles: list[ir.Operation], target: str = "sm_90") -> int:
@@ -220,11 +238,12 @@ def fuse_block_tiles(block_tiles: list[ir.Operation], target: str = "sm_90") -> 
             merged = False
             for producer in _producers(tiles[i]):
                 j = next(k for k, t in enumerate(tiles) if t == producer)
-                fused = try_merge(producer, tiles[i], target)
-                if fused is not None:
-                    tiles[i] = fused
-                    del tiles[j]
-                    i -= 1          # the producer came before the consumer
+                done = try_merge(producer, tiles[i], target)
+                if done is not None:
+                    tiles[i], gone = done
+                    if gone:
+                        del tiles[j]
+                        i -= 1          # the producer came before the consumer
                     merges += 1
                     merged = True
                     break

@@ -147,3 +147,24 @@ func.func @no_merge(%a: tensor<16x16xf32>, %b: tensor<16x16xf32>, %c: tensor<16x
   } -> tensor<16x16xf32>
   return %2, %3 : tensor<16x16xf32>, tensor<16x16xf32>
 }
+
+// -----
+
+// One fill shared by two GEMMs (torch-mlir makes one per output shape): each GEMM gets its own
+// copy, and the fill's own tile disappears once nothing reads it.
+// CHECK-LABEL: func.func @shared_fill
+// CHECK:         "quartet.tile"() ({
+// CHECK-NEXT:      linalg.fill
+// CHECK-NEXT:      linalg.matmul
+// CHECK:         "quartet.tile"() ({
+// CHECK-NEXT:      linalg.fill
+// CHECK-NEXT:      linalg.matmul
+// CHECK-NOT:     quartet.tile
+func.func @shared_fill(%a: tensor<16x16xf32>, %b: tensor<16x16xf32>, %c: tensor<16x16xf32>) -> (tensor<16x16xf32>, tensor<16x16xf32>) {
+  %z = arith.constant 0.000000e+00 : f32
+  %e = tensor.empty() : tensor<16x16xf32>
+  %f = linalg.fill ins(%z : f32) outs(%e : tensor<16x16xf32>) -> tensor<16x16xf32>
+  %0 = linalg.matmul ins(%a, %b : tensor<16x16xf32>, tensor<16x16xf32>) outs(%f : tensor<16x16xf32>) -> tensor<16x16xf32>
+  %1 = linalg.matmul ins(%a, %c : tensor<16x16xf32>, tensor<16x16xf32>) outs(%f : tensor<16x16xf32>) -> tensor<16x16xf32>
+  return %0, %1 : tensor<16x16xf32>, tensor<16x16xf32>
+}
