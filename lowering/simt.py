@@ -443,6 +443,8 @@ def analyze_rows(tile) -> RowProgram:
                     continue
                 _check_map(amap, n_loops, space_kind, red and is_init)
                 inside = v in internal
+                if inside and not is_init:
+                    _check_internal_read(amap, n_loops, space_kind, klass(_shape(v)))
                 if space_kind == "full" and not (red and is_init):
                     if not inside and any(d == ("loop", n_loops - 1) for d in amap):
                         full_loads.append(ir.ShapedType(v.type).element_type)
@@ -473,6 +475,25 @@ def analyze_rows(tile) -> RowProgram:
     while V > 1 and N % V:
         V //= 2
     return RowProgram(tile, steps, space, R, N, V, reductions, full_loads)
+
+
+def _check_internal_read(amap, n_loops: int, space_kind: str, value_kind: str | None) -> None:
+    """A value computed inside the row program lives with the thread that computed it: a full
+    value as that thread's chunk of its row, a row value once per row. It can only be read
+    where it lives: a full value through the identity map, a row value through the row loops
+    in order (a broadcast along the inner loop). Anything else needs another row's or another
+    thread's data (e.g. a second matrix-vector product reading the first one's results along
+    its reduction loop), which a row program does not have."""
+    positions = [x for kind, x in amap if kind == "loop"]
+    if space_kind == "full":
+        if value_kind == "full" and positions == list(range(n_loops)):
+            return
+        if value_kind == "row" and positions == list(range(n_loops - 1)):
+            return
+    elif value_kind == "row" and positions == list(range(n_loops)):
+        return
+    raise _Unsupported("a value computed in the tile read through another map than where it "
+                       "lives (another row's or thread's data)")
 
 
 def _check_map(amap, n_loops: int, space_kind: str, reduction_init: bool) -> None:

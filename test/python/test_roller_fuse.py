@@ -162,3 +162,25 @@ def test_row_policy_keeps_a_long_row_in_registers():
     s = rows.schedule((64, 30522), 2, hardware.get("sm_90"), num_inputs=1)
     assert s.threads == 1024 and s.block_tile[-1] == 30522
     assert s.thread_tile[-1] <= 64 * 2          # the row builder keeps at most 64 vectors
+
+
+def test_two_matrix_vector_products_stay_apart():
+    """After roller-fold-casts an f32 ``F.linear`` is a contraction ``linalg.generic`` that the
+    row analysis also reads as rows (one dot product per output): a second product reading
+    the first one's results along its reduction loop needs every row's result, so the two must
+    not become one row program (found on the H100: SkipNet's gated blocks came out wrong)."""
+    def two(x, w1, w2):
+        return F.linear(torch.relu(F.linear(x, w1)), w2)
+
+    args = (torch.randn(1, 64), torch.randn(64, 64), torch.randn(64, 64))   # one space
+    text = import_linalg(_Fn(two), args).mlir_text
+    module = _passes(text, "roller-fold-casts,quartet-outline-tiles,roller-fuse")
+    tiles = _tiles(module)
+    reducing = [t for t in tiles
+                if any(o.name == "linalg.generic"
+                       and "reduction" in str(o.attributes["iterator_types"])
+                       for o in t.computation)]
+    assert len(reducing) == 2
+    assert all(sum(1 for o in t.computation if o.name == "linalg.generic"
+                   and "reduction" in str(o.attributes["iterator_types"])) == 1
+               for t in reducing)
