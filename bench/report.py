@@ -55,6 +55,19 @@ def e2e(rec: dict, system: str) -> float | None:
     return rec["systems"][system]["e2e"]["median_ms"] if ok(rec, system) else None
 
 
+def quartet_wrong(rec) -> str | None:
+    """Why Quartet's result of this row is wrong, or None: its error against float64 more than
+    ten times eager PyTorch's and above 1e-2, or more token mismatches than eager's."""
+    q = (rec["systems"].get("quartet") or {}).get("check") or {}
+    ref = (rec["systems"].get("eager") or {}).get("check") or {}
+    err, base = q.get("rel_err"), ref.get("rel_err") or 0.0
+    if isinstance(err, float) and (math.isnan(err) or err > max(10 * base, 1e-2)):
+        return f"rel. error {err:.2g}, eager {base:.2g}"
+    if q.get("int_mismatch", 0) > ref.get("int_mismatch", 0):
+        return f"{q['int_mismatch']} token mismatches"
+    return None
+
+
 def best_peer(rec: dict) -> tuple[str | None, float | None]:
     times = [(e2e(rec, s), s) for s in PEERS if ok(rec, s)]
     if not times:
@@ -170,7 +183,10 @@ def markdown(run: dict, run_path: Path, plots: dict[str, Path | None], results: 
     for rec in run["workloads"]:
         peer, t_peer = best_peer(rec)
         tq = e2e(rec, "quartet") if "quartet" in systems else None
-        if tq and t_peer:
+        wrong = quartet_wrong(rec)
+        if wrong:
+            sp = f"**WRONG** ({wrong}): no speedup claimed"
+        elif tq and t_peer:
             sp = f"**{t_peer / tq:.2f}x** (vs {LABELS[peer]})"
         elif "quartet" in systems:
             sp = "no Quartet number"
