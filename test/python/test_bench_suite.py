@@ -335,3 +335,13 @@ def test_run_measures_a_quartet_artifact_with_rebuilt_weights(tmp_path):
     (path,) = (tmp_path / "out3").glob("run-*.json")
     q = json.loads(path.read_text())["workloads"][0]["systems"]["quartet"]
     assert q["status"].startswith("not run: artifact built at the real sizes")
+
+
+def test_compile_time_measures_each_kernel_from_scratch():
+    from quartet.bench import compile_time, suite as bench_suite
+
+    r = compile_time.measure(bench_suite.get("bias_gelu_scale_f16"), reps=2)
+    assert r["kernels"] == 1 and len(r["cpu_s"]) == 2
+    # the binary cache is cleared: every repetition runs NVVM and ptxas (a cached repetition
+    # would take only the passes, ~0.03 s)
+    assert all(t > 0.08 for t in r["cpu_s"]), r["cpu_s"]
