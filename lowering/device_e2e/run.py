@@ -173,6 +173,8 @@ def _check_weights(model, path: Path) -> tuple[bool, list]:
 
 
 def _poison(prog) -> None:
+    # Temps are the program's own buffers in every mode. Outputs are its own only in graph mode
+    # (err_graph below): a call with CUDA tensors writes fresh torch tensors in place.
     for b in prog.manifest.buffers:
         if b.kind in ("temp", "output") and b.size:
             prog.backend.memset(prog.addresses[b.name], 0xFF, 1, b.size)
