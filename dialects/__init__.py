@@ -16,6 +16,7 @@ from .quartet import (  # noqa: F401  (registers the classes)
     VTaskOp,
     captures,
     collect,
+    defining_op,
     load,
     tile,
     uvirtual,

@@ -333,6 +333,12 @@ def captures(op) -> list[ir.Value]:
     return seen
 
 
+def defining_op(value: ir.Value) -> ir.Operation | None:
+    """The op that defines ``value``, or None for a block argument."""
+    owner = value.owner
+    return None if isinstance(owner, ir.Block) else owner.operation
+
+
 def defined_inside(value: ir.Value, region_op: ir.Operation) -> bool:
     """Whether ``value`` is defined by an op or block nested in ``region_op``."""
     owner = value.owner

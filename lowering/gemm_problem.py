@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from mlir import ir
 
-from quartet.dialects import linalg_info
+from quartet.dialects import defining_op, linalg_info
 
 from .gemm_ir import Emitter, Ix, bytes_of
 
@@ -222,14 +222,14 @@ def _scalar_type_name(t: ir.Type) -> str:
 
 
 def _scalar_constant(value: ir.Value) -> bool:
-    owner = value.owner
-    return (not isinstance(owner, ir.Block) and owner.name == "arith.constant"
+    owner = defining_op(value)
+    return (owner is not None and owner.name == "arith.constant"
             and not isinstance(value.type, ir.ShapedType))
 
 
 def _empty(value: ir.Value) -> bool:
-    owner = value.owner
-    return not isinstance(owner, ir.Block) and owner.name == "tensor.empty"
+    owner = defining_op(value)
+    return owner is not None and owner.name == "tensor.empty"
 
 
 def analyze(tile) -> GemmProblem | str:

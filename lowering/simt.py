@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from mlir import ir
 from mlir.dialects import arith, func, gpu, memref, scf, vector
 
+from quartet.dialects import defining_op
 from quartet.errors import QuartetError, location_of
 
 from .binary import get_target
@@ -114,10 +115,7 @@ def _i32(v: int) -> ir.Value:
 
 
 def _owner_op(value: ir.Value):
-    owner = value.owner
-    if isinstance(owner, ir.Block):
-        return None
-    return owner.operation if hasattr(owner, "operation") else owner
+    return defining_op(value)
 
 
 def _is_float(t: ir.Type) -> bool:

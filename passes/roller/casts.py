@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from mlir import ir
 from mlir.dialects import arith, linalg, tensor
 
-from quartet.dialects import collect, linalg_info
+from quartet.dialects import collect, defining_op, linalg_info
 from quartet.passes.registry import ModulePass, register
 
 CONTRACTIONS = ("linalg.matmul", "linalg.batch_matmul", "linalg.generic")
@@ -64,11 +64,6 @@ FLOAT_WIDTH = {"bf16": 16, "f16": 16, "f32": 32, "f64": 64}
 
 # ---------------------------------------------------------------------------------------------
 # Small readers of the IR.
-
-
-def _defining_op(value: ir.Value) -> ir.Operation | None:
-    owner = value.owner
-    return None if isinstance(owner, ir.Block) else owner.operation
 
 
 def _used(op: ir.Operation) -> bool:
@@ -181,7 +176,7 @@ def _transpose(op: ir.Operation) -> Step | None:
 
 
 def _producer_step(value: ir.Value) -> Step | None:
-    op = _defining_op(value)
+    op = defining_op(value)
     if op is None:
         return None
     return _transpose(op) or _unary_generic(op)
@@ -206,7 +201,7 @@ def _groups(op: ir.Operation) -> list[list[int]]:
 def _through_collapse(value: ir.Value, dims: list[int]) -> Chain | None:
     """``collapse_shape(transpose(x))`` read with ``dims`` as ``collapse_shape(x)`` read with
     permuted dims, when every collapsed group is a run of adjacent dims of ``x``, in order."""
-    collapse = _defining_op(value)
+    collapse = defining_op(value)
     if collapse is None or collapse.name != "tensor.collapse_shape":
         return None
     step = _producer_step(collapse.operands[0])
@@ -383,7 +378,7 @@ def fold_contraction(c: Contraction) -> ir.Operation | None:
 
 def _reads_contraction(op: ir.Operation) -> bool:
     for value in op.operands:
-        producer = _defining_op(value)
+        producer = defining_op(value)
         if producer is None:
             continue
         if producer.name in ("linalg.matmul", "linalg.batch_matmul"):
@@ -433,7 +428,7 @@ def erase_dead(candidates: list[ir.Operation]) -> int:
         for op in list(pending):
             if _used(op):
                 continue
-            inits = [_defining_op(v) for v in op.operands]
+            inits = [defining_op(v) for v in op.operands]
             pending.remove(op)
             op.erase()
             erased += 1

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 from mlir import ir
 
-from quartet.dialects import TileOp, collect, linalg_info, yield_
+from quartet.dialects import TileOp, collect, defining_op, linalg_info, yield_
 from quartet.passes import hardware
 from quartet.passes.registry import ModulePass, register
 
@@ -60,11 +60,6 @@ def _inside(op: ir.Operation, region_op: ir.Operation) -> bool:
             return True
         parent = parent.parent
     return False
-
-
-def _defining_op(value: ir.Value) -> ir.Operation | None:
-    owner = value.owner
-    return None if isinstance(owner, ir.Block) else owner.operation
 
 
 def _views_to_consumer(producer: ir.Operation, consumer: ir.Operation) -> list | None:
@@ -103,9 +98,9 @@ def _producers(consumer: ir.Operation) -> list[ir.Operation]:
     found: list[ir.Operation] = []
     tile = consumer.opview
     for value in tile.inputs:
-        op = _defining_op(value)
+        op = defining_op(value)
         while op is not None and op.name in VIEW_OPS and op.block == consumer.block:
-            op = _defining_op(op.operands[0])
+            op = defining_op(op.operands[0])
         if op is not None and op.name == "quartet.tile" and op.block == consumer.block \
                 and op not in found:
             found.append(op)
@@ -144,9 +139,8 @@ def merged_tile(producer: ir.Operation, views: list, consumer: ir.Operation) -> 
             _remap(new, mapping)
             mapping.update(zip(op.results, new.results))
         yield_([mapping.get(v, v) for v in c.terminator.operands])
-    for name in ("target",):
-        if name in consumer.attributes:
-            fused.operation.attributes[name] = consumer.attributes[name]
+    if "target" in consumer.attributes:
+        fused.operation.attributes["target"] = consumer.attributes["target"]
     return fused
 
 
@@ -216,6 +210,8 @@ def try_merge(producer: ir.Operation, consumer: ir.Operation,
     if kind is None:
         fused.operation.erase()
         return None
+    fused.operation.attributes["edge_levels"] = ir.DenseI64ArrayAttr.get(
+        edge_levels(fused, kind))
     for old, new in zip(consumer.results, fused.results):
         old.replace_all_uses_with(new)
     consumer.erase()
@@ -273,11 +269,14 @@ class RollerFuse(ModulePass):
     def apply(self, module) -> None:
         for tiles in _tiles_by_block(module):
             fuse_block_tiles(tiles, self.target)
+        # Merged tiles got their edge levels when merged; a multi-op tile given as input gets
+        # them here.
         for op in collect(module, lambda o: o.name == "quartet.tile"):
             tile = op.opview
-            if sum(1 for o in tile.computation if linalg_info.is_linalg(o)) < 2:
+            if "edge_levels" in op.attributes or \
+                    sum(1 for o in tile.computation if linalg_info.is_linalg(o)) < 2:
                 continue
             with op.location:
                 kind = single_kernel(tile, self.target)
-            if kind is not None and "edge_levels" not in op.attributes:
+            if kind is not None:
                 op.attributes["edge_levels"] = ir.DenseI64ArrayAttr.get(edge_levels(tile, kind))

@@ -19,7 +19,6 @@ module-scoped fixtures.
 # symbols against torch_mlir's copy of LLVM.
 import mlir.ir as ir  # noqa: I001  (order matters)
 
-import math
 import os
 import subprocess
 import sys
@@ -34,10 +33,9 @@ from quartet.dialects import TileOp
 from quartet.frontend import models
 from quartet.frontend.compile import CompiledModule, compile, run_passes
 from quartet.passes import hardware
-from quartet.passes.footprint import OpModel
-from quartet.passes.roller import policy
 from quartet.passes.roller.config import check_fits, loop_info, row_program
 from quartet.runtime import load
+from test_roller_policy import check_threads  # the same thread rules as the policy tests
 
 TOLERANCE = 1e-4
 ZOO = list(models.ZOO)
@@ -236,23 +234,6 @@ def _tiles(module) -> list[TileOp]:
     return found
 
 
-def _check_threads(info, hw, schedule) -> None:
-    """On a GPU: whole warps, and a full set of sub-partitions where the op has the work for
-    one (``policy.plain_thread_goal``; a reuse op with at least 4 blocks' worth of outputs)."""
-    if hw.kind == "cpu":
-        return
-    model = OpModel(info)
-    if schedule.policy == "plain":
-        goal = policy.plain_thread_goal(model, hw)
-        if goal == 0:
-            assert schedule.threads & (schedule.threads - 1) == 0, schedule
-        else:
-            assert schedule.threads % hw.warp_size == 0 and schedule.threads >= goal, \
-                (goal, schedule)
-    elif math.prod(model.ranges[p] for p in model.parallel) >= 4 * hw.peak_threads_multiple:
-        assert schedule.threads % hw.peak_threads_multiple == 0, schedule
-
-
 @pytest.mark.parametrize("target", TARGETS)
 def test_roller_config_configures_every_zoo_tile(zoo, target):
     hw = hardware.get(target)
@@ -274,7 +255,7 @@ def test_roller_config_configures_every_zoo_tile(zoo, target):
                     assert tile.block_tile[-1] == info.loop_ranges[-1], where
                     assert tile.threads % hw.warp_size == 0, where
                     continue
-                _check_threads(info, hw, schedule)
+                check_threads(info, hw, schedule)
 
 
 # ---------------------------------------------------------------------------------------------

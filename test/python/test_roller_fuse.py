@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from quartet.dialects import TileOp
+from quartet.dialects import TileOp, collect
 from quartet.frontend.compile import import_linalg, run_passes
 from quartet.passes import hardware
 from quartet.passes.roller import rows
@@ -56,11 +56,7 @@ def _imported(name):
 
 
 def _tiles(module) -> list[TileOp]:
-    found = []
-    module.operation.walk(lambda op: (found.append(op.operation.opview)
-                                      if op.operation.name == "quartet.tile" else None,
-                                      ir.WalkResult.ADVANCE)[1])
-    return found
+    return [op.opview for op in collect(module, lambda o: o.name == "quartet.tile")]
 
 
 def _passes(text: str, pipeline: str):
