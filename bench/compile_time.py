@@ -36,10 +36,10 @@ def _cpu() -> float:
 
 def measure(workload: suite.Workload, reps: int, target: str = "sm_90") -> dict:
     from quartet.frontend.compile import import_linalg, pipeline_passes
-    from quartet.lowering import binary, gpu
+    from quartet.lowering import binary, host
     from quartet.passes.roller import policy
     import quartet.dialects as qd
-    from quartet.passes.driver import parse, run_pipeline
+    from quartet.driver import parse, run_pipeline
 
     imported = import_linalg(workload.module(0), workload.inputs(0))
     text = imported.mlir_text
@@ -50,7 +50,7 @@ def measure(workload: suite.Workload, reps: int, target: str = "sm_90") -> dict:
         c0, w0 = _cpu(), time.perf_counter()
         module = parse(text, qd.context(), "<model>")
         run_pipeline(module, pipeline_passes("roller", target))
-        _, plans = gpu.lower_module_plans(module, target)
+        _, plans = host.lower_module_plans(module, target)
         cpu.append(_cpu() - c0)
         wall.append(time.perf_counter() - w0)
         kernels = sum(len(p.launches) for p in plans.values())

@@ -76,7 +76,12 @@ TILE_SCHEDULE_ATTRS = {
     "grid": "array",               # thread blocks per parallel loop, derived by Roller
     "threads": "int",              # threads per block, derived by Roller
     "candidates": "array",         # Roller top-k: array of dictionaries of the keys above
+    "kernel": "string",            # the block program that takes the tile (KERNEL_FAMILIES)
 }
+
+#: Block-program families a tile's ``kernel`` attribute may name (the verdict of
+#: ``passes/analysis/kernels.py``, read by ``lowering/kernels``).
+KERNEL_FAMILIES = ("gemm", "row", "colreduce", "fallback")
 
 MEMORY_LEVELS = {0: "global", 1: "shared", 2: "register"}
 
@@ -191,6 +196,12 @@ class TileOp(_RegionOp):
     def target(self) -> str | None:
         attrs = self.operation.attributes
         return ir.StringAttr(attrs["target"]).value if "target" in attrs else None
+
+    @property
+    def kernel(self) -> str | None:
+        """The block-program family recorded by the passes, or None."""
+        attr = self.operation.attributes
+        return ir.StringAttr(attr["kernel"]).value if "kernel" in attr else None
 
     @property
     def computation(self) -> list[ir.Operation]:
@@ -331,6 +342,20 @@ def captures(op) -> list[ir.Value]:
             for inner in block.operations:
                 inner.operation.walk(visit)
     return seen
+
+
+def remap(op, mapping: dict) -> None:
+    """Point the operands of ``op`` (a clone, usually) and of the ops nested in it at
+    ``mapping``'s values: the IRMapping that ``Operation.clone`` lacks in the 22.1 bindings."""
+    def visit(inner):
+        operands = inner.operation.operands
+        for i in range(len(operands)):
+            new = mapping.get(operands[i])
+            if new is not None:
+                operands[i] = new
+        return ir.WalkResult.ADVANCE
+
+    (op.operation if hasattr(op, "operation") else op).walk(visit)
 
 
 def defining_op(value: ir.Value) -> ir.Operation | None:

@@ -9,7 +9,9 @@ attributes. This verifier checks the rest of DESIGN.md's semantics:
 * a tile holds at least one linalg op; its per-loop schedule attributes (``block_tile``,
   ``thread_tile``) have one positive entry per loop of its root op, ``smem_padding`` one
   non-negative entry per input of the root op, ``edge_levels`` one memory level (0/1/2) per
-  linalg op other than the root (``TileOp.root``: the op with the most loops, the last of them), ``candidates`` dictionaries of the same attributes;
+  linalg op other than the root (``TileOp.root``: the op with the most loops, the last of
+  them), ``candidates`` dictionaries of the same attributes, ``kernel`` one of the block-program
+  families (``KERNEL_FAMILIES``);
 * a vtask lies inside a uvirtual and its vEU range ``[veu_begin, veu_begin + veu_count)`` lies
   inside that uvirtual's ``num_veus``.
 
@@ -23,7 +25,7 @@ from mlir import ir
 from quartet.errors import QuartetError, location_of
 
 from . import linalg_info
-from .quartet import anchor_of
+from .quartet import KERNEL_FAMILIES, anchor_of
 
 REGION_OPS = ("quartet.tile", "quartet.vtask", "quartet.uvirtual")
 
@@ -90,6 +92,12 @@ def _verify_tile(op) -> None:
     if not ops:
         _fail(op, "holds no linalg op")
     attrs = op.attributes
+    if "kernel" in attrs:
+        kernel = attrs["kernel"]
+        if not isinstance(kernel, ir.StringAttr) or \
+                ir.StringAttr(kernel).value not in KERNEL_FAMILIES:
+            _fail(op, f"attribute 'kernel' must name a block-program family "
+                      f"({', '.join(KERNEL_FAMILIES)}), got {kernel}")
     if not any(name in attrs for name in ("block_tile", "thread_tile", "smem_padding",
                                           "edge_levels", "candidates")):
         return

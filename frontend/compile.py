@@ -42,21 +42,16 @@ class CompileResult:
     seconds: dict = field(default_factory=dict)
 
 
-def _lowering_names() -> tuple[str, ...]:
-    return ("quartet-lower-gpu", "quartet-lower-cpu")
-
-
 def pipeline_passes(pipeline: str, target: str) -> str:
-    """The pipeline's elements before its lowering, as ``builtin.module(...)`` text."""
-    from quartet.passes import registry
+    """The named pipeline for ``target`` as ``builtin.module(...)`` text (pipelines end with
+    configured tiles; the lowering is the stage after them)."""
+    from quartet.driver import registry
 
     registry.load_all()
     if pipeline not in registry.PIPELINES:
         known = ", ".join(sorted(registry.PIPELINES)) or "none"
         raise QuartetError(f"unknown pipeline '{pipeline}' (known: {known})")
-    elements = registry.PIPELINES[pipeline].expand({"target": target})
-    kept = [e for e in elements if registry.parse_element(e)[0] not in _lowering_names()]
-    return "builtin.module(" + ",".join(kept) + ")"
+    return f"builtin.module({pipeline}{{target={target}}})"
 
 
 def import_linalg(module, example_inputs):
@@ -66,9 +61,9 @@ def import_linalg(module, example_inputs):
 
 
 def run_passes(text: str, pipeline: str, target: str):
-    """Parse the imported IR into a Quartet context and run the pipeline up to its lowering."""
+    """Parse the imported IR into a Quartet context and run the pipeline."""
     import quartet.dialects as qd
-    from quartet.passes.driver import parse, run_pipeline
+    from quartet.driver.run import parse, run_pipeline
 
     ctx = qd.context()
     module = parse(text, ctx, "<model>")
@@ -77,9 +72,9 @@ def run_passes(text: str, pipeline: str, target: str):
 
 
 def _check_target(target: str) -> None:
-    from quartet.passes import hardware
+    from quartet.runtime import targets
 
-    hardware.get(target)   # QuartetError naming the known targets
+    targets.get(target)   # QuartetError naming the known targets
 
 
 def compile_to_artifact(module, example_inputs, *, pipeline: str = "roller",
@@ -105,137 +100,41 @@ def compile_to_artifact(module, example_inputs, *, pipeline: str = "roller",
         return None, result, result.quartet
 
     t0 = time.perf_counter()
-    if target == "cpu":
-        writer, text = _lower_cpu(mlir_module, imported, stop_after, producer)
-    else:
-        writer, text = _lower_gpu(mlir_module, imported, target, stop_after, producer)
+    writer, text = _lower(mlir_module, imported, target, stop_after, producer)
     result.seconds["lower"] = time.perf_counter() - t0
     return writer, result, text
 
 
-def _lower_cpu(mlir_module, imported, stop_after, producer):
-    from quartet.lowering import cpu
-    from quartet.runtime.artifact import ArtifactWriter
-    from quartet.runtime.manifest import Launch
+def _lower(mlir_module, imported, target, stop_after, producer):
+    """The lowering stage (``quartet.lowering.lower``), or the text of an ``--emit`` stage."""
+    from quartet.lowering import build, cpu, host
+    from quartet.lowering.lower import lower
 
-    if stop_after in ("gpu", "ptx"):
-        raise QuartetError(f"--emit {stop_after} needs a GPU target, not cpu")
-    if stop_after == "llvm":
-        cpu.lower_to_llvm(mlir_module.operation)
-        return None, str(mlir_module)
-    spec = cpu.cpu_kernel(mlir_module)
-    writer = ArtifactWriter("cpu", producer=_producer_text(producer))
-    names = _add_arguments(writer, imported)
-    outs = [writer.add_output(f"out{i}", r.shape, _numpy_dtype(r.dtype))
-            for i, r in enumerate(imported.results)]
-    writer.add_kernel("forward", spec.binary, spec.entry, spec.grid, spec.block,
-                      args=names + outs, binary_format="so")
-    writer.add_step(Launch("forward"))
-    return writer, None
-
-
-def _lower_gpu(mlir_module, imported, target, stop_after, producer):
-    from quartet.lowering import gpu
-
-    if stop_after == "llvm":
+    if target == "cpu":
+        if stop_after in ("gpu", "ptx"):
+            raise QuartetError(f"--emit {stop_after} needs a GPU target, not cpu")
+        if stop_after == "llvm":
+            cpu.lower_to_llvm(mlir_module.operation)
+            return None, str(mlir_module)
+    elif stop_after == "llvm":
         raise QuartetError("--emit llvm is the CPU path's LLVM dialect; for a GPU target use "
                            "--emit gpu or --emit ptx")
-    if stop_after == "gpu":
-        gpu.build_kernels_into(mlir_module, target)
+    elif stop_after == "gpu":
+        build.build_kernels_into(mlir_module, target)
         return None, str(mlir_module)
-    if stop_after == "ptx":
-        _, plans = gpu.lower_module_plans(mlir_module, target, emit="ptx")
-        return None, "\n".join(launch.kernel.binary.decode() for plan in plans.values()
-                               for launch in plan.launches)
-    _, plans = gpu.lower_module_plans(mlir_module, target)
-    if len(plans) != 1:
-        raise QuartetError(f"expected one function with tiles, found {len(plans)}")
-    plan = next(iter(plans.values()))
-    return _write_plan(plan, imported, target, producer), None
+    elif stop_after == "ptx":
+        _, plans = host.lower_module_plans(mlir_module, target, emit="ptx")
+        return None, "\n".join(use.kernel.binary.decode() for plan in plans.values()
+                               for use in plan.launches)
+    return lower(mlir_module, target, arguments=_arguments(imported), producer=producer), None
 
 
-def _write_plan(plan, imported, target, producer):
-    """The artifact of a host plan: arguments (inputs, then the weights the importer passes as
-    arguments), outputs, constants, temporaries, kernels and the host program's steps."""
-    from quartet.lowering import host_plan as hp
-    from quartet.runtime.artifact import ArtifactWriter
-    from quartet.runtime import manifest as mf
+def _arguments(imported) -> list:
+    """The imported function's arguments for the lowering: inputs, and weights with values."""
+    from quartet.lowering.lower import Argument
 
-    writer = ArtifactWriter(target, producer=_producer_text(producer))
-    arg_names = _add_arguments(writer, imported)
-    storage: dict[str, str] = {}
-    for b in plan.buffers:
-        if b.kind == "input":
-            storage[b.name] = arg_names[b.index]
-        elif b.kind == "output":
-            storage[b.name] = writer.add_output(f"out{b.index}", b.shape, b.dtype)
-        elif b.kind == "weight":
-            if b.data is None:
-                raise QuartetError(f"weight constant '{b.name}' has no readable data (a "
-                                   f"dense_resource blob): import with weights as arguments")
-            storage[b.name] = writer.add_weight(
-                b.name, np.frombuffer(b.data, dtype=_np(b.dtype)).reshape(b.shape))
-        elif b.name not in plan.aliases:
-            storage[b.name] = writer.add_buffer(b.name, max(1, _nbytes(b.shape, b.dtype)))
-
-    def place(name: str) -> tuple[str, int]:
-        base, offset = plan.storage(name)
-        return storage[base], offset
-
-    def arg(name: str):
-        base, offset = place(name)
-        return mf.BufferArg(base, offset)
-
-    kernels = iter(range(len(plan.launches)))
-
-    def steps(tree) -> list:
-        out = []
-        for s in tree:
-            if isinstance(s, hp.Launch):
-                k = s.kernel
-                kname = f"k{next(kernels)}_{k.name}"
-                writer.add_kernel(kname, k.binary, k.entry, k.grid, k.block,
-                                  shared_memory=k.shared_bytes,
-                                  args=[arg(n) for n in s.buffers], cooperative=k.cooperative)
-                out.append(mf.Launch(kname))
-            elif isinstance(s, hp.Copy):
-                dst, dst_off = place(s.dst)
-                src, src_off = place(s.src)
-                size = s.size
-                if size is None:
-                    b = plan.buffer(s.dst)
-                    size = _nbytes(b.shape, b.dtype)
-                out.append(mf.Copy(dst, src, size, dst_off + s.dst_offset,
-                                   src_off + s.src_offset))
-            elif isinstance(s, hp.While):
-                out.append(mf.While(steps(s.cond), _predicate(s.predicate, storage),
-                                    steps(s.body)))
-            elif isinstance(s, hp.If):
-                out.append(mf.If(_predicate(s.predicate, storage), steps(s.then),
-                                 steps(s.else_)))
-            else:
-                raise QuartetError(f"unknown host-plan step {s!r}")
-        return out
-
-    writer.add_step(*steps(plan.program))
-    return writer
-
-
-def _predicate(p, storage):
-    from quartet.runtime import manifest as mf
-
-    return mf.Predicate(storage[p.buffer], p.dtype, p.offset)
-
-
-def _add_arguments(writer, imported) -> list[str]:
-    """One buffer per function argument: inputs in call order, weights with their values."""
-    names = []
-    for arg in imported.arguments:
-        if arg.is_input:
-            names.append(writer.add_input(arg.name, arg.shape, _numpy_dtype(arg.dtype)))
-        else:
-            names.append(writer.add_weight(arg.name, _weight_value(arg.value, arg.dtype)))
-    return names
+    return [Argument(a.name, None if a.is_input else _weight_value(a.value, a.dtype))
+            for a in imported.arguments]
 
 
 def _weight_value(value, mlir_dtype: str):
@@ -246,32 +145,6 @@ def _weight_value(value, mlir_dtype: str):
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(value)).view(torch.bfloat16)
-
-
-_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16", "f64": "float64",
-           "i64": "int64", "i32": "int32", "i16": "int16", "i8": "int8", "i1": "bool",
-           "ui8": "uint8"}
-
-
-def _numpy_dtype(mlir_dtype: str) -> str:
-    if mlir_dtype in _DTYPES:
-        return _DTYPES[mlir_dtype]
-    raise QuartetError(f"element type {mlir_dtype} is not supported at the program boundary")
-
-
-def _np(dtype: str):
-    return np.uint16 if dtype == "bfloat16" else np.dtype(dtype)
-
-
-def _nbytes(shape, dtype: str) -> int:
-    n = int(np.prod(shape)) if len(shape) else 1
-    return n * (2 if dtype == "bfloat16" else np.dtype(dtype).itemsize)
-
-
-def _producer_text(producer: dict | None) -> str:
-    info = {"tool": "quartet"}
-    info.update(producer or {})
-    return json.dumps(info, sort_keys=True)
 
 
 class CompiledModule:

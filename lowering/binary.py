@@ -39,6 +39,8 @@ from mlir.dialects import gpu
 from mlir.passmanager import PassManager
 
 from quartet.errors import QuartetError, location_of
+from quartet.runtime import targets
+from quartet.runtime.dtypes import mlir_name_to_dtype
 
 from .kernel import KernelArg, KernelSpec
 
@@ -58,21 +60,17 @@ class Target:
         return self.backend == "nvvm"
 
 
-TARGETS: dict[str, Target] = {
-    "sm_90": Target("sm_90", "nvvm", "sm_90", "+ptx80"),
-    "sm_80": Target("sm_80", "nvvm", "sm_80", "+ptx80"),
-    "gfx942": Target("gfx942", "rocdl", "gfx942", "", warp_size=64),
-}
-
-
-def get_target(name: str, location: str | None = None) -> Target:
-    """The :class:`Target` called ``name``; a :class:`QuartetError` for an unknown name."""
+def get_target(name, location: str | None = None) -> Target:
+    """The code-generation :class:`Target` of a target name or :class:`Chip` (from the target
+    table, ``runtime/targets.py``); a :class:`QuartetError` for an unknown or non-GPU target."""
     if isinstance(name, Target):
         return name
-    if name not in TARGETS:
-        raise QuartetError(f"unknown GPU target '{name}' (known: {', '.join(TARGETS)})",
-                           location)
-    return TARGETS[name]
+    chip = targets.get(name, location=location)
+    if not chip.is_gpu:
+        raise QuartetError(f"'{chip.target}' is not a GPU target (known: "
+                           f"{', '.join(targets.GPU_TARGETS)})", location)
+    return Target(chip.target, "nvvm" if chip.kind == "cuda" else "rocdl", chip.isa,
+                  chip.isa_features, chip.warp_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,10 +176,7 @@ def _arg_roles(fn, num_inputs: int | None) -> list[tuple[str, int]]:
 
 
 def _dtype_name(t: ir.Type) -> str:
-    text = str(t)
-    table = {"f16": "float16", "bf16": "bfloat16", "f32": "float32", "f64": "float64",
-             "i1": "bool", "i8": "int8", "i16": "int16", "i32": "int32", "i64": "int64"}
-    return table.get(text, text)
+    return mlir_name_to_dtype(str(t))
 
 
 def _launches(module: ir.Module, num_inputs: int | None) -> list[_Launch]:
@@ -246,7 +241,9 @@ def outline(module) -> ir.Module:
     op = module.operation if hasattr(module, "operation") else module
     from quartet.dialects import context as quartet_context   # the module may hold tiles too
 
-    text = op.get_asm(enable_debug_info=True)
+    # The generic form: some custom assembly formats do not read back what they print (MLIR
+    # 22.1's ``nvvm.barrier`` with a thread count swallows the location alias after it).
+    text = op.get_asm(enable_debug_info=True, print_generic_op_form=True)
     context = quartet_context()
     with context, ir.Location.unknown():
         copy = ir.Module.parse(text)
@@ -440,3 +437,47 @@ def elf_header(blob: bytes) -> dict:
     e_type, e_machine = struct.unpack_from("<HH", blob, 16)
     (e_flags,) = struct.unpack_from("<I", blob, 48)
     return {"type": e_type, "machine": e_machine, "flags": e_flags, "osabi": blob[7]}
+
+
+def cubin_resources(blob: bytes, entry: str) -> dict:
+    """Registers per thread and static shared memory of kernel ``entry`` in a cubin, read from
+    the ELF as ``cuobjdump -res-usage`` does: the register count is the ``EIATTR_REGCOUNT``
+    (0x2f) attribute of the kernel's symbol in ``.nv.info``, the static shared memory the size
+    of ``.nv.shared.<entry>``. Empty for anything but an NVIDIA cubin."""
+    import struct
+
+    if blob[:4] != b"\x7fELF" or blob[4] != 2 or elf_header(blob)["machine"] != EM_CUDA:
+        return {}
+    shoff, = struct.unpack_from("<Q", blob, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", blob, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", blob, shoff + i * shentsize)
+                for i in range(shnum)]
+
+    def cstr(table_offset, index):
+        start = table_offset + index
+        return blob[start:blob.index(b"\0", start)].decode(errors="replace")
+
+    names = {cstr(sections[shstrndx][4], sec[0]): sec for sec in sections}
+    out = {}
+    if f".nv.shared.{entry}" in names:
+        out["static_shared"] = names[f".nv.shared.{entry}"][5]
+    symtab, strtab, info = names.get(".symtab"), names.get(".strtab"), names.get(".nv.info")
+    if symtab is None or strtab is None or info is None:
+        return out
+    symbol = None
+    for k in range(symtab[5] // 24):
+        name_index, = struct.unpack_from("<I", blob, symtab[4] + 24 * k)
+        if cstr(strtab[4], name_index) == entry:
+            symbol = k
+    pos, end = info[4], info[4] + info[5]
+    while pos + 4 <= end:
+        fmt, attr, size = blob[pos], blob[pos + 1], struct.unpack_from("<H", blob, pos + 2)[0]
+        if fmt != 0x04:                 # EIFMT_HVAL/BVAL/NVAL: the value is in the header
+            pos += 4
+            continue
+        if attr == 0x2F and size == 8:   # EIATTR_REGCOUNT: (symbol, registers)
+            sym, regs = struct.unpack_from("<II", blob, pos + 4)
+            if sym == symbol:
+                out["registers"] = regs
+        pos += 4 + size
+    return out

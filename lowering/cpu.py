@@ -72,7 +72,6 @@ from quartet.dialects import collect, linalg_info
 from quartet.errors import QuartetError, location_of
 from quartet.lowering.cpu_i1 import widen_bool_memrefs, widen_bool_tensors
 from quartet.lowering.kernel import KernelArg, KernelSpec
-from quartet.passes.registry import ModulePass, register
 
 # ---------------------------------------------------------------------------------------------
 # What this target lowers.
@@ -648,26 +647,6 @@ _LIBM = {"acos", "acosh", "asin", "asinh", "atan", "atan2", "atanh", "cbrt", "ce
 
 def _is_libm(name: str) -> bool:
     return name in _LIBM or (name.endswith("f") and name[:-1] in _LIBM)
-
-
-@register
-@dataclass(frozen=True)
-class LowerCpu(ModulePass):
-    """Lower the configured (or default-tiled) tiles of a module to LLVM-dialect loops."""
-
-    name = "quartet-lower-cpu"
-    summary = ("lower quartet.tile ops to tiled loops and the LLVM dialect for the CPU "
-               "(bare-pointer entry: inputs, then output buffers)")
-    entry: str = ""          # the function to export (default: the only public one)
-    stop_after: str = "llvm"  # "tile" | "bufferize" | "llvm"
-
-    def __post_init__(self):
-        if self.stop_after not in STAGES:
-            raise ValueError(f"stop_after must be one of {', '.join(STAGES)}, "
-                             f"got '{self.stop_after}'")
-
-    def apply(self, module) -> None:
-        lower_to_llvm(module, self.entry or None, self.stop_after)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from mlir import ir
 from quartet.dialects import TileOp, collect, linalg_info, yield_
 from quartet.errors import QuartetError, location_of
 
-from .registry import ModulePass, register
+from .base import ModulePass
 
 
 def _outlinable(op: ir.Operation) -> bool:
@@ -82,7 +82,6 @@ def inline_tile(tile: ir.Operation) -> None:
     tile.erase()
 
 
-@register
 @dataclass(frozen=True)
 class OutlineTiles(ModulePass):
     name = "quartet-outline-tiles"
@@ -93,7 +92,6 @@ class OutlineTiles(ModulePass):
             outline_op(op)
 
 
-@register
 @dataclass(frozen=True)
 class InlineTiles(ModulePass):
     name = "quartet-inline-tiles"

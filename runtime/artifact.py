@@ -99,20 +99,26 @@ class ArtifactWriter:
         self.buffers.append(Buffer(name, kind, int(size)))
         return name
 
-    def _tensor(self, table: list, kind: str, name: str, shape, dtype: str) -> str:
+    def _tensor(self, table: list, kind: str, name: str, shape, dtype: str,
+                buffer: str | None = None) -> str:
         dtypes.check_dtype(dtype, f"{kind} {name!r}")
-        spec = TensorSpec(name, name, tuple(int(d) for d in shape), dtype)
-        self.add_buffer(name, spec.nbytes, kind)
+        buffer = buffer or name
+        spec = TensorSpec(name, buffer, tuple(int(d) for d in shape), dtype)
+        self.add_buffer(buffer, spec.nbytes, kind)
         table.append(spec)
-        return name
+        return buffer
 
-    def add_input(self, name: str, shape: Iterable[int], dtype: str) -> str:
-        """A program input (positional, in the order added) and its buffer; returns the buffer name."""
-        return self._tensor(self.inputs, "input", name, shape, dtype)
+    def add_input(self, name: str, shape: Iterable[int], dtype: str,
+                  buffer: str | None = None) -> str:
+        """A program input (positional, in the order added) and its buffer (``buffer``, default
+        the input's name); returns the buffer name."""
+        return self._tensor(self.inputs, "input", name, shape, dtype, buffer)
 
-    def add_output(self, name: str, shape: Iterable[int], dtype: str) -> str:
-        """A program output (returned in the order added) and its buffer; returns the buffer name."""
-        return self._tensor(self.outputs, "output", name, shape, dtype)
+    def add_output(self, name: str, shape: Iterable[int], dtype: str,
+                   buffer: str | None = None) -> str:
+        """A program output (returned in the order added) and its buffer (``buffer``, default
+        the output's name); returns the buffer name."""
+        return self._tensor(self.outputs, "output", name, shape, dtype, buffer)
 
     def add_weight(self, name: str, array: Any) -> str:
         """A weight (numpy array or torch tensor), stored in weights.bin and uploaded at load."""

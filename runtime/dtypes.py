@@ -71,6 +71,31 @@ _TORCH_NAMES = {
 }
 
 
+#: MLIR element type (as printed) -> element type name. Signless MLIR integers are signed here;
+#: ``ui8`` is the unsigned byte torch's ``uint8`` imports as.
+MLIR_NAMES: dict[str, str] = {
+    "i1": "bool",
+    "i8": "int8",
+    "ui8": "uint8",
+    "i16": "int16",
+    "ui16": "uint16",
+    "i32": "int32",
+    "ui32": "uint32",
+    "i64": "int64",
+    "ui64": "uint64",
+    "f16": "float16",
+    "bf16": "bfloat16",
+    "f32": "float32",
+    "f64": "float64",
+}
+
+
+def mlir_name_to_dtype(mlir_name: str) -> str:
+    """The element type name of an MLIR element type (``f16`` -> ``float16``); unknown types
+    come back unchanged (the caller reports them where it knows the location)."""
+    return MLIR_NAMES.get(mlir_name, mlir_name)
+
+
 def check_dtype(name: object, where: str) -> str:
     """Return ``name`` if it is a known element type, else raise a QuartetError naming ``where``."""
     if not isinstance(name, str) or name not in ITEMSIZE:

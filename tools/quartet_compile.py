@@ -246,11 +246,11 @@ def model_dtype(choice: str, specs) -> str | None:
 def _check_choices(args) -> None:
     """Refuse an unknown target, pipeline or stage before the slow model import."""
     from quartet.frontend.compile import pipeline_passes
-    from quartet.passes import hardware
+    from quartet.runtime import targets
 
     if args.emit is not None and args.emit not in STAGES:
         raise QuartetError(f"unknown --emit stage '{args.emit}' (stages: {', '.join(STAGES)})")
-    hardware.get(args.target)
+    targets.get(args.target)
     pipeline_passes(args.pipeline, args.target)
 
 

@@ -5,7 +5,10 @@
 
 Reads MLIR (the Quartet dialect loaded), verifies it, runs the pipeline (Quartet and upstream
 passes mixed, with options: ``roller-config{target=sm_90}``), verifies again and prints the
-result. Errors are one line, ``file:line:col: error: ...``, exit status 1, no output file.
+result. With ``-o NAME.qrt`` (or ``--emit-artifact``) it finishes the result instead: the IR of
+any stage of any pipeline goes through the one lowering stage (``quartet.lowering.lower``) into
+a runnable artifact, for the target its tiles were configured for (``--target`` overrides).
+Errors are one line, ``file:line:col: error: ...``, exit status 1, no output file.
 """
 
 from __future__ import annotations
@@ -38,13 +41,19 @@ def _arguments() -> argparse.ArgumentParser:
                    help="print the IR to stderr after every pass")
     p.add_argument("--mlir-print-op-generic", action="store_true",
                    help="print every op in generic form")
+    p.add_argument("--emit-artifact", action="store_true",
+                   help="write the lowered artifact to -o (implied by an -o ending in .qrt)")
+    p.add_argument("--target", default=None,
+                   help="target of the artifact (default: the tiles' own, else sm_90)")
+    p.add_argument("--chip", default=None, help="chip of the target (default: its first)")
     p.add_argument("--list-passes", action="store_true",
                    help="list Quartet passes and pipelines with their options, then exit")
     return p
 
 
 def list_passes(out) -> None:
-    from quartet.passes import registry
+    from quartet.driver import registry
+    from quartet.passes.base import format_value
     import dataclasses
 
     registry.load_all()
@@ -52,7 +61,7 @@ def list_passes(out) -> None:
     for name, cls in registry.PASSES.items():
         out.write(f"  {name:32} {cls.summary}\n")
         for f in dataclasses.fields(cls):
-            default = registry._format_value(f.default)
+            default = format_value(f.default)
             out.write(f"      {f.name}={default}\n")
     out.write("Quartet pipelines:\n")
     for name, pipe in registry.PIPELINES.items():
@@ -79,13 +88,19 @@ def _chunks(text: str, split: bool) -> list[str]:
     return chunks
 
 
-def _process(chunk, args, source_name, new_context, parse, run_pipeline) -> str:
+def _process(chunk, args, source_name, new_context, parse, run_pipeline, artifact=False):
     context = new_context()
     module = parse(chunk, context, source_name)
     if args.pass_pipeline:
         run_pipeline(module, args.pass_pipeline,
                      print_ir_after_all=args.mlir_print_ir_after_all,
                      source_name=source_name, print_generic=args.mlir_print_op_generic)
+    if artifact:
+        from quartet.lowering.lower import lower
+
+        with context:
+            return lower(module, args.target, args.chip,
+                         producer={"tool": "quartet-opt", "source": source_name})
     buffer = io.StringIO()
     with context:
         module.operation.print(file=buffer, print_generic_op_form=args.mlir_print_op_generic)
@@ -99,10 +114,20 @@ def main(argv: list[str]) -> int:
         return 0
 
     from quartet.dialects import context as new_context
-    from quartet.passes.driver import parse, run_pipeline
+    from quartet.driver import parse, run_pipeline
 
     source = read_input(args.input)
     source_name = "<stdin>" if args.input == "-" else args.input
+    if args.emit_artifact or args.output.endswith(".qrt"):
+        if args.output == "-":
+            raise QuartetError("quartet-opt: an artifact is written to a file: give -o NAME.qrt "
+                               "(or a folder)")
+        if args.split_input_file:
+            raise QuartetError("quartet-opt: --split-input-file makes several modules; an "
+                               "artifact holds one")
+        writer = _process(source, args, source_name, new_context, parse, run_pipeline, True)
+        writer.save(args.output)
+        return 0
     outputs: list[str] = []
     failed = False
     for chunk in _chunks(source, args.split_input_file):

@@ -21,7 +21,7 @@ import time
 from mlir import ir
 
 from quartet.dialects import context, linalg_info
-from quartet.passes import hardware
+from quartet.runtime import targets
 from quartet.passes.roller import policy
 
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topk", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args(argv)
-    hw = hardware.get(args.target)
+    hw = targets.get(args.target)
     ctx = context()
     medians = []
     print(f"Roller policy on {hw.name} ({hw.description}), top-{args.topk}, "

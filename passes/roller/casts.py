@@ -55,7 +55,7 @@ from mlir import ir
 from mlir.dialects import arith, linalg, tensor
 
 from quartet.dialects import collect, defining_op, linalg_info
-from quartet.passes.registry import ModulePass, register
+from quartet.passes.base import ModulePass
 
 CONTRACTIONS = ("linalg.matmul", "linalg.batch_matmul", "linalg.generic")
 NARROW = ("f16", "bf16")
@@ -439,7 +439,6 @@ def erase_dead(candidates: list[ir.Operation]) -> int:
     return erased
 
 
-@register
 @dataclass(frozen=True)
 class RollerFoldCasts(ModulePass):
     name = "roller-fold-casts"

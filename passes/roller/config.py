@@ -6,7 +6,7 @@ read (``dialects/README.md``): ``block_tile``, ``thread_tile``, ``threads``, ``g
 ``smem_padding``, ``tensor_core`` and ``target``; with ``topk > 1`` also ``candidates``, the k
 best schedules as dictionaries of the same keys, best first (the first one is the main
 attributes). The schedule comes from Roller's construction policy (``policy.py``) for the
-hardware description of ``target`` (``passes/hardware.py``).
+hardware description of ``target`` (``runtime/targets.py``).
 
 A tile that already carries ``block_tile`` and ``thread_tile`` (a schedule given by hand) keeps
 them: :func:`check_fits` validates it against the hardware (threads per block, shared memory,
@@ -35,9 +35,10 @@ from quartet.dialects import TileOp
 from quartet.dialects import linalg_info
 from quartet.dialects.linalg_info import LinalgInfo
 from quartet.errors import QuartetError, location_of
-from quartet.passes import hardware
-from quartet.passes.hardware import Hardware
-from quartet.passes.registry import ModulePass, register
+from quartet.runtime import targets
+from quartet.runtime.targets import Chip
+from quartet.passes.analysis import kernels as kernel_analysis
+from quartet.passes.base import ModulePass
 from quartet.passes.roller import policy, rows
 from quartet.passes.roller.policy import Schedule, Unsupported
 
@@ -92,21 +93,18 @@ def _root(tile: TileOp):
 def row_program(tile: TileOp, info: LinalgInfo):
     """The row program of a tile with reductions along its innermost loop broadcast back
     (softmax, layer norm after ``roller-fuse``) whose loops are the root's, else None."""
-    from quartet.lowering import simt     # the lowering's analysis of rows (no codegen)
-
     ops = [o for o in tile.computation if linalg_info.is_linalg(o)]
     if len(ops) < 2:
         return None
-    try:
-        prog = simt.analyze_rows(tile)
-    except simt.Unsupported:
+    prog = kernel_analysis.row_program(tile)
+    if prog is None:
         return None
     if prog.reductions == 0 or tuple(prog.space) != tuple(info.loop_ranges):
         return None
     return prog
 
 
-def configure(tile: TileOp, hw: Hardware, topk: int = 1) -> list[Schedule]:
+def configure(tile: TileOp, hw: Chip, topk: int = 1) -> list[Schedule]:
     """The policy's ``topk`` schedules for ``tile`` (best first); QuartetError if unsupported.
 
     A fused row program (reductions along the innermost loop, broadcast back) gets the row
@@ -123,7 +121,7 @@ def configure(tile: TileOp, hw: Hardware, topk: int = 1) -> list[Schedule]:
         return policy.construct(info, hw, topk)
     except Unsupported as e:
         _fail(tile, f"with root '{root.operation.name}' is not supported by roller-config "
-                    f"on {hw.name}: {e}")
+                    f"on {hw.label}: {e}")
 
 
 def _given(tile: TileOp, name: str):
@@ -131,7 +129,7 @@ def _given(tile: TileOp, name: str):
     return attrs[name] if name in attrs else None
 
 
-def check_fits(tile: TileOp, hw: Hardware) -> Schedule:
+def check_fits(tile: TileOp, hw: Chip) -> Schedule:
     """Validate a hand-given schedule (``block_tile`` and ``thread_tile`` present) against
     ``hw``; return what follows from it. Raises a QuartetError naming the op and the reason."""
     root = _root(tile)
@@ -139,7 +137,7 @@ def check_fits(tile: TileOp, hw: Hardware) -> Schedule:
     block, thread = tile.block_tile, tile.thread_tile
 
     def fail(reason: str):
-        _fail(tile, f"with root '{name}': hand-given schedule does not fit {hw.name}: {reason}")
+        _fail(tile, f"with root '{name}': hand-given schedule does not fit {hw.label}: {reason}")
 
     if block is None or thread is None:
         fail("a hand-given schedule needs both 'block_tile' and 'thread_tile'")
@@ -147,7 +145,7 @@ def check_fits(tile: TileOp, hw: Hardware) -> Schedule:
         info = loop_info(root)
         model = policy.model_of(info)
     except Unsupported as e:
-        _fail(tile, f"with root '{name}' is not supported by roller-config on {hw.name}: {e}")
+        _fail(tile, f"with root '{name}' is not supported by roller-config on {hw.label}: {e}")
     n = model.num_loops
     if len(block) != n or len(thread) != n:
         fail(f"'block_tile' and 'thread_tile' need {n} entries (one per loop), got "
@@ -156,7 +154,7 @@ def check_fits(tile: TileOp, hw: Hardware) -> Schedule:
         if b < 1 or t < 1 or b % t:
             fail(f"block_tile[{i}] = {b} is not a positive multiple of thread_tile[{i}] = {t}")
     target = tile.target
-    if target is not None and target != hw.name:
+    if target is not None and target != hw.target:
         fail(f"the tile's target is '{target}'")
     tensor_core = tile.tensor_core
     unit = None
@@ -188,7 +186,7 @@ def check_fits(tile: TileOp, hw: Hardware) -> Schedule:
     return s
 
 
-def _check_fragments(model, hw: Hardware, thread, fail) -> tuple[int, ...]:
+def _check_fragments(model, hw: Chip, thread, fail) -> tuple[int, ...]:
     if hw.mma_shape is None:
         fail("tensor_core = true, but the target has no tensor cores")
     roles = policy.gemm_roles(model)
@@ -210,7 +208,7 @@ def _check_fragments(model, hw: Hardware, thread, fail) -> tuple[int, ...]:
     return unit
 
 
-def write_schedule(tile: TileOp, schedules: list[Schedule], hw: Hardware,
+def write_schedule(tile: TileOp, schedules: list[Schedule], hw: Chip,
                    keep: tuple[str, ...] = ()) -> None:
     """Write the first schedule as the tile's attributes (except those in ``keep``) and, when
     there are several, all of them as ``candidates``."""
@@ -220,7 +218,7 @@ def write_schedule(tile: TileOp, schedules: list[Schedule], hw: Hardware,
             if key not in keep:
                 attrs[key] = value
         if "target" not in keep:
-            attrs["target"] = ir.StringAttr.get(hw.name)
+            attrs["target"] = ir.StringAttr.get(hw.target)
         if len(schedules) > 1:
             attrs["candidates"] = ir.ArrayAttr.get(
                 [ir.DictAttr.get(_attributes(s)) for s in schedules])
@@ -261,7 +259,6 @@ def _tiles(module) -> list[TileOp]:
     return found
 
 
-@register
 @dataclass(frozen=True)
 class RollerConfig(ModulePass):
     name = "roller-config"
@@ -269,15 +266,16 @@ class RollerConfig(ModulePass):
                "thread tiles, grid, padding, tensor cores); validate hand-given ones")
 
     target: str = "sm_90"
+    chip: str = ""                # default: the target's first chip (runtime/targets.py)
     topk: int = 1
 
     def __post_init__(self):
         if self.topk < 1:
             raise ValueError(f"topk must be at least 1, got {self.topk}")
-        hardware.get(self.target)       # an unknown target is an error before any IR is read
+        targets.get(self.target, self.chip or None)   # unknown: an error before any IR is read
 
     def apply(self, module) -> None:
-        hw = hardware.get(self.target)
+        hw = targets.get(self.target, self.chip or None)
         for tile in _tiles(module):
             if _unverifiable_fill(tile):
                 continue
@@ -290,3 +288,4 @@ class RollerConfig(ModulePass):
                 write_schedule(tile, [given], hw, keep=keep)
             else:
                 write_schedule(tile, configure(tile, hw, self.topk), hw)
+            kernel_analysis.record(tile, hw)

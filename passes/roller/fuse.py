@@ -43,9 +43,10 @@ from dataclasses import dataclass
 
 from mlir import ir
 
-from quartet.dialects import TileOp, collect, defining_op, linalg_info, yield_
-from quartet.passes import hardware
-from quartet.passes.registry import ModulePass, register
+from quartet.dialects import TileOp, collect, defining_op, linalg_info, remap, yield_
+from quartet.runtime import targets
+from quartet.passes.analysis.kernels import single_kernel
+from quartet.passes.base import ModulePass
 
 VIEW_OPS = ("tensor.expand_shape", "tensor.collapse_shape")
 
@@ -107,18 +108,6 @@ def _producers(consumer: ir.Operation) -> list[ir.Operation]:
     return found
 
 
-def _remap(op: ir.Operation, mapping: dict) -> None:
-    def visit(inner):
-        operands = inner.operation.operands
-        for i in range(len(operands)):
-            new = mapping.get(operands[i])
-            if new is not None:
-                operands[i] = new
-        return ir.WalkResult.ADVANCE
-
-    op.walk(visit)
-
-
 def merged_tile(producer: ir.Operation, views: list, consumer: ir.Operation) -> TileOp:
     """A new tile in front of ``consumer`` computing the consumer's results from the
     producer's ops, the views and the consumer's ops (clones; the originals stay)."""
@@ -130,43 +119,18 @@ def merged_tile(producer: ir.Operation, views: list, consumer: ir.Operation) -> 
     with consumer.location, ip:
         for op in p.computation:
             new = op.clone(ip=ip)
-            _remap(new, mapping)
+            remap(new, mapping)
             mapping.update(zip(op.results, new.results))
         for result, value in zip(producer.results, p.terminator.operands):
             mapping[result] = mapping.get(value, value)
         for op in views + c.computation:
             new = op.clone(ip=ip)
-            _remap(new, mapping)
+            remap(new, mapping)
             mapping.update(zip(op.results, new.results))
         yield_([mapping.get(v, v) for v in c.terminator.operands])
     if "target" in consumer.attributes:
         fused.operation.attributes["target"] = consumer.attributes["target"]
     return fused
-
-
-def _gemm_targets() -> tuple[str, ...]:
-    from quartet.lowering import gemm
-    return gemm.TARGETS + ("cpu",)      # the CPU lowering takes any tile of linalg ops
-
-
-def single_kernel(tile: TileOp, target: str = "sm_90") -> str | None:
-    """The lowering that takes ``tile`` as one kernel over one iteration space ('gemm', 'row',
-    'colreduce') on ``target``, or None. The lowerings' own analyses decide (module docstring,
-    rule 2); a GEMM with a fused fill or epilogue needs the GEMM lowering (not on gfx942)."""
-    from quartet.lowering import gemm_problem, simt   # the lowerings' analyses, no codegen
-
-    if not isinstance(gemm_problem.analyze(tile), str):
-        return "gemm" if target in _gemm_targets() else None
-    try:
-        simt.analyze_rows(tile)
-        return "row"
-    except simt.Unsupported:
-        pass
-    try:
-        simt.analyze_colreduce(tile)
-        return "colreduce"
-    except simt.Unsupported:
-        return None
 
 
 def edge_levels(tile: TileOp, kind: str) -> list[int]:
@@ -254,7 +218,6 @@ def _tiles_by_block(module) -> list[list[ir.Operation]]:
     return list(groups.values())
 
 
-@register
 @dataclass(frozen=True)
 class RollerFuse(ModulePass):
     name = "roller-fuse"
@@ -262,9 +225,10 @@ class RollerFuse(ModulePass):
                "around a GEMM, row program or column reduction) into one tile")
 
     target: str = "sm_90"
+    chip: str = ""                # default: the target's first chip (runtime/targets.py)
 
     def __post_init__(self):
-        hardware.get(self.target)       # an unknown target is an error before any IR is read
+        targets.get(self.target, self.chip or None)   # unknown: an error before any IR is read
 
     def apply(self, module) -> None:
         for tiles in _tiles_by_block(module):

@@ -72,7 +72,7 @@ from dataclasses import dataclass, replace
 
 from quartet.dialects.linalg_info import LinalgInfo
 from quartet.passes.footprint import MapError, OpModel, is_padding_ok
-from quartet.passes.hardware import TARGETS, Hardware
+from quartet.runtime.targets import CHIPS, Chip
 
 EPS_STEPS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 DFS_NODES = 96          # block tiles the DFS may visit per register tile
@@ -132,11 +132,11 @@ def forget() -> None:
     _CONSTRUCTED.clear()
 
 
-def construct(info: LinalgInfo, hw: Hardware, topk: int = 1) -> list[Schedule]:
+def construct(info: LinalgInfo, hw: Chip, topk: int = 1) -> list[Schedule]:
     """The ``topk`` best tile programs for the op, best first (by the performance model).
     Ops of one shape repeat in a model (every layer of a BERT): results for the built-in
     targets are remembered per ``(info, target, topk)``."""
-    key = (info, hw.name, topk) if TARGETS.get(hw.name) is hw else None
+    key = (info, hw.name, topk) if CHIPS.get(hw.name) is hw else None
     if key is not None and key in _CONSTRUCTED:
         return list(_CONSTRUCTED[key])
     model = model_of(info)
@@ -145,7 +145,7 @@ def construct(info: LinalgInfo, hw: Hardware, topk: int = 1) -> list[Schedule]:
     else:
         schedules = _plain_policy(model, hw, topk)
     if not schedules:
-        raise Unsupported(f"no tile configuration fits {hw.name}")
+        raise Unsupported(f"no tile configuration fits {hw.label}")
     schedules = schedules[:topk]
     if key is not None:
         if len(_CONSTRUCTED) >= 4096:
@@ -222,7 +222,7 @@ def _gemm_roles(model: OpModel) -> GemmRoles | None:
                      _inner_first(k, a))
 
 
-def tensor_core_unit(model: OpModel, hw: Hardware, eps: float) -> tuple[int, ...] | None:
+def tensor_core_unit(model: OpModel, hw: Chip, eps: float) -> tuple[int, ...] | None:
     """The per-loop unit tile that makes every warp tile a multiple of the mma fragment, or None
     when tensor cores do not apply (types, op structure, or extents beyond the padding rule)."""
     if hw.mma_shape is None:
@@ -256,7 +256,7 @@ def tensor_core_unit(model: OpModel, hw: Hardware, eps: float) -> tuple[int, ...
     return tuple(unit)
 
 
-def _scalar_unit(model: OpModel, hw: Hardware) -> tuple[int, ...]:
+def _scalar_unit(model: OpModel, hw: Chip) -> tuple[int, ...]:
     """The unit tile without tensor cores: one element per loop on a GPU thread; on a CPU core
     one vector along the output's contiguous loop (when the extent is a multiple of it)."""
     unit = [1] * model.num_loops
@@ -289,7 +289,7 @@ def main_reduction(model: OpModel) -> int | None:
 # Resource usage and the micro performance model
 
 
-def bank_padding(model: OpModel, hw: Hardware, block, tensor_core: bool) -> tuple[int, ...]:
+def bank_padding(model: OpModel, hw: Chip, block, tensor_core: bool) -> tuple[int, ...]:
     """Rule 3 (memory bank): a staged input whose rows are an even number of access units long
     (4-byte bank words; 16-byte ldmatrix rows with tensor cores) has every row start in the same
     bank group, so threads reading down a column conflict; one access unit of padding makes the
@@ -309,7 +309,7 @@ def bank_padding(model: OpModel, hw: Hardware, block, tensor_core: bool) -> tupl
     return tuple(pads)
 
 
-def register_usage(model: OpModel, hw: Hardware, thread, tensor_core: bool,
+def register_usage(model: OpModel, hw: Chip, thread, tensor_core: bool,
                    unit=None) -> int:
     """Registers per thread: the thread tile's operands for one reduction unit (1, or the
     fragment's k with tensor cores), accumulators in 32 bits, plus the target's overhead.
@@ -327,7 +327,7 @@ def register_usage(model: OpModel, hw: Hardware, thread, tensor_core: bool,
     return words + hw.reg_overhead
 
 
-def occupancy(hw: Hardware, threads: int, smem_bytes: int, regs: int) -> int:
+def occupancy(hw: Chip, threads: int, smem_bytes: int, regs: int) -> int:
     """Blocks resident per SM (0 when one block does not fit)."""
     limits = [hw.max_blocks_per_unit, hw.max_threads_per_unit // max(1, threads),
               hw.regs_per_unit // max(1, regs * threads)]
@@ -336,7 +336,7 @@ def occupancy(hw: Hardware, threads: int, smem_bytes: int, regs: int) -> int:
     return max(0, min(limits))
 
 
-def estimate(model: OpModel, hw: Hardware, block, thread, threads: int, tensor_core: bool,
+def estimate(model: OpModel, hw: Chip, block, thread, threads: int, tensor_core: bool,
              blocks_per_unit: int, staged: bool) -> float:
     """Seconds the op takes at this tile, by Roller's micro model (module docstring)."""
     grid = model.num_tiles(block)
@@ -374,7 +374,7 @@ def estimate(model: OpModel, hw: Hardware, block, thread, threads: int, tensor_c
     return max(t_compute, t_memory, t_smem) + t_sync + hw.launch_seconds
 
 
-def exposed_sync(hw: Hardware, resident: int, step_seconds: float) -> float:
+def exposed_sync(hw: Chip, resident: int, step_seconds: float) -> float:
     """Seconds of one reduction step's barrier the SM cannot hide: while a block waits at its
     barrier the other resident blocks compute their own steps, so the cost shrinks by their
     work. fp32 4096^3 (NOTES.md): 128x128 with an 8-deep step (124 registers, two resident
@@ -383,7 +383,7 @@ def exposed_sync(hw: Hardware, resident: int, step_seconds: float) -> float:
     return max(0.0, hw.sync_seconds - (resident - 1) * step_seconds)
 
 
-def derive(model: OpModel, hw: Hardware, block, thread, tensor_core: bool, *, padding=None,
+def derive(model: OpModel, hw: Chip, block, thread, tensor_core: bool, *, padding=None,
            policy: str = "given", unit=None) -> Schedule:
     """Everything that follows from a block and a thread tile (block a multiple of thread)."""
     lanes = math.prod(b // t for b, t in zip(block, thread))
@@ -414,7 +414,7 @@ def derive(model: OpModel, hw: Hardware, block, thread, tensor_core: bool, *, pa
                     smem, stages, regs, bpu, est, policy, round(padded, 4))
 
 
-def fits(hw: Hardware, s: Schedule) -> bool:
+def fits(hw: Chip, s: Schedule) -> bool:
     return (s.threads <= hw.max_threads_per_block and s.smem_bytes <= hw.smem_per_block
             and s.regs_per_thread <= hw.max_regs_per_thread
             and s.regs_per_thread * s.threads <= hw.regs_per_block and s.blocks_per_unit >= 1)
@@ -456,7 +456,7 @@ def _rank(schedules, topk: int) -> list[Schedule]:
 # The reuse policy (matmul, convolution)
 
 
-def _rstep_options(model: OpModel, hw: Hardware, unit, eps: float) -> list[dict[int, int]]:
+def _rstep_options(model: OpModel, hw: Chip, unit, eps: float) -> list[dict[int, int]]:
     """Reduction steps: window loops whole, the main loop transaction-aligned, others at unit."""
     main = main_reduction(model)
     if main is None:
@@ -487,7 +487,7 @@ def _with_reduction(tile, steps: dict[int, int]):
     return tuple(steps.get(k, v) for k, v in enumerate(tile))
 
 
-def _transaction_aligned(model: OpModel, hw: Hardware, block) -> bool:
+def _transaction_aligned(model: OpModel, hw: Chip, block) -> bool:
     """Rule 2: the contiguous dimension of every operand indexed by one parallel loop is a
     multiple of the transaction, or covers the whole dimension."""
     for operand in model.operands:
@@ -502,7 +502,7 @@ def _transaction_aligned(model: OpModel, hw: Hardware, block) -> bool:
     return True
 
 
-def _thread_tiles(model: OpModel, hw: Hardware, unit, tensor_core: bool) -> list[tuple]:
+def _thread_tiles(model: OpModel, hw: Chip, unit, tensor_core: bool) -> list[tuple]:
     """Grow the register (warp) tile by reuse score until compute-bound against shared memory
     or out of registers; return the path, smallest first."""
     dtype = model.inputs[0].dtype
@@ -556,7 +556,7 @@ def _block_options(model: OpModel, loop: int, base: int, eps: float) -> list[int
     return sorted(o for o in opts if is_padding_ok(rng, o, eps))
 
 
-def _block_tiles(model: OpModel, hw: Hardware, thread, steps: dict[int, int],
+def _block_tiles(model: OpModel, hw: Chip, thread, steps: dict[int, int],
                  tensor_core: bool, eps: float, unit) -> tuple[list[tuple], bool]:
     """Grow the block tile from the register tile by reuse score while it fits (a depth-first
     search, best score first, as in Roller); every aligned tile met is a candidate (the last
@@ -628,7 +628,7 @@ def _block_tiles(model: OpModel, hw: Hardware, thread, steps: dict[int, int],
     return ([last[0]] if ok(last[0]) else []), False
 
 
-def _shrink(model: OpModel, hw: Hardware, block, thread, unit, tensor_core: bool,
+def _shrink(model: OpModel, hw: Chip, block, thread, unit, tensor_core: bool,
             eps: float) -> tuple[tuple, tuple]:
     """Roller's try_shrink: halve the block tile, lowest reuse first, until the grid fills the
     SMs, but never below a block that can hold a full set of sub-partitions (threads, or warps
@@ -670,7 +670,7 @@ def _shrink(model: OpModel, hw: Hardware, block, thread, unit, tensor_core: bool
     return tuple(block), _align_lanes(model, hw, block, thread, unit, tensor_core)
 
 
-def _align_lanes(model: OpModel, hw: Hardware, block, thread, unit, tensor_core: bool) -> tuple:
+def _align_lanes(model: OpModel, hw: Chip, block, thread, unit, tensor_core: bool) -> tuple:
     """Rule 1 for a block that cannot grow into it: more threads (or warps) per block until
     they fill the sub-partitions, by halving register tiles (innermost loop first), then by
     threads cooperating on the main reduction."""
@@ -691,7 +691,7 @@ def _align_lanes(model: OpModel, hw: Hardware, block, thread, unit, tensor_core:
     return tuple(thread)
 
 
-def _reuse_policy(model: OpModel, hw: Hardware, topk: int) -> list[Schedule]:
+def _reuse_policy(model: OpModel, hw: Chip, topk: int) -> list[Schedule]:
     wgmma = _warpgroup_policy(model, hw, topk) if warpgroup_target(hw) else []
     if len(wgmma) >= topk:
         return wgmma
@@ -700,7 +700,7 @@ def _reuse_policy(model: OpModel, hw: Hardware, topk: int) -> list[Schedule]:
     return (wgmma + rest)[:topk]
 
 
-def _general_reuse_policy(model: OpModel, hw: Hardware, topk: int) -> list[Schedule]:
+def _general_reuse_policy(model: OpModel, hw: Chip, topk: int) -> list[Schedule]:
     candidates: dict = {}
     for tensor_core in (True, False):
         for eps in EPS_STEPS:
@@ -777,7 +777,7 @@ def _add_reuse(candidates, model, hw, block, thread, steps, tensor_core, eps, un
             candidates[key] = s
 
 
-def fills_sub_partitions(model: OpModel, hw: Hardware, s: Schedule) -> bool:
+def fills_sub_partitions(model: OpModel, hw: Chip, s: Schedule) -> bool:
     """Roller's execution-unit rule per SM rather than per block: whole warps, and the blocks
     the grid gives each SM (as many as are resident) hold ``warp x sub_partitions`` threads
     together, so every warp scheduler has a warp (two resident blocks of 64 threads do what
@@ -791,7 +791,7 @@ def fills_sub_partitions(model: OpModel, hw: Hardware, s: Schedule) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Hopper warpgroup MMA (wgmma): tensor-core tiles as the sm_90 lowering builds them
 #
-# Calibrated against the H100 measurements in lowering/device/NOTES.md ("Final run", run 4):
+# Calibrated against the H100 measurements in bench/gemm/NOTES.md ("Final run", run 4):
 # the schedules Roller built with mma.sync-style warp tiles ran at 0.53-0.57 of cuBLAS/cuDNN
 # where hand-picked wgmma tiles reached 0.73-1.36. The lowering (lowering/gemm.py
 # ``_tc_schedule``) uses wgmma on sm_90 when the tile's GEMM rows (its operand A: the matmul's
@@ -824,12 +824,11 @@ def fills_sub_partitions(model: OpModel, hw: Hardware, s: Schedule) -> bool:
 #   read once per 64-row slab: a 64x256 warpgroup tile reads 20 % less per FLOP than a 128x128
 #   one), the integer work of a register-staged im2col gather, and the per-step barrier.
 
-WARPGROUP_MMA_TARGETS = ("sm_90",)   # lowering/gemm.py: engine "wgmma" on sm_90 (sm_90a binary)
 WGMMA_ROWS = 64                      # rows of one wgmma instruction (PTX ISA, wgmma.mma_async)
 WGMMA_MAX_COLS = 256                 # its largest N
 WGMMA_BLOCK_ROWS = (64, 128, 256)
 WGMMA_BLOCK_COLS = (16, 32, 64, 128, 256)
-# passes/hardware.py takes 2/3 of the dense tensor peak as what mma.sync reaches on Hopper;
+# runtime/targets.py takes 2/3 of the dense tensor peak as what mma.sync reaches on Hopper;
 # wgmma reaches the dense peak's share: NOTES.md measured 561 TF/s (wgmma 128x256) against
 # 386 TF/s (mma.sync 128x128) on 4096^3, a factor 1.45.
 WGMMA_OVER_MMA = 1.5
@@ -854,8 +853,8 @@ class ImplicitGemm:
     elem: int                  # bytes per input element
 
 
-def warpgroup_target(hw: Hardware) -> bool:
-    return hw.name in WARPGROUP_MMA_TARGETS and hw.mma_shape is not None
+def warpgroup_target(hw: Chip) -> bool:
+    return hw.wgmma and hw.mma_shape is not None
 
 
 def implicit_gemm(model: OpModel) -> ImplicitGemm | None:
@@ -915,7 +914,7 @@ def _wgmma_layout(rows: int, cols: int, warpgroups: int):
     return None
 
 
-def _wgmma_schedule(model: OpModel, hw: Hardware, g: ImplicitGemm, br: int, bc: int,
+def _wgmma_schedule(model: OpModel, hw: Chip, g: ImplicitGemm, br: int, bc: int,
                     eps: float):
     """One wgmma candidate of ``br`` x ``bc`` (None when no warpgroup count fits), and its
     padding in GEMM terms."""
@@ -1002,13 +1001,13 @@ def _wgmma_schedule(model: OpModel, hw: Hardware, g: ImplicitGemm, br: int, bc: 
     return s, gemm_eps, per_flop
 
 
-def grid_short(model: OpModel, hw: Hardware, s: Schedule) -> bool:
+def grid_short(model: OpModel, hw: Chip, s: Schedule) -> bool:
     """Whether the schedule's blocks leave SMs idle."""
     return math.prod(-(-model.ranges[p] // s.block_tile[p]) for p in model.parallel) \
         < hw.num_units
 
 
-def _warpgroup_policy(model: OpModel, hw: Hardware, topk: int) -> list[Schedule]:
+def _warpgroup_policy(model: OpModel, hw: Chip, topk: int) -> list[Schedule]:
     """wgmma candidates (module docstring of this section), best first; [] when the op has
     none within a padding of 0.2 (rows not a multiple of 64 without more padding, e.g. M=16:
     then the mma.sync-style tiles of the general path apply)."""
@@ -1049,7 +1048,7 @@ def _warpgroup_policy(model: OpModel, hw: Hardware, topk: int) -> list[Schedule]
 # The plain policy (no reuse: elementwise, pooling, depthwise, reductions)
 
 
-def _plain_policy(model: OpModel, hw: Hardware, topk: int) -> list[Schedule]:
+def _plain_policy(model: OpModel, hw: Chip, topk: int) -> list[Schedule]:
     tensors = [o for o in model.inputs if o.dims]
     main = max(tensors, key=lambda o: o.bytes) if tensors else model.outputs[0]
     elem = max(o.elem_bytes for o in model.operands)
@@ -1091,7 +1090,7 @@ def _plain_policy(model: OpModel, hw: Hardware, topk: int) -> list[Schedule]:
     return _rank(good or warps or candidates.values(), topk)
 
 
-def plain_thread_goal(model: OpModel, hw: Hardware, layout: "_PlainLayout | None" = None) -> int:
+def plain_thread_goal(model: OpModel, hw: Chip, layout: "_PlainLayout | None" = None) -> int:
     """Threads a block of the plain policy should have: a full set of sub-partitions (warp x
     sub-partitions), or, for an op with fewer parallel elements (row elements included, which
     threads share), the largest power of two of them; 0 when the op has less than a warp of
@@ -1108,7 +1107,7 @@ def plain_thread_goal(model: OpModel, hw: Hardware, layout: "_PlainLayout | None
     return min(hw.peak_threads_multiple, _pow2_at_most(points))
 
 
-def _whole_warps(s: Schedule, hw: Hardware, goal: int) -> bool:
+def _whole_warps(s: Schedule, hw: Chip, goal: int) -> bool:
     """Whole warps, at least ``goal`` threads; for an op under a warp, a power of two."""
     if goal == 0:
         return s.threads & (s.threads - 1) == 0
@@ -1124,7 +1123,7 @@ class _PlainLayout:
     store: int | None        # the output's contiguous loop when it differs from ``vector``
     order: tuple[int, ...]   # loops that take threads, innermost first
 
-    def __init__(self, model: OpModel, hw: Hardware, main):
+    def __init__(self, model: OpModel, hw: Chip, main):
         inner_in = model.contiguous_loop(main)
         inner_out = model.contiguous_loop(model.outputs[0])
         vector = inner_in if inner_in is not None and not model.is_reduction[inner_in] else None
@@ -1151,7 +1150,7 @@ def _fit_pow2(extent: int, want: int, eps: float) -> int:
     return t
 
 
-def _plain_tile(model: OpModel, hw: Hardware, layout: _PlainLayout, threads: int,
+def _plain_tile(model: OpModel, hw: Chip, layout: _PlainLayout, threads: int,
                 per_thread: int, store: int, eps: float, exact: bool):
     """Threads laid out along ``layout.order``, a power of two per loop, or (``exact``) as many
     as cover the loop when that fits; ``per_thread`` elements of the vector loop (and of a row
@@ -1197,7 +1196,7 @@ def _plain_tile(model: OpModel, hw: Hardware, layout: _PlainLayout, threads: int
     return tuple(block), tuple(thread)
 
 
-def _plain_shrink(model: OpModel, hw: Hardware, layout: _PlainLayout, block, thread,
+def _plain_shrink(model: OpModel, hw: Chip, layout: _PlainLayout, block, thread,
                   serial) -> None:
     """Smaller blocks until the grid fills the SMs (Roller's scale-out for small operators):
     first fewer lanes per block, outermost loops first, while a full set of sub-partitions
@@ -1242,7 +1241,7 @@ def _plain_shrink(model: OpModel, hw: Hardware, layout: _PlainLayout, block, thr
                 return
 
 
-def _fit_registers(model: OpModel, hw: Hardware, layout: _PlainLayout, thread) -> bool:
+def _fit_registers(model: OpModel, hw: Chip, layout: _PlainLayout, thread) -> bool:
     """Halve the thread tile (store loop first, then the vector loop, then the others) until
     its values fit the register tile budget; False if one element per loop does not fit."""
     order = [x for x in (layout.store, layout.vector) if x is not None]

@@ -12,7 +12,7 @@ construction policy applies to any tile (``policy.py``):
 * registers: a thread keeps its part of the row in registers between the reduction and the
   broadcast, ``C`` vectors; Roller grows the thread tile while it fits and the tile is not yet
   compute-bound. A row program is always memory-bound, so the growth stops at the point the
-  measurements put it: two vectors per thread (``lowering/device_simt/NOTES.md``, run 2: 16
+  measurements put it: two vectors per thread (``bench/simt/NOTES.md``, run 2: 16
   elements per thread beat 8 and 64 on softmax 8192x4096 and layer norm 16384x1024), fewer
   registers leaving room for more resident warps;
 * execution units: threads per row ``G`` a power of two (shuffle trees), the block
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 
-from quartet.passes.hardware import Hardware
+from quartet.runtime.targets import Chip
 from quartet.passes.roller.policy import Schedule
 
 #: Vectors of the row one thread keeps in registers (module docstring, "registers").
@@ -55,7 +55,7 @@ def _spread(rows_per_block: int, row_ranges: tuple[int, ...]) -> list[int]:
     return out
 
 
-def schedule(space: tuple[int, ...], vector: int, hw: Hardware, *, num_inputs: int,
+def schedule(space: tuple[int, ...], vector: int, hw: Chip, *, num_inputs: int,
              inner_parallel: bool = True) -> Schedule:
     """The row program's schedule over its loops ``space`` (rows..., N) with vector width V.
 

@@ -86,7 +86,7 @@ def test_hsaco_is_a_gfx942_code_object(launch_module):
 
 
 def test_unknown_target(launch_module):
-    with pytest.raises(QuartetError, match="unknown GPU target 'sm_12'"):
+    with pytest.raises(QuartetError, match="unknown target 'sm_12'"):
         binary.compile_launch_module(launch_module, "sm_12")
 
 

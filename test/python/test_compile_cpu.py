@@ -32,7 +32,7 @@ import torch
 from quartet.dialects import TileOp
 from quartet.frontend import models
 from quartet.frontend.compile import CompiledModule, compile, run_passes
-from quartet.passes import hardware
+from quartet.runtime import targets
 from quartet.passes.roller.config import check_fits, loop_info, row_program
 from quartet.runtime import load
 from test_roller_policy import check_threads  # the same thread rules as the policy tests
@@ -236,7 +236,7 @@ def _tiles(module) -> list[TileOp]:
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_roller_config_configures_every_zoo_tile(zoo, target):
-    hw = hardware.get(target)
+    hw = targets.get(target)
     for name in ZOO:
         _, compiled, _ = zoo(name)
         module = run_passes(compiled.result.linalg, "roller", target)   # outline, roller-config

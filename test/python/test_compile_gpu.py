@@ -6,12 +6,12 @@ at its ``tiny`` sizes; one at full size for the Hopper GEMM), no GPU needed:
 * the artifact's manifest: one kernel per tile, each a cubin (ELF for EM_CUDA) that ptxas wrote;
   the host program launches every kernel; inputs, outputs and weights named as the model's;
   host ``while`` / ``if`` steps for the models with control flow;
-* the host program runs: the artifact's CPU twin (``lowering/device_e2e/cpu_twin.py``: the same
+* the host program runs: the artifact's CPU twin (``bench/e2e/cpu_twin.py``: the same
   manifest, each kernel swapped for its tile compiled for the CPU) is run by ``quartet.runtime``
   on fresh random inputs and compared with PyTorch eager in float64;
 * ptxas accepts the PTX of every kernel (for the chip the PTX names: ``sm_90a`` for wgmma).
 
-On the GPU machine the same artifacts are run by ``lowering/device_e2e/run.py``.
+On the GPU machine the same artifacts are run by ``bench/e2e/run.py``.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def check_manifest(writer, result):
 
 def run_twin(writer, result, inputs, tmp_path):
     import quartet.runtime as rt
-    from quartet.lowering.device_e2e.cpu_twin import cpu_twin
+    from quartet.bench.e2e.cpu_twin import cpu_twin
 
     twin = cpu_twin(writer, result.quartet)
     prog = rt.load(twin.save(tmp_path / "twin"))
@@ -146,14 +146,14 @@ def test_hopper_matmul_uses_wgmma_and_large_shared_memory():
 
 
 def test_conv_block_pad_is_a_kernel_and_every_ptx_assembles():
-    from quartet.lowering import gpu
+    from quartet.lowering import host
     from quartet.dialects import context as quartet_context
     from mlir import ir
 
     _, _, writer, result = zoo("conv_block")
     with quartet_context(), ir.Location.unknown():
         module = ir.Module.parse(result.quartet)
-        _, plans = gpu.lower_module_plans(module, "sm_90", emit="ptx")
+        _, plans = host.lower_module_plans(module, "sm_90", emit="ptx")
     (plan,) = plans.values()
     ptx = [launch.kernel.binary.decode() for launch in plan.launches]
     assert len(ptx) == result.quartet.count('"quartet.tile"') + 1     # + the pad

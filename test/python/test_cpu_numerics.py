@@ -38,7 +38,7 @@ import torch_mlir.fx
 from quartet.dialects import context
 from quartet.errors import QuartetError
 from quartet.lowering import cpu
-from quartet.passes import registry
+from quartet.driver import registry
 from quartet.passes.outline import OutlineTiles
 
 TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}

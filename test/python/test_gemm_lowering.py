@@ -5,7 +5,7 @@ why, the kernel function's contract with lowering/binary.py (argument order and 
 shape, shared memory), the copy work of every thread at concrete thread ids, and ptxas accepting
 the PTX for sm_90a / sm_80. The tests marked ``gpu`` run kernels with cuda-bindings and compare
 with numpy in float64. ``QUARTET_SLOW=1`` adds a ptxas sweep over every configuration of
-``lowering/device/build_gemm.py``.
+``bench/gemm/build_gemm.py``.
 """
 
 import os
@@ -16,11 +16,13 @@ from cuda_launch import run_kernel
 from mlir import ir
 
 import quartet.dialects as qd
+from quartet.runtime import targets
 from quartet.errors import QuartetError
-from quartet.lowering import binary, gemm, gemm_tc
-from quartet.lowering.device import cases
-from quartet.lowering.device.compile import compile_module, target_of
-from quartet.lowering.gemm_ir import Emitter
+from quartet.lowering import binary
+from quartet.lowering.kernels import gemm, gemm_tc
+from quartet.bench.gemm import cases
+from quartet.bench.gemm.compile import compile_module, target_of
+from quartet.lowering.kernels.gemm_ir import Emitter
 
 
 @pytest.fixture
@@ -106,7 +108,7 @@ def test_large_reduction_step_is_taken_in_sub_steps(ctx):
                                    bt=(4, 32, 8, 8, 64, 3, 3), tt=(1, 16, 8, 8, 64, 3, 3),
                                    threads=256)[0])
     p = gemm.plan(tile, "sm_90")
-    assert p.schedule.bk == 64 and p.shared_bytes <= gemm.SMEM_LIMITS["sm_90"]
+    assert p.schedule.bk == 64 and p.shared_bytes <= targets.get("sm_90").smem_per_block
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +280,7 @@ def test_ptxas_accepts(ctx, name, src, target):
 
 @pytest.mark.skipif(not os.environ.get("QUARTET_SLOW"), reason="set QUARTET_SLOW=1")
 def test_every_device_configuration_assembles(ctx, tmp_path):
-    from quartet.lowering.device import build_gemm
+    from quartet.bench.gemm import build_gemm
 
     manifest = build_gemm.build(list(build_gemm.CASES), str(tmp_path))
     assert len(manifest) == len(build_gemm.CASES)
@@ -353,7 +355,7 @@ def test_simt_f32_on_gpu(ctx):
 def test_simt_thread_tiles_cover_the_output(ctx, tm, tn, threads):
     """Every output element of a block is stored by exactly one thread, for thread tiles of any
     shape (index arithmetic folded at concrete thread ids)."""
-    from quartet.lowering import gemm_epilogue
+    from quartet.lowering.kernels import gemm_epilogue
 
     bm, bn = (16 * tm if tm != 3 else 48), 16 * tn
     src = cases.matmul(100, 60, 40, dt="f32", tc=False, bt=(bm, bn, 8), tt=(tm, tn, 8),

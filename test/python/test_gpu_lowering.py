@@ -1,4 +1,5 @@
-"""lowering/simt.py and lowering/gpu.py: tiles -> gpu.launch kernels -> gpu.binary + host plan.
+"""lowering/kernels (SIMT families), build.py and host.py: tiles -> block programs -> kernels ->
+gpu.binary + host plan.
 
 Builds IR and binaries only (no GPU needed), except the tests marked ``gpu``, which run the
 kernels with cuda-bindings and compare with PyTorch."""
@@ -10,8 +11,10 @@ from mlir import ir
 
 import quartet.dialects as qd
 from quartet.errors import QuartetError
-from quartet.lowering import binary, rocm, simt
-from quartet.lowering.gpu import lower_module
+from quartet.lowering import binary, kernels, rocm
+from quartet.lowering.compose.kernel import inline_block_programs, standalone
+from quartet.runtime.manifest import BufferArg, Copy
+from quartet.lowering.host import lower_module_plans
 
 MAPS = """
 #id = affine_map<(d0, d1) -> (d0, d1)>
@@ -129,9 +132,22 @@ def ctx():
         yield context
 
 
+def simt_kernel(tile, target="sm_90"):
+    """The SIMT block program of ``tile`` in its standalone kernel, bodies instantiated."""
+    family = kernels.simt_plan(tile)[0]
+    module = standalone(kernels.build_block_program(tile, target, "k_body", family), "k")
+    inline_block_programs(module)
+    return module
+
+
 def kernel_text(text, target="sm_90"):
     module = ir.Module.parse(text)
-    return str(simt.build_simt_kernel(first_tile(module), target, name="k"))
+    return str(simt_kernel(first_tile(module), target))
+
+
+def lower_module(module, target, emit="bin"):
+    module, plans = lower_module_plans(module, target, emit)
+    return module, next(iter(plans.values()))
 
 
 @pytest.mark.parametrize("text,kind", [
@@ -142,8 +158,7 @@ def kernel_text(text, target="sm_90"):
 ])
 def test_builder_choice(ctx, text, kind):
     module = ir.Module.parse(text)
-    assert simt.plan(first_tile(module))[0] == kind
-    assert simt.supports(first_tile(module))
+    assert kernels.simt_plan(first_tile(module))[0] == kind
 
 
 def test_softmax_is_one_row_kernel(ctx):
@@ -151,7 +166,7 @@ def test_softmax_is_one_row_kernel(ctx):
     assert text.count("gpu.launch ") == 1
     assert "vector<8xf16>" in text and "alignment = 16" in text
     assert text.count("gpu.shuffle  xor") >= 2          # max and sum across lanes
-    assert "workgroup(" in text                          # more than a warp per row
+    assert "memref.view" in text                         # more than a warp per row
     assert "vector.reduction <maximumf>" in text and "vector.reduction <add>" in text
 
 
@@ -173,7 +188,7 @@ def test_schedule_threads_used_and_checked(ctx):
     assert "%c64" in text
     module = ir.Module.parse(softmax_text(attrs="{threads = 48 : i64}"))
     with pytest.raises(QuartetError, match="threads=48 does not fit the hardware"):
-        simt.build_simt_kernel(first_tile(module), "sm_90")
+        simt_kernel(first_tile(module), "sm_90")
 
 
 def test_fallback_for_pooling(ctx):
@@ -192,8 +207,8 @@ func.func @pool(%x: tensor<2x4x8x8xf32>) -> tensor<2x4x4x4xf32> {
 }"""
     module = ir.Module.parse(text)
     tile = first_tile(module)
-    assert simt.plan(tile)[0] == "fallback"
-    kernel = simt.build_simt_kernel(tile, "sm_90")
+    assert kernels.simt_plan(tile)[0] == "fallback"
+    kernel = simt_kernel(tile, "sm_90")
     assert "gpu.launch" in str(kernel) and "quartet.tile" not in str(kernel)
     (spec,) = binary.compile_launch_module(kernel, "sm_90")
     assert [a.role for a in spec.args] == ["input", "output"]
@@ -226,8 +241,9 @@ func.func @odd(%x: tensor<64x32xf32>) -> tensor<64x32xf32> {
 }"""
     module = ir.Module.parse(text, ctx)
     tile = first_tile(module)
-    assert not simt.supports(tile)
-    with pytest.raises(QuartetError, match="no SIMT kernel for 'linalg.generic'") as err:
+    with pytest.raises(kernels.Unsupported):
+        kernels.simt_plan(tile)
+    with pytest.raises(QuartetError, match="no kernel for 'linalg.generic'") as err:
         lower_module(module, "sm_90")
     assert err.value.location is not None
 
@@ -244,7 +260,7 @@ def test_lower_module_gives_binaries_and_host_plan(ctx):
     kinds = {b.name: b.kind for b in plan.buffers}
     assert kinds == {"in0": "input", "t1": "output"}
     (launch,) = plan.launches
-    assert launch.buffers == ("in0", "t1")
+    assert launch.args == (BufferArg("in0"), BufferArg("t1"))
     assert launch.kernel.binary[:4] == b"\x7fELF" and plan.results == ["t1"]
 
 
@@ -262,7 +278,8 @@ def test_result_that_is_an_input_is_copied(ctx):
         "-> tensor<8x64xf32> {", "-> (tensor<8x64xf32>, tensor<8x64xf32>) {").replace(
         "return %r : tensor<8x64xf32>", "return %r, %x : tensor<8x64xf32>, tensor<8x64xf32>"))
     _, plan = lower_module(module, "sm_90")
-    assert [(c.src, c.dst) for c in plan.copies] == [("in0", "out1")]
+    copies = [s for s in plan.walk() if isinstance(s, Copy)]
+    assert [(c.src, c.dst) for c in copies] == [("in0", "out1")]
 
 
 def test_host_ops_outside_tiles_are_rejected(ctx):
@@ -294,7 +311,7 @@ func.func @amax(%x: tensor<64x512xf16>) -> tensor<64xf16> {
   return %r : tensor<64xf16>
 }"""
     module = ir.Module.parse(text)
-    kernel = simt.build_simt_kernel(first_tile(module), "sm_90")
+    kernel = simt_kernel(first_tile(module), "sm_90")
     assert ": f16 to f32" in str(kernel)
     (spec,) = binary.compile_launch_module(kernel, "sm_90")
     assert spec.binary[:4] == b"\x7fELF"

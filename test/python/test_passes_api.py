@@ -4,8 +4,8 @@ import pytest
 
 import quartet.dialects as qd
 from quartet.errors import QuartetError
-from quartet.passes import registry
-from quartet.passes.driver import parse, run_pipeline
+from quartet.driver import registry
+from quartet.driver import parse, run_pipeline
 
 SOURCE = """
 func.func @f(%a: tensor<4x8xf32>, %b: tensor<8x16xf32>) -> tensor<4x16xf32> {

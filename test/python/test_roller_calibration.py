@@ -1,7 +1,7 @@
-"""Roller's sm_90 choices against the H100 measurements (lowering/device/NOTES.md, run 4).
+"""Roller's sm_90 choices against the H100 measurements (bench/gemm/NOTES.md, run 4).
 
 For each of the six problems measured there, roller-config{target=sm_90} configures the unfused
-tile as ``lowering/device/build_gemm.py`` does for its ``roller_*`` rows, and ``gemm.plan``
+tile as ``bench/gemm/build_gemm.py`` does for its ``roller_*`` rows, and ``gemm.plan``
 (no GPU) says what the lowering builds from it. The engine, the GEMM block tile and the thread
 count must be those of the measured-best schedule (NOTES.md "Best per target"): a test of the
 policy's decisions, not of timing.
@@ -13,9 +13,10 @@ import pytest
 from mlir import ir
 
 from quartet.dialects import context
-from quartet.lowering import gemm
-from quartet.lowering.device import cases
-from quartet.passes import driver, registry
+from quartet.lowering.kernels import gemm
+from quartet.bench.gemm import cases
+from quartet import driver
+from quartet.driver import registry
 from quartet.passes.roller import policy
 
 # name -> (builder, kwargs, engine, GEMM block (rows, cols), K step or None, threads)

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 
 from quartet.dialects import collect, context, linalg_info
 from quartet.frontend.compile import import_linalg
-from quartet.lowering import cpu, gemm, gemm_problem
-from quartet.passes import registry
-from quartet.passes.driver import parse, run_pipeline
+from quartet.lowering import cpu
+from quartet.lowering.kernels import gemm, gemm_problem
+from quartet.driver import registry
+from quartet.driver import parse, run_pipeline
 
 H = torch.float16
 FOLD = "roller-fold-casts"
@@ -238,7 +239,7 @@ def test_bert_layer_f16_compiles_to_fewer_kernels_and_computes_the_same(tmp_path
     PyTorch in float64."""
     import quartet.runtime as rt
     from quartet.bench.suite import BertLayer
-    from quartet.lowering.device_e2e.cpu_twin import cpu_twin
+    from quartet.bench.e2e.cpu_twin import cpu_twin
 
     compile_mod = importlib.import_module("quartet.frontend.compile")
     assert FOLD in compile_mod.pipeline_passes("roller", "sm_90")    # the roller pipeline's

@@ -6,7 +6,7 @@ compute it (passes/roller/fuse.py). Checked here on the real import: how many ti
 the merged tile's root is, that nothing merges where the target has no lowering for the result,
 and that inlining the merged tiles gives back the same ops. Numerics of every merged operator
 against PyTorch are in test_cpu_numerics.py (``fused``); the row policy's decisions are
-checked against the measured-best row schedules (lowering/device_simt/NOTES.md, run 2).
+checked against the measured-best row schedules (bench/simt/NOTES.md, run 2).
 """
 
 # `mlir` before torch_mlir (through the frontend): see test_compile_cpu.py.
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from quartet.dialects import TileOp, collect
 from quartet.frontend.compile import import_linalg, run_passes
-from quartet.passes import hardware
+from quartet.runtime import targets
 from quartet.passes.roller import rows
 
 H = torch.float16
@@ -61,7 +61,7 @@ def _tiles(module) -> list[TileOp]:
 
 def _passes(text: str, pipeline: str):
     import quartet.dialects as qd
-    from quartet.passes import driver
+    from quartet import driver
     module = driver.parse(text, qd.context(), "<model>")
     driver.run_pipeline(module, f"builtin.module({pipeline})")
     return module
@@ -149,13 +149,13 @@ def test_attention_softmax_absorbs_its_scale_but_not_the_matmuls():
     ((1, 197), 1, (1, 197), (1, 2), 128),             # an odd row: scalars, 128 lanes
 ])
 def test_row_policy(space, vector, block, thread, threads):
-    s = rows.schedule(space, vector, hardware.get("sm_90"), num_inputs=1)
+    s = rows.schedule(space, vector, targets.get("sm_90"), num_inputs=1)
     assert (s.block_tile, s.thread_tile, s.threads) == (block, thread, threads)
     assert s.threads % 32 == 0 and s.threads <= 1024
 
 
 def test_row_policy_keeps_a_long_row_in_registers():
-    s = rows.schedule((64, 30522), 2, hardware.get("sm_90"), num_inputs=1)
+    s = rows.schedule((64, 30522), 2, targets.get("sm_90"), num_inputs=1)
     assert s.threads == 1024 and s.block_tile[-1] == 30522
     assert s.thread_tile[-1] <= 64 * 2          # the row builder keeps at most 64 vectors
 

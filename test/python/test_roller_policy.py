@@ -14,12 +14,13 @@ from mlir import ir
 
 from quartet.dialects import TileOp, context
 from quartet.errors import QuartetError
-from quartet.passes import footprint, hardware
+from quartet.passes import footprint
+from quartet.runtime import targets
 from quartet.passes.footprint import OpModel, parse_expr
 from quartet.passes.roller import policy
 from quartet.passes.roller.config import RollerConfig, check_fits, loop_info
 
-H100 = hardware.get("sm_90")
+H100 = targets.get("sm_90")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,7 +311,7 @@ CASES = {
 def test_policy_invariants(name, target):
     text, eps = CASES[name]
     info = info_of(text)
-    hw = hardware.get(target)
+    hw = targets.get(target)
     started = time.perf_counter()
     schedules = policy.construct(info, hw, topk=3)
     elapsed = time.perf_counter() - started
@@ -330,7 +331,7 @@ def test_policy_invariants(name, target):
                                   "elementwise 8192x8192 f16", "maxpool 3x3 stride 2"])
 def test_policy_cpu_target(name):
     info = info_of(CASES[name][0])
-    hw = hardware.get("cpu")
+    hw = targets.get("cpu")
     (s,) = policy.construct(info, hw, topk=1)
     assert not s.tensor_core
     check_invariants(info, hw, s)
@@ -394,7 +395,7 @@ def check_threads(info, hw, s: policy.Schedule) -> None:
 @pytest.mark.parametrize("name", list(SMALL_OPS))
 @pytest.mark.parametrize("target", TARGETS)
 def test_small_ops_are_configured_on_every_target(name, target):
-    hw = hardware.get(target)
+    hw = targets.get(target)
     module, tile = configure(SMALL_OPS[name], target=target)
     with _ctx():
         s = check_fits(tile, hw)            # the written schedule is consistent and fits
@@ -416,7 +417,7 @@ def _coalesced(model, hw, s, operand) -> bool:
 def test_transposes_get_full_blocks_and_coalesced_access(name, target):
     """A transpose or copy: at least warp x sub-partitions threads (128 on sm_90, not 2), reads
     or writes coalesced."""
-    hw = hardware.get(target)
+    hw = targets.get(target)
     info = info_of(SMALL_OPS[name])
     (s,) = policy.construct(info, hw)
     model = OpModel(info)
@@ -428,7 +429,7 @@ def test_transposes_get_full_blocks_and_coalesced_access(name, target):
 def test_transpose_on_the_cpu_fits_the_vector_registers():
     """It once had no configuration on the CPU: a 8x16 thread tile holds 256 values, input
     and output, against 128 vector-register words."""
-    hw = hardware.get("cpu")
+    hw = targets.get("cpu")
     info = info_of(transpose((256, 64), (1, 0)))
     (s,) = policy.construct(info, hw)
     assert s.regs_per_thread <= hw.reg_tile_budget + hw.reg_overhead
@@ -475,7 +476,7 @@ def test_tensor_cores_for_f16_contractions_only():
         (s,) = policy.construct(info_of(text), H100)
         assert not s.tensor_core
     # No tensor cores on the CPU; C=3 x 7 x 7 = 147 cannot be a multiple of k=16 within eps.
-    assert not policy.construct(info_of(matmul(256, 256, 256)), hardware.get("cpu"))[0].tensor_core
+    assert not policy.construct(info_of(matmul(256, 256, 256)), targets.get("cpu"))[0].tensor_core
     assert not policy.construct(info_of(conv(8, 3, 229, 229, 64, 7, 7, 2)), H100)[0].tensor_core
 
 
@@ -508,7 +509,7 @@ def test_small_m_fills_the_sms():
 
 def test_small_ops_fill_the_sms_on_each_target():
     for target in ("sm_90", "sm_80", "gfx942"):
-        hw = hardware.get(target)
+        hw = targets.get(target)
         (s,) = policy.construct(info_of(matmul(64, 4096, 1024)), hw)
         if target == "sm_90":
             # wgmma blocks are 64 rows at least; a 64x32 tile (128 blocks, 97 % of the SMs)
@@ -580,7 +581,7 @@ def test_unsupported_map_is_reported():
 
 
 # ---------------------------------------------------------------------------------------------
-# Hardware tables
+# Chip tables
 
 
 def test_hardware_tables():
@@ -589,15 +590,15 @@ def test_hardware_tables():
     assert H100.max_regs_per_thread == 255 and H100.regs_per_unit == 65536
     assert H100.dram_bandwidth == 3.0e12 and H100.mma_shape == (16, 8, 16)
     assert H100.peak_flops["tensor_f16"] < 989.4e12     # mma.sync, not the wgmma peak
-    mi300 = hardware.get("gfx942")
+    mi300 = targets.get("gfx942")
     assert (mi300.num_units, mi300.warp_size, mi300.smem_per_block) == (304, 64, 64 * 1024)
-    assert hardware.get("sm_80").num_units == 108
-    assert hardware.get("cpu").kind == "cpu"
+    assert targets.get("sm_80").num_units == 108
+    assert targets.get("cpu").kind == "cpu"
 
 
 def test_unknown_target_lists_the_known_ones():
     with pytest.raises(QuartetError) as e:
-        hardware.get("sm_99")
+        targets.get("sm_99")
     assert "sm_99" in str(e.value) and "sm_90" in str(e.value) and "gfx942" in str(e.value)
     with pytest.raises(QuartetError, match="unknown target 'volta'"):
         RollerConfig(target="volta")

@@ -5,7 +5,7 @@ CPU tests build tiny ``cpu`` artifacts whose kernels are C functions compiled he
 folder and single-file forms, and every load-time and call-time error. The cuda backend's
 in-place binding of torch tensors is exercised on the CPU with a fake cuda backend (the cpu
 backend under the cuda name, running the same C kernels on host pointers) and torch CPU tensors
-that report a CUDA device. The ``gpu`` tests run the checks of quartet.runtime.device_selftest
+that report a CUDA device. The ``gpu`` tests run the checks of quartet.bench.selftest
 (hand-written PTX through the cuda backend) and a real in-place call; they skip on machines
 without an NVIDIA GPU.
 """
@@ -39,7 +39,8 @@ from quartet.runtime import (
     load_manifest,
     pack,
 )
-from quartet.runtime import BufferArg, device_selftest
+from quartet.bench import selftest as device_selftest
+from quartet.runtime import BufferArg
 from quartet.runtime import program as program_module
 from quartet.runtime.cpu_backend import CpuBackend
 from quartet.runtime.interpreter import Interpreter
@@ -280,7 +281,8 @@ def test_runtime_imports_no_mlir(kernels_so, tmp_path):
         prog = quartet.runtime.load({str(path)!r})
         a = np.arange({N}, dtype=np.float32)
         assert (prog(a, a) == 2 * a).all()
-        from quartet.runtime import device_selftest, cuda_backend  # import-safe without a GPU
+        from quartet.bench import selftest as device_selftest
+        from quartet.runtime import cuda_backend  # import-safe without a GPU
         bad = sorted(m for m in sys.modules if m.split(".")[0] in ("mlir", "torch_mlir"))
         assert not bad, bad
         print("ok")
@@ -873,7 +875,7 @@ def test_gpu_in_place_call(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# GPU (the checks of quartet.runtime.device_selftest)
+# GPU (the checks of quartet.bench.selftest)
 # --------------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 // RUN: quartet-opt %s --pass-pipeline='builtin.module(quartet-lower-cpu)' | %filecheck %s
 // The roller pipeline with target=cpu ends in the same LLVM-dialect form:
-// RUN: quartet-opt %s --pass-pipeline='builtin.module(quartet-inline-tiles,roller{target=cpu})' | %filecheck %s
+// RUN: quartet-opt %s --pass-pipeline='builtin.module(quartet-inline-tiles,roller{target=cpu},quartet-lower-cpu)' | %filecheck %s
 
 // The entry takes one bare pointer per input, then one per result (caller-allocated output
 // buffers), and returns nothing; the module records the tensor signature. Boolean tensors are

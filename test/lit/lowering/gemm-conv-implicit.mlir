@@ -1,4 +1,4 @@
-// RUN: %PYTHON -m quartet.lowering.gemm %s --target=sm_90 | %filecheck %s
+// RUN: quartet-opt %s --pass-pipeline='builtin.module(quartet-lower-gpu{target=sm_90 stop_after=kernels})' | %filecheck %s
 
 // A 3x3 NCHW convolution (input already padded) as an implicit GEMM: M = filters, N = output
 // pixels, K = (channel, kernel row, kernel column). The filter is copied with cp.async; the
@@ -6,13 +6,13 @@
 // materialized): per-pixel offsets stay in registers, the K-dependent offsets come from a table
 // the block builds in shared memory once. Two stages, wgmma on the staged tiles.
 
-// CHECK-LABEL: func.func @conv_2d_nchw_fchw_64x128x576_f16_wgmma(
+// CHECK-LABEL: func.func private @q0_body(
+// CHECK-SAME:    %{{[a-z0-9_]+}}: index,
 // CHECK-SAME:    %[[X:.*]]: memref<2x64x10x10xf16> {quartet.role = "input"}, %[[W:.*]]: memref<64x64x3x3xf16> {quartet.role = "input"},
-// CHECK:         gpu.launch
 // CHECK-DAG:       %[[XF:.*]] = memref.collapse_shape %[[X]] {{\[\[}}0, 1, 2, 3]] : memref<2x64x10x10xf16> into memref<12800xf16>
 // CHECK-DAG:       %[[WF:.*]] = memref.collapse_shape %[[W]] {{\[\[}}0, 1, 2, 3]] : memref<64x64x3x3xf16> into memref<36864xf16>
 // The K-offset table: one i32 per K index, filled by the block's threads.
-// CHECK:           scf.for %{{.*}} = %thread_id_x to %c576 step %c128
+// CHECK:           scf.for %{{.*}} = %thread_id_x{{.*}} to %c576 step %c128
 // CHECK:             memref.store {{.*}} : memref<576xi32, #gpu.address_space<workgroup>>
 // CHECK:           gpu.barrier
 // Prologue: the filter tile by cp.async, the input tile gathered into registers and stored.
@@ -31,6 +31,9 @@
 // CHECK:             nvvm.wgmma.wait.group.sync.aligned 0
 // CHECK:             vector.store {{.*}} : memref<{{.*}}xf16, #gpu.address_space<workgroup>>, vector<8xf16>
 // CHECK:           } {loop_annotation
+// CHECK-LABEL: func.func @q0(
+// CHECK:         gpu.launch
+// CHECK:           func.call @q0_body(
 func.func @conv(%x: tensor<2x64x10x10xf16>, %w: tensor<64x64x3x3xf16>, %c: tensor<2x64x8x8xf32>) -> tensor<2x64x8x8xf32> {
   %0 = "quartet.tile"() ({
     %1 = linalg.conv_2d_nchw_fchw {dilations = dense<1> : vector<2xi64>, strides = dense<1> : vector<2xi64>} ins(%x, %w : tensor<2x64x10x10xf16>, tensor<64x64x3x3xf16>) outs(%c : tensor<2x64x8x8xf32>) -> tensor<2x64x8x8xf32>

@@ -1,4 +1,4 @@
-// RUN: %PYTHON -m quartet.lowering.gemm %s --target=sm_80 | %filecheck %s
+// RUN: quartet-opt %s --pass-pipeline='builtin.module(quartet-lower-gpu{target=sm_80 stop_after=kernels})' | %filecheck %s
 
 // A fused tile (fill + matmul with B given as [N, K] + bias + cast to f16, as roller-fuse makes
 // it) for sm_80: the schedule is written for the tile's root, the matmul (TileOp.root: the op
@@ -6,12 +6,12 @@
 // (B is K-major: no transpose), the fill's zero start, and the bias add and f16 cast evaluated
 // per element in the coalesced epilogue.
 
-// CHECK-LABEL: func.func @matmul_128x256x64_f16_mma(
+// CHECK-LABEL: func.func private @q0_body(
+// CHECK-SAME:    %{{[a-z0-9_]+}}: index,
 // CHECK-SAME:    memref<128x64xf16> {quartet.role = "input"}, %{{.*}}: memref<256x64xf16> {quartet.role = "input"},
 // CHECK-SAME:    memref<256xf32> {quartet.role = "input"}, %{{.*}}: memref<128x256xf16> {quartet.role = "input"},
 // CHECK-SAME:    memref<128x256xf16> {quartet.role = "output"})
-// CHECK-SAME:    quartet.chip = "sm_80", quartet.engine = "mma", quartet.grid = array<i64: 2, 2, 1>
-// CHECK:         gpu.launch
+// CHECK-SAME:    quartet.chip = "sm_80", quartet.family = "gemm:mma", quartet.shared_bytes = {{[0-9]+}} : i64, quartet.virtual_grid = array<i64: 2, 2, 1>
 // CHECK-NOT:     tensor.empty
 // CHECK:           scf.for {{.*}} iter_args({{.*}}) -> (vector<2x2xf32>
 // CHECK:             nvvm.cp.async.wait.group 2
@@ -24,6 +24,9 @@
 // CHECK-NEXT:        arith.addf
 // CHECK-NEXT:        arith.truncf {{.*}} : f32 to f16
 // CHECK:             vector.store {{.*}} : memref<32768xf16>, vector<8xf16>
+// CHECK-LABEL: func.func @q0(
+// CHECK:         gpu.launch blocks({{.*}}) in ({{.*}} = %c4, {{.*}} = %c1, {{.*}} = %c1{{.*}})
+// CHECK:           func.call @q0_body(
 func.func @mmt(%a: tensor<128x64xf16>, %b: tensor<256x64xf16>, %bias: tensor<256xf32>, %e: tensor<128x256xf16>) -> tensor<128x256xf16> {
   %0 = "quartet.tile"() ({
     %cst = arith.constant 0.0 : f32

@@ -1,13 +1,13 @@
-// RUN: %PYTHON -m quartet.lowering.gemm %s --target=sm_90 | %filecheck %s
+// RUN: quartet-opt %s --pass-pipeline='builtin.module(quartet-lower-gpu{target=sm_90 stop_after=kernels})' | %filecheck %s
 
 // An f32 batch_matmul: SIMT FMA thread tiles (4x4 per thread, 256 threads on a 64x64 block
 // tile), both operand tiles staged K-outermost in shared memory with the schedule's padding
 // (rows of 64 + 4 elements), two slots, register-staged global loads.
 
-// CHECK-LABEL: func.func @batch_matmul_4x64x64x32_f32_simt(
-// CHECK-SAME:    quartet.chip = "sm_90", quartet.engine = "simt", quartet.grid = array<i64: 1, 1, 4>
-// CHECK:         gpu.launch
-// CHECK:           %[[BZ:.*]] = gpu.block_id  z
+// CHECK-LABEL: func.func private @q0_body(
+// CHECK-SAME:    %{{[a-z0-9_]+}}: index,
+// CHECK-SAME:    quartet.chip = "sm_90", quartet.family = "gemm:simt", quartet.shared_bytes = {{[0-9]+}} : i64, quartet.virtual_grid = array<i64: 1, 1, 4>
+// The batch index is the virtual block (the grid is 1 x 1 x 4).
 // CHECK:           vector.load {{.*}} : memref<8192xf32>, vector<2xf32>
 // CHECK:           memref.store {{.*}} : memref<1088xf32, #gpu.address_space<workgroup>>
 // CHECK:           gpu.barrier
@@ -17,6 +17,9 @@
 // CHECK:             gpu.barrier
 // CHECK:           } {loop_annotation
 // CHECK:           vector.store {{.*}} : memref<16384xf32>, vector<2xf32>
+// CHECK-LABEL: func.func @q0(
+// CHECK:         gpu.launch blocks({{.*}}) in ({{.*}} = %c4, {{.*}} = %c1, {{.*}} = %c1{{.*}})
+// CHECK:           func.call @q0_body(
 func.func @bmm(%a: tensor<4x64x32xf32>, %b: tensor<4x32x64xf32>, %c: tensor<4x64x64xf32>) -> tensor<4x64x64xf32> {
   %0 = "quartet.tile"() ({
     %1 = linalg.batch_matmul ins(%a, %b : tensor<4x64x32xf32>, tensor<4x32x64xf32>) outs(%c : tensor<4x64x64xf32>) -> tensor<4x64x64xf32>

@@ -1,17 +1,16 @@
-// RUN: %PYTHON -m quartet.lowering.gemm %s --target=sm_90 | %filecheck %s
+// RUN: quartet-opt %s --pass-pipeline='builtin.module(quartet-lower-gpu{target=sm_90 stop_after=kernels})' | %filecheck %s
 
 // An f16 matmul tile with Roller's schedule (block 128x256, step 64, 256 threads = two
 // warpgroups) becomes one gpu.launch: cp.async copies into swizzled shared memory, a pipelined
 // loop of wgmma.mma_async (m64n256k16, four per step) and a staged, coalesced epilogue.
 
-// CHECK-LABEL: func.func @matmul_256x256x128_f16_wgmma(
+// CHECK-LABEL: func.func private @q0_body(
+// CHECK-SAME:    %{{[a-z0-9_]+}}: index,
 // CHECK-SAME:    %[[A:.*]]: memref<256x128xf16> {quartet.role = "input"},
 // CHECK-SAME:    %[[B:.*]]: memref<128x256xf16> {quartet.role = "input"},
 // CHECK-SAME:    %[[C:.*]]: memref<256x256xf32> {quartet.role = "input"},
 // CHECK-SAME:    %[[O:.*]]: memref<256x256xf32> {quartet.role = "output"})
-// CHECK-SAME:    quartet.chip = "sm_90a", quartet.engine = "wgmma", quartet.grid = array<i64: 1, 2, 1>
-// CHECK:         gpu.launch blocks({{.*}}) in ({{.*}} = %c1, {{.*}} = %c2, {{.*}} = %c1{{.*}}) threads({{.*}}) in ({{.*}} = %c256,
-// CHECK-SAME:      dynamic_shared_memory_size
+// CHECK-SAME:    quartet.block_program = 256 : i64, quartet.chip = "sm_90a", quartet.family = "gemm:wgmma", quartet.shared_bytes = {{[0-9]+}} : i64, quartet.virtual_grid = array<i64: 1, 2, 1>
 // Every argument is used first, in order, so outlining keeps the function's argument order.
 // CHECK:           memref.extract_aligned_pointer_as_index %[[A]]
 // CHECK-NEXT:      memref.extract_aligned_pointer_as_index %[[B]]
@@ -42,7 +41,13 @@
 // CHECK:             vector.load {{.*}} : memref<65536xf32>, vector<4xf32>
 // CHECK:             arith.addf
 // CHECK:             vector.store {{.*}} : memref<65536xf32>, vector<4xf32>
-// CHECK:           gpu.terminator
+// CHECK:           return
+// The standalone kernel: two blocks of 256 threads, each running the body for blockIdx.x.
+// CHECK-LABEL: func.func @q0(
+// CHECK-SAME:    quartet.chip = "sm_90a"
+// CHECK:         gpu.launch blocks(%[[BX:.*]], %{{.*}}, %{{.*}}) in ({{.*}} = %c2, {{.*}} = %c1, {{.*}} = %c1{{.*}}) threads({{.*}}) in ({{.*}} = %c256,
+// CHECK-SAME:      dynamic_shared_memory_size
+// CHECK-NEXT:      func.call @q0_body(%[[BX]], 
 func.func @mm(%a: tensor<256x128xf16>, %b: tensor<128x256xf16>, %c: tensor<256x256xf32>) -> tensor<256x256xf32> {
   %0 = "quartet.tile"() ({
     %1 = linalg.matmul ins(%a, %b : tensor<256x128xf16>, tensor<128x256xf16>) outs(%c : tensor<256x256xf32>) -> tensor<256x256xf32>

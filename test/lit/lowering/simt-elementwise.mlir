@@ -28,9 +28,10 @@ func.func @gelu_bias_scale(%x: tensor<128x512xf16>, %b: tensor<512xf16>, %s: ten
   return %r : tensor<128x512xf16>
 }
 
-// CHECK-LABEL: func.func @q0(
-// CHECK-SAME: %[[X:[a-z0-9]+]]: memref<128x512xf16> {quartet.role = "input"}, %[[B:[a-z0-9]+]]: memref<512xf16> {quartet.role = "input"}, %[[S:[a-z0-9]+]]: memref<128x512xf16> {quartet.role = "input"}, %[[O:[a-z0-9]+]]: memref<128x512xf16> {quartet.role = "output"}
-// CHECK: gpu.launch blocks({{.*}}) in ({{.*}} = %c32, {{.*}}) threads({{.*}}) in ({{.*}} = %c256,
+// The block program: virtual block %[[VB]] of 32, 256 threads, no shared memory.
+// CHECK-LABEL: func.func private @q0_body(
+// CHECK-SAME: %[[VB:[a-z0-9]+]]: index, %[[X:[a-z0-9]+]]: memref<128x512xf16> {quartet.role = "input"}, %[[B:[a-z0-9]+]]: memref<512xf16> {quartet.role = "input"}, %[[S:[a-z0-9]+]]: memref<128x512xf16> {quartet.role = "input"}, %[[O:[a-z0-9]+]]: memref<128x512xf16> {quartet.role = "output"}
+// CHECK-SAME: quartet.block_program = 256 : i64, quartet.family = "row", quartet.shared_bytes = 0 : i64, quartet.virtual_grid = array<i64: 32, 1, 1>
 // CHECK: vector.load %[[X]][{{.*}}] {alignment = 16 : i64} : memref<128x512xf16>, vector<8xf16>
 // CHECK: vector.load %[[B]][{{.*}}] {alignment = 16 : i64} : memref<512xf16>, vector<8xf16>
 // CHECK: vector.load %[[S]]
@@ -38,6 +39,10 @@ func.func @gelu_bias_scale(%x: tensor<128x512xf16>, %b: tensor<512xf16>, %s: ten
 // CHECK: math.erf {{.*}} : vector<8xf16>
 // CHECK: scf.if
 // CHECK: vector.store {{.*}}, %[[O]][{{.*}}] {alignment = 16 : i64} : memref<128x512xf16>, vector<8xf16>
+// The standalone kernel calls it with blockIdx.x.
+// CHECK-LABEL: func.func @q0(
+// CHECK: gpu.launch blocks(%[[BX:[a-z0-9]+]], {{.*}}) in ({{.*}} = %c32, {{.*}}) threads({{.*}}) in ({{.*}} = %c256,
+// CHECK-NEXT: func.call @q0_body(%[[BX]],
 
 // SM80: gpu.launch_func @q0_kernel::@q0_kernel
 // SM80: gpu.binary @q0_kernel {{.*}}#nvvm.target<O = 3, chip = "sm_80", features = "+ptx80">, bin = "\7FELF

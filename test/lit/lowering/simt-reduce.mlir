@@ -21,14 +21,19 @@ func.func @colsum(%x: tensor<512x256xf16>) -> tensor<256xf16> {
   }) : () -> tensor<256xf16>
   return %r : tensor<256xf16>
 }
-// CHECK-LABEL: func.func @q0(
-// CHECK: gpu.launch {{.*}} workgroup({{.*}} : memref<{{[0-9]+}}xf32, #gpu.address_space<workgroup>>)
+// The column tree's workgroup buffer is a view of the block program's dynamic shared memory.
+// CHECK-LABEL: func.func private @q0_body(
+// CHECK-SAME: quartet.family = "colreduce", quartet.shared_bytes = {{[1-9][0-9]*}} : i64
+// CHECK: %[[DYN:.*]] = gpu.dynamic_shared_memory : memref<?xi8, #gpu.address_space<workgroup>>
+// CHECK: memref.view %[[DYN]][%{{.*}}][] : memref<?xi8, #gpu.address_space<workgroup>> to memref<{{[0-9]+}}xf32, #gpu.address_space<workgroup>>
 // CHECK: scf.for {{.*}} iter_args({{.*}}) -> (vector<8xf32>)
 // CHECK: vector.load {{.*}} : memref<512x256xf16>, vector<8xf16>
 // CHECK: arith.extf {{.*}} : vector<8xf16> to vector<8xf32>
 // CHECK: gpu.barrier
 // CHECK: arith.truncf {{.*}} : vector<8xf32> to vector<8xf16>
 // CHECK: vector.store
+// CHECK-LABEL: func.func @q0(
+// CHECK: gpu.launch {{.*}} dynamic_shared_memory_size
 // AMD-LABEL: func.func @q0(
 // AMD: gpu.launch_func @q0_kernel::@q0_kernel
 // AMD: gpu.binary @q0_kernel {{.*}}#rocdl.target<O = 3, chip = "gfx942">, bin = "\7FELF\02\01\01@\04\00\00\00\00\00\00\00\01\00\E0\00
@@ -47,10 +52,15 @@ func.func @maxpool(%x: tensor<2x8x16x16xf16>) -> tensor<2x8x8x8xf16> {
   }) {block_tile = array<i64: 1, 1, 8, 8, 2, 2>, thread_tile = array<i64: 1, 1, 1, 1, 2, 2>} : () -> tensor<2x8x8x8xf16>
   return %r : tensor<2x8x8x8xf16>
 }
-// CHECK-LABEL: func.func @q0(
-// CHECK: gpu.launch blocks({{.*}}) in ({{.*}} = %c8, {{.*}} = %c2, {{.*}}) threads({{.*}}) in ({{.*}} = %c64,
-// CHECK: gpu.block_id
+// The fallback's 8 x 2 grid is delinearised from the virtual block (x fastest).
+// CHECK-LABEL: func.func private @q0_body(
+// CHECK-SAME: %[[VB:[a-z0-9]+]]: index,
+// CHECK-SAME: quartet.family = "fallback", quartet.shared_bytes = 0 : i64, quartet.virtual_grid = array<i64: 8, 2, 1>
+// CHECK-DAG: arith.remui %[[VB]], %c8
+// CHECK-DAG: arith.divui %[[VB]], %c8
 // CHECK: gpu.thread_id
 // CHECK: arith.maximumf
+// CHECK-LABEL: func.func @q0(
+// CHECK: gpu.launch blocks({{.*}}) in ({{.*}} = %c16, {{.*}} = %c1, {{.*}}) threads({{.*}}) in ({{.*}} = %c64,
 // AMD-LABEL: func.func @q0(
 // AMD: gpu.binary @q0_kernel {{.*}}#rocdl.target<O = 3, chip = "gfx942">, bin = "\7FELF

@@ -54,10 +54,11 @@ func.func @softmax(%x: tensor<64x256xf16>) -> tensor<64x256xf16> {
   return %r : tensor<64x256xf16>
 }
 
-// KERNEL-LABEL: func.func @q0(
+// KERNEL-LABEL: func.func private @q0_body(
+// KERNEL-SAME: index,
 // KERNEL-SAME: memref<64x256xf16> {quartet.role = "input"}
 // KERNEL-SAME: memref<64x256xf16> {quartet.role = "output"}
-// KERNEL: gpu.launch blocks({{.*}}) in ({{.*}} = %c8, {{.*}}) threads({{.*}}) in ({{.*}} = %c128
+// KERNEL-SAME: quartet.block_program = 128 : i64, quartet.family = "row"
 // KERNEL: vector.load {{.*}} {alignment = 16 : i64} : memref<64x256xf16>, vector<8xf16>
 // KERNEL: arith.extf {{.*}} : vector<8xf16> to vector<8xf32>
 // KERNEL: arith.maximumf {{.*}} : vector<8xf32>
@@ -69,7 +70,10 @@ func.func @softmax(%x: tensor<64x256xf16>) -> tensor<64x256xf16> {
 // KERNEL: arith.divf {{.*}} : vector<8xf32>
 // KERNEL: arith.truncf {{.*}} : vector<8xf32> to vector<8xf16>
 // KERNEL: vector.store {{.*}} {alignment = 16 : i64} : memref<64x256xf16>, vector<8xf16>
-// KERNEL: gpu.terminator
+// KERNEL: return
+// KERNEL-LABEL: func.func @q0(
+// KERNEL: gpu.launch blocks({{.*}}) in ({{.*}} = %c8, {{.*}}) threads({{.*}}) in ({{.*}} = %c128
+// KERNEL-NEXT: func.call @q0_body(
 
 // BIN: module attributes {gpu.container_module}
 // BIN-LABEL: func.func @softmax(

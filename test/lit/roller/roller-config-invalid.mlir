@@ -2,7 +2,7 @@
 // one-line errors that name the op and the reason.
 // RUN: not quartet-opt %s --split-input-file --pass-pipeline='builtin.module(roller-config{target=sm_90})' 2>&1 | filecheck %s
 
-// CHECK: roller-config-invalid.mlir:[[# @LINE + 2]]:8: error: 'quartet.tile' op with root 'linalg.matmul': hand-given schedule does not fit sm_90: 264192 bytes of shared memory per block for its staged inputs, at most 232448
+// CHECK: roller-config-invalid.mlir:[[# @LINE + 2]]:8: error: 'quartet.tile' op with root 'linalg.matmul': hand-given schedule does not fit sm_90 (h200): 264192 bytes of shared memory per block for its staged inputs, at most 232448
 func.func @too_much_shared_memory(%a: tensor<1024x1024xf16>, %b: tensor<1024x1024xf16>, %c: tensor<1024x1024xf32>) -> tensor<1024x1024xf32> {
   %r = "quartet.tile"() ({
     %m = linalg.matmul ins(%a, %b : tensor<1024x1024xf16>, tensor<1024x1024xf16>) outs(%c : tensor<1024x1024xf32>) -> tensor<1024x1024xf32>
@@ -13,7 +13,7 @@ func.func @too_much_shared_memory(%a: tensor<1024x1024xf16>, %b: tensor<1024x102
 
 // -----
 
-// CHECK: roller-config-invalid.mlir:[[# @LINE + 2]]:8: error: 'quartet.tile' op with root 'linalg.matmul': hand-given schedule does not fit sm_90: 4096 threads per block, at most 1024
+// CHECK: roller-config-invalid.mlir:[[# @LINE + 2]]:8: error: 'quartet.tile' op with root 'linalg.matmul': hand-given schedule does not fit sm_90 (h200): 4096 threads per block, at most 1024
 func.func @too_many_threads(%a: tensor<1024x1024xf32>, %b: tensor<1024x1024xf32>, %c: tensor<1024x1024xf32>) -> tensor<1024x1024xf32> {
   %r = "quartet.tile"() ({
     %m = linalg.matmul ins(%a, %b : tensor<1024x1024xf32>, tensor<1024x1024xf32>) outs(%c : tensor<1024x1024xf32>) -> tensor<1024x1024xf32>
@@ -24,7 +24,7 @@ func.func @too_many_threads(%a: tensor<1024x1024xf32>, %b: tensor<1024x1024xf32>
 
 // -----
 
-// CHECK: roller-config-invalid.mlir:[[# @LINE + 2]]:8: error: 'quartet.tile' op with root 'linalg.matmul': hand-given schedule does not fit sm_90: about {{[0-9]+}} registers per thread for its thread tile [32, 32, 16], at most 255
+// CHECK: roller-config-invalid.mlir:[[# @LINE + 2]]:8: error: 'quartet.tile' op with root 'linalg.matmul': hand-given schedule does not fit sm_90 (h200): about {{[0-9]+}} registers per thread for its thread tile [32, 32, 16], at most 255
 func.func @too_many_registers(%a: tensor<1024x1024xf32>, %b: tensor<1024x1024xf32>, %c: tensor<1024x1024xf32>) -> tensor<1024x1024xf32> {
   %r = "quartet.tile"() ({
     %m = linalg.matmul ins(%a, %b : tensor<1024x1024xf32>, tensor<1024x1024xf32>) outs(%c : tensor<1024x1024xf32>) -> tensor<1024x1024xf32>
@@ -35,7 +35,7 @@ func.func @too_many_registers(%a: tensor<1024x1024xf32>, %b: tensor<1024x1024xf3
 
 // -----
 
-// CHECK: roller-config-invalid.mlir:[[# @LINE + 2]]:8: error: 'quartet.tile' op with root 'linalg.matmul': hand-given schedule does not fit sm_90: the warp tile's n extent 4 (loops [1]) is not a multiple of the mma fragment's 8
+// CHECK: roller-config-invalid.mlir:[[# @LINE + 2]]:8: error: 'quartet.tile' op with root 'linalg.matmul': hand-given schedule does not fit sm_90 (h200): the warp tile's n extent 4 (loops [1]) is not a multiple of the mma fragment's 8
 func.func @not_a_fragment(%a: tensor<1024x1024xf16>, %b: tensor<1024x1024xf16>, %c: tensor<1024x1024xf32>) -> tensor<1024x1024xf32> {
   %r = "quartet.tile"() ({
     %m = linalg.matmul ins(%a, %b : tensor<1024x1024xf16>, tensor<1024x1024xf16>) outs(%c : tensor<1024x1024xf32>) -> tensor<1024x1024xf32>
@@ -46,7 +46,7 @@ func.func @not_a_fragment(%a: tensor<1024x1024xf16>, %b: tensor<1024x1024xf16>, 
 
 // -----
 
-// CHECK: roller-config-invalid.mlir:[[# @LINE + 4]]:8: error: 'quartet.tile' op with root 'linalg.generic' is not supported by roller-config on sm_90: indexing expression 'd0 floordiv 2' uses 'floordiv' (only sums of dK, dK * c and constants are supported)
+// CHECK: roller-config-invalid.mlir:[[# @LINE + 4]]:8: error: 'quartet.tile' op with root 'linalg.generic' is not supported by roller-config on sm_90 (h200): indexing expression 'd0 floordiv 2' uses 'floordiv' (only sums of dK, dK * c and constants are supported)
 #half = affine_map<(d0) -> (d0 floordiv 2)>
 #id = affine_map<(d0) -> (d0)>
 func.func @unsupported_map(%x: tensor<32xf32>, %y: tensor<64xf32>) -> tensor<64xf32> {
@@ -62,7 +62,7 @@ func.func @unsupported_map(%x: tensor<32xf32>, %y: tensor<64xf32>) -> tensor<64x
 
 // -----
 
-// CHECK: roller-config-invalid.mlir:[[# @LINE + 2]]:8: error: 'quartet.tile' op with root 'linalg.softmax' is not supported by roller-config on sm_90: its loops cannot be read (it does not generalize to a linalg.generic)
+// CHECK: roller-config-invalid.mlir:[[# @LINE + 2]]:8: error: 'quartet.tile' op with root 'linalg.softmax' is not supported by roller-config on sm_90 (h200): its loops cannot be read (it does not generalize to a linalg.generic)
 func.func @softmax_op(%x: tensor<64x128xf32>, %y: tensor<64x128xf32>) -> tensor<64x128xf32> {
   %r = "quartet.tile"() ({
     %s = linalg.softmax dimension(1) ins(%x : tensor<64x128xf32>) outs(%y : tensor<64x128xf32>) -> tensor<64x128xf32>

@@ -6,14 +6,14 @@
 // CHECK: "quartet.tile"() ({
 // CHECK-NEXT: linalg.fill
 // CHECK-NEXT: gpu.yield
-// CHECK-NEXT: }) {block_tile = array<i64: {{[0-9]+}}, {{[0-9]+}}>, grid = array<i64: {{[0-9]+}}, {{[0-9]+}}>, smem_padding = array<i64: 0>, target = "sm_90", tensor_core = false, thread_tile = array<i64: {{[0-9]+}}, {{[0-9]+}}>, threads = {{[0-9]+}} : i64} : () -> tensor<512x1024xf32>
+// CHECK-NEXT: }) {block_tile = array<i64: {{[0-9]+}}, {{[0-9]+}}>, grid = array<i64: {{[0-9]+}}, {{[0-9]+}}>, kernel = "row", smem_padding = array<i64: 0>, target = "sm_90", tensor_core = false, thread_tile = array<i64: {{[0-9]+}}, {{[0-9]+}}>, threads = {{[0-9]+}} : i64} : () -> tensor<512x1024xf32>
 // CHECK: "quartet.tile"() ({
 // CHECK-NEXT: linalg.matmul
 // CHECK-NEXT: gpu.yield
-// CHECK-NEXT: }) {block_tile = array<i64: {{[0-9]+}}, {{[0-9]+}}, {{[0-9]+}}>, grid = array<i64: {{[0-9]+}}, {{[0-9]+}}>, smem_padding = array<i64: {{[0-9]+}}, {{[0-9]+}}>, target = "sm_90", tensor_core = true, thread_tile = array<i64: {{[0-9]+}}, {{[0-9]+}}, {{[0-9]+}}>, threads = {{[0-9]+}} : i64}
+// CHECK-NEXT: }) {block_tile = array<i64: {{[0-9]+}}, {{[0-9]+}}, {{[0-9]+}}>, grid = array<i64: {{[0-9]+}}, {{[0-9]+}}>, kernel = "gemm", smem_padding = array<i64: {{[0-9]+}}, {{[0-9]+}}>, target = "sm_90", tensor_core = true, thread_tile = array<i64: {{[0-9]+}}, {{[0-9]+}}, {{[0-9]+}}>, threads = {{[0-9]+}} : i64}
 // CHECK: "quartet.tile"() ({
 // CHECK-NEXT: linalg.generic
-// CHECK: }) {block_tile = array<i64: {{[0-9]+}}, {{[0-9]+}}>, grid = array<i64: {{[0-9]+}}, {{[0-9]+}}>, smem_padding = array<i64: 0>, target = "sm_90", tensor_core = false, thread_tile = array<i64: 1, {{[0-9]+}}>, threads = {{[0-9]+}} : i64}
+// CHECK: }) {block_tile = array<i64: {{[0-9]+}}, {{[0-9]+}}>, grid = array<i64: {{[0-9]+}}, {{[0-9]+}}>, kernel = "row", smem_padding = array<i64: 0>, target = "sm_90", tensor_core = false, thread_tile = array<i64: 1, {{[0-9]+}}>, threads = {{[0-9]+}} : i64}
 #id = affine_map<(d0, d1) -> (d0, d1)>
 func.func @linear_relu(%x: tensor<512x768xf16>, %w: tensor<768x1024xf16>) -> tensor<512x1024xf32> {
   %zero = arith.constant 0.0 : f32

@@ -1,5 +1,6 @@
 // Roller's tile programs for one operator per tile. Attributes print in name order:
-// block_tile, grid, smem_padding, target, tensor_core, thread_tile, threads.
+// block_tile, grid, kernel (the block program that takes the tile), smem_padding, target,
+// tensor_core, thread_tile, threads.
 // RUN: quartet-opt %s --pass-pipeline='builtin.module(roller-config{target=sm_90})' | filecheck %s
 // RUN: quartet-opt %s --pass-pipeline='builtin.module(roller-config{target=sm_90 topk=2})' | filecheck %s --check-prefix=TOPK
 // RUN: quartet-opt %s --pass-pipeline='builtin.module(roller-config{target=gfx942})' | filecheck %s --check-prefix=AMD
@@ -12,7 +13,7 @@
 // CHECK-LABEL: func.func @matmul_f16
 // CHECK: "quartet.tile"() ({
 // CHECK: linalg.matmul
-// CHECK: }) {block_tile = array<i64: 128, 256, 64>, grid = array<i64: 32, 16>, smem_padding = array<i64: 8, 8>, target = "sm_90", tensor_core = true, thread_tile = array<i64: 16, 256, 64>, threads = 256 : i64}
+// CHECK: }) {block_tile = array<i64: 128, 256, 64>, grid = array<i64: 32, 16>, kernel = "gemm", smem_padding = array<i64: 8, 8>, target = "sm_90", tensor_core = true, thread_tile = array<i64: 16, 256, 64>, threads = 256 : i64}
 // TOPK-LABEL: func.func @matmul_f16
 // TOPK: candidates = [{block_tile = array<i64: 128, 256, 64>, {{.*}}}, {block_tile = {{.*}}}]
 // AMD-LABEL: func.func @matmul_f16
@@ -29,7 +30,7 @@ func.func @matmul_f16(%a: tensor<4096x4096xf16>, %b: tensor<4096x4096xf16>, %c: 
 
 // fp32 GEMM: CUDA cores, an 8x8-ish register tile per thread, one bank word of padding.
 // CHECK-LABEL: func.func @matmul_f32
-// CHECK: }) {block_tile = array<i64: {{.*}}>, grid = array<i64: {{.*}}>, smem_padding = array<i64: 1, 1>, target = "sm_90", tensor_core = false, thread_tile = array<i64: {{.*}}>, threads = {{64|128|256}} : i64}
+// CHECK: }) {block_tile = array<i64: {{.*}}>, grid = array<i64: {{.*}}>, kernel = "gemm", smem_padding = array<i64: 1, 1>, target = "sm_90", tensor_core = false, thread_tile = array<i64: {{.*}}>, threads = {{64|128|256}} : i64}
 func.func @matmul_f32(%a: tensor<1024x1024xf32>, %b: tensor<1024x1024xf32>, %c: tensor<1024x1024xf32>) -> tensor<1024x1024xf32> {
   %r = "quartet.tile"() ({
     %m = linalg.matmul ins(%a, %b : tensor<1024x1024xf32>, tensor<1024x1024xf32>) outs(%c : tensor<1024x1024xf32>) -> tensor<1024x1024xf32>
@@ -40,7 +41,7 @@ func.func @matmul_f32(%a: tensor<1024x1024xf32>, %b: tensor<1024x1024xf32>, %c: 
 
 // Small M: the block shrinks until the grid fills the 132 SMs; warps cooperate on K.
 // CHECK-LABEL: func.func @small_m
-// CHECK: }) {block_tile = array<i64: 16, 16, 64>, grid = array<i64: 1, 256>, smem_padding = array<i64: 8, 8>, target = "sm_90", tensor_core = true, thread_tile = array<i64: 16, 16, 16>, threads = 128 : i64}
+// CHECK: }) {block_tile = array<i64: 16, 16, 64>, grid = array<i64: 1, 256>, kernel = "gemm", smem_padding = array<i64: 8, 8>, target = "sm_90", tensor_core = true, thread_tile = array<i64: 16, 16, 16>, threads = 128 : i64}
 func.func @small_m(%a: tensor<16x4096xf16>, %b: tensor<4096x4096xf16>, %c: tensor<16x4096xf32>) -> tensor<16x4096xf32> {
   %r = "quartet.tile"() ({
     %m = linalg.matmul ins(%a, %b : tensor<16x4096xf16>, tensor<4096x4096xf16>) outs(%c : tensor<16x4096xf32>) -> tensor<16x4096xf32>
@@ -64,7 +65,7 @@ func.func @conv3x3(%x: tensor<32x64x58x58xf16>, %w: tensor<64x64x3x3xf16>, %y: t
 
 // Row reduction (softmax): one thread per row lane group, 16-byte vectors along the row.
 // CHECK-LABEL: func.func @softmax_rows
-// CHECK: }) {block_tile = array<i64: 2, 4096>, grid = array<i64: 4096>, smem_padding = array<i64: 0>, target = "sm_90", tensor_core = false, thread_tile = array<i64: 1, 32>, threads = 256 : i64}
+// CHECK: }) {block_tile = array<i64: 2, 4096>, grid = array<i64: 4096>, kernel = "fallback", smem_padding = array<i64: 0>, target = "sm_90", tensor_core = false, thread_tile = array<i64: 1, 32>, threads = 256 : i64}
 func.func @softmax_rows(%x: tensor<8192x4096xf16>, %init: tensor<8192xf16>) -> tensor<8192xf16> {
   %r = "quartet.tile"() ({
     %s = linalg.reduce ins(%x : tensor<8192x4096xf16>) outs(%init : tensor<8192xf16>) dimensions = [1]
@@ -79,7 +80,7 @@ func.func @softmax_rows(%x: tensor<8192x4096xf16>, %init: tensor<8192xf16>) -> t
 
 // Elementwise with a broadcast bias: plain policy, vectorized, no shared memory.
 // CHECK-LABEL: func.func @bias_gelu
-// CHECK: }) {block_tile = array<i64: 1, 8192>, grid = array<i64: 8192, 1>, smem_padding = array<i64: 0, 0>, target = "sm_90", tensor_core = false, thread_tile = array<i64: 1, 32>, threads = 256 : i64}
+// CHECK: }) {block_tile = array<i64: 2, 8192>, grid = array<i64: 4096, 1>, kernel = "row", smem_padding = array<i64: 0, 0>, target = "sm_90", tensor_core = false, thread_tile = array<i64: 1, 32>, threads = 512 : i64}
 #id = affine_map<(d0, d1) -> (d0, d1)>
 #row = affine_map<(d0, d1) -> (d1)>
 func.func @bias_gelu(%x: tensor<8192x8192xf16>, %b: tensor<8192xf16>, %y: tensor<8192x8192xf16>) -> tensor<8192x8192xf16> {
@@ -97,7 +98,7 @@ func.func @bias_gelu(%x: tensor<8192x8192xf16>, %b: tensor<8192xf16>, %y: tensor
 
 // A schedule given by hand is kept; the attributes that follow from it are filled in.
 // CHECK-LABEL: func.func @hand_given
-// CHECK: }) {block_tile = array<i64: 64, 64, 16>, grid = array<i64: 16, 16>, smem_padding = array<i64: 1, 1>, target = "sm_90", tensor_core = false, thread_tile = array<i64: 4, 4, 16>, threads = 256 : i64}
+// CHECK: }) {block_tile = array<i64: 64, 64, 16>, grid = array<i64: 16, 16>, kernel = "gemm", smem_padding = array<i64: 1, 1>, target = "sm_90", tensor_core = false, thread_tile = array<i64: 4, 4, 16>, threads = 256 : i64}
 // CPU-LABEL: func.func @hand_given
 // CPU: }) {block_tile = array<i64: 64, 64, 16>, grid = array<i64: 16, 16>, smem_padding = array<i64: 0, 0>, target = "cpu", tensor_core = false, thread_tile = array<i64: 4, 4, 16>, threads = 256 : i64}
 func.func @hand_given(%a: tensor<1024x1024xf32>, %b: tensor<1024x1024xf32>, %c: tensor<1024x1024xf32>) -> tensor<1024x1024xf32> {
@@ -111,7 +112,7 @@ func.func @hand_given(%a: tensor<1024x1024xf32>, %b: tensor<1024x1024xf32>, %c: 
 // A transpose: a full set of sub-partitions (128 threads, not 2), 32 lanes along the input's
 // contiguous loop (d0: coalesced reads); on the CPU a register tile that fits the vector file.
 // CHECK-LABEL: func.func @transpose
-// CHECK: }) {block_tile = array<i64: 32, 8>, grid = array<i64: 2, 32>, smem_padding = array<i64: 0>, target = "sm_90", tensor_core = false, thread_tile = array<i64: 1, 2>, threads = 128 : i64}
+// CHECK: }) {block_tile = array<i64: 32, 8>, grid = array<i64: 2, 32>, kernel = "fallback", smem_padding = array<i64: 0>, target = "sm_90", tensor_core = false, thread_tile = array<i64: 1, 2>, threads = 128 : i64}
 // AMD-LABEL: func.func @transpose
 // AMD: target = "gfx942", tensor_core = false, thread_tile = array<i64: {{[0-9]+}}, {{[0-9]+}}>, threads = 256 : i64}
 // CPU-LABEL: func.func @transpose
@@ -126,7 +127,7 @@ func.func @transpose(%x: tensor<256x64xf32>, %y: tensor<64x256xf32>) -> tensor<6
 
 // Scalar code of a torch.cond predicate: no loops, one thread, every target.
 // CHECK-LABEL: func.func @zero_loops
-// CHECK: }) {block_tile = array<i64>, grid = array<i64>, smem_padding = array<i64: 0>, target = "sm_90", tensor_core = false, thread_tile = array<i64>, threads = 1 : i64}
+// CHECK: }) {block_tile = array<i64>, grid = array<i64>, kernel = "fallback", smem_padding = array<i64: 0>, target = "sm_90", tensor_core = false, thread_tile = array<i64>, threads = 1 : i64}
 // CPU-LABEL: func.func @zero_loops
 // CPU: }) {block_tile = array<i64>, grid = array<i64>, smem_padding = array<i64: 0>, target = "cpu", tensor_core = false, thread_tile = array<i64>, threads = 1 : i64}
 func.func @zero_loops(%x: tensor<f32>, %y: tensor<i1>) -> tensor<i1> {

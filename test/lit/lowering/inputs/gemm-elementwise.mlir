@@ -7,6 +7,6 @@ func.func @relu(%x: tensor<64x64xf32>, %y: tensor<64x64xf32>) -> tensor<64x64xf3
       linalg.yield %r : f32
     } -> tensor<64x64xf32>
     gpu.yield %1 : tensor<64x64xf32>
-  }) {block_tile = array<i64: 64, 64>, thread_tile = array<i64: 4, 4>, smem_padding = array<i64: 0>, tensor_core = false, threads = 256 : i64} : () -> tensor<64x64xf32>
+  }) {block_tile = array<i64: 64, 64>, thread_tile = array<i64: 4, 4>, smem_padding = array<i64: 0>, tensor_core = false, threads = 256 : i64, kernel = "gemm"} : () -> tensor<64x64xf32>
   return %0 : tensor<64x64xf32>
 }

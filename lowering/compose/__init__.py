@@ -1,0 +1,1 @@
+"""quartet.lowering.compose: kernels made of block programs (standalone, side by side, looped)."""

@@ -1,0 +1,572 @@
+"""Block programs for element-wise chains and row programs (the ``flat`` and ``row`` families).
+
+Roller's rTile for a memory-bound operator is a tile of rows (or of flat element vectors) whose
+traffic is one read of each input and one write of each output; Welder's fused tiles keep every
+intermediate value of such a chain in registers.
+
+* ``flat`` (element-wise) - the tile is a chain of all-parallel linalg ops over one iteration
+  space: each thread computes one vector of ``V`` elements of the innermost loop (16-byte
+  loads/stores), inputs read through their indexing maps (contiguous vector loads, broadcasts,
+  gathers for transposes); intermediates stay in registers.
+* ``row`` - a chain over the same rows whose reductions run over the innermost loop (softmax =
+  max, sub+exp, sum, div; layernorm = mean, var, normalize*gamma+beta): a group of ``G``
+  threads per row, ``RB`` rows per block, the row kept in registers (``C`` chunks of ``V``
+  elements per thread), per-thread partials folded with the reduction body, then
+  ``gpu.shuffle xor`` across the group (and a shared-memory step across warps when ``G`` > 32).
+  The accumulator type is the reduction's own (fp32 for fp16 data as torch-mlir emits it).
+
+Both are one emitter (:class:`_RowEmitter`): a flat program is a row program without reductions.
+Built op by op (``common.py`` says why upstream transforms do not serve here).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from mlir import ir
+from mlir.dialects import arith, func, gpu, memref, scf, vector
+
+from quartet.dialects import defining_op
+from quartet.errors import QuartetError, location_of
+from quartet.runtime import targets
+from quartet.runtime.targets import Chip
+
+from .common import (COMBINERS, Unsupported, _and, _bytes_of, _check_internal_read, _check_map, _combine, _combiner_of, _const_like, _convert, _guarded, _i32, _index, _is_float, _iterators, _live_body_ops, _loc, _loop_ranges, _maps, _non_tensor_captures, _num_inputs, _owner_op, _pow2_at_least, _shape, _splat, _split_reduction, accumulator_type, chip_of, emit_body, kernel_func, kernel_inputs)
+
+# ---------------------------------------------------------------------------------------------
+# Analysis of a row program
+
+
+@dataclass
+class _Access:
+    """How a loop nest of the row space reaches a memref: one entry per memref dim."""
+
+    dims: list          # per memref dim: ("loop", k) or ("const", c)
+
+
+@dataclass
+class _Step:
+    op: ir.Operation
+    kind: str                # "empty" | "fill" | "reshape" | "generic"
+    space: str = ""          # "full" | "row"
+    reduction: bool = False
+    live: list = field(default_factory=list)    # live results (generic)
+
+
+@dataclass
+class RowProgram:
+    """A tile seen as rows: loops ``S[:-1]`` (flattened to R rows) and the inner loop ``N``."""
+
+    tile: object
+    steps: list
+    space: tuple            # S
+    rows: int               # R
+    inner: int              # N
+    vector: int             # V
+    reductions: int
+    full_loads: list        # element types of full-space memory accesses (for V)
+
+
+
+def analyze_rows(tile) -> RowProgram:
+    """The :class:`RowProgram` of ``tile``, or raise ``Unsupported`` with the reason."""
+    ops = tile.computation
+    for v in _non_tensor_captures(tile):
+        owner = _owner_op(v)
+        if owner is None or owner.name != "arith.constant":
+            raise Unsupported("a non-constant scalar captured by the tile")
+    generics = [o for o in ops if o.name == "linalg.generic"]
+    if generics:
+        space = max((_loop_ranges(o) for o in generics), key=lambda s: (math.prod(s), len(s)))
+    elif all(o.name in ("linalg.fill", "tensor.empty") for o in ops):
+        space = max((_shape(v) for v in tile.terminator.operands), key=math.prod)
+    else:
+        raise Unsupported("no linalg.generic")
+    if not space:
+        raise Unsupported("a 0-d iteration space")
+    R, N = math.prod(space[:-1]), space[-1]
+    row_shapes = {space[:-1], space[:-1] + (1,)}
+    if N == 1:
+        row_shapes = {space}
+
+    def klass(shape):
+        if shape == space:
+            return "full"
+        if shape in row_shapes:
+            return "row"
+        return None
+
+    steps, reductions, full_loads = [], 0, []
+    internal = set()
+    for op in ops:
+        name = op.name
+        if name == "tensor.empty":
+            steps.append(_Step(op, "empty"))
+        elif name == "linalg.fill":
+            if klass(_shape(op.results[0])) is None:
+                raise Unsupported(f"linalg.fill of shape {_shape(op.results[0])}")
+            steps.append(_Step(op, "fill", klass(_shape(op.results[0]))))
+        elif name in ("tensor.expand_shape", "tensor.collapse_shape"):
+            a, b = klass(_shape(op.operands[0])), klass(_shape(op.results[0]))
+            if a != "row" or b != "row":
+                raise Unsupported(f"'{name}' that is not a row reshape")
+            steps.append(_Step(op, "reshape", "row"))
+        elif name == "linalg.generic":
+            iters = _iterators(op)
+            loops = _loop_ranges(op)
+            maps = _maps(op)
+            nin = _num_inputs(op)
+            if loops == space:
+                space_kind = "full"
+                if "reduction" in iters:
+                    if iters != ["parallel"] * (len(iters) - 1) + ["reduction"]:
+                        raise Unsupported("a reduction that is not over the innermost loop only")
+                    if len(space) == 0:
+                        raise Unsupported("0-d reduction")
+                    reductions += 1
+                red = "reduction" in iters
+            elif loops in row_shapes:
+                space_kind = "row"
+                red = False
+                if "reduction" in iters:
+                    raise Unsupported("a reduction over a row-space op")
+            else:
+                raise Unsupported(f"a linalg.generic over loops {loops} in a tile over {space}")
+            n_loops = len(loops)
+            for i, (amap, v) in enumerate(zip(maps, op.operands)):
+                body_arg = op.regions[0].blocks[0].arguments[i]
+                is_init = i >= nin
+                if is_init and not red and len(list(body_arg.uses)) == 0:
+                    continue
+                _check_map(amap, n_loops, space_kind, red and is_init)
+                inside = v in internal
+                if inside and not is_init:
+                    _check_internal_read(amap, n_loops, space_kind, klass(_shape(v)))
+                if space_kind == "full" and not (red and is_init):
+                    if not inside and any(d == ("loop", n_loops - 1) for d in amap):
+                        full_loads.append(ir.ShapedType(v.type).element_type)
+            block = op.regions[0].blocks[0]
+            live = [k for k, r in enumerate(op.results) if len(list(r.uses))]
+            if red:
+                for k in live:
+                    _combiner_of(block, nin, k)
+            # Check the body is clonable (live part).
+            for bop in _live_body_ops(block, live):
+                if bop.name == "linalg.index" or len(bop.regions):
+                    raise Unsupported(f"'{bop.name}' in a generic body")
+            steps.append(_Step(op, "generic", space_kind, red, live))
+            want = "full" if space_kind == "full" and not red else "row"
+            for r in op.results:
+                if klass(_shape(r)) != want:
+                    raise Unsupported(f"a result of shape {_shape(r)} in a tile over {space}")
+        else:
+            raise Unsupported(f"'{name}' in a row program")
+        for r in op.results:
+            internal.add(r)
+    for v in tile.terminator.operands:
+        if v not in internal or klass(_shape(v)) is None:
+            raise Unsupported("a yielded value not computed in the tile")
+    elt_bytes = [_bytes_of(t) for t in full_loads] or \
+        [_bytes_of(ir.ShapedType(r.type).element_type) for r in tile.results]
+    V = max(1, 16 // min(elt_bytes))
+    while V > 1 and N % V:
+        V //= 2
+    return RowProgram(tile, steps, space, R, N, V, reductions, full_loads)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Values of a row program while it is emitted
+
+
+@dataclass
+class _Full:
+    chunks: list          # one vector<V x T> per chunk
+
+
+@dataclass
+class _Row:
+    value: ir.Value       # a scalar, the same for the whole row
+
+
+@dataclass
+class _Uniform:
+    value: ir.Value       # a scalar, the same everywhere (linalg.fill)
+
+
+@dataclass
+class _RowConfig:
+    mode: str             # "flat" | "row"
+    threads: int          # T
+    group: int            # G threads per row (row mode)
+    rows_per_block: int   # RB
+    chunks: int           # C vectors per thread per row
+    grid: int
+
+
+class _RowEmitter:
+    """Emits a :class:`RowProgram` inside a ``gpu.launch`` body."""
+
+    def __init__(self, prog: RowProgram, cfg: _RowConfig, in_memrefs: dict, out_memrefs: list,
+                 smem: list, warp: int):
+        self.p, self.cfg = prog, cfg
+        self.inputs = in_memrefs        # tensor value -> memref block argument
+        self.outputs = out_memrefs
+        self.smem = smem                # one workgroup memref per reduction (G > warp)
+        self.warp = warp
+        self.env: dict = {}
+        self.red_index = 0
+
+    # --- indices -------------------------------------------------------------------------
+    def setup(self, bid: ir.Value, tid: ir.Value) -> None:
+        p, cfg = self.p, self.cfg
+        V = p.vector
+        if cfg.mode == "flat":
+            total = p.rows * p.inner
+            gid = arith.addi(arith.muli(bid, _index(cfg.threads)), tid)
+            e = arith.muli(gid, _index(V))
+            self.valid = arith.cmpi(arith.CmpIPredicate.ult, e, _index(total))
+            e = arith.minui(e, _index(total - V))
+            r = arith.divui(e, _index(p.inner))
+            self.j = [arith.remui(e, _index(p.inner))]
+            self.chunk_valid = [None]
+            self.lane0 = arith.cmpi(arith.CmpIPredicate.eq, self.j[0], _index(0))
+        else:
+            G, RB = cfg.group, cfg.rows_per_block
+            grp = arith.divui(tid, _index(G)) if RB > 1 else _index(0)
+            lane = arith.remui(tid, _index(G)) if RB > 1 else tid
+            self.lane, self.grp = lane, grp
+            r = arith.addi(arith.muli(bid, _index(RB)), grp) if RB > 1 else bid
+            if cfg.grid * RB != p.rows:
+                self.valid = arith.cmpi(arith.CmpIPredicate.ult, r, _index(p.rows))
+                r = arith.minui(r, _index(p.rows - 1))
+            else:
+                self.valid = None
+            self.j, self.chunk_valid = [], []
+            for c in range(cfg.chunks):
+                j = arith.muli(arith.addi(_index(c * G), lane), _index(V))
+                if (c * G + G) * V > p.inner:
+                    self.chunk_valid.append(arith.cmpi(arith.CmpIPredicate.ult, j,
+                                                       _index(p.inner)))
+                    j = arith.minui(j, _index(p.inner - V))
+                else:
+                    self.chunk_valid.append(None)
+                self.j.append(j)
+            self.lane0 = arith.cmpi(arith.CmpIPredicate.eq, lane, _index(0))
+        # Leading loop indices from the row number.
+        lead = list(p.space[:-1])
+        self.lead = []
+        for k, extent in enumerate(lead):
+            stride = math.prod(lead[k + 1:])
+            q = arith.divui(r, _index(stride)) if stride > 1 else r
+            self.lead.append(arith.remui(q, _index(extent)) if k > 0 else q)
+        self.row = r
+
+    # --- memory --------------------------------------------------------------------------
+    def _indices(self, amap, n_loops: int, chunk: int | None) -> list[ir.Value]:
+        """Memref indices of one access: loop k < n-1 is a leading loop (from the row number);
+        the last loop is the inner loop (chunk start) of a full op or the unit loop of a row op."""
+        idx = []
+        n = len(self.p.space)
+        for kind, x in amap:
+            if kind == "const":
+                idx.append(_index(x))
+            elif x < n - 1:
+                idx.append(self.lead[x])
+            elif chunk is not None:
+                idx.append(self.j[chunk])
+            else:
+                idx.append(_index(0))
+        return idx
+
+    def load_full(self, value: ir.Value, amap, chunk: int) -> ir.Value:
+        """A vector of V elements of a captured tensor along the inner loop."""
+        V, n = self.p.vector, len(self.p.space)
+        mem = self.inputs[value]
+        elt = ir.MemRefType(mem.type).element_type
+        last = ("loop", n - 1)
+        idx = self._indices(amap, n, chunk)
+        if amap and amap[-1] == last:
+            align = V * _bytes_of(elt)
+            return vector.load(ir.VectorType.get([V], elt), mem, idx, alignment=align)
+        if last not in amap:
+            return _splat(memref.load(mem, idx), V)
+        # A transposed operand: gather V scalars.
+        pos = amap.index(last)
+        elems = []
+        for k in range(V):
+            ik = list(idx)
+            ik[pos] = arith.addi(idx[pos], _index(k))
+            elems.append(memref.load(mem, ik))
+        return vector.from_elements(ir.VectorType.get([V], elt), elems)
+
+    def load_row(self, value: ir.Value, amap, n_loops: int) -> ir.Value:
+        mem = self.inputs[value]
+        return memref.load(mem, self._indices(amap, n_loops, None))
+
+    def operand(self, value: ir.Value, amap, n_loops: int, chunk: int | None, full: bool):
+        """The value of a generic operand for one chunk (full ops) or the row (row ops)."""
+        V = self.p.vector
+        if value in self.env:
+            got = self.env[value]
+            if isinstance(got, _Full):
+                return got.chunks[chunk]
+            return _splat(got.value, V) if full else got.value
+        if value not in self.inputs:
+            raise Unsupported("an operand that is neither computed in the tile nor an input")
+        if full:
+            return self.load_full(value, amap, chunk)
+        return self.load_row(value, amap, n_loops)
+
+    # --- steps ---------------------------------------------------------------------------
+    def run(self) -> None:
+        for step in self.p.steps:
+            op = step.op
+            if step.kind == "empty":
+                continue
+            if step.kind == "fill":
+                self.env[op.results[0]] = _Uniform(self.scalar_operand(op.operands[0]))
+            elif step.kind == "reshape":
+                self.env[op.results[0]] = self.env[op.operands[0]]
+            elif step.reduction:
+                self.reduce(step)
+            else:
+                self.parallel(step)
+        self.store()
+
+    def scalar_operand(self, v: ir.Value) -> ir.Value:
+        owner = _owner_op(v)
+        if owner is not None and owner.name == "arith.constant":
+            return arith.ConstantOp(v.type, owner.attributes["value"]).result
+        raise Unsupported("linalg.fill of a non-constant value")
+
+    def _body_args(self, op, chunk, full: bool, use_inits: bool) -> list:
+        block = op.regions[0].blocks[0]
+        nin = _num_inputs(op)
+        n_loops = len(_iterators(op))
+        args = []
+        for i, (amap, v) in enumerate(zip(_maps(op), op.operands)):
+            barg = block.arguments[i]
+            if i >= nin and (not use_inits or not len(list(barg.uses))):
+                args.append(None)
+                continue
+            if not len(list(barg.uses)):
+                args.append(None)
+                continue
+            args.append(self.operand(v, amap, n_loops, chunk, full))
+        return args
+
+    def parallel(self, step: _Step) -> None:
+        op = step.op
+        block = op.regions[0].blocks[0]
+        if step.space == "full":
+            per_chunk = []
+            for c in range(len(self.j)):
+                args = self._body_args(op, c, True, True)
+                per_chunk.append(emit_body(block, args, self.p.vector, step.live))
+            for n, k in enumerate(step.live):
+                self.env[op.results[k]] = _Full([vals[n] for vals in per_chunk])
+        else:
+            args = self._body_args(op, None, False, True)
+            vals = emit_body(block, args, None, step.live)
+            for n, k in enumerate(step.live):
+                self.env[op.results[k]] = _Row(vals[n])
+
+    def reduce(self, step: _Step) -> None:
+        """Fold the chunks with the body's f(in), then combine across the row's threads.
+
+        fp16/bf16 sums and products accumulate in fp32 (rounded once at the end)."""
+        op = step.op
+        block = op.regions[0].blocks[0]
+        nin = _num_inputs(op)
+        V = self.p.vector
+        live = step.live
+        kinds, accs, xs = [], [], []
+        for k in live:
+            name, x = _split_reduction(block, nin, k)
+            t = ir.ShapedType(op.results[k].type).element_type
+            acc_t = accumulator_type(name, t)
+            kinds.append((name, COMBINERS[name][0], t, acc_t))
+            accs.append(_const_like(COMBINERS[name][1](acc_t), acc_t, V))
+            xs.append(x)
+        for c in range(len(self.j)):
+            args = self._body_args(op, c, True, False)
+            vals = emit_body(block, args[:nin] + [None] * (len(args) - nin), V, targets=xs)
+            valid = self.chunk_valid[c]
+            for n in range(len(live)):
+                name, _, t, acc_t = kinds[n]
+                new = _combine(name, _convert(vals[n], acc_t, V), accs[n])
+                accs[n] = arith.select(valid, new, accs[n]) if valid is not None else new
+        n_loops = len(_iterators(op))
+        for n, k in enumerate(live):
+            name, kind, t, acc_t = kinds[n]
+            s = vector.reduction(acc_t, kind, accs[n])
+            if self.cfg.mode == "row":
+                s = self.group_combine(name, s)
+            init = op.operands[nin + k]
+            init_v = self.operand(init, _maps(op)[nin + k], n_loops, None, False)
+            total = _combine(name, s, _convert(init_v, acc_t, None))
+            self.env[op.results[k]] = _Row(_convert(total, t, None))
+
+    def group_combine(self, name: str, s: ir.Value) -> ir.Value:
+        """Combine a per-thread partial across the G threads of the row."""
+        G, W = self.cfg.group, self.warp
+        # The width is the number of lanes that shuffle: the whole warp, or the whole block when
+        # it is smaller. xor offsets below G stay inside each aligned group of G lanes; the NVVM
+        # lowering turns the width w into the member mask (1 << w) - 1, so a width of G when
+        # other lanes shuffle too is wrong (measured: G = 16 gave a 7e-2 error on the H100).
+        width = _i32(min(W, self.cfg.threads))
+        offset = min(G, W) // 2
+        while offset >= 1:
+            other = _shuffle_xor(s, offset, width)
+            s = _combine(name, s, other)
+            offset //= 2
+        if G <= W:
+            return s
+        # Across the G / W warps of the row: lane 0 of each warp writes its partial to shared
+        # memory, then every thread combines the partials of its row.
+        warps = G // W
+        smem = self.smem[self.red_index]
+        self.red_index += 1
+        lane_in_warp = arith.remui(self.lane, _index(W))
+        warp_in_row = arith.divui(self.lane, _index(W))
+        slot = arith.addi(arith.muli(self.grp, _index(warps)), warp_in_row)
+        first = arith.cmpi(arith.CmpIPredicate.eq, lane_in_warp, _index(0))
+        if_op = scf.IfOp(first)
+        with ir.InsertionPoint(if_op.then_block):
+            memref.store(s, smem, [slot])
+            scf.YieldOp([])
+        gpu.barrier()
+        base = arith.muli(self.grp, _index(warps))
+        total = memref.load(smem, [base])
+        for w in range(1, warps):
+            total = _combine(name, total, memref.load(smem, [arith.addi(base, _index(w))]))
+        return total
+
+    def store(self) -> None:
+        p, V = self.p, self.p.vector
+        for i, v in enumerate(self.p.tile.terminator.operands):
+            mem = self.outputs[i]
+            mt = ir.MemRefType(mem.type)
+            got = self.env[v]
+            if isinstance(got, _Uniform) and tuple(mt.shape) == p.space:
+                got = _Full([_splat(got.value, V)] * len(self.j))
+            if isinstance(got, _Full):
+                align = V * _bytes_of(mt.element_type)
+                for c, chunk in enumerate(got.chunks):
+                    idx = self.lead + [self.j[c]]
+                    cond = _and(self.valid, self.chunk_valid[c])
+                    _guarded(cond, lambda chunk=chunk, idx=idx:
+                             vector.store(chunk, mem, idx, alignment=align))
+            else:
+                rank = len(mt.shape)
+                idx = self.lead[:rank] + [_index(0)] * (rank - len(self.lead))
+                cond = _and(self.valid, self.lane0)
+                _guarded(cond, lambda got=got, idx=idx: memref.store(got.value, mem, idx))
+
+
+def _shuffle_xor(value: ir.Value, offset: int, width: ir.Value) -> ir.Value:
+    """``gpu.shuffle xor``; values narrower than 32 bits travel widened (nvvm.shfl.sync takes
+    32-bit operands only; 64-bit ones are split by the upstream lowering)."""
+    t = value.type
+    if _is_float(t) and _bytes_of(t) < 4:
+        wide = arith.extf(ir.F32Type.get(), value)
+        return arith.truncf(t, gpu.shuffle(wide, _i32(offset), width, gpu.ShuffleMode.XOR)[0])
+    if isinstance(t, ir.IntegerType) and ir.IntegerType(t).width < 32:
+        wide = arith.extsi(ir.IntegerType.get_signless(32), value)
+        return arith.trunci(t, gpu.shuffle(wide, _i32(offset), width, gpu.ShuffleMode.XOR)[0])
+    return gpu.shuffle(value, _i32(offset), width, gpu.ShuffleMode.XOR)[0]
+
+
+
+def row_config(prog: RowProgram, tile, warp: int) -> _RowConfig:
+    """Launch shape of a row program: from the tile's schedule where given, else defaults.
+
+    Schedule (Roller): ``threads`` = T; ``thread_tile[-1]`` = elements of the inner loop one
+    thread handles (C = that / V chunks); ``block_tile[:-1]`` = rows per block.
+    """
+    threads = tile.threads
+    thread_tile, block_tile = tile.thread_tile, tile.block_tile
+    where = _loc(tile.operation)
+    if threads is not None and (threads <= 0 or threads > 1024 or
+                                (threads % warp and threads & (threads - 1))):
+        raise QuartetError(f"'quartet.tile' threads={threads} does not fit the hardware "
+                           f"(a multiple of {warp} or a power of two below it, at most 1024)",
+                           where)
+    V, N, R = prog.vector, prog.inner, prog.rows
+    NV = N // V
+    if prog.reductions == 0:
+        # Flat: one V-element vector per thread over the whole tile, whatever the thread tile
+        # says. Row mode with 2-8 vectors per thread was slower on the H100 (gelu(x+b)*s
+        # 8192x8192 fp16: 0.121 ms flat, 0.146 ms with 2-4 vectors, 0.262 ms with 8;
+        # bench/simt/NOTES.md, run 4).
+        T = threads or 256
+        total = R * NV
+        return _RowConfig("flat", T, 1, 1, 1, max(1, math.ceil(total / T)))
+    per_thread = None
+    if thread_tile is not None and len(thread_tile) == len(prog.space):
+        per_thread = max(1, math.ceil(thread_tile[-1] / V))
+    if per_thread is None:      # 2 vectors per thread measured best (NOTES.md, run 2)
+        per_thread = 2 if NV >= 2 else NV
+    G = min(1024, _pow2_at_least(math.ceil(NV / per_thread)))
+    if threads is not None and G > threads:
+        G = threads
+    C = math.ceil(NV / G)
+    if C > 64:
+        raise QuartetError(f"'quartet.tile' a row of {N} elements needs {C} vectors per thread "
+                           f"with {G} threads per row (at most 64 are kept in registers)", where)
+    if threads is not None:
+        T = threads
+    elif block_tile is not None and len(block_tile) == len(prog.space):
+        T = G * max(1, min(1024 // G, math.prod(block_tile[:-1])))
+    else:
+        T = max(G, 256)
+    while T % G:      # a block size the policy chose: fewer threads per row, more rows
+        G //= 2
+    C = math.ceil(NV / G)
+    if C > 64:
+        raise QuartetError(f"'quartet.tile' a row of {N} elements needs {C} vectors per thread "
+                           f"with {G} threads per row (at most 64 are kept in registers)", where)
+    RB = T // G
+    return _RowConfig("row", T, G, RB, C, math.ceil(R / RB))
+
+
+def build_row_kernel(tile, target, prog: RowProgram | None = None, name: str = "kernel"):
+    """The ``flat`` / ``row`` builder: a module with ``func @name`` holding one launch."""
+    target = chip_of(target)
+    prog = prog or analyze_rows(tile)
+    cfg = row_config(prog, tile, target.warp_size)
+    module = ir.Module.create()
+    fn, ins, outs = kernel_func(module, name, tile)
+    acc_types = []
+    if cfg.mode == "row" and cfg.group > target.warp_size:
+        for step in prog.steps:
+            if step.reduction:
+                block = step.op.regions[0].blocks[0]
+                for k in step.live:
+                    name = _combiner_of(block, _num_inputs(step.op), k)
+                    acc_types.append(accumulator_type(
+                        name, ir.ShapedType(step.op.results[k].type).element_type))
+    with ir.InsertionPoint(fn.entry_block):
+        launch = gpu.LaunchOp((cfg.grid, 1, 1), (cfg.threads, 1, 1))
+        func.ReturnOp([])
+    body = launch.regions[0].blocks[0]
+    smem = []
+    if acc_types:
+        launch.operation.attributes["workgroup_attributions"] = ir.IntegerAttr.get(
+            ir.IntegerType.get_signless(64), len(acc_types))
+        space = ir.Attribute.parse("#gpu.address_space<workgroup>")
+        for t in acc_types:
+            mt = ir.MemRefType.get([cfg.rows_per_block * cfg.group // target.warp_size], t,
+                                   memory_space=space)
+            smem.append(body.add_argument(mt, ir.Location.unknown()))
+    in_map = dict(zip(kernel_inputs(tile), ins))
+    emitter = _RowEmitter(prog, cfg, in_map, outs, smem, target.warp_size)
+    with ir.InsertionPoint(body):
+        emitter.setup(body.arguments[0], body.arguments[3])
+        emitter.run()
+        gpu.TerminatorOp()
+    return module, cfg
+
+
