@@ -17,7 +17,6 @@ again elsewhere with ``quartet.runtime.load(path)``, which needs neither MLIR no
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time

@@ -37,8 +37,7 @@ from quartet.runtime import targets
 from .build import compile_all, index_constant, insert_binary
 from .kernel import KernelSpec
 from .kernels import kernel_inputs
-from .prepare import (contiguous_slice, dtype_of, host_ops, nbytes, prepare, shape_of,
-                      tiles_of)
+from .prepare import (contiguous_slice, dtype_of, host_ops, nbytes, prepare, shape_of)
 
 #: host ops the GPU lowering takes (everything else must be inside a tile)
 HOST_OPS = ("arith.constant", "tensor.empty", "tensor.expand_shape", "tensor.collapse_shape",
@@ -98,9 +97,6 @@ class HostPlan:
     def launches(self) -> list[KernelUse]:
         return list(self.kernels.values())
 
-    @property
-    def has_control_flow(self) -> bool:
-        return any(isinstance(s, (mf.While, mf.If)) for s in self.program)
 
     def walk(self, steps=None):
         """Every step of the tree, nested ones included, in program order."""
@@ -475,8 +471,6 @@ def _check_host_before_prepare(fn) -> None:
             raise QuartetError(f"'{op.name}' outside a quartet.tile cannot be lowered for the "
                                f"GPU (host code holds tiles, constants, views, scalar "
                                f"predicates, scf.while and scf.if)", location_of(op))
-
-
 
 
 def lower_module_plans(module, chip, emit: str = "bin",

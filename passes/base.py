@@ -8,7 +8,6 @@ that no pass module needs to know about the pipelines that use it.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import ClassVar
 
 
@@ -20,13 +19,6 @@ class ModulePass:
 
     def apply(self, module) -> None:  # module: mlir.ir.Operation (builtin.module)
         raise NotImplementedError
-
-    def options_text(self) -> str:
-        fields = dataclasses.fields(self)
-        if not fields:
-            return ""
-        parts = [f"{f.name}={format_value(getattr(self, f.name))}" for f in fields]
-        return "{" + " ".join(parts) + "}"
 
 
 def format_value(value) -> str:

@@ -22,7 +22,6 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     import numpy as np
-    import torch
 
     from quartet.frontend import models
     from quartet.frontend.compile import CompiledModule, compile_to_artifact

@@ -15,10 +15,9 @@ into the kernel); tensor captures (activations and weights alike) are kernel arg
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 from mlir import ir
-from mlir.dialects import arith, func, gpu, memref, scf, vector
+from mlir.dialects import arith, func, scf, vector
 
 from quartet.dialects import defining_op
 from quartet.errors import QuartetError, location_of

@@ -10,14 +10,13 @@ loop) becomes one thread of one block running the op's loops (:func:`build_seria
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mlir import ir
-from mlir.dialects import arith, func, gpu, memref, scf, vector
+from mlir.dialects import func, gpu
 
-from quartet.dialects import defining_op, remap
-from quartet.errors import QuartetError, location_of
-from quartet.runtime import targets
+from quartet.dialects import remap
+from quartet.errors import QuartetError
 from quartet.runtime.targets import Chip
 
 from .common import (Unsupported, _is_empty, _iterators, _loc, _loop_ranges, _non_tensor_captures, _owner_op, chip_of, kernel_func, kernel_inputs)
@@ -78,7 +77,7 @@ def _divisor_at_most(n: int, k: int) -> int:
     return 1
 
 
-def fallback_tiles(tile, fb: FallbackPlan, warp: int) -> tuple[list, list, int]:
+def fallback_tiles(tile, fb: FallbackPlan, chip: Chip) -> tuple[list, list, int]:
     """(block tile sizes, thread tile sizes, threads per block); 0 = not tiled (reductions)."""
     n = len(fb.ranges)
     par = [i for i, t in enumerate(fb.iterators) if t == "parallel"]
@@ -126,12 +125,13 @@ def fallback_tiles(tile, fb: FallbackPlan, warp: int) -> tuple[list, list, int]:
     for i in par:
         thread[i] = math.gcd(min(thread[i], extent[i]), extent[i])
     threads = math.prod(math.ceil(extent[i] / thread[i]) for i in par) if par else 1
-    if threads > 1024:
-        raise QuartetError(f"'quartet.tile' needs {threads} threads per block (at most 1024)",
+    most = chip.max_threads_per_block
+    if threads > most:
+        raise QuartetError(f"'quartet.tile' needs {threads} threads per block (at most {most})",
                            where)
     # The schedule's thread count is a lower bound: fewer threads than thread tiles would leave
     # tiles unmapped, so the block takes one thread per thread tile (at most 1024, checked above).
-    return block, thread, max(threads, min(tile.threads or 0, 1024))
+    return block, thread, max(threads, min(tile.threads or 0, most))
 
 
 def _mapping(kind: str, sizes: list) -> str:
@@ -229,7 +229,7 @@ def build_fallback_kernel(tile, target, fb: FallbackPlan | None = None, name: st
     fb = fb or analyze_fallback(tile)
     if "parallel" not in fb.iterators:
         return build_serial_kernel(tile, target, fb, name)
-    block, thread, threads = fallback_tiles(tile, fb, target.warp_size)
+    block, thread, threads = fallback_tiles(tile, fb, target)
     module, fused = _fallback_function(tile, fb, name)
     sizes_b = ", ".join(map(str, block))
     sizes_t = ", ".join(map(str, thread))

@@ -77,10 +77,6 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _pow2(x: int) -> bool:
-    return x > 0 and x & (x - 1) == 0
-
-
 def _tile_extents(tile, prob: GemmProblem, attr: list[int]) -> tuple[int, int, int | None]:
     """(M, N, K) extents of a per-loop schedule attribute in GEMM terms.
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Union
 
 from mlir import ir
-from mlir.dialects import arith, gpu, llvm, memref, scf
+from mlir.dialects import arith, gpu, llvm, memref
 
 Ix = Union[int, ir.Value]
 
@@ -103,8 +103,6 @@ class Emitter:
         return self._const((ty_name, float(v)),
                            lambda: arith.ConstantOp(ty, ir.FloatAttr.get(ty, float(v))).result)
 
-    def ctrue(self) -> ir.Value:
-        return self._const(("i1", 1), lambda: arith.ConstantOp(i1(), 1).result)
 
     def zero_vector(self, n: int, ty_name: str = "f32") -> ir.Value:
         ty = element_type(ty_name)
@@ -200,10 +198,6 @@ class Emitter:
             return b
         return arith.select(cond, self.c(a), self.c(b))
 
-    def to_i32(self, a: Ix) -> ir.Value:
-        if isinstance(a, int):
-            return self.ci32(a)
-        return arith.index_cast(i32(), a)
 
     def to_i64(self, a: Ix) -> ir.Value:
         if isinstance(a, int):
@@ -247,11 +241,6 @@ def flat_view(arg: ir.Value) -> ir.Value:
     out = ir.MemRefType.get([n], ty.element_type, memory_space=ty.memory_space)
     return memref.collapse_shape(out, arg, ir.ArrayAttr.get([
         ir.ArrayAttr.get([ir.IntegerAttr.get(i64(), i) for i in range(ty.rank)])]))
-
-
-def for_loop(lo: ir.Value, hi: ir.Value, step: ir.Value, iter_args=()):
-    """An ``scf.for`` with ``iter_args``; use as ``with ir.InsertionPoint(loop.body)``."""
-    return scf.ForOp(lo, hi, step, list(iter_args))
 
 
 def struct_type(n: int, elem: ir.Type) -> ir.Type:

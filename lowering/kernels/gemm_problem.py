@@ -217,10 +217,6 @@ def _dims(exprs) -> list[int] | None:
     return out
 
 
-def _scalar_type_name(t: ir.Type) -> str:
-    return str(t)
-
-
 def _scalar_constant(value: ir.Value) -> bool:
     owner = defining_op(value)
     return (owner is not None and owner.name == "arith.constant"
@@ -326,7 +322,6 @@ def analyze(tile) -> GemmProblem | str:
         ep.init, ep.init_arg = "tensor", arg_of(c_val)
 
     maps = info.indexing_maps
-    kinds = info.iterator_types
     common = dict(epilogue=ep, out_shape=tuple(out_t.shape), arg_types=arg_types,
                   arg_kinds=arg_kinds, n_inputs=len(inputs))
 

@@ -181,7 +181,6 @@ class AsyncLoader(_OperandLoader):
                 (self.op.strides[2] if self.k_is_row else self.op.strides[1])
         else:
             o_stride = k_stride
-        rows_keep_swizzle = True
         self.items = []
         first = None
         for o, i, j, step, active in _thread_items(em, tid, t.outer, t.inner // g, self.threads,
@@ -268,10 +267,6 @@ def _clamp(em: Emitter, v: Ix, hi: int) -> Ix:
     if isinstance(v, int):
         return max(0, min(v, hi))
     return arith.minsi(arith.maxsi(v, em.c(0)), em.c(hi))
-
-
-def _token() -> ir.Type:
-    return ir.Type.parse("!nvgpu.device.async.token")
 
 
 class GatherLoader(_OperandLoader):
@@ -529,7 +524,6 @@ class MmaSyncEngine:
         em = self.em
         a_vt = ir.VectorType.get([4, 2], self.etype)
         b4_vt = ir.VectorType.get([4, 2], self.etype)
-        b_vt = ir.VectorType.get([2, 2], self.etype)
         out = list(accs)
         for kk in range(self.kw // 16):
             afr = [nvgpu.LdMatrixOp(a_vt, self.smem,

@@ -27,22 +27,13 @@ from dataclasses import dataclass, field
 from mlir import ir
 from mlir.dialects import arith, func, gpu, memref, scf, vector
 
-from quartet.dialects import defining_op
-from quartet.errors import QuartetError, location_of
-from quartet.runtime import targets
+from quartet.errors import QuartetError
 from quartet.runtime.targets import Chip
 
 from .common import (COMBINERS, Unsupported, _and, _bytes_of, _check_internal_read, _check_map, _combine, _combiner_of, _const_like, _convert, _guarded, _i32, _index, _is_float, _iterators, _live_body_ops, _loc, _loop_ranges, _maps, _non_tensor_captures, _num_inputs, _owner_op, _pow2_at_least, _shape, _splat, _split_reduction, accumulator_type, chip_of, emit_body, kernel_func, kernel_inputs)
 
 # ---------------------------------------------------------------------------------------------
 # Analysis of a row program
-
-
-@dataclass
-class _Access:
-    """How a loop nest of the row space reaches a memref: one entry per memref dim."""
-
-    dims: list          # per memref dim: ("loop", k) or ("const", c)
 
 
 @dataclass
@@ -66,7 +57,6 @@ class RowProgram:
     vector: int             # V
     reductions: int
     full_loads: list        # element types of full-space memory accesses (for V)
-
 
 
 def analyze_rows(tile) -> RowProgram:
@@ -173,7 +163,6 @@ def analyze_rows(tile) -> RowProgram:
     while V > 1 and N % V:
         V //= 2
     return RowProgram(tile, steps, space, R, N, V, reductions, full_loads)
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,8 +468,7 @@ def _shuffle_xor(value: ir.Value, offset: int, width: ir.Value) -> ir.Value:
     return gpu.shuffle(value, _i32(offset), width, gpu.ShuffleMode.XOR)[0]
 
 
-
-def row_config(prog: RowProgram, tile, warp: int) -> _RowConfig:
+def row_config(prog: RowProgram, tile, chip: Chip) -> _RowConfig:
     """Launch shape of a row program: from the tile's schedule where given, else defaults.
 
     Schedule (Roller): ``threads`` = T; ``thread_tile[-1]`` = elements of the inner loop one
@@ -489,10 +477,11 @@ def row_config(prog: RowProgram, tile, warp: int) -> _RowConfig:
     threads = tile.threads
     thread_tile, block_tile = tile.thread_tile, tile.block_tile
     where = _loc(tile.operation)
-    if threads is not None and (threads <= 0 or threads > 1024 or
+    warp, most = chip.warp_size, chip.max_threads_per_block
+    if threads is not None and (threads <= 0 or threads > most or
                                 (threads % warp and threads & (threads - 1))):
         raise QuartetError(f"'quartet.tile' threads={threads} does not fit the hardware "
-                           f"(a multiple of {warp} or a power of two below it, at most 1024)",
+                           f"(a multiple of {warp} or a power of two below it, at most {most})",
                            where)
     V, N, R = prog.vector, prog.inner, prog.rows
     NV = N // V
@@ -509,7 +498,7 @@ def row_config(prog: RowProgram, tile, warp: int) -> _RowConfig:
         per_thread = max(1, math.ceil(thread_tile[-1] / V))
     if per_thread is None:      # 2 vectors per thread measured best (NOTES.md, run 2)
         per_thread = 2 if NV >= 2 else NV
-    G = min(1024, _pow2_at_least(math.ceil(NV / per_thread)))
+    G = min(most, _pow2_at_least(math.ceil(NV / per_thread)))
     if threads is not None and G > threads:
         G = threads
     C = math.ceil(NV / G)
@@ -519,7 +508,7 @@ def row_config(prog: RowProgram, tile, warp: int) -> _RowConfig:
     if threads is not None:
         T = threads
     elif block_tile is not None and len(block_tile) == len(prog.space):
-        T = G * max(1, min(1024 // G, math.prod(block_tile[:-1])))
+        T = G * max(1, min(most // G, math.prod(block_tile[:-1])))
     else:
         T = max(G, 256)
     while T % G:      # a block size the policy chose: fewer threads per row, more rows
@@ -536,7 +525,7 @@ def build_row_kernel(tile, target, prog: RowProgram | None = None, name: str = "
     """The ``flat`` / ``row`` builder: a module with ``func @name`` holding one launch."""
     target = chip_of(target)
     prog = prog or analyze_rows(tile)
-    cfg = row_config(prog, tile, target.warp_size)
+    cfg = row_config(prog, tile, target)
     module = ir.Module.create()
     fn, ins, outs = kernel_func(module, name, tile)
     acc_types = []

@@ -124,11 +124,6 @@ def configure(tile: TileOp, hw: Chip, topk: int = 1) -> list[Schedule]:
                     f"on {hw.label}: {e}")
 
 
-def _given(tile: TileOp, name: str):
-    attrs = tile.operation.attributes
-    return attrs[name] if name in attrs else None
-
-
 def check_fits(tile: TileOp, hw: Chip) -> Schedule:
     """Validate a hand-given schedule (``block_tile`` and ``thread_tile`` present) against
     ``hw``; return what follows from it. Raises a QuartetError naming the op and the reason."""

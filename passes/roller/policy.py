@@ -68,7 +68,7 @@ loops: elements one thread, or warp, reduces serially per step; block/thread thr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from quartet.dialects.linalg_info import LinalgInfo
 from quartet.passes.footprint import MapError, OpModel, is_padding_ok
