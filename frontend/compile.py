@@ -60,9 +60,14 @@ def pipeline_passes(pipeline: str, target: str) -> str:
 
 
 def import_linalg(module, example_inputs):
+    from quartet.frontend import checks
     from quartet.frontend.importer import import_module
 
-    return import_module(module, tuple(example_inputs))
+    with checks.quiet_import():
+        try:
+            return import_module(module, tuple(example_inputs))
+        except QuartetError as e:
+            raise checks.explain_import_error(e) from e
 
 
 def run_passes(text: str, pipeline: str, target: str):
@@ -83,15 +88,22 @@ def _check_target(target: str) -> None:
 
 
 def compile_to_artifact(module, example_inputs, *, pipeline: str = "roller",
-                        target: str = "sm_90", stop_after: str | None = None,
+                        target: str = "auto", stop_after: str | None = None,
                         producer: dict | None = None):
-    """Compile; return ``(ArtifactWriter or None, CompileResult, text of stop_after stage)``."""
+    """Compile; return ``(ArtifactWriter or None, CompileResult, text of stop_after stage)``.
+
+    ``target="auto"``: where the example inputs are (frontend/target.py), printed once."""
+    from quartet.frontend.checks import check_runs_eagerly
+    from quartet.frontend.target import resolve_target
+
     if stop_after is not None and stop_after not in STAGES:
         raise QuartetError(f"unknown stage '{stop_after}' (stages: {', '.join(STAGES)})")
+    target = resolve_target(target, example_inputs)
     _check_target(target)
     result = CompileResult(target, pipeline)
     t0 = time.perf_counter()
     imported = import_linalg(module, example_inputs)
+    check_runs_eagerly(module, example_inputs)
     result.linalg = imported.text()
     result.seconds["import"] = time.perf_counter() - t0
     if stop_after == "linalg":
@@ -123,14 +135,23 @@ def _lower_cpu(mlir_module, imported, stop_after, producer):
     if stop_after == "llvm":
         cpu.lower_to_llvm(mlir_module.operation)
         return None, str(mlir_module)
+    from quartet.frontend.results import merge_repeated_results
+    from quartet.runtime.manifest import Copy
+
+    kept = merge_repeated_results(mlir_module, imported.func_name)
     spec = cpu.cpu_kernel(mlir_module)
     writer = ArtifactWriter("cpu", producer=_producer_text(producer))
     names = _add_arguments(writer, imported)
     outs = [writer.add_output(f"out{i}", r.shape, _numpy_dtype(r.dtype))
             for i, r in enumerate(imported.results)]
+    firsts = [kept.index(j) for j in range(len(set(kept)))]
     writer.add_kernel("forward", spec.binary, spec.entry, spec.grid, spec.block,
-                      args=names + outs, binary_format="so")
+                      args=names + [outs[i] for i in firsts], binary_format="so")
     writer.add_step(Launch("forward"))
+    for i, j in enumerate(kept):   # a value returned again: copied from its first output
+        if firsts[j] != i:
+            r = imported.results[i]
+            writer.add_step(Copy(outs[i], outs[firsts[j]], _nbytes(r.shape, _numpy_dtype(r.dtype))))
     return writer, None
 
 
@@ -277,19 +298,30 @@ def _producer_text(producer: dict | None) -> str:
 class CompiledModule:
     """A compiled program: callable like the original module; ``.save(path)``.
 
-    The artifact is written to a private folder once and run through ``quartet.runtime``
-    (loaded on the first call), exactly as a saved and reloaded artifact would be.
+    The artifact is written to a private folder on the first call and run through
+    ``quartet.runtime``, exactly as a saved and reloaded artifact would be. Inputs are given
+    like the original ``forward``'s: by position or by parameter name. Weights follow the
+    model (``weights="live"``) or stay as compiled (``"frozen"``): frontend/weights.py.
     """
 
     def __init__(self, writer, result: CompileResult, *, graph: bool = False,
-                 name: str | None = None):
+                 name: str | None = None, model=None, weights: str = "frozen",
+                 parameters: list[str] | None = None):
+        from quartet.frontend.weights import LiveWeights, check_mode
+
         self.result = result
         self.name = name   # the model, named in call-time errors instead of the private folder
+        self.weights = check_mode(weights)
         self._writer = writer
         self._folder = Path(tempfile.mkdtemp(prefix="quartet-"))
-        self._path = writer.save(self._folder / "program")
+        self._path = None
         self._program = None
         self._graph = graph
+        self._parameters = parameters   # forward()'s names of the compiled inputs, if known
+        self._state_keys = list(model.state_dict()) if model is not None else []
+        self._live = None
+        if weights == "live" and model is not None:
+            self._live = LiveWeights(model, [w.name for w in writer.weights])
 
     @property
     def target(self) -> str:
@@ -305,20 +337,76 @@ class CompiledModule:
         if self._program is None:
             from quartet.runtime import load
 
+            self._path = self._writer.save(self._folder / "program")
             self._program = load(self._path, graph=self._graph)
         return self._program
 
     def __call__(self, *inputs, **kwargs):
         try:
-            return self.program(*inputs, **kwargs)
+            stream = kwargs.pop("stream", None) if "stream" not in (self._parameters or ()) \
+                else None
+            inputs = self._arrange(inputs, kwargs)
+            program = self.program
+            if self._live is not None:
+                changed = self._live.changed()
+                if changed:
+                    program.load_weights(changed)
+            return program(*inputs, stream=stream)
         except QuartetError as e:
-            if self.name and e.location == str(self._path):
+            if self.name and e.location in (str(self._path), None):
                 raise QuartetError(e.message, f"compiled {self.name}") from None
             raise
 
+    def _arrange(self, inputs: tuple, named: dict) -> tuple:
+        """Inputs in forward()'s order; keyword arguments matched by forward()'s names."""
+        if not named:
+            return inputs
+        names = self._parameters
+        if names is None:
+            return self.program._arrange(inputs, named)
+        expected = f"the compiled forward takes ({', '.join(names)})"
+        unknown = [k for k in named if k not in names]
+        if unknown:
+            raise QuartetError(f"unexpected keyword argument(s) {', '.join(unknown)}: "
+                               f"{expected}")
+        twice = [k for k in named if names.index(k) < len(inputs)]
+        if twice:
+            raise QuartetError(f"argument(s) {', '.join(twice)} given by position and by "
+                               f"keyword: {expected}")
+        arranged = list(inputs)
+        for name in names[len(inputs):]:
+            if name not in named:
+                raise QuartetError(f"missing argument {name!r}: {expected}")
+            arranged.append(named[name])
+        return tuple(arranged)
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """Take new weights, checked like ``nn.Module.load_state_dict``.
+
+        Live: loaded into the model itself (which the compiled module follows). Frozen: into
+        the program and the artifact that ``save`` writes."""
+        from quartet.frontend.weights import checked_state_dict
+
+        if self._live is not None:
+            return self._live.model.load_state_dict(state_dict, strict=strict)
+        known = [w.name for w in self._writer.weights if w.name in self._state_keys]
+        values = checked_state_dict(state_dict, known, strict, self.name or "the compiled module")
+        for k, v in values.items():
+            self._writer.set_weight(k, v)
+        if self._program is not None:
+            self._program.load_weights(values)
+
     def save(self, path) -> Path:
-        """Save the artifact: a folder, or one file when ``path`` ends in ``.qrt``."""
+        """Save the artifact (with the weights the next call would use): a folder, or one file
+        when ``path`` ends in ``.qrt``."""
+        if self._live is not None:
+            for k, v in self._live.current().items():
+                self._writer.set_weight(k, v)
         return self._writer.save(path)
+
+    def __repr__(self) -> str:
+        return (f"<quartet CompiledModule {self.name or ''}: {self.target}, "
+                f"{self.result.pipeline}, weights {self.weights}>")
 
     def __del__(self):
         try:
@@ -329,17 +417,39 @@ class CompiledModule:
             pass
 
 
-def compile(module, example_inputs, pipeline: str = "roller", target: str = "sm_90", *,
-            graph: bool = False) -> CompiledModule:
+def _forward_parameters(module, count: int) -> list[str] | None:
+    """The names of forward()'s first ``count`` positional parameters (None: not known)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < count or any(p.kind == p.POSITIONAL_ONLY for p in positional):
+        return None
+    return [p.name for p in positional[:count]]
+
+
+def compile(module, example_inputs, pipeline: str = "roller", target: str = "auto", *,
+            graph: bool = False, weights: str = "live") -> CompiledModule:
     """Compile ``module`` for calls like ``module(*example_inputs)``.
 
     ``pipeline`` names a pipeline of ``quartet-opt --list-passes`` (``roller``); ``target`` is
-    ``sm_90``, ``sm_80``, ``gfx942`` or ``cpu``. ``graph=True`` replays the launch sequence as a
-    CUDA graph (GPU targets without host control flow).
+    ``auto`` (where the example inputs are: their GPU's architecture for CUDA tensors, else
+    ``cpu``; printed), ``sm_90``, ``sm_80``, ``gfx942`` or ``cpu``. ``weights="live"`` follows
+    the module's current weights at every call; ``"frozen"`` keeps those of compile time (new
+    ones through ``load_state_dict``). ``graph=True`` replays the launch sequence as a CUDA
+    graph (GPU targets without host control flow).
     """
+    from quartet.frontend.weights import check_mode
+
+    check_mode(weights)
     if not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
     producer = {"model": f"{type(module).__module__}.{type(module).__qualname__}"}
     writer, result, _ = compile_to_artifact(module, example_inputs, pipeline=pipeline,
                                             target=target, producer=producer)
-    return CompiledModule(writer, result, graph=graph, name=producer["model"])
+    return CompiledModule(writer, result, graph=graph, name=producer["model"], model=module,
+                          weights=weights,
+                          parameters=_forward_parameters(module, len(example_inputs)))
