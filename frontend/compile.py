@@ -131,7 +131,8 @@ def _lower_cpu(mlir_module, imported, stop_after, producer):
     from quartet.runtime.manifest import Launch
 
     if stop_after in ("gpu", "ptx"):
-        raise QuartetError(f"--emit {stop_after} needs a GPU target, not cpu")
+        raise QuartetError(f"--emit {stop_after} needs a GPU target, not cpu (give --target "
+                           f"sm_90, sm_80 or gfx942)")
     if stop_after == "llvm":
         cpu.lower_to_llvm(mlir_module.operation)
         return None, str(mlir_module)
