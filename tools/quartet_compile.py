@@ -262,9 +262,11 @@ def main(argv: list[str]) -> int:
                            f"with pip install 'quartet[compiler]'")
     specs = [parse_input_spec(s) for s in args.input]
     dtype = model_dtype(args.model_dtype, specs)
-    from quartet.frontend.target import resolve_target
+    from quartet.frontend.target import AUTO, choose_for_machine
 
-    args.target = resolve_target(args.target)   # auto: the visible GPU, else cpu (printed)
+    chosen = choose_for_machine() if args.target == AUTO else None   # printed on success
+    if chosen is not None:
+        args.target = chosen.target
     _check_choices(args)
     if not specs:
         raise QuartetError("quartet-compile: give one --input DIMS:DTYPE per forward() argument")
@@ -306,10 +308,13 @@ def main(argv: list[str]) -> int:
             sys.stdout.write(text)
         else:
             write_atomically(args.output, text)
+        if chosen is not None:
+            print(f"quartet-compile: {chosen.line()}", file=sys.stderr)
         return 0
     path = writer.save(args.output)
     seconds = ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items())
-    print(f"wrote {path} ({args.target}, {args.pipeline}; {seconds})", file=sys.stderr)
+    auto = f" ({chosen.line()})" if chosen is not None else ""
+    print(f"wrote {path} ({args.target}, {args.pipeline}; {seconds}){auto}", file=sys.stderr)
     return 0
 
 
