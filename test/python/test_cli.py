@@ -62,8 +62,31 @@ MODEL_FILE = textwrap.dedent('''\
     class SmallRelu(Small):
         def forward(self, x):
             return torch.relu(x @ self.w + self.b)
+
+
+    class Other(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(16, 8)
+
+        def forward(self, x):
+            return self.fc(x)
+
+
+    class WrongForward(Small):
+        def forward(self, x):
+            return x @ self.w.T
+
+
+    class Branchy(torch.nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:
+                return x * 2
+            return x - 1
     ''')
 CUMSUM_LINE = 17   # the torch.cumsum line of MODEL_FILE
+OTHER_FORWARD_LINE = 42   # Other's nn.Linear call
+BRANCH_LINE = 52   # the Python if of Branchy
 
 
 def run(tool: str, *args, cwd=None, check_rc: int | None = None) -> subprocess.CompletedProcess:
@@ -232,7 +255,8 @@ def test_unsupported_op_is_named_with_its_model_line(work):
     ("imports.py", "import torch\nimport no_such_module_here\n",
      r"imports.py:2:0: error: model file does not import: ModuleNotFoundError"),
     ("models.py", None, r"error: model file has no class 'A' \(nn.Module classes in it: "
-                        r"NeedsArgs, Raises, Small, SmallRelu, WithCumsum\)"),
+                        r"Branchy, NeedsArgs, Other, Raises, Small, SmallRelu, WithCumsum, "
+                        r"WrongForward\)"),
     ("missing.py", "", r"missing.py: error: could not open model file: no such file"),
 ])
 def test_model_file_that_does_not_import(work, name, source, expected):
@@ -300,6 +324,115 @@ def test_weights_that_do_not_fit(work):
                               "cpu", "--weights", "bad.pt", "-o", "x.qrt", cwd=work))
     assert ("state dict does not fit Small: missing: b; wrong shape: w [3, 3] (model: [16, 8])"
             in line)
+
+
+def test_inputs_that_eager_pytorch_refuses(work):
+    """An i64 input to a float model exports, but PyTorch itself refuses it: so does Quartet."""
+    line = one_line_error(run("compile", "models.py:Other", "--input", "4x16:i64",
+                              "--target", "cpu", "-o", "x.qrt", cwd=work))
+    assert line.startswith(f"{work / 'models.py'}:{OTHER_FORWARD_LINE}: error: PyTorch itself "
+                           f"refuses the example inputs (4x16 int64): RuntimeError: ")
+    assert not (work / "x.qrt").exists()
+
+
+def test_python_branch_on_a_tensor_points_to_torch_cond(work):
+    line = one_line_error(run("compile", "models.py:Branchy", "--input", "4x16:f32",
+                              "--target", "cpu", "-o", "x.qrt", cwd=work))
+    assert line.startswith(f"{work / 'models.py'}:{BRANCH_LINE}: error: Python control flow "
+                           f"on a tensor's value")
+    assert "torch.cond(pred, true_fn, false_fn, (x,))" in line
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--input", "4x16:f32", "--emit", "gpu", "--target", "cpu"],
+     "--emit gpu needs a GPU target, not cpu"),
+    (["--input", "4x16:f32", "--emit", "linalg", "-o", "no/such/x.mlir"],
+     "cannot write 'no/such/x.mlir': folder"),
+    (["--input", "4x16:f32"], "give the artifact to write with -o OUT"),
+    (["-o", "x.qrt"], "give one --input DIMS:DTYPE per forward() argument"),
+])
+def test_compile_command_line_mistakes(work, args, expected):
+    line = one_line_error(run("compile", "models.py:Small", *args, cwd=work))
+    assert expected in line
+
+
+def test_default_target_is_auto_and_printed(work):
+    done = run("compile", "models.py:Small", "--input", "4x16:f32", "--emit", "linalg",
+               cwd=work, check_rc=0)
+    assert "func.func @forward" in done.stdout
+    from quartet.frontend.target import choose_for_machine
+
+    assert f"quartet-compile: {choose_for_machine().line()}" in done.stderr
+
+
+def test_recompiling_gives_a_byte_identical_artifact(conv_artifact, tmp_path):
+    again = tmp_path / "again.qrt"
+    run("compile", f"{MODELS}:ConvBlock", "--input", "1x3x16x16:f32", "--target", "cpu",
+        "-o", again, check_rc=0)
+    assert again.read_bytes() == conv_artifact.read_bytes()
+
+
+# ----------------------------------------------------------------------------------------------
+# Every tool: --version, defaults in --help
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tool", ["compile", "run", "opt"])
+def test_version_and_help(tool):
+    from quartet import __version__
+
+    done = run(tool, "--version", check_rc=0)
+    assert done.stdout.strip() == f"quartet-{tool} {__version__}"
+    text = run(tool, "--help", check_rc=0).stdout
+    assert "``" not in text and "--version" in text
+    defaults = {"compile": ["(default: auto)", "(default: roller)", "(default: 0)"],
+                "run": ["(default: 20)", "(default: 3)"],
+                "opt": ["(default: -)"]}[tool]
+    flat = " ".join(text.split())
+    for d in defaults:
+        assert d in flat, (d, text)
+
+
+def test_demo_has_a_version():
+    from quartet import __version__
+
+    done = subprocess.run([sys.executable, "-m", "quartet.tools.demo", "--version"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == f"quartet-demo {__version__}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input to quartet-run: inputs at call time, foreign and damaged artifacts
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--bench", "--repeat", "0"], "argument --repeat: expected a positive integer, got 0"),
+    (["--bench", "--warmup", "-1"], "argument --warmup: expected 0 or a positive integer"),
+    (["--repeat", "many"], "argument --repeat: expected an integer, got 'many'"),
+    (["--device", "-1"], "argument --device: expected 0 or a positive integer"),
+    (["--graph"], "graph=True needs the cuda backend; this artifact is for cpu"),
+    (["--input", "a.npy", "--input", "b.npy"], "--input given 2 time(s); the program takes 1"),
+])
+def test_run_command_line_mistakes(conv_artifact, args, expected):
+    line = one_line_error(run("run", conv_artifact, *args))
+    assert expected in line
+
+
+@pytest.mark.parametrize("artifact, model, expected", [
+    ("conv_artifact", "Other", "--check: Other does not match the artifact: its weights "
+                               "fc.weight, fc.bias are not in the artifact"),
+    ("conv_artifact", "Branchy", "--check: Branchy does not match the artifact: the artifact's "
+                                 "weights conv.weight, conv.bias are not in it"),
+    ("small_folder", "WrongForward", "--check: WrongForward.forward fails on the artifact's "
+                                     "inputs (RuntimeError: "),
+    ("small_folder", "Other", "state dict does not fit Other: missing: fc.weight, fc.bias"),
+    ("small_folder", "NoSuchClass", "model file has no class 'NoSuchClass'"),
+])
+def test_check_with_the_wrong_model(request, work, artifact, model, expected):
+    path = request.getfixturevalue(artifact)
+    line = one_line_error(run("run", path, "--check", "--model", f"models.py:{model}", cwd=work))
+    assert expected in line
 
 
 # ----------------------------------------------------------------------------------------------
