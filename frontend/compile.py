@@ -390,7 +390,8 @@ class CompiledModule:
 
         if self._live is not None:
             return self._live.model.load_state_dict(state_dict, strict=strict)
-        known = [w.name for w in self._writer.weights if w.name in self._state_keys]
+        held = {w.name for w in self._writer.weights}
+        known = [k for k in self._state_keys if k in held]
         values = checked_state_dict(state_dict, known, strict, self.name or "the compiled module")
         for k, v in values.items():
             self._writer.set_weight(k, v)
