@@ -83,6 +83,34 @@ MODEL_FILE = textwrap.dedent('''\
             if x.sum() > 0:
                 return x * 2
             return x - 1
+
+
+    class ReturnsDict(Small):
+        def forward(self, x):
+            return {"y": x @ self.w + self.b}
+
+
+    class ReturnsTwo(Small):
+        def forward(self, x):
+            y = x @ self.w + self.b
+            return y, y
+
+
+    class ReturnsWider(Small):
+        def forward(self, x):
+            return torch.cat([x @ self.w, x @ self.w], dim=-1)
+
+
+    class ConvOfOtherShape(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+
+    NotAModule = 42
     ''')
 CUMSUM_LINE = 17   # the torch.cumsum line of MODEL_FILE
 OTHER_FORWARD_LINE = 42   # Other's nn.Linear call
@@ -255,7 +283,8 @@ def test_unsupported_op_is_named_with_its_model_line(work):
     ("imports.py", "import torch\nimport no_such_module_here\n",
      r"imports.py:2:0: error: model file does not import: ModuleNotFoundError"),
     ("models.py", None, r"error: model file has no class 'A' \(nn.Module classes in it: "
-                        r"Branchy, NeedsArgs, Other, Raises, Small, SmallRelu, WithCumsum, "
+                        r"Branchy, ConvOfOtherShape, NeedsArgs, Other, Raises, ReturnsDict, "
+                        r"ReturnsTwo, ReturnsWider, Small, SmallRelu, WithCumsum, "
                         r"WrongForward\)"),
     ("missing.py", "", r"missing.py: error: could not open model file: no such file"),
 ])
@@ -372,6 +401,77 @@ def test_recompiling_gives_a_byte_identical_artifact(conv_artifact, tmp_path):
     assert again.read_bytes() == conv_artifact.read_bytes()
 
 
+@pytest.mark.parametrize("spec, expected", [
+    ("Small", "expected FILE.py:ClassName, got 'Small'"),
+    ("no_such_package.Model", "cannot import module 'no_such_package'"),
+    (".:Small", "could not open model file: it is a folder"),
+])
+def test_model_spec_mistakes(work, spec, expected):
+    line = one_line_error(run("compile", spec, "--input", "4x16:f32", "-o", "x.qrt", cwd=work))
+    assert expected in line
+
+
+def test_weights_file_mistakes(work):
+    (work / "junk.pt").write_text("not a pickle")
+    import torch
+
+    torch.save([1, 2, 3], work / "list.pt")
+    for name, expected in (("absent.pt", "absent.pt: error: could not open weights file: no "
+                                         "such file"),
+                           ("junk.pt", "junk.pt: error: not a PyTorch state dict"),
+                           ("list.pt", "list.pt: error: not a state dict")):
+        line = one_line_error(run("compile", "models.py:Small", "--input", "4x16:f32",
+                                  "--weights", name, "-o", "x.qrt", cwd=work))
+        assert expected in line, line
+
+
+def test_check_needs_to_know_the_model(conv_artifact, tmp_path):
+    folder = _copy_folder(conv_artifact, tmp_path / "anonymous")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["producer"] = json.dumps({"tool": "another compiler"})
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    line = one_line_error(run("run", folder, "--check"))
+    assert "--check: the artifact does not say which PyTorch model it came from; pass --model" \
+        in line
+
+    moved = _copy_folder(conv_artifact, tmp_path / "moved")
+    manifest = json.loads((moved / "manifest.json").read_text())
+    producer = json.loads(manifest["producer"])
+    producer.update(model_file="/no/such/models.py", model_file_arg="no/such/models.py")
+    manifest["producer"] = json.dumps(producer)
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    line = one_line_error(run("run", moved, "--check", cwd=tmp_path))
+    assert "--check: model file /no/such/models.py is not here; pass --model FILE.py:ConvBlock" \
+        in line
+
+
+def test_not_an_npy_file(conv_artifact, tmp_path):
+    (tmp_path / "text.npy").write_text("1 2 3")
+    line = one_line_error(run("run", conv_artifact, "--input", tmp_path / "text.npy"))
+    assert "text.npy: error: not a .npy array file" in line
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "could not open input file: no such file"),
+    ("folder", "could not open input file: it is a directory"),
+    ("binary", "could not read input file: not UTF-8 text"),
+    ("syntax", "error: "),
+    ("pass", "no-such-pass"),
+    ("output", "cannot write"),
+])
+def test_quartet_opt_mistakes(tmp_path, case, expected):
+    good = tmp_path / "good.mlir"
+    good.write_text("func.func @f(%a: f32) -> f32 {\n  return %a : f32\n}\n")
+    (tmp_path / "bad.mlir").write_text("func.func @f( {\n")
+    (tmp_path / "binary.mlir").write_bytes(b"\xff\xfe\x00junk")
+    args = {"missing": [tmp_path / "absent.mlir"], "folder": [tmp_path],
+            "binary": [tmp_path / "binary.mlir"], "syntax": [tmp_path / "bad.mlir"],
+            "pass": [good, "--pass-pipeline=builtin.module(no-such-pass)"],
+            "output": [good, "-o", tmp_path / "no" / "such" / "out.mlir"]}[case]
+    line = one_line_error(run("opt", *args))
+    assert expected in line
+
+
 # ----------------------------------------------------------------------------------------------
 # Every tool: --version, defaults in --help
 # ----------------------------------------------------------------------------------------------
@@ -428,6 +528,14 @@ def test_run_command_line_mistakes(conv_artifact, args, expected):
                                      "inputs (RuntimeError: "),
     ("small_folder", "Other", "state dict does not fit Other: missing: fc.weight, fc.bias"),
     ("small_folder", "NoSuchClass", "model file has no class 'NoSuchClass'"),
+    ("small_folder", "NotAModule", "'NotAModule' is not a torch.nn.Module subclass"),
+    ("small_folder", "ReturnsDict", "--check: the PyTorch model returns dict, not tensors"),
+    ("small_folder", "ReturnsTwo", "the artifact returns 1 output(s), the PyTorch model 2"),
+    ("small_folder", "ReturnsWider", "output 0 ('out0'): the artifact gives shape [4, 8], the "
+                                     "PyTorch model [4, 16]"),
+    ("conv_artifact", "ConvOfOtherShape", "--check: weight 'conv.weight' is float32 "
+                                          "[16, 3, 3, 3] in the artifact but float32 [8, 3, 3, 3] "
+                                          "in the model"),
 ])
 def test_check_with_the_wrong_model(request, work, artifact, model, expected):
     path = request.getfixturevalue(artifact)
