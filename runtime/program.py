@@ -207,21 +207,7 @@ class Program:
     def _arrange(self, inputs: tuple, named: dict) -> tuple:
         """Positional and named inputs in the manifest's order (names: the manifest's)."""
         names = [s.name for s in self.manifest.inputs]
-        expected = f"the program takes ({', '.join(names)})"
-        unknown = [k for k in named if k not in names]
-        if unknown:
-            raise QuartetError(f"unexpected input name(s) {', '.join(unknown)}: {expected}",
-                               self._where)
-        twice = [k for k in named if names.index(k) < len(inputs)]
-        if twice:
-            raise QuartetError(f"input(s) {', '.join(twice)} given by position and by name: "
-                               f"{expected}", self._where)
-        arranged = list(inputs)
-        for name in names[len(inputs):]:
-            if name not in named:
-                raise QuartetError(f"input {name!r} is missing: {expected}", self._where)
-            arranged.append(named[name])
-        return tuple(arranged)
+        return arrange_inputs(inputs, named, names, "the program", self._where)
 
     # weights -----------------------------------------------------------------------------------
 
@@ -405,6 +391,26 @@ class Program:
             f"<quartet Program {self.path.name}: {m.target}, {len(m.inputs)} input(s), "
             f"{len(m.outputs)} output(s), {len(m.kernels)} kernel(s)>"
         )
+
+
+def arrange_inputs(inputs: tuple, named: dict, names: list[str], what: str,
+                   where: str | None = None) -> tuple:
+    """``inputs`` followed by the ``named`` ones, in the order of ``names``; one-line errors
+    for an unknown name, a name also given by position and a missing input."""
+    expected = f"{what} takes ({', '.join(names)})"
+    unknown = [k for k in named if k not in names]
+    if unknown:
+        raise QuartetError(f"unexpected input name(s) {', '.join(unknown)}: {expected}", where)
+    twice = [k for k in named if names.index(k) < len(inputs)]
+    if twice:
+        raise QuartetError(f"input(s) {', '.join(twice)} given by position and by name: "
+                           f"{expected}", where)
+    arranged = list(inputs)
+    for name in names[len(inputs):]:
+        if name not in named:
+            raise QuartetError(f"input {name!r} is missing: {expected}", where)
+        arranged.append(named[name])
+    return tuple(arranged)
 
 
 def _make_backend(m: Manifest, device: int, where: str):

@@ -174,10 +174,10 @@ def test_inputs_by_keyword(model_and_compiled, tmp_path):
     assert torch.allclose(compiled(x, scale=scale), want, atol=1e-6)
     assert torch.allclose(compiled(scale=scale, x=x), want, atol=1e-6)
     for call, message in (
-            (lambda: compiled(x, sclae=scale), "unexpected keyword argument(s) sclae: the "
+            (lambda: compiled(x, sclae=scale), "unexpected input name(s) sclae: the "
                                                "compiled forward takes (x, scale)"),
-            (lambda: compiled(x, x=x), "argument(s) x given by position and by keyword"),
-            (lambda: compiled(scale=scale), "missing argument 'x'")):
+            (lambda: compiled(x, x=x), "input(s) x given by position and by name"),
+            (lambda: compiled(scale=scale), "input 'x' is missing")):
         with pytest.raises(QuartetError) as e:
             call()
         assert message in str(e.value) and "\n" not in str(e.value)
