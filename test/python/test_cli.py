@@ -445,6 +445,27 @@ def test_check_needs_to_know_the_model(conv_artifact, tmp_path):
         in line
 
 
+@pytest.mark.parametrize("tool, hidden, args, expected", [
+    ("compile", ("mlir", "torch_mlir"), ["models.py:Small", "--input", "4x16", "-o", "x.qrt"],
+     "quartet-compile needs torch_mlir, mlir: install the compiler with pip install "
+     "'quartet[compiler]'"),
+    ("run", ("torch",), ["ARTIFACT", "--check"],
+     "--check runs the PyTorch model: it needs torch, which is not installed here"),
+])
+def test_a_missing_package_is_named(work, conv_artifact, tool, hidden, args, expected):
+    """What a machine without the compiler (or without torch) says, in one line."""
+    args = [str(conv_artifact) if a == "ARTIFACT" else a for a in args]
+    code = ("import importlib.util, sys\n"
+            "real = importlib.util.find_spec\n"
+            f"importlib.util.find_spec = lambda n, *a: None if n in {hidden!r} else real(n, *a)\n"
+            f"from quartet.tools.quartet_{tool} import entry\n"
+            f"sys.argv = ['quartet-{tool}', *{args!r}]\n"
+            "sys.exit(entry())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=work, timeout=300)
+    assert expected in one_line_error(done)
+
+
 def test_not_an_npy_file(conv_artifact, tmp_path):
     (tmp_path / "text.npy").write_text("1 2 3")
     line = one_line_error(run("run", conv_artifact, "--input", tmp_path / "text.npy"))
