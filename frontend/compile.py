@@ -101,7 +101,7 @@ def compile_to_artifact(module, example_inputs, *, pipeline: str = "roller",
     result = CompileResult(target, pipeline)
     t0 = time.perf_counter()
     imported = import_linalg(module, example_inputs)
-    check_runs_eagerly(module, example_inputs)
+    check_runs_eagerly(module, example_inputs, imported.mlir_text)
     result.linalg = imported.text()
     result.seconds["import"] = time.perf_counter() - t0
     if stop_after == "linalg":
