@@ -140,7 +140,7 @@ def check_runs_eagerly(module, example_inputs, imported_text: str = "") -> None:
     except MixedDtypes as e:
         described = ", ".join(_describe(x) for x in example_inputs)
         raise QuartetError(
-            f"PyTorch itself refuses the example inputs ({described}): {_one_line(e)}",
+            f"PyTorch itself refuses the example inputs ({described}): {e}",
             _user_frame(e)) from None
     except Exception:
         # Anything else is the fake run's own limit (an op without a fake kernel, a
@@ -152,11 +152,6 @@ def _describe(x) -> str:
     shape = "x".join(str(d) for d in getattr(x, "shape", ())) or "scalar"
     dtype = str(getattr(x, "dtype", type(x).__name__)).removeprefix("torch.")
     return f"{shape} {dtype}"
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def _user_frame(e: BaseException) -> str | None:

@@ -360,7 +360,8 @@ def test_inputs_that_eager_pytorch_refuses(work):
     line = one_line_error(run("compile", "models.py:Other", "--input", "4x16:i64",
                               "--target", "cpu", "-o", "x.qrt", cwd=work))
     assert line.startswith(f"{work / 'models.py'}:{OTHER_FORWARD_LINE}: error: PyTorch itself "
-                           f"refuses the example inputs (4x16 int64): RuntimeError: ")
+                           f"refuses the example inputs (4x16 int64): addmm takes operands "
+                           f"of one dtype, got float32 and int64")
     assert not (work / "x.qrt").exists()
 
 
