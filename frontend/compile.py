@@ -128,6 +128,7 @@ def _lower_cpu(mlir_module, imported, stop_after, producer):
     names = _add_arguments(writer, imported)
     outs = [writer.add_output(f"out{i}", r.shape, _numpy_dtype(r.dtype))
             for i, r in enumerate(imported.results)]
+    outs += [_add_check(writer, imported, c.result) for c in imported.checks]
     writer.add_kernel("forward", spec.binary, spec.entry, spec.grid, spec.block,
                       args=names + outs, binary_format="so")
     writer.add_step(Launch("forward"))
@@ -167,6 +168,8 @@ def _write_plan(plan, imported, target, producer):
     for b in plan.buffers:
         if b.kind == "input":
             storage[b.name] = arg_names[b.index]
+        elif b.kind == "output" and b.index >= len(imported.results):
+            storage[b.name] = _add_check(writer, imported, b.index)
         elif b.kind == "output":
             storage[b.name] = writer.add_output(f"out{b.index}", b.shape, b.dtype)
         elif b.kind == "weight":
@@ -219,6 +222,14 @@ def _write_plan(plan, imported, target, producer):
 
     writer.add_step(*steps(plan.program))
     return writer
+
+
+def _add_check(writer, imported, result: int) -> str:
+    """The buffer of a bounds-check flag (the function's result ``result``), read after each call."""
+    check = next(c for c in imported.checks if c.result == result)
+    name = writer.add_buffer(f"check{result}", 1)
+    writer.add_check(name, check.message, check.location)
+    return name
 
 
 def _predicate(p, storage):

@@ -51,6 +51,8 @@ from torch_mlir.dialects import torch as torch_d
 from torch_mlir.extras.fx_importer import ContextCache, FxImporter
 from torch_mlir.ir import Location
 
+from . import bounds_checks
+from .bounds_checks import IndexCheck
 from .control_flow import ControlFlowGraphNodeImporter
 
 # The dialects a Quartet program in linalg form may hold.
@@ -111,13 +113,16 @@ class ImportedProgram:
 
     ``mlir_text`` is the module as upstream MLIR text, with source locations (``loc(...)``) of
     the user's model code. The function ``func_name`` takes ``arguments`` in order: user inputs
-    first, then weights (see :func:`import_module`).
+    first, then weights (see :func:`import_module`). It returns ``results`` (the model's
+    outputs), then one 0-d ``i8`` flag per entry of ``checks`` (index bounds checks,
+    :mod:`.bounds_checks`): a program must report a set flag, not return the outputs.
     """
 
     mlir_text: str
     func_name: str
     arguments: list[FunctionArgument]
     results: list[TensorResult]
+    checks: list[IndexCheck] = field(default_factory=list)
     _parsed: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -533,7 +538,8 @@ def _walk(operation):
                 yield from _walk(op.operation)
 
 
-def _import_to_linalg(gm: torch.fx.GraphModule, func_name: str) -> str:
+def _import_to_linalg(gm: torch.fx.GraphModule, func_name: str) \
+        -> tuple[str, list[tuple[str, str | None]]]:
     context = torch_ir.Context()
     torch_d.register_dialect(context)
     importer = _FxImporter(context=context)
@@ -546,11 +552,23 @@ def _import_to_linalg(gm: torch.fx.GraphModule, func_name: str) -> str:
     module = importer.module
     _check_torch_operators(module)
     _run_torch_mlir_pipeline(module, _TORCH_BACKEND_PIPELINE, "torch backend lowering")
+    op_names = bounds_checks.indexing_ops_by_location(module)
     _run_torch_mlir_pipeline(module, _LINALG_BACKEND_PIPELINE, "linalg lowering")
     _drop_superfluous_asserts(module)
+    flags = _rewrite_bounds_checks(module, op_names)
     _check_upstream_only(module)
     _check_loops(module)
-    return module.operation.get_asm(enable_debug_info=True)
+    return module.operation.get_asm(enable_debug_info=True), flags
+
+
+def _rewrite_bounds_checks(module, op_names) -> list[tuple[str, str | None]]:
+    """torch-mlir's index asserts -> flag results the runtime reads (frontend/bounds_checks.py)."""
+    from torch_mlir.dialects import arith, linalg, tensor
+
+    with module.context:
+        return bounds_checks.rewrite(module, torch_ir,
+                                     {"arith": arith, "linalg": linalg, "tensor": tensor},
+                                     op_names, mlir_location)
 
 
 # ------------------------------------------------------------------------------------------
@@ -589,7 +607,7 @@ def import_module(
     gm = program.graph_module
     _reject_dynamic_shapes(gm)
     _reorder_placeholders(gm.graph, placeholders)
-    text = _import_to_linalg(gm, func_name)
+    text, flags = _import_to_linalg(gm, func_name)
 
     with mlir_ir.Context() as ctx:
         try:
@@ -602,6 +620,9 @@ def import_module(
         ftype = mlir_ir.FunctionType(mlir_ir.TypeAttr(func.attributes["function_type"]).value)
         arg_types = [_type_info(t) for t in ftype.inputs]
         results = [TensorResult(*_type_info(t)) for t in ftype.results]
+    n_user = len(results) - len(flags)
+    checks = [IndexCheck(n_user + k, message, where) for k, (message, where) in enumerate(flags)]
+    results = results[:n_user]
 
     if len(arg_types) != len(placeholders):
         raise RuntimeError(
@@ -611,4 +632,4 @@ def import_module(
     for i, (p, (shape, dtype)) in enumerate(zip(placeholders, arg_types)):
         value = None if p.value is None else _to_numpy(p.value)
         arguments.append(FunctionArgument(i, p.kind, p.name, shape, dtype, value))
-    return ImportedProgram(text, func_name, arguments, results)
+    return ImportedProgram(text, func_name, arguments, results, checks)

@@ -90,6 +90,14 @@ def _memref_of(t: ir.Type) -> ir.MemRefType:
     return ir.MemRefType.get(list(t.shape), t.element_type)
 
 
+def _reject_gathers(generics) -> None:
+    """Bodies are cloned with only constants from outside: a gather's ``tensor.extract`` of a
+    captured table (embeddings, issue 16) is left to the fallback builder."""
+    for g in generics:
+        if any(o.operation.name == "tensor.extract" for o in g.regions[0].blocks[0].operations):
+            raise _Unsupported("a generic body reads a tensor with tensor.extract (a gather)")
+
+
 def _non_tensor_captures(tile) -> list[ir.Value]:
     return [v for v in tile.inputs if not isinstance(v.type, ir.RankedTensorType)]
 
@@ -377,6 +385,7 @@ def analyze_rows(tile) -> RowProgram:
         if owner is None or owner.name != "arith.constant":
             raise _Unsupported("a non-constant scalar captured by the tile")
     generics = [o for o in ops if o.name == "linalg.generic"]
+    _reject_gathers(generics)
     if generics:
         space = max((_loop_ranges(o) for o in generics), key=lambda s: (math.prod(s), len(s)))
     elif all(o.name in ("linalg.fill", "tensor.empty") for o in ops):
@@ -1327,6 +1336,7 @@ def analyze_colreduce(tile) -> ColReduction:
     if len(ops) != 1 or ops[0].name != "linalg.generic":
         raise _Unsupported("colreduce takes one linalg.generic (and fills)")
     op = ops[0]
+    _reject_gathers(ops)
     for f in tile.computation:
         if f.name == "linalg.fill" and (len(list(f.results[0].uses)) != 1 or
                                         f.results[0] not in list(op.operands)):
