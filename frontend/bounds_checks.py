@@ -11,7 +11,7 @@ This rewrite keeps the check and moves it out of the kernel. For each ``linalg.g
 function's top level that holds asserts:
 
 1. a new ``linalg.generic`` over the same iteration space reduces the asserted conditions to a
-   0-d ``i8`` flag, 1 where any condition fails (``out | !(c1 & c2 & ...)``): the ops that
+   0-d ``i32`` flag, nonzero where any condition fails (``out | (c1 & c2 & ... ? 0 : code)``): the ops that
    compute the conditions are cloned from the body, reading the same inputs through the same
    indexing maps;
 2. the asserts are erased and every ``tensor.extract`` of the body whose index is computed from
@@ -43,7 +43,7 @@ INDEXING_OP = re.compile(r"torch\.aten\.(embedding\w*|gather|index_select|index\
 
 @dataclass(frozen=True)
 class IndexCheck:
-    """A function result that is a bounds-check flag (0-d ``i8``: nonzero = an index was out).
+    """A function result that is a bounds-check flag (0-d ``i32``: nonzero = an index was out).
 
     ``result`` is the position among the function's results; ``message`` says which op and
     which bound; ``location`` is the user's ``file:line`` (or None).
@@ -95,7 +95,7 @@ def rewrite(module, ir, dialects, op_names: dict[str, list[str]], where) -> list
                 by_generic.setdefault(generic, []).append(op)
         added = []
         for generic, asserts in by_generic.items():
-            flag, bound = _flag_generic(generic, asserts, ir, dialects)
+            flag, bound = _flag_generic(generic, asserts, len(flags) + 1, ir, dialects)
             _clamp_extracts(generic, ir, dialects)
             for a in asserts:
                 a.erase()
@@ -151,8 +151,11 @@ def _backward_slice(block, roots) -> list:
     return [op.operation for op in block.operations if op.operation in needed]
 
 
-def _flag_generic(generic, asserts, ir, d):
-    """Build the flag reduction before ``generic``; return (its 0-d result, bound text)."""
+def _flag_generic(generic, asserts, code: int, ir, d):
+    """Build the flag reduction before ``generic``; return (its 0-d result, bound text).
+
+    The flag is ``code`` where a condition fails (0 where none does): every check of a function
+    gets its own code, so that ``cse`` never merges two flags into one value returned twice."""
     arith, linalg, tensor = d["arith"], d["linalg"], d["tensor"]
     body = generic.regions[0].blocks[0]
     n_inputs = len(generic.operands) - len(generic.results)
@@ -168,11 +171,11 @@ def _flag_generic(generic, asserts, ir, d):
         used = sorted(set(used) | set(range(n_inputs, len(generic.operands))))
         dims = sorted({int(x) for i in used for x in _DIM.findall(maps[i].split("->")[1])})
     renumber = {old: new for new, old in enumerate(dims)}
-    i1, i8 = ir.IntegerType.get_signless(1), ir.IntegerType.get_signless(8)
+    i1, i32 = ir.IntegerType.get_signless(1), ir.IntegerType.get_signless(32)
     loc = generic.location
     with loc, ir.InsertionPoint(generic):
-        init = tensor.EmptyOp([], i8).result
-        zero = arith.ConstantOp(i8, ir.IntegerAttr.get(i8, 0)).result
+        init = tensor.EmptyOp([], i32).result
+        zero = arith.ConstantOp(i32, ir.IntegerAttr.get(i32, 0)).result
         filled = linalg.fill(zero, outs=[init])
         new_maps = [_compact_map(maps[i], renumber, ir) for i in used]
         new_maps.append(ir.AffineMapAttr.get(ir.AffineMap.get(len(dims), 0, [])))
@@ -180,7 +183,7 @@ def _flag_generic(generic, asserts, ir, d):
             [ir.Attribute.parse("#linalg.iterator_type<reduction>")] * len(dims))
         flag = linalg.GenericOp([init.type], [generic.operands[i] for i in used], [filled],
                                 ir.ArrayAttr.get(new_maps), iterators)
-        arg_types = [body.arguments[i].type for i in used] + [i8]
+        arg_types = [body.arguments[i].type for i in used] + [i32]
         block = flag.regions[0].blocks.append(*arg_types, arg_locs=[loc] * len(arg_types))
     mapping = {body.arguments[i]: block.arguments[k] for k, i in enumerate(used)}
     with loc, ir.InsertionPoint(block):
@@ -199,8 +202,9 @@ def _flag_generic(generic, asserts, ir, d):
         for c in conditions:
             c = mapping.get(c, c)
             ok = c if ok is None else arith.AndIOp(ok, c).result
-        true = arith.ConstantOp(i1, ir.IntegerAttr.get(i1, 1)).result
-        bad = arith.ExtUIOp(i8, arith.XOrIOp(ok, true).result).result
+        zero = arith.ConstantOp(i32, ir.IntegerAttr.get(i32, 0)).result
+        failed = arith.ConstantOp(i32, ir.IntegerAttr.get(i32, code)).result
+        bad = arith.SelectOp(ok, zero, failed).result
         linalg.YieldOp([arith.OrIOp(block.arguments[-1], bad).result])
     return flag.result, _bound_text(slice_ops, ir)
 

@@ -227,8 +227,8 @@ def _write_plan(plan, imported, target, producer):
 def _add_check(writer, imported, result: int) -> str:
     """The buffer of a bounds-check flag (the function's result ``result``), read after each call."""
     check = next(c for c in imported.checks if c.result == result)
-    name = writer.add_buffer(f"check{result}", 1)
-    writer.add_check(name, check.message, check.location)
+    name = writer.add_buffer(f"check{result}", 4)
+    writer.add_check(name, check.message, check.location, dtype="int32")
     return name
 
 

@@ -114,7 +114,7 @@ class ImportedProgram:
     ``mlir_text`` is the module as upstream MLIR text, with source locations (``loc(...)``) of
     the user's model code. The function ``func_name`` takes ``arguments`` in order: user inputs
     first, then weights (see :func:`import_module`). It returns ``results`` (the model's
-    outputs), then one 0-d ``i8`` flag per entry of ``checks`` (index bounds checks,
+    outputs), then one 0-d ``i32`` flag per entry of ``checks`` (index bounds checks,
     :mod:`.bounds_checks`): a program must report a set flag, not return the outputs.
     """
 
