@@ -354,8 +354,13 @@ def _classify_placeholders(
     """
     signature = program.graph_signature
     for spec in signature.output_specs:
-        if spec.kind in (OutputKind.BUFFER_MUTATION, OutputKind.USER_INPUT_MUTATION,
-                         OutputKind.PARAMETER_MUTATION):
+        if spec.kind == OutputKind.USER_INPUT_MUTATION:
+            raise QuartetError(
+                f"{type(module).__name__} writes its input '{spec.target}' in place; a Quartet "
+                "program never writes its inputs (compute a new tensor: x = x + y, not x += y)",
+                _module_location(module),
+            )
+        if spec.kind in (OutputKind.BUFFER_MUTATION, OutputKind.PARAMETER_MUTATION):
             raise QuartetError(
                 f"{type(module).__name__} mutates '{spec.target}' in forward; Quartet compiles "
                 "inference graphs (call .eval() first, or do not update state in forward)",

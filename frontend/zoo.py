@@ -246,7 +246,10 @@ class FirstOutput(nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, return_dict=False)[0]
+        # an explicit all-ones mask, as tokenizers give: without one, causal models look for
+        # packed sequences in the position ids (a cumsum, which torch-mlir cannot lower)
+        mask = torch.ones_like(input_ids)
+        return self.model(input_ids=input_ids, attention_mask=mask, return_dict=False)[0]
 
 
 _TINY_TEXT = dict(vocab=96, tokens=8)
