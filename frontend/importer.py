@@ -279,14 +279,20 @@ def _batch_norm_inference(x, weight, bias, mean, var, momentum, eps):
     the stock kernel in eval mode.
     """
     vector_type = torch.float32 if mean.dtype in (torch.float16, torch.bfloat16) else mean.dtype
-    scale = torch.rsqrt(var.to(vector_type) + eps)
+
+    def vector(v):
+        return v if v.dtype == vector_type else v.to(vector_type)
+
+    def activation(v):
+        v = v.reshape([1, -1] + [1] * (x.dim() - 2))
+        return v if v.dtype == x.dtype else v.to(x.dtype)
+
+    scale = torch.rsqrt(vector(var) + eps)
     if weight is not None:
-        scale = scale * weight.to(vector_type)
-    shift = -mean.to(vector_type) * scale
-    if bias is not None:
-        shift = shift + bias.to(vector_type)
-    shape = [1, -1] + [1] * (x.dim() - 2)
-    out = x * scale.to(x.dtype).reshape(shape) + shift.to(x.dtype).reshape(shape)
+        scale = scale * vector(weight)
+    shift = vector(mean) * scale
+    shift = -shift if bias is None else vector(bias) - shift
+    out = x * activation(scale) + activation(shift)
     empty = x.new_zeros((0,))
     return out, empty, empty
 

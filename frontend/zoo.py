@@ -331,7 +331,7 @@ class ZooModel:
         if self.library == "transformers":
             model.config._attn_implementation = "eager"   # attention spelled out, op by op
             model = FirstOutput(model)
-        randomize(model.to(torch.float64), seed)
+        randomize(model, seed)
         return model.to(dtype).eval()
 
     def inputs(self, *, tiny: bool = False, batch: int = 1, seed: int = 0,
