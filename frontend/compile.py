@@ -18,6 +18,7 @@ again elsewhere with ``quartet.runtime.load(path)``, which needs neither MLIR no
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -113,6 +114,17 @@ def compile_to_artifact(module, example_inputs, *, pipeline: str = "roller",
     return writer, result, text
 
 
+def cpu_opt_level() -> int:
+    """LLVM's optimisation level for the CPU target: ``QUARTET_CPU_OPT_LEVEL`` (0-3), else 2.
+
+    Level 0 compiles several times faster (the zoo tests use it to check numerics within CI's
+    time); programs then run slower."""
+    text = os.environ.get("QUARTET_CPU_OPT_LEVEL", "2")
+    if text not in ("0", "1", "2", "3"):
+        raise QuartetError(f"QUARTET_CPU_OPT_LEVEL must be 0, 1, 2 or 3, not {text!r}")
+    return int(text)
+
+
 def _lower_cpu(mlir_module, imported, stop_after, producer):
     from quartet.lowering import cpu
     from quartet.runtime.artifact import ArtifactWriter
@@ -123,7 +135,7 @@ def _lower_cpu(mlir_module, imported, stop_after, producer):
     if stop_after == "llvm":
         cpu.lower_to_llvm(mlir_module.operation)
         return None, str(mlir_module)
-    spec = cpu.cpu_kernel(mlir_module)
+    spec = cpu.cpu_kernel(mlir_module, opt_level=cpu_opt_level())
     writer = ArtifactWriter("cpu", producer=_producer_text(producer))
     names = _add_arguments(writer, imported)
     outs = [writer.add_output(f"out{i}", r.shape, _numpy_dtype(r.dtype))

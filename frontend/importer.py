@@ -593,7 +593,33 @@ def _import_to_linalg(gm: torch.fx.GraphModule, func_name: str) \
     flags = _rewrite_bounds_checks(module, op_names)
     _check_upstream_only(module)
     _check_loops(module)
-    return module.operation.get_asm(enable_debug_info=True), flags
+    return _inline_small_resources(module.operation.get_asm(enable_debug_info=True)), flags
+
+
+_RESOURCE = re.compile(r'^\s*([\w.$-]+): "0x([0-9A-Fa-f]+)",?$', re.MULTILINE)
+_INLINE_LIMIT = 1 << 16   # bytes
+
+
+def _inline_small_resources(text: str) -> str:
+    """``dense_resource<name>`` constants that torch-mlir's lowering makes (e.g. the index
+    tensors of a grouped convolution; never the weights, which are arguments) -> ``dense<"0x..">``
+    literals, so that every later stage can read their values (the GPU host plan stores tensor
+    constants as weights; issue 16, ConvNeXt). A blob's first 4 bytes are its alignment."""
+    start = text.find("{-#")
+    if start < 0:
+        return text
+    body, resources = text[:start], text[start:]
+    kept = []
+    for m in _RESOURCE.finditer(resources):
+        name, blob = m.group(1), m.group(2)
+        if len(blob) // 2 - 4 > _INLINE_LIMIT:
+            kept.append(m.group(0))
+            continue
+        body = body.replace(f"dense_resource<{name}>", f'dense<"0x{blob[8:]}">')
+    if kept:
+        return body + "{-#\n  dialect_resources: {\n    builtin: {\n" + \
+            ",\n".join(k.rstrip(",") for k in kept) + "\n    }\n  }\n#-}\n"
+    return body
 
 
 def _rewrite_bounds_checks(module, op_names) -> list[tuple[str, str | None]]:
