@@ -235,6 +235,9 @@ def _outline_data_movement(fn: ir.Operation) -> None:
             _gather_tile(op, *_pad_gather(op))
         elif op.name == "tensor.extract_slice" and contiguous_slice(op) is None:
             _gather_tile(op, *_slice_gather(op))
+        elif op.name == "tensor.concat":       # lowering/concat.py (issue 16)
+            from .concat import outline_concat
+            outline_concat(op)
 
 
 def _slice_gather(op) -> tuple[list, list, str | None]:
@@ -758,7 +761,7 @@ def lower_module_plans(module, target: str = "sm_90", emit: str = "bin") \
 
 def _check_host_before_prepare(fn) -> None:
     for op in _host_ops(fn.operation):
-        if op.name not in _HOST_OK and op.name not in ("tensor.pad", "tensor.yield"):
+        if op.name not in _HOST_OK and op.name not in ("tensor.pad", "tensor.yield", "tensor.concat"):
             raise QuartetError(f"'{op.name}' outside a quartet.tile cannot be lowered for the "
                                f"GPU (host code holds tiles, constants, views, scalar "
                                f"predicates, scf.while and scf.if)", location_of(op))
