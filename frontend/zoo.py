@@ -230,7 +230,6 @@ def _swin_t(tv, tiny):
 
 
 _IMAGE = {"tiny": 32, "full": 224}
-_IMAGE_TINY = {"swin_t": 32, "googlenet": 32, "vit_b_16": 32}
 
 
 # ------------------------------------------------------------------------------------------
@@ -322,28 +321,37 @@ class ZooModel:
     make: Callable[[object, bool], nn.Module]
     title: str
 
-    def module(self, *, tiny: bool = False, seed: int = 0,
-               dtype: torch.dtype = torch.float32) -> nn.Module:
-        """The model in eval mode with weights from ``seed`` (see :func:`randomize`)."""
+    def construct(self, *, tiny: bool = False) -> nn.Module:
+        """The model as its library builds it (weights as the library initialises them)."""
         lib = import_torchvision() if self.library == "torchvision" else import_transformers()
-        torch.manual_seed(seed)       # whatever the constructor draws before we overwrite it
         model = self.make(lib, tiny)
         if self.library == "transformers":
             model.config._attn_implementation = "eager"   # attention spelled out, op by op
             model = FirstOutput(model)
-        randomize(model, seed)
+        return model.eval()
+
+    def module(self, *, tiny: bool = False, seed: int = 0,
+               dtype: torch.dtype = torch.float32) -> nn.Module:
+        """The model in eval mode with weights from ``seed`` (see :func:`randomize`)."""
+        torch.manual_seed(seed)       # whatever the constructor draws before we overwrite it
+        model = randomize(self.construct(tiny=tiny), seed)
         return model.to(dtype).eval()
+
+    def input_shape(self, *, tiny: bool = False, batch: int = 1) -> tuple[int, ...]:
+        if self.library == "torchvision":
+            size = _IMAGE["tiny" if tiny else "full"]
+            return (batch, 3, size, size)
+        return (batch, (_TINY_TEXT if tiny else _FULL_TEXT)["tokens"])
 
     def inputs(self, *, tiny: bool = False, batch: int = 1, seed: int = 0,
                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, ...]:
-        """Random inputs: images ``[batch, 3, S, S]`` or token ids ``[batch, tokens]``."""
+        """Random inputs: images ``[batch, 3, S, S]`` or token ids ``[batch, tokens]`` (ids below
+        the tiny vocabulary, or below 1000)."""
         g = torch.Generator().manual_seed(seed)
+        shape = self.input_shape(tiny=tiny, batch=batch)
         if self.library == "torchvision":
-            size = 32 if tiny else 224
-            return (torch.randn(batch, 3, size, size, generator=g).to(dtype),)
-        tokens = _TINY_TEXT["tokens"] if tiny else _FULL_TEXT["tokens"]
-        vocab = _TINY_TEXT["vocab"] if tiny else 1000
-        return (torch.randint(0, vocab, (batch, tokens), generator=g),)
+            return (torch.randn(shape, generator=g).to(dtype),)
+        return (torch.randint(0, _TINY_TEXT["vocab"] if tiny else 1000, shape, generator=g),)
 
 
 ZOO: dict[str, ZooModel] = {m.name: m for m in (
