@@ -79,3 +79,17 @@ def test_tiny_model_compiles_for_sm_90(name):
     model, inputs = zoo.build(name, tiny=True)
     compiled = quartet_compile(model, inputs, target="sm_90")
     assert compiled.manifest.kernels and compiled.manifest.target == "sm_90"
+
+
+def test_benchmark_zoo_rows_are_the_zoo_at_full_size():
+    from bench import suite
+
+    assert {w.name for w in suite.select("zoo")} == \
+        {f"zoo_{n}_b{b}" for n in MODELS for b in (1, 32)}
+    assert not any(w.name.startswith("zoo_") for w in suite.select(None))   # only when asked
+    bert = suite.get("zoo_bert_b32")
+    assert bert.sizes_for()["shape"] == (32, 128) and bert.dtype == torch.float16
+    ids, = bert.inputs(5, tiny=True)
+    assert ids.dtype == torch.int64 and 0 <= int(ids.min()) and int(ids.max()) < 96
+    a, b = bert.module(7, tiny=True), bert.module(7, tiny=True)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
