@@ -85,14 +85,18 @@ def _check_target(target: str) -> None:
 
 def compile_to_artifact(module, example_inputs, *, pipeline: str = "roller",
                         target: str = "sm_90", stop_after: str | None = None,
-                        producer: dict | None = None):
-    """Compile; return ``(ArtifactWriter or None, CompileResult, text of stop_after stage)``."""
+                        producer: dict | None = None, imported=None):
+    """Compile; return ``(ArtifactWriter or None, CompileResult, text of stop_after stage)``.
+
+    ``imported``: the :func:`import_linalg` result of ``module`` when the caller has it already
+    (compiling one model for several targets imports it once)."""
     if stop_after is not None and stop_after not in STAGES:
         raise QuartetError(f"unknown stage '{stop_after}' (stages: {', '.join(STAGES)})")
     _check_target(target)
     result = CompileResult(target, pipeline)
     t0 = time.perf_counter()
-    imported = import_linalg(module, example_inputs)
+    if imported is None:
+        imported = import_linalg(module, example_inputs)
     result.linalg = imported.text()
     result.seconds["import"] = time.perf_counter() - t0
     if stop_after == "linalg":

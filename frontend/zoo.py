@@ -31,6 +31,7 @@ extra.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import math
@@ -167,9 +168,12 @@ def _mobilenet_v3_large(tv, tiny):
     if not tiny:
         return tv.models.mobilenet_v3_large()
     setting, _ = _mobilenet_v3_conf("mobilenet_v3_large")
-    # chained blocks: a prefix is a model; [:7] has ReLU and hardswish blocks, with and
-    # without squeeze-excitation, strides 1 and 2
-    return MobileNetV3(setting[:7], last_channel=64, num_classes=10)
+    # one block of each kind: ReLU without squeeze-excitation (stride 1), ReLU with it and
+    # hardswish with it (stride 2 and 1), each reading the one before
+    blocks = [copy.copy(setting[i]) for i in (0, 3, 10)]
+    for before, block in zip(blocks, blocks[1:]):
+        block.input_channels = before.out_channels
+    return MobileNetV3(blocks, last_channel=64, num_classes=10)
 
 
 def _efficientnet_b0(tv, tiny):
@@ -177,8 +181,9 @@ def _efficientnet_b0(tv, tiny):
 
     if not tiny:
         return tv.models.efficientnet_b0()
-    setting, _ = _efficientnet_conf("efficientnet_b0", width_mult=1.0, depth_mult=1.0)
-    return EfficientNet(setting[:3], dropout=0.2, last_channel=64, num_classes=10)
+    # the first two stages, one block each: MBConv with expansion 1 and 6 (stride 1 and 2)
+    setting, _ = _efficientnet_conf("efficientnet_b0", width_mult=1.0, depth_mult=0.5)
+    return EfficientNet(setting[:2], dropout=0.2, last_channel=64, num_classes=10)
 
 
 def _convnext_tiny(tv, tiny):
@@ -193,9 +198,9 @@ def _googlenet(tv, tiny):
     from torchvision.models.googlenet import GoogLeNet
 
     model = GoogLeNet(num_classes=10 if tiny else 1000, aux_logits=False, init_weights=False)
-    if tiny:     # the stem and the first two inception blocks of stage 4, then the head
-        for name in ("inception4c", "inception4d", "inception4e", "maxpool4", "inception5a",
-                     "inception5b"):
+    if tiny:     # the stem, stage 3 and the first inception block of stage 4, then the head
+        for name in ("inception4b", "inception4c", "inception4d", "inception4e", "maxpool4",
+                     "inception5a", "inception5b"):
             setattr(model, name, nn.Identity())
         model.fc = nn.Linear(512, 10)
     return model

@@ -10,8 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from quartet.errors import QuartetError
 from quartet.frontend import zoo
-from quartet.frontend.compile import compile as quartet_compile
+from quartet.frontend.compile import CompiledModule, compile_to_artifact, import_linalg
 
 pytestmark = pytest.mark.zoo
 
@@ -23,13 +24,9 @@ except zoo.ZooUnavailable as e:       # a checkout without the zoo extra
 
 MODELS = list(zoo.ZOO)
 
-#: what does not compile for sm_90 yet, and why (docs/zoo.md has the full table); strict: a
-#: model that starts compiling fails here until it is taken off this list
-SM90_FAILS = {
-    "googlenet": "tensor.concat outside a tile is not lowered for the GPU",
-    "densenet121": "tensor.concat outside a tile is not lowered for the GPU",
-    "vit_b_16": "tensor.concat outside a tile is not lowered for the GPU",
-}
+#: what does not compile for sm_90 yet: model -> a regex of its error (docs/zoo.md has the
+#: table); a model that starts compiling fails here until it is taken off this list
+SM90_FAILS: dict[str, str] = {}
 
 
 @pytest.fixture(autouse=True)
@@ -57,28 +54,29 @@ def test_same_seed_same_weights_other_seed_other_weights():
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_tiny_model_matches_eager_on_cpu(name):
+def test_tiny_model_matches_eager_on_cpu_and_compiles_for_sm_90(name):
+    """One import, two targets: the CPU program against eager on two inputs, then sm_90."""
     model, inputs = zoo.build(name, tiny=True)
     other = zoo.get(name).inputs(tiny=True, seed=1)
     with torch.no_grad():
         want, want_other = model(*inputs), model(*other)
     assert not torch.allclose(want, want_other)          # the output depends on the input
-    compiled = quartet_compile(model, inputs, target="cpu")
+    imported = import_linalg(model, inputs)
+    writer, result, _ = compile_to_artifact(model, inputs, target="cpu", imported=imported)
+    compiled = CompiledModule(writer, result, name=name)
     for x, expected in ((inputs, want), (other, want_other)):
         got = torch.as_tensor(compiled(*x))
         scale = expected.abs().max()
         torch.testing.assert_close(got / scale, expected / scale, rtol=0, atol=2e-5)
     if zoo.get(name).library == "transformers":
         assert compiled.manifest.checks        # the embedding's bounds are checked
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=SM90_FAILS[n]))
-    if n in SM90_FAILS else n for n in MODELS])
-def test_tiny_model_compiles_for_sm_90(name):
-    model, inputs = zoo.build(name, tiny=True)
-    compiled = quartet_compile(model, inputs, target="sm_90")
-    assert compiled.manifest.kernels and compiled.manifest.target == "sm_90"
+    if name in SM90_FAILS:       # still failing: the reason must be the known one
+        with pytest.raises(QuartetError, match=SM90_FAILS[name]):
+            compile_to_artifact(model, inputs, target="sm_90", imported=imported)
+        return
+    writer, _, _ = compile_to_artifact(model, inputs, target="sm_90", imported=imported)
+    manifest = writer.manifest()
+    assert manifest.kernels and manifest.target == "sm_90"
 
 
 def test_benchmark_zoo_rows_are_the_zoo_at_full_size():
