@@ -591,6 +591,7 @@ def _import_to_linalg(gm: torch.fx.GraphModule, func_name: str) \
     _run_torch_mlir_pipeline(module, _LINALG_BACKEND_PIPELINE, "linalg lowering")
     _drop_superfluous_asserts(module)
     flags = _rewrite_bounds_checks(module, op_names)
+    _expand_integer_abs(module)
     _check_upstream_only(module)
     _check_loops(module)
     return _inline_small_resources(module.operation.get_asm(enable_debug_info=True)), flags
@@ -620,6 +621,22 @@ def _inline_small_resources(text: str) -> str:
         return body + "{-#\n  dialect_resources: {\n    builtin: {\n" + \
             ",\n".join(k.rstrip(",") for k in kept) + "\n    }\n  }\n#-}\n"
     return body
+
+
+def _expand_integer_abs(module) -> None:
+    """``math.absi x`` -> ``arith.maxsi(x, 0 - x)``: the NVVM conversion has no pattern for
+    ``math.absi`` (T5's relative position buckets take the absolute value of an integer)."""
+    from torch_mlir.dialects import arith
+
+    doomed = [op for op in _walk(module.operation) if op.name == "math.absi"]
+    with module.context:
+        for op in doomed:
+            x = op.operands[0]
+            with op.location, torch_ir.InsertionPoint(op):
+                zero = arith.ConstantOp(x.type, torch_ir.IntegerAttr.get(x.type, 0)).result
+                value = arith.MaxSIOp(x, arith.SubIOp(zero, x).result).result
+            op.results[0].replace_all_uses_with(value)
+            op.erase()
 
 
 def _rewrite_bounds_checks(module, op_names) -> list[tuple[str, str | None]]:

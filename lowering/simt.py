@@ -90,6 +90,16 @@ def _memref_of(t: ir.Type) -> ir.MemRefType:
     return ir.MemRefType.get(list(t.shape), t.element_type)
 
 
+def _read_by_live_op(barg) -> bool:
+    """Whether a body argument is read by an op whose value is used (the boolean widening
+    leaves a dead ``arith.trunci`` of the init behind)."""
+    for use in barg.uses:
+        owner = use.owner
+        if owner.name == "linalg.yield" or any(len(list(r.uses)) for r in owner.results):
+            return True
+    return False
+
+
 def _reject_gathers(generics) -> None:
     """Bodies are cloned with only constants from outside: a gather's ``tensor.extract`` of a
     captured table (embeddings, issue 16) is left to the fallback builder."""
@@ -683,6 +693,9 @@ class _RowEmitter:
                 return got.chunks[chunk]
             return _splat(got.value, V) if full else got.value
         if value not in self.inputs:
+            owner = _owner_op(value)    # a constant from outside (a widened boolean `true`)
+            if owner is not None and owner.name == "arith.constant":
+                return _const_like(owner.attributes["value"], value.type, V if full else None)
             raise _Unsupported("an operand that is neither computed in the tile nor an input")
         if full:
             return self.load_full(value, amap, chunk)
@@ -717,7 +730,7 @@ class _RowEmitter:
         args = []
         for i, (amap, v) in enumerate(zip(_maps(op), op.operands)):
             barg = block.arguments[i]
-            if i >= nin and (not use_inits or not len(list(barg.uses))):
+            if i >= nin and (not use_inits or not _read_by_live_op(barg)):
                 args.append(None)
                 continue
             if not len(list(barg.uses)):

@@ -73,3 +73,17 @@ def test_linalg_info_reads_generics_directly_and_generalises_named_ops_once():
     assert len(linalg_info._NAMED) == 1 and linalg_info.info(matmul) is first
     assert first.loop_ranges == (4, 16, 8) and first.name == "linalg.matmul"
     assert first.iterator_types == ("parallel", "parallel", "reduction")
+
+
+class IntegerAbs(nn.Module):
+    def forward(self, x):
+        return torch.abs(x - 3) * 2
+
+
+def test_integer_abs_is_expanded_and_compiles_for_sm_90():
+    x = torch.arange(8)
+    program = importer.import_module(IntegerAbs(), (x,))
+    assert "math.absi" not in program.mlir_text and "arith.maxsi" in program.mlir_text
+    np.testing.assert_array_equal(np.asarray(quartet_compile(IntegerAbs(), (x,), target="cpu")(x)),
+                                  (torch.abs(x - 3) * 2).numpy())
+    assert quartet_compile(IntegerAbs(), (x,), target="sm_90").manifest.kernels
