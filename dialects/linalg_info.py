@@ -1,9 +1,10 @@
 """What Quartet needs to know about a linalg op: its loops, indexing maps and operand shapes.
 
 The MLIR 22 Python bindings expose no ``LinalgOp`` interface (no ``getNumLoops``, no indexing
-maps on named ops), so this module asks upstream MLIR itself: it clones the op into a scratch
-module, runs ``linalg-generalize-named-ops`` and reads the ``linalg.generic`` that comes out.
-Results are cached by the op's printed form. Everything the Roller policy, the Welder tile
+maps on named ops), so for a named op this module asks upstream MLIR itself: it clones the op
+into a scratch module, runs ``linalg-generalize-named-ops`` and reads the ``linalg.generic``
+that comes out, once per kind of op (name, types, attributes). A ``linalg.generic`` carries all
+of it as attributes and is read directly. Everything the Roller policy, the Welder tile
 propagation and the lowerings know about an op's iteration space comes from here.
 """
 
