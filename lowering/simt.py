@@ -693,9 +693,6 @@ class _RowEmitter:
                 return got.chunks[chunk]
             return _splat(got.value, V) if full else got.value
         if value not in self.inputs:
-            owner = _owner_op(value)    # a constant from outside (a widened boolean `true`)
-            if owner is not None and owner.name == "arith.constant":
-                return _const_like(owner.attributes["value"], value.type, V if full else None)
             raise _Unsupported("an operand that is neither computed in the tile nor an input")
         if full:
             return self.load_full(value, amap, chunk)
