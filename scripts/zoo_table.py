@@ -86,6 +86,13 @@ def _versions() -> str:
     return ", ".join(f"{n} {version(n)}" for n in names)
 
 
+def _short_paths(text: str) -> str:
+    """``/any/venv/lib/python3.11/site-packages/torchvision/x.py`` -> ``torchvision/x.py``."""
+    import re
+
+    return re.sub(r"\S*site-packages/", "", text)
+
+
 def markdown(records: list[dict], targets: list[str], size: str, command: str) -> str:
     from quartet.frontend import zoo
 
@@ -121,7 +128,7 @@ def markdown(records: list[dict], targets: list[str], size: str, command: str) -
                 if "error" in r:
                     cell += f", error {r['error']:.1e}"
             else:
-                reasons.append(f"- **{name}**, {target}: {r['reason']}")
+                reasons.append(f"- **{name}**, {target}: {_short_paths(r['reason'])}")
                 cell += f" (see below)"
             cells.append(cell)
         lines.append(f"| {zoo.get(name).title} (`{name}`) | " + " | ".join(cells) + " |")
