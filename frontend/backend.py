@@ -7,7 +7,9 @@ and example inputs. The backend
    one-node ``GraphModule`` on tensors of the node's shapes and dtypes, through
    :func:`quartet.frontend.importer.import_module` (torch-mlir to linalg on tensors). The answer
    is cached by op, input shapes and dtypes and non-tensor arguments, for the whole process.
-   In-place ops and nodes on non-tensor values are never supported;
+   In-place ops on values made in the graph are first rewritten to their functional forms
+   (:mod:`.functionalize`); in-place ops left (on graph inputs or views) and nodes on
+   non-tensor values are never supported;
 2. partitions the graph into the largest supported, acyclic subgraphs with
    ``torch.fx.passes.infra.partitioner.CapabilityBasedPartitioner``;
 3. compiles each partition with :func:`quartet.compile` (target ``cpu`` for CPU tensors; for
@@ -46,6 +48,7 @@ from torch.fx.passes.operator_support import OperatorSupportBase
 from torch.fx.passes.utils.fuser_utils import fuse_by_partitions
 
 from quartet.errors import QuartetError
+from quartet.frontend.functionalize import AUGMENTED, functionalize_in_place
 
 BACKEND_NAME = "quartet"
 DEFAULT_CUDA_TARGET = "auto"   # the CUDA tensors' own GPU (frontend/target.py)
@@ -130,6 +133,10 @@ def op_name(node: torch.fx.Node, submodules=None) -> str:
 def _in_place(node: torch.fx.Node) -> bool:
     if node.kwargs.get("inplace") is True or "out" in node.kwargs:
         return True
+    if node.op == "call_function" and node.target in AUGMENTED:       # +=, &=, ...
+        return True
+    if node.op == "call_function" and node.target in vars(operator).values():
+        return False                                                   # operator.and_
     name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
     return isinstance(name, str) and name.endswith("_") and not name.endswith("__")
 
@@ -339,6 +346,7 @@ def _compile_graph(gm: torch.fx.GraphModule, tensors, opts: Options):
     else:
         target = "cpu"
 
+    functionalize_in_place(gm)     # relu_, +=, &= on values made in the graph: one partition
     support = QuartetSupport(gm)
     partitioner = CapabilityBasedPartitioner(gm, support, allows_single_node_partition=True)
     submodules = dict(gm.named_modules())

@@ -80,10 +80,12 @@ def _check_target(target: str) -> None:
 
 def compile_to_artifact(module, example_inputs, *, pipeline: str = "roller",
                         target: str = "auto", stop_after: str | None = None,
-                        producer: dict | None = None):
+                        producer: dict | None = None, imported=None):
     """Compile; return ``(ArtifactWriter or None, CompileResult, text of stop_after stage)``.
 
-    ``target="auto"``: where the example inputs are (frontend/target.py), printed once."""
+    ``target="auto"``: where the example inputs are (frontend/target.py), printed once.
+    ``imported``: the :func:`import_linalg` result of ``module`` when the caller has it already
+    (compiling one model for several targets imports it once)."""
     from quartet.frontend.checks import check_runs_eagerly
     from quartet.frontend.target import resolve_target
 
@@ -93,7 +95,8 @@ def compile_to_artifact(module, example_inputs, *, pipeline: str = "roller",
     _check_target(target)
     result = CompileResult(target, pipeline)
     t0 = time.perf_counter()
-    imported = import_linalg(module, example_inputs)
+    if imported is None:
+        imported = import_linalg(module, example_inputs)
     check_runs_eagerly(module, example_inputs, imported.mlir_text)
     result.linalg = imported.text()
     result.seconds["import"] = time.perf_counter() - t0
@@ -134,7 +137,9 @@ def _lower(mlir_module, imported, target, stop_after, producer):
         _, plans = host.lower_module_plans(mlir_module, target, emit="ptx")
         return None, "\n".join(use.kernel.binary.decode() for plan in plans.values()
                                for use in plan.launches)
-    return lower(mlir_module, target, arguments=_arguments(imported), producer=producer), None
+    checks = {c.result: (c.message, c.location) for c in imported.checks}
+    return lower(mlir_module, target, arguments=_arguments(imported), producer=producer,
+                 checks=checks), None
 
 
 def _arguments(imported) -> list:

@@ -10,7 +10,7 @@ says which original result repeats which kept one; the artifact then copies the 
 into the repeated ones after the kernel (a ``copy`` step). The GPU host plan already copies
 repeated results itself.
 
-Assumes the module holds the entry function ``func_name`` (the importer's ``forward``).
+Used by ``lower.py``'s CPU path on the function it lowers.
 """
 
 from __future__ import annotations
@@ -19,20 +19,10 @@ from mlir import ir
 from mlir.dialects import func
 
 
-def _entry(module, func_name: str):
-    for op in module.body.operations:
-        if (op.operation.name == "func.func"
-                and ir.StringAttr(op.attributes["sym_name"]).value == func_name):
-            return op
-    return None
-
-
-def merge_repeated_results(module, func_name: str = "forward") -> list[int]:
-    """Rewrite ``func_name`` to return each value once; return ``kept``: for every original
+def merge_repeated_results(fn) -> list[int]:
+    """Rewrite function ``fn`` to return each value once; return ``kept``: for every original
     result, the index (among the new results) of the value it is."""
-    fn = _entry(module, func_name)
-    if fn is None:
-        return []
+    fn = fn.operation
     block = fn.regions[0].blocks[0]
     ret = list(block.operations)[-1]
     values = list(ret.operands)
@@ -47,7 +37,7 @@ def merge_repeated_results(module, func_name: str = "forward") -> list[int]:
             unique.append(v)
     if len(unique) == len(values):
         return kept
-    with module.context, ret.location:
+    with fn.context, ret.location:
         ftype = ir.FunctionType(ir.TypeAttr(fn.attributes["function_type"]).value)
         new_type = ir.FunctionType.get(list(ftype.inputs), [v.type for v in unique])
         fn.attributes["function_type"] = ir.TypeAttr.get(new_type)

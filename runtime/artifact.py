@@ -24,9 +24,11 @@ import numpy as np
 from quartet.errors import QuartetError
 from quartet.runtime import dtypes
 from quartet.runtime.manifest import (
+    CHECKS_VERSION,
     FORMAT_VERSION,
     Buffer,
     BufferArg,
+    Check,
     FileEntry,
     Kernel,
     KernelArg,
@@ -88,6 +90,7 @@ class ArtifactWriter:
         self.weights: list[Weight] = []
         self.kernels: list[Kernel] = []
         self.program: list[Step] = []
+        self.checks: list[Check] = []
         self._binaries: dict[str, bytes] = {}
         self._weight_bytes = bytearray()
 
@@ -194,6 +197,11 @@ class ArtifactWriter:
         """Append steps (Launch, Copy, Memset, Loop, While, If) to the host program."""
         self.program.extend(steps)
 
+    def add_check(self, buffer: str, message: str, location: str | None = None,
+                  dtype: str = "int8", offset: int = 0) -> None:
+        """A flag read after every call: nonzero raises ``QuartetError(message, location)``."""
+        self.checks.append(Check(buffer, message, location, dtype, offset))
+
     # output ------------------------------------------------------------------------------------
 
     def files(self) -> dict[str, bytes]:
@@ -207,7 +215,7 @@ class ArtifactWriter:
         """The manifest of what was added so far, checked (QuartetError if inconsistent)."""
         files = self.files()
         m = Manifest(
-            version=FORMAT_VERSION,
+            version=CHECKS_VERSION if self.checks else FORMAT_VERSION,
             target=self.target,
             backend=self.backend,
             producer=self.producer,
@@ -218,6 +226,7 @@ class ArtifactWriter:
             kernels=tuple(self.kernels),
             program=tuple(self.program),
             files=tuple(FileEntry(n, len(d), sha256(d)) for n, d in sorted(files.items())),
+            checks=tuple(self.checks),
         )
         validate(m, "artifact writer")
         return m

@@ -5,7 +5,9 @@ buffer once, uploads the weights, loads every kernel and, with ``graph=True`` on
 the whole host program as one CUDA graph. Calling the program checks the inputs against the
 manifest (count, shape, element type), binds them, runs the host program on the caller's
 stream, and returns the outputs: torch tensors when any input was a torch tensor (on the GPU for
-the cuda backend), numpy arrays otherwise.
+the cuda backend), numpy arrays otherwise. A program with run-time ``checks`` (index bounds of
+embeddings and gathers) reads each flag after the run and raises a QuartetError naming the op
+and the user's source line instead of returning outputs.
 
 Binding. On the cuda backend without a graph, the caller's tensors are used in place: a CUDA
 torch input on the program's device that is contiguous and 16-byte aligned (kernels use 16-byte
@@ -165,12 +167,23 @@ class Program:
         bound = [self._bind_output(spec, call) for spec in specs]
         self._interpreter.rebind_all(call.bindings)
         self._run()
+        self._read_checks()
         outputs = [
             out if out is not None else self._fetch(spec, call) for out, spec in zip(bound, specs)
         ]
         if not call.use_torch or self.manifest.backend != "cuda":
             self.backend.synchronize()
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def _read_checks(self) -> None:
+        """Raise for the first run-time check (an index out of range) the run has set.
+
+        Reading a flag waits for the run (one synchronisation per call on the GPU, only in
+        programs that have checks); :meth:`bench` does not read them.
+        """
+        for c in self.manifest.checks:
+            if self.backend.read_scalar(self.addresses[c.buffer] + c.offset, c.dtype):
+                raise QuartetError(c.message, c.location or self._where)
 
     def bench(self, *inputs: Any, warmup: int = 3, repeat: int = 20, stream: Any = None) -> BenchResult:
         """Time the host program alone: inputs are bound once (in place where a call would bind
