@@ -164,11 +164,19 @@ def _write_plan(plan, imported, target, producer):
     writer = ArtifactWriter(target, producer=_producer_text(producer))
     arg_names = _add_arguments(writer, imported)
     storage: dict[str, str] = {}
+    # Outputs in the function's result order: the runtime returns them in manifest order, and
+    # the plan lists buffers in the order kernels write them (var_mean computes its mean first).
+    outputs = sorted((b for b in plan.buffers if b.kind == "output"), key=lambda b: b.index)
+    if [b.index for b in outputs] != list(range(len(imported.results))):
+        raise QuartetError(f"the host plan has outputs {[b.index for b in outputs]} for "
+                           f"{len(imported.results)} results")
+    for b in outputs:
+        storage[b.name] = writer.add_output(f"out{b.index}", b.shape, b.dtype)
     for b in plan.buffers:
         if b.kind == "input":
             storage[b.name] = arg_names[b.index]
         elif b.kind == "output":
-            storage[b.name] = writer.add_output(f"out{b.index}", b.shape, b.dtype)
+            continue
         elif b.kind == "weight":
             if b.data is None:
                 raise QuartetError(f"weight constant '{b.name}' has no readable data (a "

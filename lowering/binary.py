@@ -40,6 +40,7 @@ from mlir.passmanager import PassManager
 
 from quartet.errors import QuartetError, location_of
 
+from . import device_math
 from .kernel import KernelArg, KernelSpec
 
 
@@ -355,6 +356,8 @@ def _binaries(outlined: ir.Module, target: Target, emit: str, toolkit: str | Non
             single.operation.attributes["gpu.container_module"] = ir.UnitAttr.get()
             with ir.InsertionPoint(single.body):
                 op.operation.clone()
+            if tgt.is_nvidia:
+                device_math.legalize(single)
             text = str(single)
             key = hashlib.sha256(
                 f"{tgt}|{emit}|{toolkit}|{opt_level}|{fast_math}|{text}".encode()).hexdigest()
