@@ -170,8 +170,9 @@ def _write_plan(plan, imported, target, producer):
     if [b.index for b in outputs] != list(range(len(imported.results))):
         raise QuartetError(f"the host plan has outputs {[b.index for b in outputs]} for "
                            f"{len(imported.results)} results")
-    for b in outputs:
-        storage[b.name] = writer.add_output(f"out{b.index}", b.shape, b.dtype)
+    for b in outputs:      # the imported result's type: uint8 where the kernels see i8
+        storage[b.name] = writer.add_output(f"out{b.index}", b.shape,
+                                            _numpy_dtype(imported.results[b.index].dtype))
     for b in plan.buffers:
         if b.kind == "input":
             storage[b.name] = arg_names[b.index]

@@ -51,6 +51,7 @@ from torch_mlir.dialects import torch as torch_d
 from torch_mlir.extras.fx_importer import ContextCache, FxImporter
 from torch_mlir.ir import Location
 
+from . import guards
 from .control_flow import ControlFlowGraphNodeImporter
 
 # The dialects a Quartet program in linalg form may hold.
@@ -588,8 +589,9 @@ def import_module(
     placeholders = _classify_placeholders(module, program)
     gm = program.graph_module
     _reject_dynamic_shapes(gm)
+    boundary = guards.prepare_graph(gm, node_location)   # refusals, uint8 (issue 18)
     _reorder_placeholders(gm.graph, placeholders)
-    text = _import_to_linalg(gm, func_name)
+    text = guards.translating_torch_mlir_errors(_import_to_linalg, gm, func_name)
 
     with mlir_ir.Context() as ctx:
         try:
@@ -601,7 +603,8 @@ def import_module(
                     and mlir_ir.StringAttr(op.attributes["sym_name"]).value == func_name)
         ftype = mlir_ir.FunctionType(mlir_ir.TypeAttr(func.attributes["function_type"]).value)
         arg_types = [_type_info(t) for t in ftype.inputs]
-        results = [TensorResult(*_type_info(t)) for t in ftype.results]
+        results = [TensorResult(*boundary.result_type(i, *_type_info(t)))
+                   for i, t in enumerate(ftype.results)]
 
     if len(arg_types) != len(placeholders):
         raise RuntimeError(
@@ -610,5 +613,6 @@ def import_module(
     arguments = []
     for i, (p, (shape, dtype)) in enumerate(zip(placeholders, arg_types)):
         value = None if p.value is None else _to_numpy(p.value)
+        shape, dtype = boundary.argument_type(p.node, shape, dtype)
         arguments.append(FunctionArgument(i, p.kind, p.name, shape, dtype, value))
     return ImportedProgram(text, func_name, arguments, results)
