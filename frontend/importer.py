@@ -51,7 +51,7 @@ from torch_mlir.dialects import torch as torch_d
 from torch_mlir.extras.fx_importer import ContextCache, FxImporter
 from torch_mlir.ir import Location
 
-from . import guards
+from . import decompositions, guards
 from .control_flow import ControlFlowGraphNodeImporter
 
 # The dialects a Quartet program in linalg form may hold.
@@ -269,6 +269,7 @@ def _decomposition_table():
 
     table = dict(get_decomposition_table())
     table[torch.ops.aten.var_mean.correction] = _var_mean_same_precision
+    table.update(decompositions.overrides())      # frontend/decompositions.py (issue 18)
     return table
 
 
