@@ -147,7 +147,7 @@ def _lower_gpu(mlir_module, imported, target, stop_after, producer):
         _, plans = gpu.lower_module_plans(mlir_module, target, emit="ptx")
         return None, "\n".join(launch.kernel.binary.decode() for plan in plans.values()
                                for launch in plan.launches)
-    _, plans = gpu.lower_module_plans(mlir_module, target)
+    _, plans = gpu.lower_module_plans(mlir_module, target, entry=imported.func_name)
     if len(plans) != 1:
         raise QuartetError(f"expected one function with tiles, found {len(plans)}")
     plan = next(iter(plans.values()))

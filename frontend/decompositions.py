@@ -10,11 +10,25 @@ of the op is wrong or missing:
   ``x/2 * (1 + erf(x / sqrt 2))`` as before. Half-precision inputs are computed in float32 and
   rounded once, as eager does.
 
+* ``aten.cumsum``, ``aten.cumprod``, ``aten.logcumsumexp``: torch-mlir lowers the first two to
+  ``tm_tensor.scan`` (outside linalg; the last it does not lower at all). As scans over a
+  triangular mask, ``out[..., i] = reduce_j<=i x[..., j]`` (a ``where`` and a sum / product /
+  logsumexp along a new axis), they are plain linalg that every target takes. The cost is
+  quadratic in the scanned extent: up to :data:`SCAN_LIMIT` elements, and up to
+  :data:`SCAN_VOLUME` elements of the masked intermediate; longer scans keep the op (and are
+  refused, as before). Position ids in transformers (a cumsum over a sequence) are well within.
+* every op torch-mlir has no torch-dialect op for (``addmv``, ``hypot``, ``dist``,
+  ``narrow_copy``, ``nextafter``, special functions such as ``i0``, ``erfc``, ``lgamma``) and
+  PyTorch has a decomposition for (``torch._decomp.decomposition_table``): the importer would
+  otherwise emit a ``torch.operator`` and refuse the model. Ops torch-mlir knows keep its own
+  lowering (its table comes first).
+
 Assumes: applied through ``ExportedProgram.run_decompositions`` (functional ATen graphs).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -36,6 +50,78 @@ def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     return out.to(x.dtype)
 
 
-def overrides() -> dict:
-    """ATen overload -> decomposition, to update torch-mlir's decomposition table with."""
-    return {_aten.gelu.default: gelu}
+SCAN_LIMIT = 4096
+SCAN_VOLUME = 1 << 24
+
+
+def _scan(x: torch.Tensor, dim: int, fill, reduce):
+    """``reduce`` over the last axis of ``where(j <= i, x[..., None, j], fill)``, or
+    NotImplemented (keep the op) when the scan is too long."""
+    if x.dim() == 0:
+        return x.clone()
+    dim = dim % x.dim()
+    n = x.shape[dim]
+    if n > SCAN_LIMIT or x.numel() * n > SCAN_VOLUME:
+        return NotImplemented
+    moved = x.movedim(dim, -1)
+    index = torch.arange(n, device=x.device)
+    mask = index.unsqueeze(0) <= index.unsqueeze(1)           # [i, j]: j <= i
+    masked = torch.where(mask, moved.unsqueeze(-2), fill)     # [..., i, j]
+    return reduce(masked).movedim(-1, dim)
+
+
+def _scan_input(x: torch.Tensor, dtype) -> torch.Tensor:
+    if dtype is not None:
+        return x.to(dtype)
+    if not (x.is_floating_point() or x.is_complex()):
+        return x.to(torch.int64)       # torch accumulates integers and booleans in int64
+    return x
+
+
+def cumsum(x, dim, dtype=None):
+    x = _scan_input(x, dtype)
+    return _scan(x, dim, 0, lambda m: m.sum(-1))
+
+
+def cumprod(x, dim, dtype=None):
+    x = _scan_input(x, dtype)
+    return _scan(x, dim, 1, lambda m: m.prod(-1))
+
+
+def logcumsumexp(x, dim):
+    return _scan(x, dim, float("-inf"), lambda m: torch.logsumexp(m, -1))
+
+
+def _torch_mlir_name(op) -> str:
+    base = "torch." + op._schema.name.replace("::", ".")
+    return base if op._overloadname == "default" else f"{base}.{op._overloadname}"
+
+
+@functools.lru_cache(maxsize=1)
+def for_ops_torch_mlir_lacks() -> dict:
+    """PyTorch's decompositions of the ATen ops that torch-mlir's dialect does not have."""
+    from torch._decomp import decomposition_table
+    from torch_mlir import ir as torch_ir
+    from torch_mlir.dialects import torch as torch_d
+
+    context = torch_ir.Context()
+    torch_d.register_dialect(context)
+    found = {}
+    for op, fn in decomposition_table.items():
+        if not isinstance(op, torch._ops.OpOverload) or op.namespace != "aten" or \
+                op._overloadname.endswith("out") or "backward" in op._schema.name:
+            continue
+        if not context.is_registered_operation(_torch_mlir_name(op)):
+            found[op] = fn
+    return found
+
+
+def overrides(base: dict) -> dict:
+    """ATen overload -> decomposition, to update torch-mlir's table ``base`` with: ours, and
+    PyTorch's for ops torch-mlir lacks that ``base`` does not decompose."""
+    table = {op: fn for op, fn in for_ops_torch_mlir_lacks().items() if op not in base}
+    table[_aten.gelu.default] = gelu
+    table[_aten.cumsum.default] = cumsum
+    table[_aten.cumprod.default] = cumprod
+    table[_aten.logcumsumexp.default] = logcumsumexp
+    return table

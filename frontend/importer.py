@@ -269,7 +269,7 @@ def _decomposition_table():
 
     table = dict(get_decomposition_table())
     table[torch.ops.aten.var_mean.correction] = _var_mean_same_precision
-    table.update(decompositions.overrides())      # frontend/decompositions.py (issue 18)
+    table.update(decompositions.overrides(table))    # frontend/decompositions.py (issue 18)
     return table
 
 

@@ -161,15 +161,16 @@ def _shape(t: ir.Type) -> tuple[int, ...]:
 # Preparation: byte booleans, data movement as tiles
 
 
-def prepare(module) -> None:
-    """Make ``module`` ready for kernels, in place (see the module docstring)."""
+def prepare(module, entry: str | None = None) -> None:
+    """Make ``module`` ready for kernels, in place (see the module docstring); ``entry``: a
+    function prepared even without tiles (a program that only copies or views)."""
     from . import cpu_i1
 
     op = module.operation if hasattr(module, "operation") else module
     with op.context, ir.Location.unknown():
         cpu_i1.widen_bool_tensors(op)
         for fn in op.regions[0].blocks[0].operations:
-            if fn.operation.name == "func.func" and _tiles_of(fn):
+            if fn.operation.name == "func.func" and (_tiles_of(fn) or _named(fn, entry)):
                 _outline_data_movement(fn.operation)
 
 
@@ -395,11 +396,15 @@ def _check_host(fn) -> None:
                                    f"predicates", location_of(op))
 
 
+def _named(fn, name: str | None) -> bool:
+    return name is not None and ir.StringAttr(fn.operation.attributes["sym_name"]).value == name
+
+
 def lower_function(fn, target: str, module: ir.Module, compiled: list,
-                   emit: str = "bin") -> HostPlan | None:
+                   emit: str = "bin", entry: str | None = None) -> HostPlan | None:
     tiles = _tiles_of(fn)
     fname = ir.StringAttr(fn.operation.attributes["sym_name"]).value
-    if not tiles:
+    if not tiles and fname != entry:
         return None
     _check_host(fn)
     block = fn.regions[0].blocks[0]
@@ -720,9 +725,10 @@ def lower_module(module, target: str = "sm_90", emit: str = "bin") \
     return module, (next(iter(plans.values())) if plans else None)
 
 
-def lower_module_plans(module, target: str = "sm_90", emit: str = "bin") \
-        -> tuple[object, dict[str, HostPlan]]:
-    """Lower in place; return (module, {function name: HostPlan}).
+def lower_module_plans(module, target: str = "sm_90", emit: str = "bin",
+                       entry: str | None = None) -> tuple[object, dict[str, HostPlan]]:
+    """Lower in place; return (module, {function name: HostPlan}). Functions with tiles get a
+    plan, and so does the function ``entry`` without any (copies and views only).
 
     Kernels are built and compiled in a private Context holding a copy of the module: nested
     pass managers cannot run in the Context of a pass that is running (MLIR asserts while it is
@@ -733,12 +739,12 @@ def lower_module_plans(module, target: str = "sm_90", emit: str = "bin") \
     op = module.operation if hasattr(module, "operation") else module
     body = op.regions[0].blocks[0]
     fns = [o for o in body.operations if o.operation.name == "func.func"]
-    if not any(_tiles_of(fn) for fn in fns):
+    if not any(_tiles_of(fn) or _named(fn, entry) for fn in fns):
         return module, {}
     for fn in fns:     # report host ops the plan cannot take before compiling anything
-        if _tiles_of(fn):
+        if _tiles_of(fn) or _named(fn, entry):
             _check_host_before_prepare(fn)
-    prepare(op)
+    prepare(op, entry)
     compiled = _compile_all(op, target, emit)
     plans: dict[str, HostPlan] = {}
 
@@ -749,7 +755,7 @@ def lower_module_plans(module, target: str = "sm_90", emit: str = "bin") \
     holder.body = body
     with op.context, ir.Location.unknown():
         for fn in fns:
-            plan = lower_function(fn, target, holder, compiled, emit)
+            plan = lower_function(fn, target, holder, compiled, emit, entry)
             if plan is not None:
                 plans[plan.function] = plan
         op.attributes["gpu.container_module"] = ir.UnitAttr.get()

@@ -351,7 +351,11 @@ def worker() -> None:
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)
-        op = table[req["op"]]
+        op = table.get(req["op"])
+        if op is None:
+            print(json.dumps([asdict(Outcome(req["op"], req["dtype"], req["target"],
+                                             "nosample", "no such OpInfo"))]), flush=True)
+            continue
         try:
             if req["target"] == "cpu":
                 res = run_cpu_case(op, req["dtype"], req.get("samples", 1))
