@@ -19,7 +19,7 @@ out of it as a bare Python exception that names no op. This module stands in fro
   hashing, a bare ``AssertionError`` from an importer check.
 
 Whether the import should run in a child process instead is answered in
-``docs/operators.md`` ("Crashes and isolation"): it is not, by default.
+``docs/operators.md`` ("Crashes and isolation"): it does not (measured cost there).
 
 Assumes: an exported, functional ATen graph (``run_decompositions`` done) whose nodes carry
 fake tensors in ``meta["val"]``.
