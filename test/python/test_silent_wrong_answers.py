@@ -132,3 +132,39 @@ def test_copy_and_view_programs_build_for_the_gpu(name, tmp_path):
     assert len(writer.kernels) == (1 if name == "strided_slice" else 0)
     for got, want in zip(out, ref):
         np.testing.assert_array_equal(got, want.numpy())
+
+
+MULTI_RESULT = {
+    "var_mean": (lambda x: torch.var_mean(x, dim=1), [(3, 5)]),
+    "std_mean": (lambda x: torch.std_mean(x, dim=0), [(3, 5)]),
+    "native_layer_norm": (lambda x, w, b: torch.native_layer_norm(x, [3], w, b, 1e-5),
+                          [(2, 3), (3,), (3,)]),
+    "max_with_index": (lambda x: tuple(torch.max(x, dim=1)), [(4, 7)]),
+    "square": (lambda x: torch.square(x), [(20,)]),
+    "mse_loss_0d": (lambda x, y: torch.nn.functional.mse_loss(x, y), [(), ()]),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(MULTI_RESULT))
+def test_multi_result_and_power_ops_on_the_gpu(name):
+    """On a machine with MLIR and a GPU; on the GPU machine itself (no MLIR) the same ops run
+    through ``test/opinfo/run_gpu.py``."""
+    import quartet
+
+    fn, shapes = MULTI_RESULT[name]
+    torch.manual_seed(0)
+    xs = tuple(torch.randn(s) for s in shapes)
+    compiled = quartet.compile(_Fn(fn), xs, target="sm_90")
+    got = compiled(*[x.cuda() for x in xs])
+    got = got if isinstance(got, tuple) else (got,)
+    ref = fn(*[x.double() for x in xs])
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    assert len(got) == len(ref)
+    for g, r in zip(got, ref):
+        assert tuple(g.shape) == tuple(r.shape)
+        if r.is_floating_point():
+            np.testing.assert_allclose(g.cpu().double().numpy(), r.numpy(), rtol=1e-5,
+                                       atol=1e-5)
+        else:
+            np.testing.assert_array_equal(g.cpu().numpy(), r.numpy())
