@@ -1005,9 +1005,23 @@ def build_simt_kernel(tile, target, name: str = "kernel") -> ir.Module:
             else:
                 module, _ = build_fallback_kernel(tile, target, analysis, name)
         except _Unsupported as e:
-            raise QuartetError(f"no SIMT kernel for '{_root_name(tile)}': {e}",
-                               _loc(tile.operation)) from None
+            module = _fallback_instead(tile, target, name, kind)   # e.g. a body that gathers
+            if module is None:
+                raise QuartetError(f"no SIMT kernel for '{_root_name(tile)}': {e}",
+                                   _loc(tile.operation)) from None
         return module
+
+
+def _fallback_instead(tile, target, name: str, kind: str):
+    """The fallback kernel for a tile whose row or column-reduction analysis passed but whose
+    builder refused it (a body with ``linalg.index`` / ``tensor.extract``: flip, interpolate),
+    or None."""
+    if kind == "fallback":
+        return None
+    try:
+        return build_fallback_kernel(tile, target, analyze_fallback(tile), name)[0]
+    except _Unsupported:
+        return None
 
 
 def _root_name(tile) -> str:
