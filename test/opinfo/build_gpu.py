@@ -33,6 +33,11 @@ def main(argv=None) -> int:
     p.add_argument("--fresh", action="store_true")
     args = p.parse_args(argv)
     for dtype in args.dtype or DTYPES:
+        if args.fresh:        # no stale cases of this dtype for run_gpu.py to find
+            import shutil
+
+            for old in args.folder.glob(f"*/{dtype}"):
+                shutil.rmtree(old)
         cpu = args.results / f"cpu_{dtype}.jsonl"
         if not cpu.exists():
             print(f"no {cpu}: run test/opinfo/run.py --dtype {dtype} first")

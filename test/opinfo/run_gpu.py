@@ -43,13 +43,13 @@ def _load_case(folder: Path):
     return meta, inputs, eager, ref
 
 
-def _torch_inputs(inputs, dtypes):
+def _torch_inputs(inputs, dtypes, device="cuda"):
     import torch
 
     out = []
     for a, d in zip(inputs, dtypes):
         t = torch.from_numpy(np.ascontiguousarray(a))
-        out.append(t.to(getattr(torch, d)).cuda())
+        out.append(t.to(getattr(torch, d)).to(device))
     return out
 
 
@@ -62,14 +62,14 @@ def _numpy(t):
     return t.contiguous().numpy()
 
 
-def run_case(folder: Path) -> dict:
+def run_case(folder: Path, device: str = "cuda") -> dict:
     from quartet import runtime
 
     meta, inputs, eager, ref = _load_case(folder)
     row = {"op": meta["op"], "dtype": meta["dtype"], "sample": meta["sample"]}
     prog = runtime.load(folder / "program")
     try:
-        xs = _torch_inputs(inputs, meta["inputs"])
+        xs = _torch_inputs(inputs, meta["inputs"], device)
         out = prog(*xs)
         out = list(out) if isinstance(out, tuple) else [out]
         got = [_numpy(o) for o in out]

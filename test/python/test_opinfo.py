@@ -96,3 +96,32 @@ def test_operators_doc_is_generated_from_the_committed_results():
     done = subprocess.run([sys.executable, str(ROOT / "test" / "opinfo" / "report.py"),
                            "--check"], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_gpu_run_script_judges_a_built_case(pool, tmp_path, monkeypatch):
+    # run_gpu.py's plumbing without a GPU: a built case, its program replaced by one that
+    # returns eager's outputs (right), then one that returns them doubled (wrong).
+    import numpy as np
+    import torch
+
+    import quartet.runtime
+    import run_gpu
+
+    built = pool.run("abs", "float32", "sm_90", folder=str(tmp_path))[0]
+    assert built.outcome == "built"
+    case = tmp_path / built.built
+    eager = np.load(case / "case.npz")["eager0"]
+
+    class Fake:
+        def __init__(self, scale):
+            self.scale = scale
+
+        def __call__(self, *xs):
+            return torch.from_numpy(eager * self.scale)
+
+        def close(self):
+            pass
+
+    for scale, outcome in ((1.0, "right"), (2.0, "wrong")):
+        monkeypatch.setattr(quartet.runtime, "load", lambda path, s=scale: Fake(s))
+        assert run_gpu.run_case(case, device="cpu")["outcome"] == outcome
