@@ -14,6 +14,9 @@ out of it as a bare Python exception that names no op. This module stands in fro
   - unsigned types other than uint8 (``small_ints.check_unsigned``).
 * **uint8 semantics** kept by computing uint8 values as int16 (``small_ints.widen``), and
   the program boundary typed ``ui8`` where torch-mlir says ``i8`` (:class:`Boundary`).
+* **the op torch-mlir left unlowered** named in its refusals (:func:`name_unlowered_op`): when
+  a half-precision ``addbmm`` is not converted, torch-mlir's first error is about its operand
+  ``torch.constant.int``; the error now names ``torch.aten.addbmm``.
 * **torch-mlir's own exceptions** turned into QuartetErrors naming the op being imported
   (:func:`translating_torch_mlir_errors`): a ``KeyError: torch.uint64`` from its constant
   hashing, a bare ``AssertionError`` from an importer check.
@@ -151,3 +154,24 @@ def _node_being_imported(error: BaseException, gm: torch.fx.GraphModule):
             found = node
         tb = tb.tb_next
     return found
+
+
+_SYMPTOMS = ("'torch.constant.", "'torch.prim.ListConstruct'", "'torch_c.")
+
+
+def name_unlowered_op(module, error: QuartetError) -> QuartetError:
+    """``error`` (torch-mlir's lowering refusal), naming the first ``torch.aten`` op left in
+    ``module`` instead of an operand of it (a constant, a list) where it named one of those."""
+    if not any(s in error.message for s in _SYMPTOMS):
+        return error
+    from .importer import _walk, mlir_location
+
+    import re
+
+    operand = re.search(r"'([\w.]+)'", error.message).group(1)
+    for op in _walk(module.operation):
+        if op.name.startswith("torch.aten."):
+            return QuartetError(f"unsupported op '{op.name}': torch-mlir cannot lower it (it "
+                                f"stopped at its operand '{operand}')",
+                                mlir_location(op.location) or error.location)
+    return error

@@ -459,7 +459,7 @@ def _run_torch_mlir_pipeline(module, pipeline: str, stage: str) -> None:
         finally:
             handler.detach()
     if failure is not None or errors:
-        raise _lowering_error(errors, failure, stage)
+        raise guards.name_unlowered_op(module, _lowering_error(errors, failure, stage))
 
 
 _QUOTED_OP = re.compile(r"'((?:torch|aten|prim|tm_tensor|torch_c)\.[\w.]+)'")

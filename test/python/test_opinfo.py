@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "test" / "opinfo"))
 from harness import Pool, all_cases  # noqa: E402
 from known import is_known  # noqa: E402
 
-STRIDE = int(os.environ.get("QUARTET_OPINFO_STRIDE", "3"))
+STRIDE = int(os.environ.get("QUARTET_OPINFO_STRIDE", "4"))
 BUILD_STRIDE = 5 * STRIDE
 
 
