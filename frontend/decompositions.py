@@ -22,6 +22,11 @@ of the op is wrong or missing:
   otherwise emit a ``torch.operator`` and refuse the model. Ops torch-mlir knows keep its own
   lowering (its table comes first).
 
+* ``upcasting(ops)``: for ops torch-mlir refused to lower in float16/bfloat16 (half-precision
+  ``addbmm``: torch-mlir's own decomposition skips it), the op computed on float32 copies of its
+  half-precision tensors, results rounded back: what eager's kernels do internally. The importer
+  asks for it only after torch-mlir refused such an op (``guards.half_ops_to_upcast``).
+
 Assumes: applied through ``ExportedProgram.run_decompositions`` (functional ATen graphs).
 """
 
@@ -126,3 +131,34 @@ def overrides(base: dict) -> dict:
     table[_aten.cumprod.default] = cumprod
     table[_aten.logcumsumexp.default] = logcumsumexp
     return table
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _upcast(op):
+    import torch.utils._pytree as pytree
+
+    def run_in_float32(*args, **kwargs):
+        leaves = pytree.tree_leaves((args, kwargs))
+        half = next((t.dtype for t in leaves if isinstance(t, torch.Tensor)
+                     and t.dtype in _HALF), None)
+        if half is None:
+            return NotImplemented           # float32 (the call below): the op itself
+
+        def up(t):
+            return t.float() if isinstance(t, torch.Tensor) and t.dtype in _HALF else t
+
+        def down(t):
+            return t.to(half) if isinstance(t, torch.Tensor) and t.dtype == torch.float32 \
+                else t
+
+        a, k = pytree.tree_map(up, (args, kwargs))
+        return pytree.tree_map(down, op(*a, **k))
+
+    return run_in_float32
+
+
+def upcasting(ops) -> dict:
+    """Decompositions computing each of ``ops`` (ATen overloads) in float32 on half inputs."""
+    return {op: _upcast(op) for op in ops}

@@ -175,3 +175,27 @@ def name_unlowered_op(module, error: QuartetError) -> QuartetError:
                                 f"stopped at its operand '{operand}')",
                                 mlir_location(op.location) or error.location)
     return error
+
+
+def half_ops_to_upcast(error: QuartetError, gm: torch.fx.GraphModule) -> tuple:
+    """The ATen overloads of ``gm`` with half-precision tensors that ``error`` says torch-mlir
+    cannot lower (to be computed in float32: ``decompositions.upcasting``); () if none."""
+    import re
+
+    found = re.search(r"unsupported op 'torch\.aten\.([\w.]+)': torch-mlir cannot lower",
+                      error.message)
+    if found is None:
+        return ()
+    name = found.group(1)
+    ops = []
+    for g in [gm] + [c for c in gm.modules() if isinstance(c, torch.fx.GraphModule)]:
+        for node in g.graph.nodes:
+            if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+                continue
+            if node.target._schema.name.replace("aten::", "") != name.split(".")[0]:
+                continue
+            vals = [a.meta.get("val") for a in node.all_input_nodes]
+            if any(isinstance(v, torch.Tensor) and v.dtype in (torch.float16, torch.bfloat16)
+                   for v in vals) and node.target not in ops:
+                ops.append(node.target)
+    return tuple(ops)

@@ -264,22 +264,24 @@ def _var_mean_same_precision(x, dim=None, *, correction=None, keepdim=False):
     return var, mean
 
 
-def _decomposition_table():
+def _decomposition_table(upcast=()):
     from torch_mlir.extras.fx_decomp_util import get_decomposition_table
 
     table = dict(get_decomposition_table())
     table[torch.ops.aten.var_mean.correction] = _var_mean_same_precision
     table.update(decompositions.overrides(table))    # frontend/decompositions.py (issue 18)
+    table.update(decompositions.upcasting(upcast))
     return table
 
 
-def _export(module: torch.nn.Module, example_inputs: tuple) -> torch.export.ExportedProgram:
+def _export(module: torch.nn.Module, example_inputs: tuple,
+            upcast=()) -> torch.export.ExportedProgram:
     where = _module_location(module)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             program = torch.export.export(module, example_inputs, strict=False)
-            return program.run_decompositions(_decomposition_table())
+            return program.run_decompositions(_decomposition_table(upcast))
     except QuartetError:
         raise
     except Exception as e:  # torch.export raises many kinds; all mean "this model won't export"
@@ -566,7 +568,8 @@ def _type_info(t) -> tuple[tuple[int, ...], str]:
 
 
 def import_module(
-    module: torch.nn.Module, example_inputs: tuple, *, func_name: str = "forward"
+    module: torch.nn.Module, example_inputs: tuple, *, func_name: str = "forward",
+    _upcast: tuple = (),
 ) -> ImportedProgram:
     """Import ``module`` called on ``example_inputs`` to linalg on tensors.
 
@@ -586,13 +589,19 @@ def import_module(
                 _module_location(module),
             )
 
-    program = _export(module, example_inputs)
+    program = _export(module, example_inputs, _upcast)
     placeholders = _classify_placeholders(module, program)
     gm = program.graph_module
     _reject_dynamic_shapes(gm)
     boundary = guards.prepare_graph(gm, node_location)   # refusals, uint8 (issue 18)
     _reorder_placeholders(gm.graph, placeholders)
-    text = guards.translating_torch_mlir_errors(_import_to_linalg, gm, func_name)
+    try:
+        text = guards.translating_torch_mlir_errors(_import_to_linalg, gm, func_name)
+    except QuartetError as e:     # a half-precision op torch-mlir cannot lower: once in f32
+        upcast = () if _upcast else guards.half_ops_to_upcast(e, gm)
+        if not upcast:
+            raise
+        return import_module(module, example_inputs, func_name=func_name, _upcast=upcast)
 
     with mlir_ir.Context() as ctx:
         try:
