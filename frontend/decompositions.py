@@ -9,6 +9,10 @@ of the op is wrong or missing:
   float64). The decomposition uses the exact constants; half-precision inputs are computed in
   float32 and rounded once, as eager does. ``approximate="none"`` keeps torch-mlir's lowering.
 
+* ``aten.rms_norm``: exported as its composite form in the input's precision, a float16 sum of
+  squares overflows (inputs of a few hundred: inf, then rsqrt gives 0, every output 0, found by
+  the OpInfo test); eager computes it in float32. Decomposed in float32 for half inputs,
+  rounded once.
 * ``aten.cumsum``, ``aten.cumprod``, ``aten.logcumsumexp``: torch-mlir lowers the first two to
   ``tm_tensor.scan`` (outside linalg; the last it does not lower at all). As scans over a
   triangular mask, ``out[..., i] = reduce_j<=i x[..., j]`` (a ``where`` and a sum / product /
@@ -50,6 +54,17 @@ def gelu(x: torch.Tensor, approximate: str = "none"):
     y = _opmath(x)
     inner = math.sqrt(2.0 / math.pi) * (y + 0.044715 * (y * y * y))
     return (0.5 * y * (1.0 + torch.tanh(inner))).to(x.dtype)
+
+
+def rms_norm(x, normalized_shape, weight=None, eps=None):
+    dims = list(range(x.dim() - len(normalized_shape), x.dim()))
+    y = _opmath(x)
+    if eps is None:
+        eps = torch.finfo(x.dtype).eps
+    out = y * torch.rsqrt((y * y).mean(dims, keepdim=True) + eps)
+    if weight is not None:
+        out = out * _opmath(weight)
+    return out.to(x.dtype)
 
 
 SCAN_LIMIT = 4096
@@ -127,6 +142,7 @@ def overrides(base: dict) -> dict:
     PyTorch's for ops torch-mlir lacks that ``base`` does not decompose."""
     table = {op: fn for op, fn in for_ops_torch_mlir_lacks().items() if op not in base}
     table[_aten.gelu.default] = gelu
+    table[_aten.rms_norm.default] = rms_norm
     table[_aten.cumsum.default] = cumsum
     table[_aten.cumprod.default] = cumprod
     table[_aten.logcumsumexp.default] = logcumsumexp

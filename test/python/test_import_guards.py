@@ -171,3 +171,15 @@ def test_half_op_torch_mlir_cannot_lower_runs_in_float32():
     assert got.dtype == torch.float16
     eager = (torch.addbmm(*ADDBMM_HALF).double() - ref).abs().max().item()
     assert (got.double() - ref).abs().max().item() <= 2 * eager + 1e-3
+
+
+def test_rms_norm_in_float16_does_not_overflow():
+    # found by the OpInfo test: the sum of squares overflowed float16 (every output 0)
+    x = torch.tensor([[[43.25, 463.25, 671.0], [325.5, 782.0, 559.0]]], dtype=torch.float16)
+    w = torch.ones(1, 2, 3, dtype=torch.float16)
+
+    def fn(x, w):
+        return torch.nn.functional.rms_norm(x, (1, 2, 3), w, eps=0.5)
+
+    got = quartet.compile(_Fn(fn), (x, w), target="cpu")(x, w)
+    np.testing.assert_allclose(got.float().numpy(), fn(x.float(), w.float()).numpy(), rtol=2e-3)
