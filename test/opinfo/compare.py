@@ -5,7 +5,7 @@ Shared by the CPU differential test (``harness.py``, with MLIR) and the GPU run
 
 A float output is right when it is close to the float64 reference (the same op on the sample
 cast to float64) within the dtype's tolerance, or no further from it than a small multiple of
-eager's own distance (an op whose eager result in this dtype is itself far from float64, such
+eager's own largest distance (an op whose eager result in this dtype is itself far from float64, such
 as a sum of many float16 values, may be as far). Where the op has no float64 kernel, eager in the
 sample's dtype is the reference. Integer and boolean outputs must equal eager's exactly. NaN and
 infinities must sit where the reference has them.
@@ -73,7 +73,9 @@ def _judge_one(out: np.ndarray, eager: np.ndarray, ref64, dtype: str) -> str | N
         return None
     err = np.abs(out64[finite] - ref[finite])
     eager_err = np.abs(eager64[finite] - ref[finite])
-    allowed = np.maximum(atol + rtol * np.abs(ref[finite]), EAGER_SLACK * eager_err)
+    # eager's largest error, not its error at the same element: in float16 eager is exact at
+    # some elements by luck (avg_pool2d: a float32 sum rounded once, against a float16 sum)
+    allowed = np.maximum(atol + rtol * np.abs(ref[finite]), EAGER_SLACK * eager_err.max())
     if (err <= allowed).all():
         return None
     worst = int(np.argmax(err - allowed))
