@@ -13,6 +13,8 @@ of the op is wrong or missing:
   squares overflows (inputs of a few hundred: inf, then rsqrt gives 0, every output 0, found by
   the OpInfo test); eager computes it in float32. Decomposed in float32 for half inputs,
   rounded once.
+* ``argmax``/``argmin``/``amax``/``amin`` of a 0-d tensor (torch-mlir cannot lower them: its
+  error names their ``torch.constant.bool`` operand): the index 0, or the value itself.
 * ``aten.cumsum``, ``aten.cumprod``, ``aten.logcumsumexp``: torch-mlir lowers the first two to
   ``tm_tensor.scan`` (outside linalg; the last it does not lower at all). As scans over a
   triangular mask, ``out[..., i] = reduce_j<=i x[..., j]`` (a ``where`` and a sum / product /
@@ -65,6 +67,18 @@ def rms_norm(x, normalized_shape, weight=None, eps=None):
     if weight is not None:
         out = out * _opmath(weight)
     return out.to(x.dtype)
+
+
+def _arg_of_scalar(x, dim=None, keepdim=False):
+    if x.dim() != 0:
+        return NotImplemented
+    return torch.zeros((), dtype=torch.int64, device=x.device)
+
+
+def _extreme_of_scalar(x, dim=(), keepdim=False):
+    if x.dim() != 0:
+        return NotImplemented
+    return x.clone()
 
 
 SCAN_LIMIT = 4096
@@ -143,6 +157,10 @@ def overrides(base: dict) -> dict:
     table = {op: fn for op, fn in for_ops_torch_mlir_lacks().items() if op not in base}
     table[_aten.gelu.default] = gelu
     table[_aten.rms_norm.default] = rms_norm
+    for op in (_aten.argmax.default, _aten.argmin.default):
+        table[op] = _arg_of_scalar
+    for op in (_aten.amax.default, _aten.amin.default):
+        table[op] = _extreme_of_scalar
     table[_aten.cumsum.default] = cumsum
     table[_aten.cumprod.default] = cumprod
     table[_aten.logcumsumexp.default] = logcumsumexp

@@ -55,6 +55,9 @@ def main(argv=None) -> int:
                    help="GPU targets: where the artifacts go")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--fresh", action="store_true")
+    p.add_argument("--rerun", metavar="OUTCOME",
+                   help="run again the cases of --out whose outcome is OUTCOME (e.g. refused, "
+                        "after a fix), replacing their lines")
     p.add_argument("--timeout", type=float, default=180.0)
     args = p.parse_args(argv)
 
@@ -65,6 +68,11 @@ def main(argv=None) -> int:
         cases = [c for c in cases if c in right]
     if args.fresh and args.out.exists():
         args.out.unlink()
+    if args.rerun and args.out.exists():
+        kept = read(args.out)
+        again = {r.op for r in kept if r.outcome == args.rerun}
+        args.out.write_text("".join(r.to_json() + "\n" for r in kept if r.op not in again))
+        cases = [c for c in cases if c in again]
     done = {(r.op, r.dtype, r.target) for r in read(args.out)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     pool = Pool(timeout=args.timeout)

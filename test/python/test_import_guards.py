@@ -183,3 +183,12 @@ def test_rms_norm_in_float16_does_not_overflow():
 
     got = quartet.compile(_Fn(fn), (x, w), target="cpu")(x, w)
     np.testing.assert_allclose(got.float().numpy(), fn(x.float(), w.float()).numpy(), rtol=2e-3)
+
+
+@pytest.mark.parametrize("fn", [torch.argmax, torch.argmin, lambda x: torch.amax(x, ()),
+                                lambda x: torch.logsumexp(x, 0)])
+def test_reductions_of_a_zero_dim_tensor(fn):
+    x = torch.tensor(1.5)
+    got = quartet.compile(_Fn(fn), (x,), target="cpu")(x)
+    assert got.dtype == fn(x).dtype and got.shape == fn(x).shape
+    np.testing.assert_allclose(got.numpy(), fn(x).numpy())
