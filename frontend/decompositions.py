@@ -13,6 +13,8 @@ of the op is wrong or missing:
   squares overflows (inputs of a few hundred: inf, then rsqrt gives 0, every output 0, found by
   the OpInfo test); eager computes it in float32. Decomposed in float32 for half inputs,
   rounded once.
+* ``aten.linalg_vector_norm`` on half inputs: computed in float32 like eager (the float16
+  sum of squares overflowed to inf; found by the OpInfo test), through ``upcasting``.
 * ``argmax``/``argmin``/``amax``/``amin`` of a 0-d tensor (torch-mlir cannot lower them: its
   error names their ``torch.constant.bool`` operand): the index 0, or the value itself.
 * ``aten.cumsum``, ``aten.cumprod``, ``aten.logcumsumexp``: torch-mlir lowers the first two to
@@ -157,6 +159,9 @@ def overrides(base: dict) -> dict:
     table = {op: fn for op, fn in for_ops_torch_mlir_lacks().items() if op not in base}
     table[_aten.gelu.default] = gelu
     table[_aten.rms_norm.default] = rms_norm
+    norm = _upcast(_aten.linalg_vector_norm.default)
+    table[_aten.linalg_vector_norm.default] = \
+        lambda x, *a, **k: NotImplemented if k.get("dtype") is not None else norm(x, *a, **k)
     for op in (_aten.argmax.default, _aten.argmin.default):
         table[op] = _arg_of_scalar
     for op in (_aten.amax.default, _aten.amin.default):

@@ -192,3 +192,13 @@ def test_reductions_of_a_zero_dim_tensor(fn):
     got = quartet.compile(_Fn(fn), (x,), target="cpu")(x)
     assert got.dtype == fn(x).dtype and got.shape == fn(x).shape
     np.testing.assert_allclose(got.numpy(), fn(x).numpy())
+
+
+def test_vector_norm_in_float16_does_not_overflow():
+    x = torch.full((8,), 300.0, dtype=torch.float16)     # 8 * 300**2 > float16's 65504
+
+    def fn(x):
+        return torch.linalg.vector_norm(x)
+
+    got = quartet.compile(_Fn(fn), (x,), target="cpu")(x)
+    assert torch.isfinite(got) and abs(got.item() - fn(x.float()).item()) < 1.0
