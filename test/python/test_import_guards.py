@@ -202,3 +202,16 @@ def test_vector_norm_in_float16_does_not_overflow():
 
     got = quartet.compile(_Fn(fn), (x,), target="cpu")(x)
     assert torch.isfinite(got) and abs(got.item() - fn(x.float()).item()) < 1.0
+
+
+def test_var_mean_in_bfloat16_is_computed_in_float32():
+    torch.manual_seed(0)
+    x = (torch.randn(5, 5) * 5 + 20).bfloat16()
+
+    def fn(x):
+        return torch.var_mean(x, dim=1)
+
+    var, mean = quartet.compile(_Fn(fn), (x,), target="cpu")(x)
+    ref_var, _ = torch.var_mean(x.double(), dim=1)
+    eager = (fn(x)[0].double() - ref_var).abs().max().item()
+    assert (var.double() - ref_var).abs().max().item() <= 2 * eager + 1e-6
