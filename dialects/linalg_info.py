@@ -115,12 +115,14 @@ def _standalone_text(op: ir.Operation) -> str:
     """The op alone in a function of its operands (a clone: ``op`` is not touched).
 
     Values the op's body reads from above (a ``linalg.generic`` using an outer constant)
-    become extra function arguments, after the operands.
+    become extra function arguments, after the operands; a value that is also an operand (flip's
+    body extracts from its own input) is read from that operand's argument.
     """
     from .quartet import captures
 
     operands = list(op.operands)
-    outer = [v for v in captures(op) if v not in operands]
+    captured = captures(op)
+    outer = [v for v in captured if v not in operands]
     with op.context, ir.Location.unknown():
         scratch = ir.Module.create()
         with ir.InsertionPoint(scratch.body):
@@ -132,7 +134,10 @@ def _standalone_text(op: ir.Operation) -> str:
                 clone = op.clone()
                 for i in range(len(operands)):
                     clone.operands[i] = entry.arguments[i]
-                _rebind(clone, outer, list(entry.arguments)[len(operands):])
+                args = list(entry.arguments)
+                inner = [args[operands.index(v)] if v in operands
+                         else args[len(operands) + outer.index(v)] for v in captured]
+                _rebind(clone, list(captured), inner)
                 func.ReturnOp(list(clone.results))
         return str(scratch)
 

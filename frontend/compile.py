@@ -120,6 +120,7 @@ def _lower(mlir_module, imported, target, stop_after, producer):
     """The lowering stage (``quartet.lowering.lower``), or the text of an ``--emit`` stage."""
     from quartet.lowering import build, cpu, host
     from quartet.lowering.lower import lower
+    from quartet.runtime.dtypes import mlir_name_to_dtype
 
     if target == "cpu":
         if stop_after in ("gpu", "ptx"):
@@ -138,16 +139,19 @@ def _lower(mlir_module, imported, target, stop_after, producer):
         return None, "\n".join(use.kernel.binary.decode() for plan in plans.values()
                                for use in plan.launches)
     checks = {c.result: (c.message, c.location) for c in imported.checks}
+    # The program's boundary types as PyTorch sees them: uint8 where the kernels see i8.
+    results = [mlir_name_to_dtype(r.dtype) for r in imported.results]
     return lower(mlir_module, target, arguments=_arguments(imported), producer=producer,
-                 checks=checks), None
+                 checks=checks, result_dtypes=results), None
 
 
 def _arguments(imported) -> list:
     """The imported function's arguments for the lowering: inputs, and weights with values."""
     from quartet.lowering.lower import Argument
+    from quartet.runtime.dtypes import mlir_name_to_dtype
 
-    return [Argument(a.name, None if a.is_input else _weight_value(a.value, a.dtype))
-            for a in imported.arguments]
+    return [Argument(a.name, None if a.is_input else _weight_value(a.value, a.dtype),
+                     mlir_name_to_dtype(a.dtype)) for a in imported.arguments]
 
 
 def _weight_value(value, mlir_dtype: str):

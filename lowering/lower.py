@@ -39,16 +39,20 @@ class Argument:
 
     name: str
     value: Any = None               # numpy array or torch tensor for a weight
+    dtype: str | None = None        # the boundary type when it is not the IR's (uint8 for i8)
 
 
 def lower(module, target: str | None = None, chip: str | None = None, *,
           arguments: Sequence[Argument] | None = None, producer: dict | None = None,
-          emit: str = "bin", checks: dict | None = None) -> ArtifactWriter:
+          emit: str = "bin", checks: dict | None = None,
+          result_dtypes: Sequence[str] | None = None) -> ArtifactWriter:
     """The artifact of ``module`` (changed in place: its tiles are lowered) for ``target``.
 
     ``checks`` maps a result index to ``(message, location)``: that result is not an output
     but a 0-d ``i32`` flag the runtime reads after each call and reports when it is nonzero
-    (the index bounds checks of ``frontend/bounds_checks.py``)."""
+    (the index bounds checks of ``frontend/bounds_checks.py``). ``result_dtypes`` (and an
+    argument's ``dtype``) name the program's boundary types where the IR's differ: the
+    importer computes uint8 as i8/i16 inside and keeps uint8 at the boundary."""
     op = module.operation if hasattr(module, "operation") else module
     target = target or module_target(op) or "sm_90"
     chip_ = targets.get(target, chip)
@@ -60,11 +64,23 @@ def lower(module, target: str | None = None, chip: str | None = None, *,
         raise QuartetError(f"'{_name(fn)}' takes {len(types)} arguments, {len(arguments)} "
                            f"described")
     writer = ArtifactWriter(chip_.target, producer=_producer_text(producer))
+    boundary = _Boundary(checks or {}, list(result_dtypes or []))
     if chip_.kind == "cpu":
-        _lower_cpu(op, fn, arguments, writer, checks or {})
+        _lower_cpu(op, fn, arguments, writer, boundary)
     else:
-        _lower_gpu(op, fn, chip_, arguments, writer, emit, checks or {})
+        _lower_gpu(op, fn, chip_, arguments, writer, emit, boundary)
     return writer
+
+
+@dataclass(frozen=True)
+class _Boundary:
+    """What the caller says about the function's results: check flags and boundary types."""
+
+    checks: dict
+    result_dtypes: list
+
+    def dtype(self, index: int, ir_dtype: str) -> str:
+        return self.result_dtypes[index] if index < len(self.result_dtypes) else ir_dtype
 
 
 def cpu_opt_level() -> int:
@@ -117,13 +133,13 @@ def _add_arguments(writer: ArtifactWriter, arguments, types) -> list[str]:
     names = []
     for arg, t in zip(arguments, types):
         if arg.value is None:
-            names.append(writer.add_input(arg.name, shape_of(t), dtype_of(t)))
+            names.append(writer.add_input(arg.name, shape_of(t), arg.dtype or dtype_of(t)))
         else:
             names.append(writer.add_weight(arg.name, arg.value))
     return names
 
 
-def _lower_cpu(op, fn, arguments, writer: ArtifactWriter, checks: dict) -> None:
+def _lower_cpu(op, fn, arguments, writer: ArtifactWriter, boundary: _Boundary) -> None:
     """One shared object; a value returned more than once is copied into its other outputs
     (``results.py``: the CPU lowering takes each result once)."""
     from . import cpu
@@ -133,8 +149,9 @@ def _lower_cpu(op, fn, arguments, writer: ArtifactWriter, checks: dict) -> None:
     kept = merge_repeated_results(fn)
     spec = cpu.cpu_kernel(op, opt_level=cpu_opt_level())
     names = _add_arguments(writer, arguments, list(fn.type.inputs))
-    outs = [_add_check(writer, f"check{i}", checks[i]) if i in checks else
-            writer.add_output(f"out{i}", shape_of(t), dtype_of(t)) for i, t in enumerate(results)]
+    outs = [_add_check(writer, f"check{i}", boundary.checks[i]) if i in boundary.checks else
+            writer.add_output(f"out{i}", shape_of(t), boundary.dtype(i, dtype_of(t)))
+            for i, t in enumerate(results)]
     firsts = [kept.index(j) for j in range(len(set(kept)))]
     writer.add_kernel("forward", spec.binary, spec.entry, spec.grid, spec.block,
                       args=names + [outs[i] for i in firsts], binary_format="so")
@@ -146,7 +163,7 @@ def _lower_cpu(op, fn, arguments, writer: ArtifactWriter, checks: dict) -> None:
 
 
 def _lower_gpu(op, fn, chip, arguments, writer: ArtifactWriter, emit: str,
-               checks: dict) -> None:
+               boundary: _Boundary) -> None:
     from .host import lower_module_plans
 
     names = [a.name for a in arguments]
@@ -155,10 +172,11 @@ def _lower_gpu(op, fn, chip, arguments, writer: ArtifactWriter, emit: str,
     types = list(fn.type.inputs)
     _add_arguments(writer, arguments, types)
     for b in sorted((b for b in plan.buffers if b.kind == "output"), key=lambda b: b.index):
-        if b.index in checks:
-            _add_check(writer, b.name, checks[b.index])
+        if b.index in boundary.checks:
+            _add_check(writer, b.name, boundary.checks[b.index])
         else:
-            writer.add_output(f"out{b.index}", b.shape, b.dtype, buffer=b.name)
+            writer.add_output(f"out{b.index}", b.shape, boundary.dtype(b.index, b.dtype),
+                              buffer=b.name)
     for b in plan.buffers:
         if b.kind in ("input", "output") or b.name in plan.aliases:
             continue

@@ -42,10 +42,10 @@ MODEL_FILE = textwrap.dedent('''\
             return torch.tanh(x @ self.w + self.b)
 
 
-    class WithCumsum(torch.nn.Module):
+    class WithSort(torch.nn.Module):
         def forward(self, x):
             y = x * 2
-            return torch.cumsum(y, dim=-1)
+            return torch.sort(y, dim=-1).values
 
 
     class NeedsArgs(torch.nn.Module):
@@ -112,7 +112,7 @@ MODEL_FILE = textwrap.dedent('''\
 
     NotAModule = 42
     ''')
-CUMSUM_LINE = 17   # the torch.cumsum line of MODEL_FILE
+SORT_LINE = 17   # the torch.sort line of MODEL_FILE (tm_tensor.sort: refused)
 OTHER_FORWARD_LINE = 42   # Other's nn.Linear call
 BRANCH_LINE = 52   # the Python if of Branchy
 
@@ -270,10 +270,10 @@ def test_quartet_run_needs_no_mlir(conv_artifact, tmp_path):
 
 
 def test_unsupported_op_is_named_with_its_model_line(work):
-    line = one_line_error(run("compile", "models.py:WithCumsum", "--input", "4x8:f32",
+    line = one_line_error(run("compile", "models.py:WithSort", "--input", "4x8:f32",
                               "--target", "cpu", "-o", "x.qrt", cwd=work))
-    assert line.startswith(f"{work / 'models.py'}:{CUMSUM_LINE}")
-    assert "unsupported op" in line and "scan" in line
+    assert line.startswith(f"{work / 'models.py'}:{SORT_LINE}")
+    assert "unsupported op" in line and "sort" in line
     assert not (work / "x.qrt").exists()
 
 
@@ -284,7 +284,7 @@ def test_unsupported_op_is_named_with_its_model_line(work):
      r"imports.py:2:0: error: model file does not import: ModuleNotFoundError"),
     ("models.py", None, r"error: model file has no class 'A' \(nn.Module classes in it: "
                         r"Branchy, ConvOfOtherShape, NeedsArgs, Other, Raises, ReturnsDict, "
-                        r"ReturnsTwo, ReturnsWider, Small, SmallRelu, WithCumsum, "
+                        r"ReturnsTwo, ReturnsWider, Small, SmallRelu, WithSort, "
                         r"WrongForward\)"),
     ("missing.py", "", r"missing.py: error: could not open model file: no such file"),
 ])
