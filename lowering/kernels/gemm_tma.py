@@ -230,7 +230,7 @@ def schedule(prob: GemmProblem, chip, bm: int, bn: int, bk: int = 64,
     tiles = -(-prob.m // bm) * -(-prob.n // bn) * prob.batch
     consumers = consumers_for(bm)
     depths = [stages] if stages else [6, 5, 4, 3]
-    widths = [c for c in (bn, 128, 64, 32) if c <= bn and bn % c == 0 and c % 8 == 0]
+    widths = [c for c in (bn, 128, 64, 32, 16) if c <= bn and bn % c == 0 and c % 8 == 0]
     for depth in depths:
         for cols in widths:
             s = TmaSchedule(bm, bn, bk, consumers, depth, 1, group_m, cols)
