@@ -431,9 +431,10 @@ class _ConsumerEmitter:
         return getattr(self._em, name)
 
     def barrier(self) -> None:
-        em = self._em
-        nvvm.BarrierOp(None, barrierId=em.ci32(CONSUMER_BARRIER),
-                       numberOfThreads=em.ci32(self._threads))
+        # inline PTX with a memory clobber (a compiler barrier too): MLIR 22.1 prints
+        # nvvm.barrier with a thread count in a form it cannot read back
+        llvm.InlineAsmOp(None, [], f"bar.sync {CONSUMER_BARRIER}, {self._threads};",
+                         "~{memory}", has_side_effects=True)
 
 
 def _consumer(em, prob, s, lay, tiles, kt_total, tid, bid, shift, smem, bars, args,
