@@ -43,7 +43,7 @@ from quartet.runtime import targets
 from quartet.runtime.dtypes import mlir_name_to_dtype
 
 from . import device_math
-from .kernel import KernelArg, KernelSpec
+from .kernel import KernelArg, KernelSpec, kernel_arg_of
 
 
 @dataclass(frozen=True)
@@ -153,26 +153,23 @@ def _constant(value: ir.Value, what: str, where) -> int:
     raise QuartetError(f"'gpu.launch' op {what} must be a constant", location_of(where))
 
 
-def _arg_roles(fn, num_inputs: int | None) -> list[tuple[str, int]]:
-    """(role, index) of each argument of ``fn``."""
+def _arg_roles(fn, num_inputs: int | None) -> list[tuple[str, int, object]]:
+    """(role, index among the arguments of that role, argument attributes) of each argument."""
     n = len(fn.arguments)
-    roles = []
     attrs = fn.attributes["arg_attrs"] if "arg_attrs" in fn.attributes else None
+    counters: dict[str, int] = {}
+    out = []
     for i in range(n):
-        role = None
+        role, d = None, None
         if attrs is not None:
-            d = ir.DictAttr(ir.ArrayAttr(attrs)[i])
-            if "quartet.role" in d:
-                role = ir.StringAttr(d["quartet.role"]).value
+            d = ir.ArrayAttr(attrs)[i]
+            if "quartet.role" in ir.DictAttr(d):
+                role = ir.StringAttr(ir.DictAttr(d)["quartet.role"]).value
         if role is None:
             k = num_inputs if num_inputs is not None else n - 1
             role = "input" if i < k else "output"
-        roles.append(role)
-    counters = {"input": 0, "output": 0}
-    out = []
-    for role in roles:
-        out.append((role, counters[role]))
-        counters[role] += 1
+        out.append((role, counters.get(role, 0), d))
+        counters[role] = counters.get(role, 0) + 1
     return out
 
 
@@ -216,11 +213,11 @@ def _launches(module: ir.Module, num_inputs: int | None) -> list[_Launch]:
                     raise QuartetError("a kernel may only read memref arguments of its "
                                        f"function (got a value of type {v.type})",
                                        location_of(op))
-                role, index = roles[args_of[v]]
+                role, index, attrs = roles[args_of[v]]
                 numbers.append(args_of[v])
                 mt = ir.MemRefType(v.type)
-                kargs.append(KernelArg(role, index, tuple(mt.shape),
-                                       _dtype_name(mt.element_type)))
+                kargs.append(kernel_arg_of(attrs, index, mt.shape, _dtype_name(mt.element_type),
+                                           role))
             path = list(ir.SymbolRefAttr(lf.kernel).value)   # [gpu.module, gpu.func]
             root, leaf = path[0], path[-1]
             found.append(_Launch(ir.StringAttr(fn.sym_name).value, root, leaf, tuple(numbers),

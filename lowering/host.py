@@ -408,6 +408,11 @@ def _lower_tile(tile, target: str, module: ir.Module, host: _Host, specs: list,
                 if a.role == "input":
                     operands.append(in_buffers[a.index])
                     bound.append(in_names[a.index])
+                elif a.role == "tensormap":
+                    # the map's buffer stands for the map in the IR; the manifest's argument
+                    # says how the runtime encodes it
+                    operands.append(in_buffers[a.tensormap.source])
+                    bound.append((in_names[a.tensormap.source], a.tensormap))
                 else:
                     operands.append(outs[a.index])
                     bound.append(out_names[a.index])
@@ -420,7 +425,7 @@ def _lower_tile(tile, target: str, module: ir.Module, host: _Host, specs: list,
                              tuple(index_constant(b) for b in spec.block), operands,
                              dynamic_shared_memory_size=smem)
             kname = f"k{len(host.plan.kernels)}_{spec.name}"
-            args = tuple(mf.BufferArg(*host.plan.storage(b)) for b in bound)
+            args = tuple(_manifest_arg(host.plan, b, tile) for b in bound)
             host.plan.kernels[kname] = KernelUse(kname, spec, args)
             steps.append(mf.Launch(kname))
         results = [bufferization.to_tensor(r.type, m, restrict=True, writable=True)
@@ -429,6 +434,20 @@ def _lower_tile(tile, target: str, module: ir.Module, host: _Host, specs: list,
         old.replace_all_uses_with(new)
         host.names[new] = name
     tile.operation.erase()
+
+
+def _manifest_arg(plan: HostPlan, bound, tile):
+    """The manifest argument of a kernel argument bound to a buffer (or a tensor map of one)."""
+    if isinstance(bound, str):
+        return mf.BufferArg(*plan.storage(bound))
+    name, desc = bound
+    storage, offset = plan.storage(name)
+    if offset % 16:
+        raise QuartetError(f"'{tile.root.operation.name}' reads a view at byte offset {offset} "
+                           f"through a tensor map, which needs 16-byte aligned data "
+                           f"(compile with QUARTET_GEMM_TMA=0)", location_of(tile.operation))
+    return mf.TensorMapArg(storage, desc.dtype, desc.dims, desc.strides, desc.box,
+                           desc.swizzle, offset)
 
 
 def _to_buffer(v: ir.Value) -> ir.Value:

@@ -25,6 +25,8 @@ from quartet.errors import QuartetError
 from quartet.runtime import dtypes
 from quartet.runtime.manifest import (
     CHECKS_VERSION,
+    TENSORMAP_VERSION,
+    TensorMapArg,
     FORMAT_VERSION,
     Buffer,
     BufferArg,
@@ -73,7 +75,7 @@ class ArtifactWriter:
         w.save("model.qrt")          # or a folder path
 
     Inputs, outputs and weights each get a buffer of the same name. Kernel arguments may be
-    given as buffer names (plain strings) or as BufferArg / ScalarArg / IndexArg.
+    given as buffer names (plain strings) or as BufferArg / ScalarArg / IndexArg / TensorMapArg.
     """
 
     def __init__(self, target: str, backend: str | None = None, producer: str | None = None):
@@ -211,11 +213,17 @@ class ArtifactWriter:
             out[WEIGHTS_FILE] = bytes(self._weight_bytes)
         return out
 
+    def _version(self) -> int:
+        """The oldest format version that holds what was added (see runtime/FORMAT.md)."""
+        if any(isinstance(a, TensorMapArg) for k in self.kernels for a in k.args):
+            return TENSORMAP_VERSION
+        return CHECKS_VERSION if self.checks else FORMAT_VERSION
+
     def manifest(self) -> Manifest:
         """The manifest of what was added so far, checked (QuartetError if inconsistent)."""
         files = self.files()
         m = Manifest(
-            version=CHECKS_VERSION if self.checks else FORMAT_VERSION,
+            version=self._version(),
             target=self.target,
             backend=self.backend,
             producer=self.producer,

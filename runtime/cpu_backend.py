@@ -79,6 +79,10 @@ class CpuBackend:
     def launch(self, prepared: Any, args: list[int | float]) -> None:
         prepared(*args)
 
+    def tensor_map(self, arg, address: int) -> int:
+        raise QuartetError(f"tensor maps (TMA) exist only on the cuda backend; buffer "
+                           f"{arg.buffer!r} is read through one", self.location)
+
     def copy(self, dst: int, src: int, size: int) -> None:
         ctypes.memmove(dst, src, size)
 

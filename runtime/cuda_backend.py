@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import ctypes
 import math
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
 from quartet.errors import QuartetError
 from quartet.runtime import dtypes
-from quartet.runtime.manifest import BufferArg, IndexArg, Kernel, ScalarArg
+from quartet.runtime.manifest import BufferArg, IndexArg, Kernel, ScalarArg, TensorMapArg
 from quartet.runtime.targets import sm_name
 
 _STATIC_SHARED_LIMIT = 48 * 1024
+#: device slots kept per tensor-map argument (addresses seen recently)
+_TENSOR_MAP_SLOTS = 8
 
 
 class CudaError(QuartetError):
@@ -56,7 +59,7 @@ class _Prepared:
         self.shared_memory, self.cooperative = kernel.shared_memory, kernel.cooperative
         self.storage = []
         for a in kernel.args:
-            if isinstance(a, BufferArg):
+            if isinstance(a, (BufferArg, TensorMapArg)):
                 self.storage.append(ctypes.c_uint64(0))
             elif isinstance(a, (ScalarArg, IndexArg)):
                 self.storage.append(dtypes.SCALAR_CTYPES[a.dtype]())
@@ -99,6 +102,8 @@ class CudaBackend:
         self._allocations: list[int] = []
         self._graphs: list[tuple[Any, Any]] = []
         self._streams: list[Any] = []
+        self._tensor_maps: dict[Any, OrderedDict] = {}   # TensorMapArg -> address -> (slot, map)
+        self._encoder = None
         self._closed = False
 
     # plumbing ----------------------------------------------------------------------------------
@@ -243,6 +248,32 @@ class CudaBackend:
                 0,
             )
         self._check(result, f"launching kernel {prepared.kernel.name!r}")
+
+    def tensor_map(self, arg, address: int) -> int:
+        """The device address of ``arg``'s tensor map for data at ``address``.
+
+        Maps are encoded on the host (``runtime/tensormap.py``) and uploaded in stream order
+        into 128-byte device slots, several per argument: a program that alternates between a
+        few addresses (the caller's tensors, call after call) re-encodes nothing. When an
+        argument has seen more addresses than it has slots, the least recently used slot is
+        rewritten (in stream order, after the work already issued on this stream)."""
+        from quartet.runtime.tensormap import Encoder
+
+        maps = self._tensor_maps.setdefault(arg, OrderedDict())
+        hit = maps.get(address)
+        if hit is not None:
+            maps.move_to_end(address)
+            return hit[0]
+        if self._encoder is None:
+            self._encoder = Encoder()
+        data = np.frombuffer(self._encoder(arg, address), dtype=np.uint8).copy()
+        if len(maps) >= _TENSOR_MAP_SLOTS:
+            _, (slot, _) = maps.popitem(last=False)
+        else:
+            slot = self.alloc(len(data))
+        self.upload(slot, data)        # pageable source: staged before the call returns
+        maps[address] = (slot, data)
+        return slot
 
     def copy(self, dst: int, src: int, size: int) -> None:
         if size:

@@ -37,6 +37,7 @@ from quartet.runtime.manifest import (
     Memset,
     Predicate,
     ScalarArg,
+    TensorMapArg,
     Step,
     While,
 )
@@ -64,6 +65,10 @@ class Backend(Protocol):
     def launch(self, prepared: Any, args: list[int | float]) -> None:
         """Launch a prepared kernel; ``args`` holds an address for each buffer argument."""
 
+    def tensor_map(self, arg: TensorMapArg, address: int) -> int:
+        """The device address of ``arg``'s tensor map encoded for data at ``address``, uploaded
+        in stream order (cuda only: other backends refuse tensor maps)."""
+
     def copy(self, dst: int, src: int, size: int) -> None: ...
 
     def memset(self, address: int, value: int, width: int, count: int) -> None:
@@ -78,18 +83,23 @@ class Backend(Protocol):
 class _LaunchPlan:
     """A kernel's argument values with the buffer addresses filled in; index args are slots.
 
-    ``buffer_slots`` lists (position, buffer, offset) of every buffer argument, for rebinding.
+    ``buffer_slots`` lists (position, buffer, offset, tensor map or None) of every buffer and
+    tensor-map argument, for rebinding: a tensor map's value is the address of its map, which
+    the backend encodes for the buffer's address.
     """
 
-    def __init__(self, kernel: Kernel, prepared: Any, addresses: dict[str, int]):
+    def __init__(self, kernel: Kernel, prepared: Any, addresses: dict[str, int], backend):
         self.prepared = prepared
         self.values: list[int | float] = []
         self.index_slots: list[tuple[int, str]] = []
-        self.buffer_slots: list[tuple[int, str, int]] = []
+        self.buffer_slots: list[tuple[int, str, int, TensorMapArg | None]] = []
         for i, a in enumerate(kernel.args):
             if isinstance(a, BufferArg):
                 self.values.append(addresses[a.buffer] + a.offset)
-                self.buffer_slots.append((i, a.buffer, a.offset))
+                self.buffer_slots.append((i, a.buffer, a.offset, None))
+            elif isinstance(a, TensorMapArg):
+                self.values.append(backend.tensor_map(a, addresses[a.buffer] + a.offset))
+                self.buffer_slots.append((i, a.buffer, a.offset, a))
             elif isinstance(a, ScalarArg):
                 self.values.append(a.value)
             elif isinstance(a, IndexArg):
@@ -116,18 +126,23 @@ class Interpreter:
     ):
         self.manifest, self.backend = manifest, backend
         self.addresses: dict[str, int] = dict(addresses)
-        self.plans = {k.name: _LaunchPlan(k, prepared[k.name], self.addresses) for k in manifest.kernels}
-        # buffer name -> the launch-argument slots that hold its address (+ offset)
-        self._uses: dict[str, list[tuple[list, int, int]]] = {}
+        self.plans = {
+            k.name: _LaunchPlan(k, prepared[k.name], self.addresses, backend) for k in manifest.kernels
+        }
+        # buffer name -> the launch-argument slots that hold its address (+ offset), or the
+        # address of a tensor map of it
+        self._uses: dict[str, list[tuple[list, int, int, TensorMapArg | None]]] = {}
         for plan in self.plans.values():
-            for i, name, offset in plan.buffer_slots:
-                self._uses.setdefault(name, []).append((plan.values, i, offset))
+            for i, name, offset, tmap in plan.buffer_slots:
+                self._uses.setdefault(name, []).append((plan.values, i, offset, tmap))
 
     def rebind(self, name: str, address: int) -> None:
         """Make buffer ``name`` live at ``address`` for the following runs (O(uses of the buffer)).
 
-        Launch arguments become ``address + offset``; copies, memsets and predicates read the
-        new address when they run. Runs already issued are not affected.
+        Launch arguments become ``address + offset``; tensor-map arguments point to a map
+        encoded for that address (uploaded in stream order, so runs already issued still read
+        theirs); copies, memsets and predicates read the new address when they run. Runs
+        already issued are not affected.
         """
         addresses = self.addresses
         if name not in addresses:
@@ -135,8 +150,9 @@ class Interpreter:
         if addresses[name] == address:
             return
         addresses[name] = address
-        for values, i, offset in self._uses.get(name, ()):
-            values[i] = address + offset
+        for values, i, offset, tmap in self._uses.get(name, ()):
+            values[i] = address + offset if tmap is None else \
+                self.backend.tensor_map(tmap, address + offset)
 
     def rebind_all(self, bindings: dict[str, int]) -> None:
         """:meth:`rebind` every ``name: address`` pair of ``bindings``."""

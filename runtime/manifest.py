@@ -25,7 +25,14 @@ FORMAT_NAME = "quartet-artifact"
 FORMAT_VERSION = 1
 #: version 2 = version 1 + ``checks`` (a runtime that ignored them would skip a user error)
 CHECKS_VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
+#: version 3 = version 2 + ``tensormap`` kernel arguments (TMA tensor maps the runtime encodes)
+TENSORMAP_VERSION = 3
+SUPPORTED_VERSIONS = (1, 2, 3)
+
+#: shared-memory swizzle spans (bytes) a tensor map may name; 0: none
+TENSORMAP_SWIZZLES = (0, 32, 64, 128)
+#: bytes of one encoded tensor map (CUtensorMap)
+TENSORMAP_BYTES = 128
 
 BUFFER_KINDS = ("input", "output", "weight", "temp", "scalar")
 
@@ -110,7 +117,36 @@ class IndexArg:
     dtype: str = "int64"
 
 
-KernelArg = Union[BufferArg, ScalarArg, IndexArg]
+@dataclass(frozen=True)
+class TensorMapArg:
+    """A pointer to a TMA tensor map (``CUtensorMap``) of ``buffer``'s address + ``offset``.
+
+    The runtime encodes the map (``cuTensorMapEncodeTiled``) whenever that address is bound and
+    keeps it in device memory of its own: ``dims`` and ``box`` in elements, innermost first,
+    ``strides`` in bytes for ``dims[1:]``, ``swizzle`` the shared-memory swizzle span in bytes
+    (0, 32, 64 or 128); elements past ``dims`` read as zero.
+    """
+
+    buffer: str
+    dtype: str
+    dims: tuple[int, ...]
+    strides: tuple[int, ...]
+    box: tuple[int, ...]
+    swizzle: int = 0
+    offset: int = 0
+
+    def __post_init__(self):
+        for name in ("dims", "strides", "box"):
+            object.__setattr__(self, name, tuple(int(x) for x in getattr(self, name)))
+
+    @property
+    def extent(self) -> int:
+        """Bytes from the base address to one past the last element the map covers."""
+        last = sum((d - 1) * s for d, s in zip(self.dims[1:], self.strides))
+        return last + self.dims[0] * dtypes.ITEMSIZE[self.dtype]
+
+
+KernelArg = Union[BufferArg, ScalarArg, IndexArg, TensorMapArg]
 
 
 @dataclass(frozen=True)
@@ -330,6 +366,10 @@ def _arg_json(a: KernelArg) -> dict[str, Any]:
         return {"kind": "buffer", "buffer": a.buffer, "offset": a.offset}
     if isinstance(a, ScalarArg):
         return {"kind": "scalar", "dtype": a.dtype, "value": a.value}
+    if isinstance(a, TensorMapArg):
+        return {"kind": "tensormap", "buffer": a.buffer, "offset": a.offset, "dtype": a.dtype,
+                "dims": list(a.dims), "strides": list(a.strides), "box": list(a.box),
+                "swizzle": a.swizzle}
     return {"kind": "index", "loop": a.loop, "dtype": a.dtype}
 
 

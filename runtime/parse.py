@@ -32,6 +32,7 @@ from quartet.runtime.manifest import (
     Memset,
     Predicate,
     ScalarArg,
+    TensorMapArg,
     Step,
     TensorSpec,
     Weight,
@@ -200,7 +201,17 @@ def _arg_from_json(v: Any, where: str, location: str | None) -> KernelArg:
         return ScalarArg(dtype, value)
     if kind == "index":
         return IndexArg(o.get("loop", "str"), o.dtype("dtype", allowed=dtypes.INTEGER_TYPES, default="int64"))
-    raise o.error("kind", f"expected buffer, scalar or index, got {_show(kind)}")
+    if kind == "tensormap":
+        return TensorMapArg(
+            o.get("buffer", "str"),
+            o.dtype("dtype"),
+            o.shape("dims"),
+            o.shape("strides"),
+            o.shape("box"),
+            o.get("swizzle", "nat", 0),
+            o.get("offset", "nat", 0),
+        )
+    raise o.error("kind", f"expected buffer, scalar, index or tensormap, got {_show(kind)}")
 
 
 def _kernel_from_json(v: Any, where: str, location: str | None) -> Kernel:

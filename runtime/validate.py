@@ -14,6 +14,7 @@ import math
 from quartet.errors import QuartetError
 from quartet.runtime import dtypes
 from quartet.runtime.manifest import (
+    TENSORMAP_SWIZZLES,
     BufferArg,
     Copy,
     If,
@@ -24,6 +25,7 @@ from quartet.runtime.manifest import (
     Memset,
     Predicate,
     ScalarArg,
+    TensorMapArg,
     While,
 )
 from quartet.runtime.targets import BINARY_FORMATS
@@ -127,12 +129,41 @@ def validate(m: Manifest, location: str | None = None) -> None:
                     fail(aw, f"offset {a.offset} is past the end of buffer {buf.name!r} ({buf.size} bytes)")
             elif isinstance(a, ScalarArg):
                 _check_scalar(aw, a, fail)
+            elif isinstance(a, TensorMapArg):
+                if m.backend != "cuda":
+                    fail(aw, f"tensor maps exist only on the cuda backend, not {m.backend}")
+                _check_tensormap(aw, a, need_buffer(aw, a.buffer), fail)
 
     _validate_program(m, fail, need_buffer, in_bounds)
     for i, c in enumerate(m.checks):
         where = f"checks[{i}]"
         buf = need_buffer(where, c.buffer)
         in_bounds(where, buf, c.offset, dtypes.ITEMSIZE[c.dtype])
+
+
+def _check_tensormap(where, a: TensorMapArg, buf, fail) -> None:
+    """The rules of cuTensorMapEncodeTiled that do not depend on the bound address, and that the
+    map stays inside its buffer."""
+    rank, size = len(a.dims), dtypes.ITEMSIZE[a.dtype]
+    if not 1 <= rank <= 5 or len(a.box) != rank or len(a.strides) != rank - 1:
+        fail(where, f"a tensor map has 1 to 5 dims, as many box sizes and one stride fewer, "
+                    f"got dims {list(a.dims)}, strides {list(a.strides)}, box {list(a.box)}")
+    if not all(1 <= d <= 2**31 for d in a.dims):
+        fail(where, f"tensor-map dims must lie in [1, 2^31], got {list(a.dims)}")
+    if not all(s % 16 == 0 and 0 < s < 2**40 for s in a.strides):
+        fail(where, f"tensor-map strides must be positive multiples of 16 bytes below 2^40, "
+                    f"got {list(a.strides)}")
+    if not all(1 <= b <= 256 for b in a.box) or (a.box[0] * size) % 16:
+        fail(where, f"tensor-map box sizes must lie in [1, 256] with a multiple of 16 bytes "
+                    f"innermost, got {list(a.box)}")
+    if a.swizzle not in TENSORMAP_SWIZZLES or (a.swizzle and a.box[0] * size > a.swizzle):
+        fail(where, f"swizzle {a.swizzle} must be one of {list(TENSORMAP_SWIZZLES)} bytes and "
+                    f"at least the innermost box ({a.box[0] * size} bytes)")
+    if a.offset % 16:
+        fail(where, f"a tensor map's offset must be a multiple of 16 bytes, got {a.offset}")
+    if a.offset + a.extent > buf.size:
+        fail(where, f"the tensor map reaches byte {a.offset + a.extent} of buffer {buf.name!r} "
+                    f"({buf.size} bytes)")
 
 
 def _check_scalar(where, a: ScalarArg, fail) -> None:

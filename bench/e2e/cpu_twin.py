@@ -74,6 +74,7 @@ def cpu_twin(writer, quartet_text: str, opt_level: int = 0):
     ``quartet_text`` (``CompileResult.quartet``) as kernels."""
     from quartet.lowering import cpu
     from quartet.runtime.artifact import ArtifactWriter
+    from quartet.runtime.manifest import TensorMapArg
 
     functions = tile_functions(quartet_text)
     if len(functions) != len(writer.kernels):
@@ -86,9 +87,11 @@ def cpu_twin(writer, quartet_text: str, opt_level: int = 0):
     twin.program = list(writer.program)
     for k, text in zip(writer.kernels, functions):
         spec = cpu.cpu_kernel(text, name=f"tile_{k.name}", opt_level=opt_level)
-        if len(spec.args) != len(k.args):
-            raise QuartetError(f"kernel {k.name} takes {len(k.args)} arguments, its tile on the "
+        # TMA tensor maps are how a GPU kernel reads its inputs; the CPU tile reads them direct
+        args = [a for a in k.args if not isinstance(a, TensorMapArg)]
+        if len(spec.args) != len(args):
+            raise QuartetError(f"kernel {k.name} takes {len(args)} arguments, its tile on the "
                                f"CPU {len(spec.args)}")
-        twin.add_kernel(k.name, spec.binary, spec.entry, (1, 1, 1), (1, 1, 1), args=k.args,
+        twin.add_kernel(k.name, spec.binary, spec.entry, (1, 1, 1), (1, 1, 1), args=args,
                         binary_format="so")
     return twin

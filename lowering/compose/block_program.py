@@ -36,7 +36,7 @@ from mlir.passmanager import PassManager
 
 from quartet.errors import QuartetError, location_of
 
-from ..kernel import KernelArg
+from ..kernel import KernelArg, kernel_arg_of
 
 #: the attribute that marks a block program's function; its value is the body's threads
 BLOCK_PROGRAM_ATTR = "quartet.block_program"
@@ -120,23 +120,17 @@ def _arg_roles(fn) -> tuple[KernelArg, ...]:
     """The role of each memref argument, from ``quartet.role`` argument attributes or, without
     them, the convention (every argument an input but the last)."""
     args = list(fn.arguments)
-    roles = []
     attrs = fn.operation.attributes["arg_attrs"] if "arg_attrs" in fn.operation.attributes \
         else None
-    for i, a in enumerate(args):
-        role = None
-        if attrs is not None:
-            d = ir.DictAttr(ir.ArrayAttr(attrs)[i])
-            if "quartet.role" in d:
-                role = ir.StringAttr(d["quartet.role"]).value
-        roles.append(role or ("input" if i < len(args) - 1 else "output"))
-    counters = {"input": 0, "output": 0}
+    counters: dict[str, int] = {}
     out = []
-    for a, role in zip(args, roles):
+    for i, a in enumerate(args):
+        d = ir.ArrayAttr(attrs)[i] if attrs is not None else None
         mt = ir.MemRefType(a.type)
-        out.append(KernelArg(role, counters[role], tuple(mt.shape),
-                             _dtype_name(mt.element_type)))
-        counters[role] += 1
+        default = "input" if i < len(args) - 1 else "output"
+        arg = kernel_arg_of(d, 0, mt.shape, _dtype_name(mt.element_type), default)
+        out.append(replace(arg, index=counters.get(arg.role, 0)))
+        counters[arg.role] = counters.get(arg.role, 0) + 1
     return tuple(out)
 
 

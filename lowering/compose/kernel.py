@@ -25,7 +25,7 @@ have no inliner interface, so calls would survive to the binary.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mlir import ir
 from mlir.dialects import arith, func, gpu, nvvm, scf
@@ -33,7 +33,7 @@ from mlir.dialects import arith, func, gpu, nvvm, scf
 from quartet.dialects import remap
 from quartet.errors import QuartetError
 
-from ..kernel import KernelArg
+from ..kernel import KernelArg, arg_attrs
 from .block_program import BLOCK_PROGRAM_ATTR, BlockProgram
 
 
@@ -83,6 +83,7 @@ def side_by_side(parts: list[Part], args: list[KernelArg], name: str,
                 raise QuartetError(f"argument {i} of block program '{p.program.name}' "
                                    f"({a.dtype}{list(a.shape)}) is bound to a kernel argument "
                                    f"of another type ({args[k].dtype}{list(args[k].shape)})")
+    args = _aim_tensormaps(parts, args)
     grid = physical_blocks or total
     index = ir.IndexType.get
     with ctx, ir.Location.unknown():
@@ -93,8 +94,7 @@ def side_by_side(parts: list[Part], args: list[KernelArg], name: str,
         types = [ir.MemRefType.get(list(a.shape), _element(a.dtype)) for a in args]
         with ir.InsertionPoint(module.body):
             fn = func.FuncOp(name, (types, []))
-        fn.arg_attrs = ir.ArrayAttr.get([
-            ir.DictAttr.get({"quartet.role": ir.StringAttr.get(a.role)}) for a in args])
+        fn.arg_attrs = ir.ArrayAttr.get([arg_attrs(a) for a in args])
         if chips:
             fn.operation.attributes["quartet.chip"] = ir.StringAttr.get(chips.pop())
         entry = fn.add_entry_block()
@@ -131,6 +131,28 @@ def looped(bp: BlockProgram, name: str, physical_blocks: int) -> ir.Module:
 # ---------------------------------------------------------------------------------------------
 
 
+def _aim_tensormaps(parts: list[Part], args: list[KernelArg]) -> list[KernelArg]:
+    """A tensor map names its data by position among the kernel's inputs; a body's maps name
+    the body's own inputs. Re-aim each map at the kernel input its body's source is bound to."""
+    args = list(args)
+    number = {}
+    for k, a in enumerate(args):
+        if a.role == "input":
+            number[k] = len(number)
+    for p in parts:
+        inputs = [j for j, a in enumerate(p.program.args) if a.role == "input"]
+        for j, a in enumerate(p.program.args):
+            if a.tensormap is None:
+                continue
+            source = p.args[inputs[a.tensormap.source]]
+            if source not in number:
+                raise QuartetError(f"block program '{p.program.name}' reads argument {source} "
+                                   f"through a tensor map, but it is not a kernel input")
+            args[p.args[j]] = replace(args[p.args[j]], role="tensormap",
+                                      tensormap=replace(a.tensormap, source=number[source]))
+    return args
+
+
 def _element(dtype: str) -> ir.Type:
     from quartet.runtime.dtypes import MLIR_NAMES
 
@@ -150,7 +172,10 @@ def _copy_function(module: ir.Module, bp: BlockProgram) -> None:
         with ir.InsertionPoint(module.body):
             fn.clone()
         return
-    parsed = ir.Module.parse(bp.module.operation.get_asm(enable_debug_info=True),
+    # the generic form: MLIR 22.1's custom form of nvvm.barrier with a thread count does not
+    # read back (binary.outline says the same)
+    parsed = ir.Module.parse(bp.module.operation.get_asm(enable_debug_info=True,
+                                                         print_generic_op_form=True),
                              module.context)
     for op in list(parsed.body.operations):
         if op.operation.name == "func.func" and \

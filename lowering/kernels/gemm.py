@@ -43,6 +43,7 @@ promotion and mapping produce, so the kernels are built directly from nvgpu/nvvm
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from mlir import ir
@@ -53,7 +54,9 @@ from quartet.errors import QuartetError, location_of
 from quartet.runtime import targets
 from quartet.runtime.targets import Chip
 
-from . import gemm_simt, gemm_tc
+from ..kernel import KernelArg, arg_attrs
+
+from . import gemm_simt, gemm_tc, gemm_tma
 from .gemm_ir import Emitter, flat_view, i32
 from .gemm_problem import GemmProblem, analyze
 
@@ -65,8 +68,8 @@ class Plan:
     """What will be built for a tile."""
 
     problem: GemmProblem
-    engine: str                     # "wgmma" | "mma" | "simt"
-    schedule: object                # gemm_tc.TCSchedule | gemm_simt.SimtSchedule
+    engine: str                     # "wgmma_tma" | "wgmma" | "mma" | "simt"
+    schedule: object                # gemm_tma.TmaSchedule | gemm_tc.TCSchedule | SimtSchedule
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
     shared_bytes: int
@@ -216,6 +219,9 @@ def _build_plan(prob, target, bm, bn, bk, wm, wn, threads, tc, padding, stages, 
     if tc:
         if not _tensor_core_types(prob):
             raise _Refuse(f"tensor cores take f16 or bf16 operands, got {sorted(dtypes)}")
+        tma = _tma_plan(prob, target, bm, bn, stages, force, split)
+        if tma is not None:
+            return tma
         s, engine = _tc_schedule(prob, target, bm, bn, bk, wm, wn, threads, stages, limit, force,
                                  split)
         *_, total = gemm_tc.smem_plan(prob, s)
@@ -228,6 +234,34 @@ def _build_plan(prob, target, bm, bn, bk, wm, wn, threads, tc, padding, stages, 
         raise _Refuse(s)
     return Plan(prob, "simt", s, grid, (threads, 1, 1), gemm_simt.shared_bytes(prob, s),
                 target.isa)
+
+
+def tma_enabled() -> bool:
+    """Whether TMA kernels may be chosen (``QUARTET_GEMM_TMA=0`` keeps the cp.async ones)."""
+    return os.environ.get("QUARTET_GEMM_TMA", "1") != "0"
+
+
+def _tma_plan(prob, target, bm, bn, stages, force, split) -> Plan | None:
+    """The TMA warp-specialised kernel of a (bm, bn) tile (``gemm_tma.py``), or None when the
+    chip, the operands or the tile shape are not ones it takes (the cp.async kernels then do).
+    It stages K in 64-element steps whatever the schedule's step: any split of K computes the
+    same sums."""
+    if force not in (None, "wgmma_tma") or split != 1 or not (target.tma and target.wgmma):
+        return None
+    if force is None and not tma_enabled():
+        return None
+    if gemm_tma.refusal(prob) is not None:
+        if force:
+            raise _Refuse(gemm_tma.refusal(prob))
+        return None
+    s = gemm_tma.schedule(prob, target, bm, bn, 64, stages)
+    if isinstance(s, str):
+        if force:
+            raise _Refuse(s)
+        return None
+    total = gemm_tma.layout(prob, s).total
+    return Plan(prob, "wgmma_tma", s, (s.ctas, 1, 1), (s.threads, 1, 1), total,
+                target.isa + "a")
 
 
 def _tc_schedule(prob, target, bm, bn, bk, wm, wn, threads, stages, limit, force=None, split=1):
@@ -347,23 +381,28 @@ def build_gemm_kernel(tile, target: str, *, stages: int | None = None,
                       name: str | None = None, engine: str | None = None) -> ir.Module:
     """A new module (in the tile's Context) with one function launching the tile's kernel.
 
-    ``stages`` overrides the pipeline depth; ``engine="mma"`` keeps ``mma.sync`` on sm_90."""
+    ``stages`` overrides the pipeline depth; ``engine`` forces one: ``"wgmma_tma"`` (TMA,
+    warp-specialised), ``"wgmma"`` (cp.async) or ``"mma"`` (``mma.sync``) on sm_90."""
     p = plan(tile, target, stages=stages, engine=engine)
     prob = p.problem
     ctx = tile.operation.context
     with ctx, tile.operation.location:
+        maps = gemm_tma.operand_maps(prob, p.schedule) if p.engine == "wgmma_tma" else []
+        kargs = [KernelArg(kind, i, (), "") for i, kind in enumerate(prob.arg_kinds)] + \
+            [KernelArg("tensormap", i, (gemm_tma.TENSORMAP_WORDS,), "int64",
+                       tensormap=m.desc(op.arg)) for i, (op, m) in enumerate(maps)]
+        types = prob.arg_types + [ir.MemRefType.get([gemm_tma.TENSORMAP_WORDS],
+                                                    ir.IntegerType.get_signless(64))] * len(maps)
         module = ir.Module.create()
         with ir.InsertionPoint(module.body):
-            fn = func.FuncOp(name or kernel_name(prob, p.engine), (prob.arg_types, []))
+            fn = func.FuncOp(name or kernel_name(prob, p.engine), (types, []))
             for key, value in (("quartet.shared_bytes", p.shared_bytes),):
                 fn.attributes[key] = ir.IntegerAttr.get(ir.IntegerType.get_signless(64), value)
             fn.attributes["quartet.grid"] = ir.DenseI64ArrayAttr.get(list(p.grid))
             fn.attributes["quartet.block"] = ir.DenseI64ArrayAttr.get(list(p.block))
             fn.attributes["quartet.chip"] = ir.StringAttr.get(p.chip)
             fn.attributes["quartet.engine"] = ir.StringAttr.get(p.engine)
-            fn.arg_attrs = ir.ArrayAttr.get([
-                ir.DictAttr.get({"quartet.role": ir.StringAttr.get(kind)})
-                for kind in prob.arg_kinds])
+            fn.arg_attrs = ir.ArrayAttr.get([arg_attrs(a) for a in kargs])
             entry = fn.add_entry_block()
             with ir.InsertionPoint(entry):
                 smem = arith.ConstantOp(i32(), p.shared_bytes).result
@@ -377,6 +416,10 @@ def build_gemm_kernel(tile, target: str, *, stages: int | None = None,
                             if isinstance(a.type, ir.MemRefType)}
                     if p.engine == "simt":
                         gemm_simt.emit_body(em, prob, p.schedule, args, flat)
+                    elif p.engine == "wgmma_tma":
+                        n = len(prob.arg_types)
+                        gemm_tma.emit_body(em, prob, p.schedule, args[:n], flat,
+                                           [(m, args[n + i]) for i, (_, m) in enumerate(maps)])
                     else:
                         gemm_tc.emit_body(em, prob, p.schedule, args, flat)
                     gpu.TerminatorOp()

@@ -19,7 +19,7 @@ from __future__ import annotations
 from mlir import ir
 from mlir.dialects import arith, memref, scf, vector
 
-from .gemm_ir import Emitter, Ix, element_type
+from .gemm_ir import Emitter, Ix, bytes_of, element_type
 from .gemm_problem import GemmProblem, Operand, _strides
 
 
@@ -294,7 +294,8 @@ class StagedEpilogue(EpilogueWriter):
                 ioff = self._offset(iop, grow, gcol)
                 if v > 1 and iop.contiguous == "col" and iop.granule % v == 0:
                     iv = vector.load(ir.VectorType.get([v], element_type(iop.dtype)),
-                                     self._flat(ep.init_arg), [em.c(ioff)])
+                                     self._flat(ep.init_arg), [em.c(ioff)],
+                                     alignment=v * bytes_of(iop.dtype))
                     inits = [vector.extract(iv, [], [e]) for e in range(v)]
                 else:
                     inits = [memref.load(self._flat(ep.init_arg),
@@ -305,7 +306,10 @@ class StagedEpilogue(EpilogueWriter):
             if v > 1:
                 vec = vector.from_elements(ir.VectorType.get([v], element_type(self.out.dtype)),
                                            outs)
-                vector.store(vec, self._flat(self.out.arg), [em.c(off)])
+                # aligned: the chunk starts at a multiple of v of a buffer row whose length is
+                # a multiple of v (out_vector), so the 16-byte vector store is one instruction
+                vector.store(vec, self._flat(self.out.arg), [em.c(off)],
+                             alignment=v * bytes_of(self.out.dtype))
             else:
                 memref.store(outs[0], self._flat(self.out.arg), [em.c(off)])
             if ip:

@@ -122,9 +122,10 @@ def test_gemm_and_softmax_side_by_side(ctx):
     assert gemm_tile.kernel == "gemm"
     g = kernels.build_block_program(gemm_tile, H200, "g_body")
     s = kernels.build_block_program(soft_tile, H200, "s_body")
-    assert g.family == "gemm:wgmma" and g.chip == "sm_90a"
+    assert g.family == "gemm:wgmma_tma" and g.chip == "sm_90a"
+    assert [a.role for a in g.args] == ["input", "input", "output", "tensormap", "tensormap"]
     args = list(g.args) + list(s.args)
-    parts = [Part(g, (0, 1, 2)), Part(s, (3, 4), first=g.resources.blocks)]
+    parts = [Part(g, (0, 1, 2, 3, 4)), Part(s, (5, 6), first=g.resources.blocks)]
     module = side_by_side(parts, args, "both")
     threads = max(g.resources.threads, s.resources.threads)
     narrow = min(parts, key=lambda p: p.program.resources.threads).program
@@ -137,7 +138,25 @@ def test_gemm_and_softmax_side_by_side(ctx):
     assert spec.grid == (g.resources.blocks + s.resources.blocks, 1, 1)
     assert spec.block == (threads, 1, 1)
     assert spec.shared_bytes == max(g.resources.shared_bytes, s.resources.shared_bytes)
-    assert [a.role for a in spec.args] == ["input", "input", "output", "input", "output"]
+    assert [a.role for a in spec.args] == ["input", "input", "output", "tensormap",
+                                           "tensormap", "input", "output"]
+    assert [a.tensormap.source for a in spec.args[3:5]] == [0, 1]
+
+
+def test_tensor_maps_follow_their_inputs_into_a_composed_kernel(ctx):
+    """A GEMM body placed after another body: its maps name the kernel's inputs 1 and 2."""
+    gemm_module, gemm_tile = tile_of(MATMUL)
+    soft_module, soft_tile = tile_of(SOFTMAX)
+    g = kernels.build_block_program(gemm_tile, H200, "g_body")
+    s = kernels.build_block_program(soft_tile, H200, "s_body")
+    args = list(s.args) + list(g.args)
+    parts = [Part(s, (0, 1)), Part(g, (2, 3, 4, 5, 6), first=s.resources.blocks)]
+    module = side_by_side(parts, args, "both")
+    fn = [op for op in module.body.operations if "quartet.block_program" not in
+          op.operation.attributes][0]
+    text = str(fn.operation.attributes["arg_attrs"])
+    assert text.count("quartet.tensormap") == 2
+    assert "source = 1" in text and "source = 2" in text
 
 
 def test_a_looped_body_walks_several_virtual_blocks(ctx):

@@ -49,22 +49,34 @@ CONV3 = dict(N=2, C=64, H=10, W=10, F=64, KH=3, KW=3, bt=(1, 64, 1, 128, 64, 1, 
 
 
 @pytest.mark.parametrize("name,src,target,engine,chip", [
-    ("wgmma", cases.matmul(256, 512, 128, **MM_WG)[0], "sm_90", "wgmma", "sm_90a"),
+    ("wgmma", cases.matmul(256, 512, 128, **MM_WG)[0], "sm_90", "wgmma_tma", "sm_90a"),
     ("mma-sm80", cases.matmul(256, 512, 128, **MM_MMA)[0], "sm_80", "mma", "sm_80"),
     ("transposed-b", cases.matmul(256, 384, 128, transb=True, **MM_MMA)[0], "sm_80", "mma",
      "sm_80"),
     ("simt-f32", cases.matmul(197, 1000, 300, **F32)[0], "sm_90", "simt", "sm_90"),
     ("batch", cases.batch_matmul(4, 128, 64, 64, bt=(1, 64, 64, 64), tt=(1, 64, 64, 64),
-                                 threads=128)[0], "sm_90", "wgmma", "sm_90a"),
+                                 threads=128)[0], "sm_90", "wgmma_tma", "sm_90a"),
     ("conv3x3", cases.conv2d(**CONV3)[0], "sm_90", "wgmma", "sm_90a"),
+    ("odd-k", cases.matmul(256, 512, 130, **MM_WG)[0], "sm_90", "wgmma", "sm_90a"),
 ])
 def test_engine_choice(ctx, name, src, target, engine, chip):
     _, tile = tile_of(src)
     assert gemm.supports(tile, target) is True
     p = gemm.plan(tile, target)
     assert (p.engine, p.chip) == (engine, chip)
-    assert p.grid == (-(-p.problem.n // p.schedule.bn), -(-p.problem.m // p.schedule.bm),
-                      p.problem.batch)
+    tiles = (-(-p.problem.n // p.schedule.bn), -(-p.problem.m // p.schedule.bm),
+             p.problem.batch)
+    if engine == "wgmma_tma":      # persistent: at most one block per SM, each walks tiles
+        assert p.grid == (min(tiles[0] * tiles[1] * tiles[2], 132), 1, 1)
+    else:
+        assert p.grid == tiles
+
+
+def test_tma_engine_can_be_switched_off(ctx, monkeypatch):
+    _, tile = tile_of(cases.matmul(256, 512, 128, **MM_WG)[0])
+    monkeypatch.setenv("QUARTET_GEMM_TMA", "0")
+    assert gemm.plan(tile, "sm_90").engine == "wgmma"
+    assert gemm.plan(tile, "sm_90", engine="wgmma_tma").engine == "wgmma_tma"
 
 
 def test_conv_operands_are_filter_and_gathered_image(ctx):
@@ -100,7 +112,7 @@ def test_schedule_written_for_the_fused_epilogue(ctx):
     src = src.replace("thread_tile = array<i64: 64, 64, 64>", "thread_tile = array<i64: 1, 16>")
     _, tile = tile_of(src)
     p = gemm.plan(tile, "sm_90")
-    assert (p.engine, p.schedule.bm, p.schedule.bn, p.schedule.bk) == ("wgmma", 128, 256, 64)
+    assert (p.engine, p.schedule.bm, p.schedule.bn, p.schedule.bk) == ("wgmma_tma", 128, 256, 64)
 
 
 def test_large_reduction_step_is_taken_in_sub_steps(ctx):
@@ -158,7 +170,7 @@ def test_kernel_function_contract(ctx):
     src, info = cases.matmul(1000, 520, 200, fused=True, bias=True, relu=True,
                              bt=(128, 128, 64), tt=(64, 64, 64), threads=128)
     _, tile = tile_of(src)
-    module = gemm.build_gemm_kernel(tile, "sm_90")
+    module = gemm.build_gemm_kernel(tile, "sm_90", engine="wgmma")
     assert module.operation.verify()
     (fn,) = list(module.body.operations)
     # memref arguments: the tile's inputs in order of first use, then its result
@@ -232,7 +244,8 @@ def _loaders_of(src, target, blocks):
     cases.matmul(1000, 520, 200, transb=True, bt=(128, 128, 64), tt=(64, 64, 64),
                  threads=128)[0],
 ])
-def test_copies_cover_each_tile_once(ctx, src):
+def test_copies_cover_each_tile_once(ctx, src, monkeypatch):
+    monkeypatch.setenv("QUARTET_GEMM_TMA", "0")       # the cp.async loaders
     p, loaders = _loaders_of(src, "sm_90", [(0, 0)])
     prob = p.problem
     for which, k_is_row in ((prob.a, False), (prob.b, True)):
@@ -294,8 +307,10 @@ NP = {"f16": np.float16, "f32": np.float32}
 
 
 def _gpu_check(src, info, target, reference):
+    """A kernel launched bare (no tensor maps: the cp.async engines; the TMA engine runs
+    through artifacts, bench/gemm/tma.py)."""
     _, tile = tile_of(src)
-    compiled = compile_module(gemm.build_gemm_kernel(tile, target))
+    compiled = compile_module(gemm.build_gemm_kernel(tile, target, engine=_bare(target)))
     rng = np.random.default_rng(7)
     arrays, named = [], {}
     for a in cases.kernel_args(tile, info):
@@ -310,6 +325,10 @@ def _gpu_check(src, info, target, reference):
     ref = reference(named)
     assert not np.isnan(out).any()
     return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+
+
+def _bare(target):
+    return "wgmma" if target == "sm_90" else None
 
 
 @pytest.mark.gpu

@@ -212,7 +212,7 @@ def test_bert_size_linear_is_planned_on_tensor_cores():
     assert len(tiles) == 1
     assert (prob.m, prob.n, prob.k, prob.a.dtype, prob.b.dtype) == (512, 3072, 768, "f16", "f16")
     assert prob.b.contiguous == "row"          # w read in place: K is its contiguous dimension
-    assert gemm.plan(tile, "sm_90").engine == "wgmma"
+    assert gemm.plan(tile, "sm_90").engine == "wgmma_tma"
 
 
 def test_linear_compiles_for_sm90_with_the_pass_in_front(monkeypatch):

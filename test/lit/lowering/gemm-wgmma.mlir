@@ -1,6 +1,7 @@
-// RUN: quartet-opt %s --pass-pipeline='builtin.module(quartet-lower-gpu{target=sm_90 stop_after=kernels})' | %filecheck %s
+// RUN: env QUARTET_GEMM_TMA=0 quartet-opt %s --pass-pipeline='builtin.module(quartet-lower-gpu{target=sm_90 stop_after=kernels})' | %filecheck %s
 
-// An f16 matmul tile with Roller's schedule (block 128x256, step 64, 256 threads = two
+// The cp.async kernel (QUARTET_GEMM_TMA=0; gemm-tma.mlir shows the TMA one). An f16 matmul
+// tile with Roller's schedule (block 128x256, step 64, 256 threads = two
 // warpgroups) becomes one gpu.launch: cp.async copies into swizzled shared memory, a pipelined
 // loop of wgmma.mma_async (m64n256k16, four per step) and a staged, coalesced epilogue.
 
