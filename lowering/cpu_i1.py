@@ -125,8 +125,22 @@ def _extend_operand(op: ir.Operation, index: int, i8: ir.Type) -> None:
     value = op.operands[index]
     if not _i1(value.type):
         return
+    constant = _constant_of(value)
+    if constant is not None:        # a byte constant beside the bit's own (outside the tile): a
+        with op.location, ir.InsertionPoint.after(constant):    # row program refuses scalar ops
+            bit = int(ir.IntegerAttr(constant.attributes["value"]).value != 0)
+            op.operands[index] = arith.ConstantOp(i8, ir.IntegerAttr.get(i8, bit)).result
+        return
     with op.location, ir.InsertionPoint(op):
         op.operands[index] = arith.ExtUIOp(i8, value).result
+
+
+def _constant_of(value: ir.Value) -> ir.Operation | None:
+    """The ``arith.constant`` that defines ``value``, or None."""
+    owner = value.owner
+    if not isinstance(owner, ir.Operation):
+        owner = getattr(owner, "operation", None)
+    return owner if owner is not None and owner.name == "arith.constant" else None
 
 
 def _truncate_result(op: ir.Operation, i8: ir.Type) -> None:
@@ -165,6 +179,43 @@ def _fix_linalg(op: ir.Operation, i8: ir.Type) -> None:
     for j, result in enumerate(op.results):
         if j < len(terminator.operands) and _byte_tensor(result.type):
             _extend_operand(terminator, j, i8)
+            _combine_in_bytes(block, len(operands) - len(op.results) + j, j, terminator, i8)
+
+
+#: boolean combiners that are the same bitwise on 0/1 bytes
+_BYTE_COMBINERS = {"arith.andi": arith.AndIOp, "arith.ori": arith.OrIOp}
+
+
+def _combine_in_bytes(block: ir.Block, out_index: int, j: int, terminator: ir.Operation,
+                      i8: ir.Type) -> None:
+    """``yield extui(andi(x, trunci(out)))`` -> ``yield andi(extui(x), out)`` on bytes.
+
+    A boolean reduction (``torch.all``/``any``) reads its accumulator through a ``trunci`` after
+    widening; the GPU's reduction builders take ``combine(f(in), out)`` with ``out`` itself. On
+    bytes holding 0 or 1, ``andi``/``ori`` give the same 0 or 1 as on bits."""
+    if out_index >= len(block.arguments):
+        return
+    extended = terminator.operands[j].owner
+    if getattr(extended, "name", None) != "arith.extui":
+        return
+    combine = extended.operands[0].owner
+    if getattr(combine, "name", None) not in _BYTE_COMBINERS:
+        return
+    out_arg = block.arguments[out_index]
+    a, b = combine.operands
+    truncated = [x for x in (a, b) if getattr(x.owner, "name", None) == "arith.trunci"
+                 and x.owner.operands[0] == out_arg]
+    if len(truncated) != 1:
+        return
+    other = b if truncated[0] == a else a
+    with combine.location, ir.InsertionPoint(terminator):
+        wide = arith.ExtUIOp(i8, other).result
+        new = _BYTE_COMBINERS[combine.name](wide, out_arg).result
+    terminator.operands[j] = new
+    trunc = truncated[0].owner
+    for dead in (extended, combine, trunc):
+        if not any(True for _ in dead.results[0].uses):
+            dead.erase()
 
 
 def _widen_constant(op: ir.Operation, i8: ir.Type) -> None:

@@ -104,6 +104,10 @@ CASES = [
     Case("mean_axes12", lambda x: x.mean((1, 2), keepdim=True), ((6, 7, 9),)),
     Case("amax_30522", lambda x: x.amax(-1), ((4, 30522),)),
     Case("argmax_axis1", lambda x: x.argmax(1), ((197, 1000),)),
+    # boolean reductions (all/any: andi/ori over bytes; rows of 3 are all-positive 1 time in 8)
+    Case("all_any_rows", lambda x: torch.where((x > 0).all(-1, keepdim=True)
+                                               | (x < -1.5).any(-1, keepdim=True), x, -x),
+         ((64, 3),)),
     # torch-mlir accumulates an f16/bf16 sum in f16/bf16 itself (a matmul or a convolution it
     # accumulates in f32): over 30522 terms that is far from PyTorch, which accumulates in f32.
     # The CPU path computes what the IR says, so this length is checked in f32 only.
