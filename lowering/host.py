@@ -41,7 +41,7 @@ from .prepare import (contiguous_slice, dtype_of, host_ops, nbytes, prepare, sha
 
 #: host ops the GPU lowering takes (everything else must be inside a tile)
 HOST_OPS = ("arith.constant", "tensor.empty", "tensor.expand_shape", "tensor.collapse_shape",
-            "tensor.extract_slice", "tensor.extract", "arith.trunci", "arith.extui",
+            "tensor.cast", "tensor.extract_slice", "tensor.extract", "arith.trunci", "arith.extui",
             "scf.while", "scf.if", "scf.condition", "scf.yield", "func.return", "quartet.tile")
 
 
@@ -155,12 +155,21 @@ def _check_host(fn) -> None:
             raise QuartetError(f"'{op.name}' outside a quartet.tile cannot be lowered for the "
                                f"GPU (host code holds tiles, constants, views, scalar "
                                f"predicates, scf.while and scf.if)", location_of(op))
+        if op.name == "tensor.cast" and not _same_static_shape(op):
+            raise QuartetError("'tensor.cast' to or from a dynamic shape cannot be lowered for "
+                               "the GPU (static shapes only)", location_of(op))
         if op.name in ("arith.trunci", "arith.extui"):
             widths = {ir.IntegerType(v.type).width for v in (op.operands[0], op.results[0])
                       if isinstance(v.type, ir.IntegerType)}
             if widths != {1, 8}:
                 raise QuartetError(f"'{op.name}' on the host converts only between i8 and i1 "
                                    f"predicates", location_of(op))
+
+
+def _same_static_shape(op) -> bool:
+    """A ``tensor.cast`` between two static types of one shape: a view of the same buffer."""
+    a, b = (ir.RankedTensorType(v.type) for v in (op.operands[0], op.results[0]))
+    return a.has_static_shape and b.has_static_shape and list(a.shape) == list(b.shape)
 
 
 def lower_function(fn, target: str, module: ir.Module, compiled: list,
@@ -186,7 +195,7 @@ def _lower_block(block: ir.Block, target: str, module, host: _Host, compiled: li
         name = op.name
         if name == "quartet.tile":
             _lower_tile(op.opview, target, module, host, compiled.pop(0), emit, steps)
-        elif name in ("tensor.expand_shape", "tensor.collapse_shape"):
+        elif name in ("tensor.expand_shape", "tensor.collapse_shape", "tensor.cast"):
             host.view(_buffer_of(op.operands[0], host), op.results[0])
         elif name == "tensor.extract_slice":
             offset = contiguous_slice(op)

@@ -289,8 +289,23 @@ def test_host_ops_outside_tiles_are_rejected(ctx):
         "  %h = tensor.cast %z : tensor<?x64xf32> to tensor<8x64xf32>\n"
         "  return %h : tensor<8x64xf32>")
     module = ir.Module.parse(text)     # (tensor.concat has a tile of its own: test_concat_tile)
-    with pytest.raises(QuartetError, match="'tensor.cast' outside a quartet.tile"):
+    with pytest.raises(QuartetError, match="'tensor.cast' to or from a dynamic shape"):
         lower_module(module, "sm_90")
+    text = bias_gelu_text(8, 64).replace(
+        "return %r : tensor<8x64xf32>",
+        "%s = tensor.insert_slice %r into %x[0, 0] [8, 64] [1, 1] : tensor<8x64xf32> into "
+        "tensor<8x64xf32>\n  return %s : tensor<8x64xf32>")
+    with pytest.raises(QuartetError, match="'tensor.insert_slice' outside a quartet.tile"):
+        lower_module(ir.Module.parse(text), "sm_90")
+
+
+def test_static_tensor_cast_is_a_view(ctx):
+    text = bias_gelu_text(8, 64).replace(
+        "return %r : tensor<8x64xf32>",
+        "%h = tensor.cast %r : tensor<8x64xf32> to tensor<8x64xf32>\n"
+        "  return %h : tensor<8x64xf32>")
+    _, plan = lower_module(ir.Module.parse(text), "sm_90")
+    assert len(plan.launches) == 1 and not [s for s in plan.walk() if isinstance(s, Copy)]
 
 
 def test_fp16_max_reduction_shuffles_in_fp32(ctx):

@@ -27,7 +27,7 @@ MODELS = list(zoo.ZOO)
 #: what does not compile for sm_90 yet: model -> a regex of its error (docs/zoo.md has the
 #: table); a model that starts compiling fails here until it is taken off this list
 SM90_FAILS: dict[str, str] = {
-    "swin_t": "'tensor.cast' outside a quartet.tile cannot be lowered for the GPU",
+    "swin_t": "'tensor.insert_slice' outside a quartet.tile cannot be lowered for the GPU",
 }
 
 
