@@ -4,7 +4,7 @@
 Build here (MLIR, torchvision, transformers), run there (torch, numpy, cuda-bindings only):
 
     python scripts/gpu_check_zoo.py build .artifacts/zoo_check [CASES]    # here
-    source runtime/device_env.sh && python3 scripts/gpu_check_zoo.py run .artifacts/zoo_check
+    source bench/device_env.sh && python3 scripts/gpu_check_zoo.py run .artifacts/zoo_check
 
 ``build`` compiles, for sm_90, every tiny zoo model that compiles for it (frontend/zoo.py) plus
 two small cases (an embedding whose index is checked, three concatenations), and stores with

@@ -148,6 +148,9 @@ def main(argv=None) -> int:
     parser.add_argument("--size", choices=("tiny", "full"), default="tiny")
     parser.add_argument("--targets", default="cpu,sm_90")
     parser.add_argument("--models", nargs="*")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the other records of the existing JSON (rerun only --models "
+                             "on --targets)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per compile")
     parser.add_argument("--out", default=str(ROOT / "docs" / "zoo.md"))
     args = parser.parse_args(argv)
@@ -165,6 +168,13 @@ def main(argv=None) -> int:
             records.append(r)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.update and out.with_suffix(".json").exists():
+        fresh = {(r["model"], r["target"]) for r in records}
+        old = json.loads(out.with_suffix(".json").read_text())
+        records = [r for r in old if (r["model"], r["target"]) not in fresh] + records
+        order = {name: i for i, name in enumerate(zoo.ZOO)}
+        records.sort(key=lambda r: (order.get(r["model"], len(order)), r["target"]))
+        targets = sorted({r["target"] for r in records}, key=lambda t: (t != "cpu", t))
     command = "python scripts/zoo_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
     out.write_text(markdown(records, targets, args.size, command.strip()))
     out.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")

@@ -2,7 +2,7 @@
 
 On the GPU machine (torch, numpy, cuda-bindings; no MLIR), in one call:
 
-    source runtime/device_env.sh && python3 test/opinfo/run_gpu.py .artifacts/opinfo_sm90 \
+    source bench/device_env.sh && python3 test/opinfo/run_gpu.py .artifacts/opinfo_sm90 \
         --out $OUT/opinfo_gpu.json --table $OUT/opinfo_gpu.md
 
 The folder is what ``build_gpu.py`` wrote: one ``<op>/<dtype>/<sample>/`` per case with
