@@ -144,6 +144,8 @@ class ArtifactWriter:
         else:
             raise QuartetError(f"no weight named {name!r}", "artifact writer")
         data, shape, dtype = _host_bytes(array)
+        if shape == () and tuple(w.shape) == (1,):   # a 0-d state entry (BatchNorm's
+            shape = (1,)                             # num_batches_tracked) the program holds as [1]
         if shape != tuple(w.shape) or dtype != w.dtype:
             raise QuartetError(f"weight {name!r} is {w.dtype} {list(w.shape)}, got {dtype} "
                                f"{list(shape)}", "artifact writer")

@@ -896,3 +896,12 @@ def test_selftest_ptx_assembles(tmp_path):
     w.add_kernel("k", cubin, "vadd", (1, 1, 1), (32, 1, 1), args=["y", "y", "y", ScalarArg("int32", N)])
     w.add_step(Launch("k"))
     load_manifest(w.save(tmp_path / "ok.qrt"), backend="cuda", device_arch="sm_90")
+
+
+def test_set_weight_takes_a_0d_entry_for_a_one_element_weight():
+    w = ArtifactWriter("cpu")
+    w.add_weight("bn.num_batches_tracked", np.zeros((1,), np.int64))
+    w.set_weight("bn.num_batches_tracked", np.array(7, np.int64))      # state_dict's 0-d value
+    assert w.weights[0].shape == (1,) or list(w.weights[0].shape) == [1]
+    expect_error(lambda: w.set_weight("bn.num_batches_tracked", np.zeros((2,), np.int64)),
+                 "bn.num_batches_tracked", "[2]")
