@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from mlir import ir
 
+from quartet.errors import QuartetError, location_of
+
 
 def _shape(t: ir.Type) -> list[int]:
     return list(ir.ShapedType(t).shape)
@@ -46,9 +48,28 @@ def _body(dim: int, rank: int, sources: list[ir.Type]) -> list[str]:
     return lines + [f"linalg.yield {picked} : {ir.ShapedType(sources[0]).element_type}"]
 
 
+def _static_source(v: ir.Value) -> ir.Value:
+    """``v``, or the static tensor behind a ``tensor.cast`` to a dynamic type (``torch.roll``
+    concatenates its two slices through such casts): the same data."""
+    owner = v.owner
+    if getattr(owner, "name", None) == "tensor.cast":
+        source = owner.operands[0]
+        if ir.RankedTensorType(source.type).has_static_shape:
+            return source
+    return v
+
+
 def outline_concat(op: ir.Operation) -> None:
     """Replace host op ``tensor.concat`` by a tile that gathers its output (module docstring)."""
     dim = ir.IntegerAttr(op.attributes["dim"]).value
+    for i, v in enumerate(op.operands):
+        op.operands[i] = _static_source(v)
+        if op.operands[i] != v and not any(True for _ in v.uses):
+            v.owner.erase()
+    if not all(ir.RankedTensorType(t).has_static_shape
+               for t in [v.type for v in op.operands] + [op.results[0].type]):
+        raise QuartetError("'tensor.concat' of dynamic shapes cannot be lowered for the GPU "
+                           "(static shapes only)", location_of(op))
     sources = [v.type for v in op.operands]
     res_t = op.results[0].type
     rank = len(_shape(res_t))
