@@ -161,7 +161,7 @@ def _weight_value(value, mlir_dtype: str):
         return value
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(value)).view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(value).reshape(np.shape(value))).view(torch.bfloat16)
 
 
 def compile(module, example_inputs, pipeline: str = "roller", target: str = "auto", *,

@@ -735,7 +735,7 @@ def check_inputs(sig: EntrySig, inputs) -> list[np.ndarray]:
             raise QuartetError(
                 f"input {i} of '@{sig.symbol}': expected {want.type_text()}, got shape "
                 f"{tuple(a.shape)} dtype {a.dtype}")
-        arrays.append(np.ascontiguousarray(a))
+        arrays.append(np.ascontiguousarray(a).reshape(np.shape(a)))
     return arrays
 
 

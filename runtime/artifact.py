@@ -144,8 +144,6 @@ class ArtifactWriter:
         else:
             raise QuartetError(f"no weight named {name!r}", "artifact writer")
         data, shape, dtype = _host_bytes(array)
-        if shape == () and tuple(w.shape) == (1,):   # a 0-d state entry (BatchNorm's
-            shape = (1,)                             # num_batches_tracked) the program holds as [1]
         if shape != tuple(w.shape) or dtype != w.dtype:
             raise QuartetError(f"weight {name!r} is {w.dtype} {list(w.shape)}, got {dtype} "
                                f"{list(shape)}", "artifact writer")
@@ -328,7 +326,7 @@ def _host_bytes(array: Any) -> tuple[bytes, tuple[int, ...], str]:
         t = array.detach().to("cpu").contiguous()
         raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
         return raw, tuple(t.shape), dtypes.name_of_torch(t.dtype)
-    a = np.ascontiguousarray(array)
+    a = np.ascontiguousarray(array).reshape(np.shape(array))   # (ascontiguousarray makes 0-d 1-d)
     name = dtypes.name_of_numpy(a.dtype)
     dtypes.check_dtype(name, "weight")
     return a.tobytes(), tuple(a.shape), name

@@ -129,7 +129,7 @@ def to_torch(arrays, specs, device: str = "cpu") -> list:
 
     out = []
     for a, s in zip(arrays, specs):
-        t = torch.from_numpy(np.ascontiguousarray(a)).to(dtypes.torch_dtype(s.dtype))
+        t = torch.from_numpy(np.ascontiguousarray(a).reshape(np.shape(a))).to(dtypes.torch_dtype(s.dtype))
         out.append(t.to(device))
     return out
 
@@ -295,7 +295,7 @@ def eager_outputs(program, inputs, model: str | None = None) -> list:
     tensors = []
     for x in inputs:
         if isinstance(x, np.ndarray):
-            tensors.append(torch.from_numpy(np.ascontiguousarray(x)))
+            tensors.append(torch.from_numpy(np.ascontiguousarray(x).reshape(np.shape(x))))
         else:
             tensors.append(x)
             device = x.device

@@ -48,7 +48,7 @@ def _torch_inputs(inputs, dtypes, device="cuda"):
 
     out = []
     for a, d in zip(inputs, dtypes):
-        t = torch.from_numpy(np.ascontiguousarray(a))
+        t = torch.from_numpy(np.ascontiguousarray(a).reshape(np.shape(a)))   # 0-d stays 0-d
         out.append(t.to(getattr(torch, d)).to(device))
     return out
 

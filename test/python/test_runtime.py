@@ -898,10 +898,13 @@ def test_selftest_ptx_assembles(tmp_path):
     load_manifest(w.save(tmp_path / "ok.qrt"), backend="cuda", device_arch="sm_90")
 
 
-def test_set_weight_takes_a_0d_entry_for_a_one_element_weight():
+def test_0d_weights_stay_0d():
+    """numpy's ascontiguousarray makes a 0-d array 1-d: a 0-d weight (BatchNorm's
+    num_batches_tracked) was stored as [1], and saving a live model's 0-d state failed."""
     w = ArtifactWriter("cpu")
-    w.add_weight("bn.num_batches_tracked", np.zeros((1,), np.int64))
-    w.set_weight("bn.num_batches_tracked", np.array(7, np.int64))      # state_dict's 0-d value
-    assert w.weights[0].shape == (1,) or list(w.weights[0].shape) == [1]
+    w.add_weight("bn.num_batches_tracked", np.array(0, np.int64))
+    torch = pytest.importorskip("torch")
+    w.set_weight("bn.num_batches_tracked", torch.tensor(7))      # state_dict's 0-d value
+    assert tuple(w.weights[0].shape) == ()
     expect_error(lambda: w.set_weight("bn.num_batches_tracked", np.zeros((2,), np.int64)),
                  "bn.num_batches_tracked", "[2]")
