@@ -10,6 +10,10 @@ its storage buffer and byte offset, so that the artifact writer copies steps as 
 
 * a tile -> ``Launch`` of its kernel(s), each bound to ``BufferArg``s in bare-pointer order;
 * reshapes and contiguous ``tensor.extract_slice`` -> views (no step);
+* ``tensor.concat`` of contiguous slices (``prepare.concat_offsets``) -> one buffer; each
+  operand that is a tile's result is written in place by that tile (its result buffer is a view
+  of the concat's buffer, ``prepare.concat_redirects``), any other operand is copied there
+  (``Copy``); a concat of strided slices was made a gather tile by ``prepare``;
 * ``tensor.extract`` at constant indices, ``arith.trunci``/``arith.extui`` between ``i8`` and
   ``i1`` -> scalars in buffers (loop and branch predicates);
 * ``scf.while`` / ``scf.if`` -> host ``While`` / ``If`` steps whose predicate the runtime reads
@@ -37,11 +41,12 @@ from quartet.runtime import targets
 from .build import compile_all, index_constant, insert_binary
 from .kernel import KernelSpec
 from .kernels import kernel_inputs
-from .prepare import (contiguous_slice, dtype_of, host_ops, nbytes, prepare, shape_of)
+from .prepare import (concat_offsets, concat_redirects, contiguous_slice, dtype_of, host_ops,
+                      nbytes, prepare, shape_of)
 
 #: host ops the GPU lowering takes (everything else must be inside a tile)
 HOST_OPS = ("arith.constant", "tensor.empty", "tensor.expand_shape", "tensor.collapse_shape",
-            "tensor.extract_slice", "tensor.extract", "arith.trunci", "arith.extui",
+            "tensor.extract_slice", "tensor.concat", "tensor.extract", "arith.trunci", "arith.extui",
             "scf.while", "scf.if", "scf.condition", "scf.yield", "func.return", "quartet.tile")
 
 
@@ -118,6 +123,10 @@ class _Host:
     names: dict
     scalars: dict = field(default_factory=dict)   # scalar value -> (buffer, byte offset, dtype)
     counter: int = 0
+    redirects: dict = field(default_factory=dict)  # tile result -> (concat buffer, byte offset)
+    storage_ir: dict = field(default_factory=dict)  # storage buffer -> its i8 memref in the IR
+    concats: dict = field(default_factory=dict)    # tensor.concat result -> its buffer
+    # (keyed by the result: an ir.Operation's hash changes when its operands are replaced)
 
     def fresh(self, prefix: str) -> str:
         self.counter += 1
@@ -129,13 +138,30 @@ class _Host:
         return name
 
     def view(self, base: str, value: ir.Value, offset: int = 0) -> str:
+        name = self.alias(base, offset, shape_of(value.type), dtype_of(value.type))
+        self.names[value] = name
+        return name
+
+    def alias(self, base: str, offset: int, shape, dtype: str) -> str:
+        """A view buffer of ``shape``/``dtype`` at byte ``offset`` of ``base``'s storage."""
         storage, off = self.plan.storage(base)
         name = self.fresh("view")
         self.plan.aliases[name] = storage
         self.plan.offsets[name] = off + offset
-        self.plan.buffers.append(Buffer(name, shape_of(value.type), dtype_of(value.type), "temp"))
-        self.names[value] = name
+        self.plan.buffers.append(Buffer(name, tuple(shape), dtype, "temp"))
         return name
+
+    def memref_of(self, name: str, mt: ir.MemRefType) -> ir.Value:
+        """The IR memref of plan buffer ``name`` (a storage buffer or a view into one), as
+        ``mt``: a ``memref.view`` of the storage's bytes (``memref<N x i8>``, allocated at the
+        insertion point where first needed)."""
+        storage, offset = self.plan.storage(name)
+        base = self.storage_ir.get(storage)
+        if base is None:
+            i8 = ir.IntegerType.get_signless(8)
+            base = memref.alloc(ir.MemRefType.get([self.plan.buffer(storage).nbytes], i8), [], [])
+            self.storage_ir[storage] = base
+        return memref.view(mt, base, index_constant(offset), [])
 
 
 def _copy(host: _Host, steps: list, src: str, dst: str, size: int | None = None,
@@ -181,6 +207,7 @@ def lower_function(fn, target: str, module: ir.Module, compiled: list,
 
 def _lower_block(block: ir.Block, target: str, module, host: _Host, compiled: list,
                  emit: str, steps: list) -> None:
+    _plan_concats(block, host)
     for op in list(block.operations):
         op = op.operation
         name = op.name
@@ -194,6 +221,8 @@ def _lower_block(block: ir.Block, target: str, module, host: _Host, compiled: li
                 raise QuartetError("a non-contiguous 'tensor.extract_slice' was not turned into "
                                    "a kernel (run gpu.prepare first)", location_of(op))
             host.view(_buffer_of(op.operands[0], host), op.results[0], offset)
+        elif name == "tensor.concat":
+            _lower_concat(op, host, steps)
         elif name == "tensor.extract":
             _extract_scalar(op, host)
         elif name in ("arith.trunci", "arith.extui"):
@@ -206,6 +235,59 @@ def _lower_block(block: ir.Block, target: str, module, host: _Host, compiled: li
             _results(op, host, steps)
         # arith.constant, tensor.empty: buffers made where they are read;
         # scf.condition, scf.yield: read by the enclosing loop or branch
+
+
+def _scope_ops(block: ir.Block) -> list[ir.Operation]:
+    """The ops of ``block`` and of the ``quartet.uvirtual`` regions in it: one host level (a
+    persistent kernel is one step of the block that holds it)."""
+    found = []
+    for op in block.operations:
+        op = op.operation
+        found.append(op)
+        if op.name == "quartet.uvirtual":
+            found += _scope_ops(op.regions[0].blocks[0])
+        elif op.name == "quartet.vtask":
+            found += list(o.operation for o in op.regions[0].blocks[0].operations)
+    return found
+
+
+def _plan_concats(block: ir.Block, host: _Host) -> None:
+    """Give each contiguous ``tensor.concat`` of this level one buffer and let the tiles of the
+    same level that produce its operands write their slices in place (before any of them is
+    lowered: their result buffers become views of the concat's)."""
+    ops = _scope_ops(block)
+    tiles = {op for op in ops if op.name == "quartet.tile"}
+    claimed = set(host.redirects)
+    for op in ops:
+        if op.name != "tensor.concat" or op.results[0] in host.concats:
+            continue
+        offsets = concat_offsets(op)
+        if offsets is None:
+            raise QuartetError("a 'tensor.concat' of strided slices was not turned into a "
+                               "kernel (run gpu.prepare first)", location_of(op))
+        t = op.results[0].type
+        storage = host.new_buffer("cat", shape_of(t), dtype_of(t))
+        host.concats[op.results[0]] = storage
+        for value, offset in zip(concat_redirects(op, claimed), offsets):
+            if value is not None and value.owner.operation in tiles:
+                host.redirects[value] = (storage, offset)
+
+
+def _lower_concat(op, host: _Host, steps: list | None) -> None:
+    """The concat's buffer holds its operands: those not written in place are copied there
+    (``steps`` None: inside a persistent kernel, where every operand must be in place)."""
+    storage = host.concats[op.results[0]]
+    for value, offset in zip(op.operands, concat_offsets(op)):
+        src = _buffer_of(value, host)
+        if host.plan.storage(src) == (storage, offset):
+            continue
+        if steps is None:
+            raise QuartetError("an operand of a 'tensor.concat' in a persistent kernel is not "
+                               "written in place (rammer-outline-data-movement makes such "
+                               "concats tiles)", location_of(op))
+        _copy(host, steps, src, host.alias(storage, offset, shape_of(value.type),
+                                           dtype_of(value.type)))
+    host.names[op.results[0]] = storage
 
 
 def _extract_scalar(op, host: _Host) -> None:
@@ -400,8 +482,10 @@ def _lower_tile(tile, target: str, module: ir.Module, host: _Host, specs: list,
         for r in tile.results:
             mt = ir.MemRefType.get(list(ir.ShapedType(r.type).shape),
                                    ir.ShapedType(r.type).element_type)
-            outs.append(memref.alloc(mt, [], []))
-            out_names.append(host.new_buffer("t", tuple(mt.shape), dtype_of(r.type)))
+            name = _result_buffer(r, host)
+            out_names.append(name)
+            outs.append(host.memref_of(name, mt) if r in host.redirects else
+                        memref.alloc(mt, [], []))
         for spec in specs:
             operands, bound = [], []
             for a in spec.args:
@@ -429,6 +513,14 @@ def _lower_tile(tile, target: str, module: ir.Module, host: _Host, specs: list,
         old.replace_all_uses_with(new)
         host.names[new] = name
     tile.operation.erase()
+
+
+def _result_buffer(r: ir.Value, host: _Host) -> str:
+    """A buffer for tile result ``r``: its slice of a concat's buffer, else a fresh one."""
+    if r in host.redirects:
+        storage, offset = host.redirects[r]
+        return host.alias(storage, offset, shape_of(r.type), dtype_of(r.type))
+    return host.new_buffer("t", shape_of(r.type), dtype_of(r.type))
 
 
 def _to_buffer(v: ir.Value) -> ir.Value:

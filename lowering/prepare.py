@@ -2,10 +2,14 @@
 
 * Boolean tensors become byte tensors (``cpu_i1.py``: MLIR 22's memref-to-LLVM conversion
   aborts on ``i1`` loads and stores; numpy's ``bool`` is one byte too).
-* Host data movement that no view can express - ``tensor.pad``, and ``tensor.extract_slice`` of
-  a non-contiguous part - becomes a tile of its own: a ``linalg.generic`` gathering each output
-  element from the source (``linalg.index`` arithmetic, ``tensor.extract``), which the fallback
-  block program maps onto blocks and threads.
+* Host data movement that no view can express - ``tensor.pad``, ``tensor.extract_slice`` of
+  a non-contiguous part, and ``tensor.concat`` along a dimension whose slices are not contiguous
+  runs of the result - becomes a tile of its own: a ``linalg.generic`` gathering each output
+  element from its source (``linalg.index`` arithmetic, ``tensor.extract``), which the fallback
+  block program maps onto blocks and threads. A concatenation of contiguous slices (along the
+  outermost dimension that is not 1: branches stacked, channels concatenated at batch 1) stays:
+  the host plan gives it one buffer and each producing tile writes its slice in place
+  (:func:`concat_offsets`, :func:`concat_redirects`, ``host.py``).
 
 Also the small facts about tiles and host ops that the kernel builder and the host planner
 share (:func:`tiles_of`, :func:`host_ops`, :func:`contiguous_slice`, element types).
@@ -120,12 +124,84 @@ def contiguous_slice(op) -> int | None:
     return linear * nbytes((), dtype_of(op.operands[0].type))
 
 
-def _outline_data_movement(fn: ir.Operation) -> None:
+def concat_offsets(op) -> list[int] | None:
+    """Byte offset in the result of each operand of a ``tensor.concat`` whose operands are
+    contiguous runs of its result (every dimension before the concatenated one is 1), else
+    None."""
+    dim = ir.IntegerAttr(op.attributes["dim"]).value
+    result = shape_of(op.results[0].type)
+    if any(d < 0 for d in result) or any(d != 1 for d in result[:dim]):
+        return None
+    offsets, at = [], 0
+    for v in op.operands:
+        offsets.append(at)
+        at += nbytes(shape_of(v.type), dtype_of(v.type))
+    return offsets
+
+
+def tile_result(value: ir.Value):
+    """The ``quartet.tile`` result that ``value`` is (directly, or as the result of the
+    ``quartet.vtask`` wrapping the tile), or None."""
+    owner = value.owner
+    if isinstance(owner, ir.Block):
+        return None
+    op = owner.operation
+    if op.name == "quartet.tile":
+        return value
+    if op.name == "quartet.vtask":
+        block = op.regions[0].blocks[0]
+        term = block.operations[len(block.operations) - 1].operation
+        inner = term.operands[ir.OpResult(value).result_number]
+        return tile_result(inner)
+    return None
+
+
+def concat_redirects(op, claimed: set) -> list:
+    """For each operand of a contiguous concat: the tile result that can write its slice of
+    the concat's buffer in place, or None (the operand is then copied there). A tile result is
+    redirected into one slice only (``claimed`` collects those already taken)."""
+    out = []
+    for v in op.operands:
+        r = tile_result(v)
+        if r is None or r in claimed:
+            out.append(None)
+            continue
+        claimed.add(r)
+        out.append(r)
+    return out
+
+
+def concat_in_place(op, claimed: set) -> bool:
+    """Whether every operand of ``op`` can be written in place into its slice of the concat's
+    buffer (contiguous slices, each operand a tile result not claimed by another concat)."""
+    if concat_offsets(op) is None:
+        return False
+    trial = set(claimed)
+    if any(r is None for r in concat_redirects(op, trial)):
+        return False
+    claimed |= trial
+    return True
+
+
+def outline_data_movement(fn: ir.Operation, concats: str = "strided") -> None:
+    """Turn the host data movement of ``fn`` that no view expresses into gather tiles.
+    ``concats``: ``"strided"`` outlines the concatenations whose slices are not contiguous
+    (the host plan copies other operands into place); ``"copied"`` also those with an operand
+    that is not a tile result written in place (a persistent kernel has no host copies)."""
+    claimed: set = set()
     for op in host_ops(fn):
         if op.name == "tensor.pad":
             _gather_tile(op, *_pad_gather(op))
         elif op.name == "tensor.extract_slice" and contiguous_slice(op) is None:
             _gather_tile(op, *_slice_gather(op))
+        elif op.name == "tensor.concat":
+            if concat_offsets(op) is None or (concats == "copied" and
+                                              not concat_in_place(op, claimed)):
+                _concat_tile(op)
+
+
+def _outline_data_movement(fn: ir.Operation) -> None:
+    outline_data_movement(fn, "strided")
 
 
 def _slice_gather(op) -> tuple[list, list, str | None]:
@@ -224,3 +300,60 @@ func.func @gather(%src: {src_t}) -> {res_t} {{
     op.erase()
 
 
+
+
+def _concat_tile(op) -> None:
+    """Replace a ``tensor.concat`` by a tile computing each output element from the operand
+    whose slice holds it (``arith.select`` over the operands, indices clamped into each)."""
+    dim = ir.IntegerAttr(op.attributes["dim"]).value
+    res_t = op.results[0].type
+    elt = str(ir.ShapedType(res_t).element_type)
+    rank = len(shape_of(res_t))
+    sources = list(op.operands)
+    dims = ", ".join(f"d{i}" for i in range(rank))
+    iters = ", ".join(['"parallel"'] * rank)
+    lines = [f"%i{i} = linalg.index {i} : index" for i in range(rank)]
+    lines.append("%zero = arith.constant 0 : index")
+    starts, at = [], 0
+    for k, v in enumerate(sources):
+        size = shape_of(v.type)[dim]
+        starts.append(at)
+        lines += [f"%c{k} = arith.constant {at} : index",
+                  f"%hi{k} = arith.constant {size - 1} : index",
+                  f"%l{k} = arith.subi %i{dim}, %c{k} : index",
+                  f"%a{k} = arith.maxsi %l{k}, %zero : index",
+                  f"%j{k} = arith.minsi %a{k}, %hi{k} : index"]
+        index = ", ".join(f"%j{k}" if i == dim else f"%i{i}" for i in range(rank))
+        lines.append(f"%v{k} = tensor.extract %s{k}[{index}] : {v.type}")
+        at += size
+    result = f"%v{len(sources) - 1}"
+    for k in range(len(sources) - 2, -1, -1):
+        lines += [f"%e{k} = arith.constant {starts[k + 1]} : index",
+                  f"%in{k} = arith.cmpi slt, %i{dim}, %e{k} : index",
+                  f"%r{k} = arith.select %in{k}, %v{k}, {result} : {elt}"]
+        result = f"%r{k}"
+    body = "\n          ".join(lines)
+    params = ", ".join(f"%s{k}: {v.type}" for k, v in enumerate(sources))
+    text = f"""
+func.func @gather({params}) -> {res_t} {{
+  %t = "quartet.tile"() ({{
+    %e = tensor.empty() : {res_t}
+    %g = linalg.generic {{indexing_maps = [affine_map<({dims}) -> ({dims})>],
+                         iterator_types = [{iters}]}} outs(%e : {res_t}) {{
+        ^bb0(%out: {elt}):
+          {body}
+          linalg.yield {result} : {elt}
+    }} -> {res_t}
+    gpu.yield %g : {res_t}
+  }}) : () -> {res_t}
+  return %t : {res_t}
+}}"""
+    parsed = ir.Module.parse(text)
+    gfn = parsed.body.operations[0]
+    args = list(gfn.regions[0].blocks[0].arguments)
+    template = gfn.regions[0].blocks[0].operations[0]
+    with ir.InsertionPoint(op), op.location:
+        tile = template.operation.clone()
+    remap(tile, dict(zip(args, sources)))
+    op.results[0].replace_all_uses_with(tile.results[0])
+    op.erase()
