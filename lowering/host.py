@@ -47,7 +47,8 @@ from .prepare import (concat_offsets, concat_redirects, contiguous_slice, dtype_
 #: host ops the GPU lowering takes (everything else must be inside a tile)
 HOST_OPS = ("arith.constant", "tensor.empty", "tensor.expand_shape", "tensor.collapse_shape",
             "tensor.extract_slice", "tensor.concat", "tensor.extract", "arith.trunci", "arith.extui",
-            "scf.while", "scf.if", "scf.condition", "scf.yield", "func.return", "quartet.tile")
+            "scf.while", "scf.if", "scf.condition", "scf.yield", "func.return", "quartet.tile",
+            "quartet.uvirtual")
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,10 @@ class Buffer:
     name: str
     shape: tuple[int, ...]
     dtype: str                          # "float16", ...
-    kind: str                           # "input" | "output" | "temp" | "weight"
+    kind: str                           # "input" | "output" | "temp" | "weight" | "scalar"
     index: int = -1                     # position among the function's arguments / results
     data: bytes | None = field(default=None, compare=False, repr=False)   # weights
+    zeroed: bool = False                # zeroed at load (a persistent kernel's counters)
 
     @property
     def nbytes(self) -> int:
@@ -68,11 +70,13 @@ class Buffer:
 
 @dataclass(frozen=True)
 class KernelUse:
-    """A kernel of the plan and the buffers bound to its arguments."""
+    """A kernel of the plan and the buffers bound to its arguments (``persistent``: what the
+    manifest states about a persistent kernel)."""
 
     name: str                           # the manifest's kernel name
     kernel: KernelSpec
     args: tuple[mf.BufferArg, ...]
+    persistent: mf.Persistent | None = None
 
 
 @dataclass
@@ -213,6 +217,8 @@ def _lower_block(block: ir.Block, target: str, module, host: _Host, compiled: li
         name = op.name
         if name == "quartet.tile":
             _lower_tile(op.opview, target, module, host, compiled.pop(0), emit, steps)
+        elif name == "quartet.uvirtual":
+            _lower_uvirtual(op.opview, target, module, host, compiled.pop(0), emit, steps)
         elif name in ("tensor.expand_shape", "tensor.collapse_shape"):
             host.view(_buffer_of(op.operands[0], host), op.results[0])
         elif name == "tensor.extract_slice":
@@ -521,6 +527,115 @@ def _result_buffer(r: ir.Value, host: _Host) -> str:
         storage, offset = host.redirects[r]
         return host.alias(storage, offset, shape_of(r.type), dtype_of(r.type))
     return host.new_buffer("t", shape_of(r.type), dtype_of(r.type))
+
+
+def _lower_uvirtual(uv, target: str, module, host: _Host, specs: list, emit: str,
+                    steps: list) -> None:
+    """A ``quartet.uvirtual`` -> one ``Launch`` of its persistent kernel: buffers for the
+    region's task results and views (as at the host level), the kernel's arguments bound to
+    them, the device program checked again with the real byte ranges each task reads and
+    writes, and a zeroed synchronisation buffer."""
+    from .compose.vdevice import Region, check_or_raise
+    from .uvirtual import tasks_of
+
+    (spec,) = specs
+    notes = spec.notes
+    region = uv.operation.regions[0].blocks[0]
+    for op in region.operations:
+        op = op.operation
+        if op.name == "quartet.vtask":
+            tile = [o.operation for o in op.regions[0].blocks[0].operations][0].opview
+            for i, r in enumerate(tile.results):
+                host.names[r] = _result_buffer(r, host)
+                host.names[op.results[i]] = host.names[r]
+        elif op.name in ("tensor.expand_shape", "tensor.collapse_shape"):
+            host.view(_buffer_of(op.operands[0], host), op.results[0])
+        elif op.name == "tensor.extract_slice":
+            host.view(_buffer_of(op.operands[0], host), op.results[0], contiguous_slice(op))
+        elif op.name == "tensor.concat":
+            _lower_concat(op, host, None)
+        elif op.name == "gpu.yield":
+            for r, v in zip(uv.results, op.operands):
+                host.names[r] = _buffer_of(v, host)
+    utasks = tasks_of(uv)
+    values, bound = [], []
+    for task, role, position in notes["arg_sources"]:
+        tile = utasks[task].tile
+        value = kernel_inputs(tile)[position] if role == "input" else tile.results[position]
+        values.append(value)
+        bound.append(_buffer_of(value, host))
+    words = notes["persistent"]["sync_words"]
+    sync = host.fresh("sync")
+    host.plan.buffers.append(Buffer(sync, (words,), "int64", "scalar", zeroed=True))
+    program = _with_regions(notes["device_program"], notes["task_args"], notes["task_roles"],
+                            bound, host, Region)
+    check_or_raise(program, "this persistent kernel", location_of(uv.operation))
+    kname = f"k{len(host.plan.kernels)}_{spec.name}"
+    args = tuple(mf.BufferArg(*host.plan.storage(b)) for b in bound + [sync])
+    info = notes["persistent"]
+    tasks = tuple(mf.PersistentTask(name, tuple(a), t.blocks, t.veu_begin, t.veu_count, t.wave)
+                  for name, a, t in zip(notes["task_names"], notes["task_args"],
+                                        program.tasks))
+    host.plan.kernels[kname] = KernelUse(kname, spec, args, mf.Persistent(
+        info["veus"], info["blocks_per_sm"], sync, tasks))
+    steps.append(mf.Launch(kname))
+    _rewrite_uvirtual(uv, target, module, host, spec, values, bound + [sync], emit)
+
+
+def _rewrite_uvirtual(uv, target: str, module, host: _Host, spec, values: list, names: list,
+                      emit: str) -> None:
+    """In the IR, the uvirtual becomes one ``gpu.launch_func`` of its binary on memrefs: the
+    tensors from outside through ``bufferization.to_buffer``, the buffers of its tasks as views
+    of their storage (``_Host.memref_of``)."""
+    from quartet.dialects.quartet import defined_inside
+
+    op = uv.operation
+    i64 = ir.IntegerType.get_signless(64)
+    with op.location, ir.InsertionPoint(op):
+        operands = []
+        for value, name in zip(values + [None], names):
+            if value is not None and not defined_inside(value, op):
+                operands.append(_to_buffer(value))
+                continue
+            if value is None:
+                mt = ir.MemRefType.get([host.plan.buffer(name).shape[0]], i64)
+            else:
+                t = ir.RankedTensorType(value.type)
+                mt = ir.MemRefType.get(list(t.shape), t.element_type)
+            operands.append(host.memref_of(name, mt))
+        insert_binary(module.body, spec.name, spec, target, emit)
+        smem = arith.constant(ir.IntegerType.get_signless(32), spec.shared_bytes) \
+            if spec.shared_bytes else None
+        gpu.LaunchFuncOp([spec.name, spec.entry], tuple(index_constant(g) for g in spec.grid),
+                         tuple(index_constant(b) for b in spec.block), operands,
+                         dynamic_shared_memory_size=smem)
+        results = []
+        for r in uv.results:
+            t = ir.RankedTensorType(r.type)
+            mt = ir.MemRefType.get(list(t.shape), t.element_type)
+            results.append(bufferization.to_tensor(r.type, host.memref_of(host.names[r], mt),
+                                                   restrict=True, writable=True))
+    for r, new in zip(uv.results, results):
+        host.names[new] = host.names[r]
+        r.replace_all_uses_with(new)
+    op.erase()
+
+
+def _with_regions(program, task_args, task_roles, bound: list[str], host: _Host, region_type):
+    """``program`` with each task's byte ranges: what its input arguments' buffers hold
+    (reads) and its output arguments' (writes)."""
+    from dataclasses import replace
+
+    tasks = []
+    for task, kargs, roles in zip(program.tasks, task_args, task_roles):
+        reads, writes = [], []
+        for k, role in zip(kargs, roles):
+            name = bound[k]
+            storage, offset = host.plan.storage(name)
+            r = region_type(storage, offset, offset + host.plan.buffer(name).nbytes)
+            (writes if role == "output" else reads).append(r)
+        tasks.append(replace(task, reads=tuple(reads), writes=tuple(writes)))
+    return replace(program, tasks=tuple(tasks))
 
 
 def _to_buffer(v: ir.Value) -> ir.Value:

@@ -40,6 +40,21 @@ def tiles_of(fn) -> list:
     return found
 
 
+def units_of(fn) -> list:
+    """What becomes kernels, in program order: ``quartet.tile`` ops (one kernel each) and
+    ``quartet.uvirtual`` ops (one persistent kernel each, tiles inside included)."""
+    found = []
+
+    def visit(op):
+        if op.operation.name in ("quartet.tile", "quartet.uvirtual"):
+            found.append(op.opview)
+            return ir.WalkResult.SKIP
+        return ir.WalkResult.ADVANCE
+
+    fn.operation.walk(visit, ir.WalkOrder.PRE_ORDER)
+    return found
+
+
 def dtype_of(t: ir.Type) -> str:
     """The element type name (``float16``) of a shaped or scalar MLIR type."""
     if isinstance(t, ir.ShapedType):
@@ -69,7 +84,8 @@ def prepare(module) -> None:
 
 
 def host_ops(root: ir.Operation) -> list[ir.Operation]:
-    """Ops of ``root``'s regions outside tiles, in program order (nested ones included)."""
+    """Ops of ``root``'s regions outside tiles, in program order (nested ones included); a
+    ``quartet.uvirtual`` is one of them, its region is not (one persistent kernel)."""
     found = []
 
     def visit(op):
@@ -78,6 +94,8 @@ def host_ops(root: ir.Operation) -> list[ir.Operation]:
             return ir.WalkResult.SKIP
         if op != root:
             found.append(op)
+        if op.name == "quartet.uvirtual" and op != root:
+            return ir.WalkResult.SKIP
         return ir.WalkResult.ADVANCE
 
     root.walk(visit, ir.WalkOrder.PRE_ORDER)

@@ -30,6 +30,7 @@ from quartet.runtime.manifest import (
     Kernel,
     KernelArg,
     Manifest,
+    Persistent,
     Step,
     TensorSpec,
     Weight,
@@ -92,11 +93,12 @@ class ArtifactWriter:
 
     # tensors and buffers ----------------------------------------------------------------------
 
-    def add_buffer(self, name: str, size: int, kind: str = "temp") -> str:
-        """A device buffer of ``size`` bytes; ``kind`` is temp or scalar (others have own methods)."""
+    def add_buffer(self, name: str, size: int, kind: str = "temp", zeroed: bool = False) -> str:
+        """A device buffer of ``size`` bytes; ``kind`` is temp or scalar (others have own methods);
+        ``zeroed``: filled with zeros once, when the program is loaded."""
         if any(b.name == name for b in self.buffers):
             raise QuartetError(f"buffer {name!r} is defined twice", "artifact writer")
-        self.buffers.append(Buffer(name, kind, int(size)))
+        self.buffers.append(Buffer(name, kind, int(size), bool(zeroed)))
         return name
 
     def _tensor(self, table: list, kind: str, name: str, shape, dtype: str,
@@ -143,6 +145,7 @@ class ArtifactWriter:
         args: Iterable[KernelArg | str] = (),
         cooperative: bool = False,
         binary_format: str | None = None,
+        persistent: Persistent | None = None,
     ) -> str:
         """A kernel: ``entry`` in ``binary`` (cubin/PTX/fatbin, hsaco or .so bytes).
 
@@ -169,6 +172,7 @@ class ArtifactWriter:
                 shared_memory=int(shared_memory),
                 args=tuple(BufferArg(a) if isinstance(a, str) else a for a in args),
                 cooperative=bool(cooperative),
+                persistent=persistent,
             )
         )
         return name

@@ -99,9 +99,12 @@ def validate(m: Manifest, location: str | None = None) -> None:
                 where,
                 f"bytes [{w.offset}, {w.offset + w.size}) are outside {w.file} ({files[w.file].size} bytes)",
             )
-    for b in m.buffers:
+    for i, b in enumerate(m.buffers):
         if b.kind in ("input", "output", "weight") and b.name not in owner:
             fail("buffers", f"{b.kind} buffer {b.name!r} belongs to no {b.kind}")
+        if b.zeroed and b.kind not in ("temp", "scalar"):
+            fail(f"buffers[{i}]", f"only temp and scalar buffers are zeroed at load, not the "
+                                  f"{b.kind} buffer {b.name!r}")
 
     formats = BINARY_FORMATS[m.backend]
     for i, k in enumerate(m.kernels):
@@ -127,8 +130,37 @@ def validate(m: Manifest, location: str | None = None) -> None:
                     fail(aw, f"offset {a.offset} is past the end of buffer {buf.name!r} ({buf.size} bytes)")
             elif isinstance(a, ScalarArg):
                 _check_scalar(aw, a, fail)
+        if k.persistent is not None:
+            _check_persistent(where, k, buffers, fail)
 
     _validate_program(m, fail, need_buffer, in_bounds)
+
+
+def _check_persistent(where, k, buffers, fail) -> None:
+    """A persistent kernel is cooperative (all blocks resident), runs its vEUs on at most as
+    many blocks, and synchronises through a zeroed buffer among its arguments."""
+    p = k.persistent
+    blocks = math.prod(k.grid)
+    if not k.cooperative:
+        fail(where, "a persistent kernel must be cooperative (its blocks wait for each other)")
+    if p.veus < 1 or p.blocks_per_sm < 1:
+        fail(f"{where}.persistent", f"needs veus >= 1 and blocks_per_sm >= 1, got {p.veus} and "
+                                    f"{p.blocks_per_sm}")
+    if blocks > p.veus or k.grid[1] != 1 or k.grid[2] != 1:
+        fail(where, f"grid {list(k.grid)} must be 1-D with at most {p.veus} blocks (its vEUs)")
+    if p.sync not in buffers or not buffers[p.sync].zeroed:
+        fail(f"{where}.persistent", f"sync buffer {p.sync!r} must be a buffer zeroed at load")
+    if not any(isinstance(a, BufferArg) and a.buffer == p.sync for a in k.args):
+        fail(f"{where}.persistent", f"sync buffer {p.sync!r} is not one of the kernel's "
+                                    f"arguments")
+    for i, t in enumerate(p.tasks):
+        if any(a >= len(k.args) for a in t.args):
+            fail(f"{where}.persistent.tasks[{i}]", f"argument positions {list(t.args)} past the "
+                                                   f"kernel's {len(k.args)} arguments")
+        if t.veu_count < 1 or t.veu_begin + t.veu_count > p.veus:
+            fail(f"{where}.persistent.tasks[{i}]", f"vEUs [{t.veu_begin}, "
+                                                   f"{t.veu_begin + t.veu_count}) outside the "
+                                                   f"kernel's {p.veus}")
 
 
 def _check_scalar(where, a: ScalarArg, fail) -> None:
