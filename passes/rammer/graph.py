@@ -29,7 +29,8 @@ FREE_OPS = ("arith.constant", "tensor.empty")
 
 @dataclass
 class Segment:
-    """Ops ``ops`` of one block (the first and the last are tiles), in program order."""
+    """Ops ``ops`` of one block (the first is a tile, the last a tile or a view), in program
+    order."""
 
     ops: list[ir.Operation]
 
@@ -83,7 +84,10 @@ def segments(block: ir.Block) -> list[Segment]:
     def close():
         tiles = [i for i, op in enumerate(run) if op.name == "quartet.tile"]
         if len(tiles) >= 2:
-            out.append(Segment(run[tiles[0]:tiles[-1] + 1]))
+            end = tiles[-1] + 1          # and the views after the last tile (a final concat)
+            while end < len(run) and run[end].name in VIEW_OPS:
+                end += 1
+            out.append(Segment(run[tiles[0]:end]))
         run.clear()
 
     for op in block.operations:
@@ -120,6 +124,27 @@ def graph_of(segment: Segment) -> TileGraph:
             deps |= producers(value, set())
         graph.deps.append(tuple(sorted(d for d in deps if d < k)))
     return graph
+
+
+def contains(ops: list, op) -> bool:
+    """Whether ``op`` is one of ``ops`` or nested in one of them."""
+    while op is not None:
+        if any(op == o for o in ops):
+            return True
+        if op.name in ("func.func", "builtin.module"):
+            return False
+        op = op.parent
+    return False
+
+
+def escaping(ops: list) -> list[ir.Value]:
+    """Results of ``ops`` read by ops outside them (what a uvirtual of ``ops`` yields)."""
+    out = []
+    for op in ops:
+        for r in op.results:
+            if r not in out and any(not contains(ops, u.owner.operation) for u in r.uses):
+                out.append(r)
+    return out
 
 
 def nested_blocks(op: ir.Operation) -> list[ir.Block]:

@@ -36,7 +36,7 @@ from quartet.runtime import targets
 from quartet.runtime.targets import Chip
 
 from . import versions as kernel_versions
-from .graph import FREE_OPS, Segment, graph_of, nested_blocks, segments
+from .graph import FREE_OPS, VIEW_OPS, Segment, contains, escaping, graph_of, nested_blocks, segments
 from .wavefront import SYNC_CHOICES, Job, Plan, schedule
 
 #: kernel parameters a uvirtual may take (4 KiB of parameter space, 8-byte pointers, a margin)
@@ -73,7 +73,8 @@ class RammerSchedule(ModulePass):
                 for block in nested_blocks(fn):
                     for segment in segments(block):
                         for part in _parts(segment, self.max_tasks):
-                            self._schedule(part, hw)
+                            for piece in _one_type(part):
+                                self._schedule(piece, hw)
 
     def _schedule(self, segment: Segment, hw: Chip) -> None:
         graph = graph_of(segment)
@@ -125,7 +126,32 @@ def _parts(segment: Segment, max_tasks: int) -> list[Segment]:
 
 def _trim(ops: list) -> Segment | None:
     idx = [i for i, op in enumerate(ops) if op.name == "quartet.tile"]
-    return Segment(ops[idx[0]:idx[-1] + 1]) if idx else None
+    if not idx:
+        return None
+    end = idx[-1] + 1
+    while end < len(ops) and ops[end].name in VIEW_OPS:
+        end += 1
+    return Segment(ops[idx[0]:end])
+
+
+def _one_type(segment: Segment) -> list[Segment]:
+    """``segment`` cut so that what each part yields has one type: the results of one Quartet
+    op share a type (an IRDL limit of MLIR 22, dialects/README.md). Cut after the last tile
+    that leaves one type behind; the rest is cut the same way."""
+    body = [op for op in segment.ops if op.name not in FREE_OPS]
+    if len({str(v.type) for v in escaping(body)}) <= 1:
+        return [segment]
+    ops = segment.ops
+    tiles = [i for i, op in enumerate(ops) if op.name == "quartet.tile"]
+    for k in range(len(tiles) - 1, 1, -1):
+        head = _trim(ops[:tiles[k]])
+        body = [op for op in head.ops if op.name not in FREE_OPS]
+        if len({str(v.type) for v in escaping(body)}) <= 1:
+            rest = _trim(ops[tiles[k]:])
+            tail = _one_type(rest) if rest is not None and len(rest.tiles) >= 2 else []
+            return [head] + tail
+    rest = _trim(ops[tiles[1]:])
+    return _one_type(rest) if rest is not None and len(rest.tiles) >= 2 else []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,13 +159,7 @@ def _trim(ops: list) -> Segment | None:
 
 
 def _contains(body: list, op) -> bool:
-    while op is not None:
-        if any(op == b for b in body):
-            return True
-        if op.name in ("func.func", "builtin.module"):
-            return False
-        op = op.parent
-    return False
+    return contains(body, op)
 
 
 def _defined_in(value: ir.Value, body: list) -> bool:
@@ -168,11 +188,7 @@ def build_uvirtual(segment: Segment, tiles: list, plan: Plan) -> UVirtualOp:
                 op.move_before(first if first in body else body[0])
                 body.remove(op)
                 changed = True
-    results = []
-    for op in body:
-        for r in op.results:
-            if any(not _contains(body, u.owner.operation) for u in r.uses) and r not in results:
-                results.append(r)
+    results = escaping(body)
     anchor = body[0]
     with anchor.location, ir.InsertionPoint(anchor):
         uv = UVirtualOp([r.type for r in results], num_veus=plan.num_veus)

@@ -40,13 +40,12 @@ class Version:
     seconds: float              # alone on the chip, no launch
     slots: int                  # blocks resident at once when it runs alone
 
-    def block_seconds(self, chip: Chip, per_unit: int) -> float:
-        """Seconds one block takes on a vEU of a kernel keeping ``per_unit`` vEUs per SM: its
-        share of the run alone (blocks in flight / blocks), stretched when more blocks share an
-        SM than when it ran alone."""
+    def block_seconds(self, in_flight: int) -> float:
+        """Seconds one block takes when ``in_flight`` blocks of the version run at once: its
+        time alone spread over the blocks it had in flight then, stretched when more are in
+        flight now (they share the SMs' throughput)."""
         alone = self.seconds * self.slots / self.blocks
-        per_unit_alone = max(1.0, self.slots / chip.num_units)
-        return alone * max(1.0, per_unit / per_unit_alone)
+        return alone * max(1.0, in_flight / self.slots)
 
 
 def _version(index: int, s: Schedule, chip: Chip, floor: float) -> Version:

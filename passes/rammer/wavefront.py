@@ -27,7 +27,7 @@ estimated start time, which is a topological order: a job starts after its input
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -38,6 +38,8 @@ from .versions import Version
 #: registers per thread the dispatcher adds to its largest body (vEU loop, epoch, counters)
 DISPATCH_REGISTERS = 16
 SYNC_CHOICES = ("auto", "counters", "barrier")
+#: schedules this close to the shortest are as good for the model
+NEAR = 0.03
 
 
 @dataclass(frozen=True)
@@ -78,16 +80,21 @@ def schedule(jobs: list[Job], chip: Chip, sync: str = "auto",
     if sync not in SYNC_CHOICES:
         raise ValueError(f"sync must be one of {', '.join(SYNC_CHOICES)}, got '{sync}'")
     modes = ("counters", "barrier") if sync == "auto" else (sync,)
-    best: Plan | None = None
+    plans: list[Plan] = []
     for threads in sorted({v.threads for j in jobs for v in j.versions}):
         envelope = _envelope(jobs, chip, threads, max_per_unit)
         if envelope is None:
             continue
-        for mode in modes:
-            plan = _place(jobs, chip, envelope, mode)
-            if best is None or plan.makespan < best.makespan * (1 - 1e-9):
-                best = plan
-    return best
+        for per_unit in range(1, envelope.per_unit + 1):
+            for mode in modes:
+                plans.append(_place(jobs, chip, replace(envelope, per_unit=per_unit), mode))
+    if not plans:
+        return None
+    # Within NEAR of the shortest, the fewest vEUs: more registers per thread for the bodies
+    # (the kernel is compiled for that many blocks per SM) and less dispatch per task.
+    best = min(p.makespan for p in plans)
+    return min((p for p in plans if p.makespan <= best * (1 + NEAR)),
+               key=lambda p: (p.num_veus, p.makespan))
 
 
 def alone_seconds(jobs: list[Job], chip: Chip) -> float:
@@ -137,14 +144,14 @@ def _best_range(free: np.ndarray, ready: float, v: Version, chip: Chip, per_unit
     rounds = -(-v.blocks // count)
     latest = np.lib.stride_tricks.sliding_window_view(free, count).max(axis=1)
     start = np.maximum(latest, ready)
-    finish = start + rounds * v.block_seconds(chip, per_unit)
+    finish = start + rounds * v.block_seconds(count)
     begin = int(np.argmin(finish))
     return float(finish[begin]), begin, count, float(start[begin])
 
 
 def _commit(free: np.ndarray, ready: float, v: Version, begin: int, count: int,
             chip: Chip, per_unit: int) -> float:
-    per_block = v.block_seconds(chip, per_unit)
+    per_block = v.block_seconds(min(count, v.blocks))
     for i in range(min(count, v.blocks)):
         blocks = len(range(i, v.blocks, count))
         free[begin + i] = max(free[begin + i], ready) + blocks * per_block
