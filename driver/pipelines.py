@@ -13,7 +13,9 @@ fills, casts and element-wise ops join the op that owns their iteration space) -
 programs (``roller-config``), which also record on each tile the block program that takes it.
 
 ``rammer{target=T chip=C topk=K sync=S}``: Roller's pipeline with its top-k schedules kept as
-kernel versions (``topk``, default 4), after host data movement became tiles
+kernel versions (``topk``, default 8: enough for versions of 128 threads beside the
+256-thread ones of element-wise tiles, so that a kernel of narrow GEMM bodies keeps 4 vEUs per
+SM), after host data movement became tiles
 (``quartet-outline-data-movement``), then Rammer's wavefront schedule: each segment of
 independent tiles becomes one ``quartet.uvirtual`` of ``quartet.vtask``s (``rammer-schedule``),
 checked on the CPU (``rammer-check``): one persistent kernel per uvirtual once lowered.
@@ -46,7 +48,7 @@ def roller(options: dict[str, str]) -> list[str]:
 
 def rammer(options: dict[str, str]) -> list[str]:
     where = _target_options(options)
-    topk = options.get("topk", "4")
+    topk = options.get("topk", "8")
     sync = options.get("sync", "auto")
     return ["roller-fold-casts", "quartet-outline-tiles", f"roller-fuse{{{where}}}",
             "quartet-outline-data-movement", f"roller-config{{{where} topk={topk}}}",
@@ -61,5 +63,5 @@ def register_all() -> None:
     register_pipeline("rammer", "Rammer: Roller's tiles, then independent tiles side by side on "
                       "the vEUs of one persistent kernel per segment (quartet.uvirtual)",
                       options={"target": TARGET_HELP, "chip": CHIP_HELP,
-                               "topk": "kernel versions kept per tile (default 4)",
+                               "topk": "kernel versions kept per tile (default 8)",
                                "sync": "auto, counters or barrier (default auto)"})(rammer)

@@ -178,6 +178,9 @@ def _check_scalar(where, a: ScalarArg, fail) -> None:
 # mode in format version 1, so for launches this is the compiler's guarantee.
 _READ_ONLY = ("input", "weight")
 _READ_ONLY_WHY = "input and weight buffers are only read by the program"
+# Buffers zeroed at load hold persistent kernels' synchronisation state (counters only grow from
+# zero across calls): no step may write them.
+_SYNC_WHY = "persistent kernels' synchronisation state, which only their kernels write"
 
 
 def _validate_program(m: Manifest, fail, need_buffer, in_bounds) -> None:
@@ -203,6 +206,8 @@ def _validate_program(m: Manifest, fail, need_buffer, in_bounds) -> None:
                 in_bounds(where, need_buffer(where, s.dst), s.dst_offset, s.size)
                 if m.buffer_map[s.dst].kind in _READ_ONLY:
                     fail(where, f"copy into {m.buffer_map[s.dst].kind} buffer {s.dst!r} ({_READ_ONLY_WHY})")
+                if m.buffer_map[s.dst].zeroed:
+                    fail(where, f"copy into {s.dst!r}, a buffer zeroed at load ({_SYNC_WHY})")
             elif isinstance(s, Memset):
                 buf = need_buffer(where, s.buffer)
                 size = buf.size - s.offset if s.size is None else s.size
@@ -215,6 +220,8 @@ def _validate_program(m: Manifest, fail, need_buffer, in_bounds) -> None:
                 in_bounds(where, buf, s.offset, size)
                 if buf.kind in _READ_ONLY:
                     fail(where, f"memset of {buf.kind} buffer {s.buffer!r} ({_READ_ONLY_WHY})")
+                if buf.zeroed:
+                    fail(where, f"memset of {s.buffer!r}, a buffer zeroed at load ({_SYNC_WHY})")
             elif isinstance(s, Loop):
                 walk(s.body, f"{where}.body", scope | ({s.index} if s.index else set()))
             elif isinstance(s, While):

@@ -10,7 +10,9 @@ needs, emitted at the current insertion point inside a ``gpu.launch`` on NVIDIA 
 * :func:`wait_at_least` - thread 0 spins on an acquire load until a counter reaches a value;
 * :func:`grid_barrier` - every block of the grid waits for all others (a self-resetting
   barrier: a count and a generation, see its docstring), for wave-separated schedules and for
-  Grinder's loop steps, which must also agree on a predicate computed on the device.
+  Grinder's loop steps, which must also agree on a predicate computed on the device;
+* a watchdog on every spin (:data:`SPIN_LIMIT_NS`): a wait that lasts seconds traps, so a bug
+  becomes a launch error on the host, never a hung GPU.
 
 Upstream's ``nvvm`` dialect (MLIR 22.1) has ``membar`` and barriers, but no scoped acquire loads,
 release stores or release/acq_rel atomics, and ``memref.atomic_rmw`` lowers to a system-scope
@@ -97,17 +99,39 @@ def thread_zero() -> ir.Value:
     return arith.cmpi(arith.CmpIPredicate.eq, tid, arith.constant(ir.IndexType.get(), 0))
 
 
-def wait_at_least(address: ir.Value, target: ir.Value) -> None:
-    """Spin until the counter at ``address`` is at least ``target`` (call from one thread),
-    then fence."""
+#: a watchdog on every spin: nanoseconds after which a waiting thread traps (``trap``: the
+#: launch fails with an error the runtime reports) instead of hanging the GPU. A schedule the
+#: checker accepted never waits that long; it turns a compiler bug into an error, not a hang.
+SPIN_LIMIT_NS = 10_000_000_000
+
+
+def global_timer() -> ir.Value:
+    """``%globaltimer``: nanoseconds (PTX special register; no upstream op reads it)."""
+    return _asm(i64(), [], "mov.u64 $0, %globaltimer;", "=l")
+
+
+def _spin(keep_waiting) -> None:
+    """``while keep_waiting(): check the watchdog`` (``keep_waiting`` builds an i1)."""
+    start = global_timer()
     loop = scf.WhileOp([], [])
     before = loop.before.blocks.append()
     with ir.InsertionPoint(before):
-        seen = load_acquire(address)
-        scf.ConditionOp(arith.cmpi(arith.CmpIPredicate.ult, seen, target), [])
+        scf.ConditionOp(keep_waiting(), [])
     after = loop.after.blocks.append()
     with ir.InsertionPoint(after):
+        late = arith.cmpi(arith.CmpIPredicate.ugt, arith.subi(global_timer(), start),
+                          const(SPIN_LIMIT_NS))
+        branch = scf.IfOp(late)
+        with ir.InsertionPoint(branch.then_block):
+            _asm(_void(), [], "trap;", "")
+            scf.YieldOp([])
         scf.YieldOp([])
+
+
+def wait_at_least(address: ir.Value, target: ir.Value) -> None:
+    """Spin until the counter at ``address`` is at least ``target`` (call from one thread),
+    then fence."""
+    _spin(lambda: arith.cmpi(arith.CmpIPredicate.ult, load_acquire(address), target))
     fence_acq_rel()
 
 
@@ -162,14 +186,7 @@ def grid_barrier(sync: ir.Value, blocks: ir.Value | int) -> None:
             store_release(gen_at, arith.addi(gen, const(1)))
             scf.YieldOp([])
         with ir.InsertionPoint(branch.else_block):
-            loop = scf.WhileOp([], [])
-            before = loop.before.blocks.append()
-            with ir.InsertionPoint(before):
-                now = load_acquire(gen_at)
-                scf.ConditionOp(arith.cmpi(arith.CmpIPredicate.eq, now, gen), [])
-            after = loop.after.blocks.append()
-            with ir.InsertionPoint(after):
-                scf.YieldOp([])
+            _spin(lambda: arith.cmpi(arith.CmpIPredicate.eq, load_acquire(gen_at), gen))
             scf.YieldOp([])
         fence_acq_rel()
     if_thread_zero(build)

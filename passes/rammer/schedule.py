@@ -52,7 +52,7 @@ class RammerSchedule(ModulePass):
     target: str = "sm_90"
     chip: str = ""
     sync: str = "auto"           # auto | counters | barrier
-    max_tasks: int = 96
+    max_tasks: int = 128
     max_per_unit: int = 0        # cap on vEUs per SM (0: what occupancy allows)
     always: bool = False         # keep every schedule, even where the model prefers kernels
 
