@@ -28,7 +28,7 @@ from quartet.runtime.targets import Chip
 from . import binary, kernels
 from .build import GEMM_FALLBACKS, _family, check_resources
 from .compose.block_program import BlockProgram, Resources
-from .compose.kernel import Part, inline_block_programs
+from .compose.kernel import Part
 from .compose.persistent import persistent, sync_words
 from .compose.vdevice import DeviceProgram, Task, check_or_raise
 from .kernel import KernelArg, KernelSpec
@@ -122,7 +122,6 @@ def compile_uvirtual(uv, chip: Chip, kname: str, emit: str = "bin") -> KernelSpe
 def _compile(parts, program, args, kname, physical, per_unit, chip, emit):
     kmod = persistent(parts, program, args, kname, physical_blocks=physical,
                       min_blocks_per_unit=per_unit if chip.kind == "cuda" else None)
-    inline_block_programs(kmod)
     specs = binary.compile_launch_module(kmod, chip, emit=emit)
     if len(specs) != 1:
         raise QuartetError(f"a persistent kernel compiled into {len(specs)} kernels")

@@ -21,8 +21,9 @@ counters. Counters only grow - a call waits for ``(epoch + 1) x active`` - so no
 reset them, and the synchronisation buffer (the kernel's last argument, ``memref<W x i64>``,
 :func:`sync_words` words) is zeroed once, when the program is loaded. Shared memory is the
 largest task's (``block_program.py``: every body takes its own from one dynamic pool); a body
-narrower than the kernel runs on its first threads and its barriers count only those
-(``kernel.inline_block_programs``, barrier 1, while the kernel's own are barrier 0).
+narrower than the kernel runs on its first threads and its barriers count only those (barrier
+1, while the kernel's own are barrier 0). Tasks of identical tiles share one device function
+(:func:`shared_bodies`), called with each task's arguments.
 
 The emitter (:class:`Dispatcher`) is written for reuse: Grinder's device loops run the same
 ``task`` steps inside ``scf`` loops, separated by :func:`device.grid_barrier`.
@@ -74,9 +75,7 @@ def persistent(parts: list[Part], program: DeviceProgram, args: list[KernelArg],
     i64 = ir.IntegerType.get_signless(64)
     with ctx, ir.Location.unknown():
         module = ir.Module.create()
-        for p in parts:
-            if not _has_function(module, p.program.name):
-                _copy_function(module, p.program)
+        parts = shared_bodies(module, parts, threads)
         types = [ir.MemRefType.get(list(a.shape), _element(a.dtype)) for a in args]
         types.append(ir.MemRefType.get([sync_words(program)], i64))
         with ir.InsertionPoint(module.body):
@@ -103,6 +102,49 @@ def persistent(parts: list[Part], program: DeviceProgram, args: list[KernelArg],
             d.run()
             gpu.TerminatorOp()
     return module
+
+
+def _body_text(bp) -> str:
+    """A block program's function as text with its name left out: equal texts compute the
+    same thing on their arguments."""
+    fn = bp.function.operation
+    text = fn.get_asm(print_generic_op_form=True)
+    return text.replace(f'"{bp.name}"', '"@"').replace(f"@{bp.name}", "@@")
+
+
+def shared_bodies(module: ir.Module, parts: list[Part], threads: int) -> list[Part]:
+    """Copy one function per distinct body into ``module`` and point the parts at them.
+
+    The tasks of identical tiles (the branches of a cell, the cells of a model) share one
+    device function that the dispatcher calls with each task's arguments, instead of a copy per
+    task: compile time and code size grow with the kinds of tasks, not their number (LLVM
+    still inlines the small ones and those called once). A body narrower than the kernel gets
+    counted barriers (``kernel._count_barriers``)."""
+    from dataclasses import replace as _replace
+
+    from .block_program import BLOCK_PROGRAM_ATTR
+    from .kernel import _count_barriers
+
+    canonical: dict[str, str] = {}
+    out = []
+    for p in parts:
+        key = _body_text(p.program)
+        name = canonical.setdefault(key, p.program.name)
+        if name == p.program.name and not _has_function(module, name):
+            _copy_function(module, p.program)
+        program = p.program if name == p.program.name else _replace(p.program, name=name)
+        out.append(Part(program, p.args, p.first, p.count))
+    for op in module.body.operations:
+        fn = op.operation
+        if fn.name != "func.func" or BLOCK_PROGRAM_ATTR not in fn.attributes:
+            continue
+        name = ir.StringAttr(fn.attributes["sym_name"]).value
+        body_threads = ir.IntegerAttr(fn.attributes[BLOCK_PROGRAM_ATTR]).value
+        if body_threads < threads:
+            for inner in fn.regions[0].blocks[0].operations:
+                _count_barriers(inner.operation, body_threads)
+        del fn.attributes[BLOCK_PROGRAM_ATTR]      # a device function now, not inlined here
+    return out
 
 
 def _check_bindings(parts: list[Part], args: list[KernelArg], threads: int) -> None:

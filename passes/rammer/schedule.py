@@ -55,6 +55,7 @@ class RammerSchedule(ModulePass):
     max_tasks: int = 128
     max_per_unit: int = 0        # cap on vEUs per SM (0: what occupancy allows)
     always: bool = False         # keep every schedule, even where the model prefers kernels
+    measure: bool = True         # the launch shapes the kernel families build (versions.py)
 
     def __post_init__(self):
         if self.sync not in SYNC_CHOICES:
@@ -82,6 +83,8 @@ class RammerSchedule(ModulePass):
         jobs = []
         for k, tile in enumerate(graph.tiles):
             found = kernel_versions.versions_of(tile, hw)
+            if self.measure:
+                found = kernel_versions.measured(tile, found, hw)
             if not found:           # an unconfigured tile: left to the lowering, alone
                 return
             jobs.append(Job(_name(tile), tuple(found), graph.deps[k], levels[k]))

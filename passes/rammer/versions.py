@@ -14,6 +14,7 @@ pay: :attr:`Version.seconds` is the estimate without it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -86,6 +87,90 @@ def versions_of(tile: TileOp, chip: Chip) -> list[Version]:
             return []
     floor = roofline_seconds(tile, chip)
     return [_version(i, s, chip, floor) for i, s in enumerate(schedules)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The launch shape the kernel family really builds
+
+#: (chip, tile text with a version's schedule) -> (threads, blocks, shared bytes), or None when
+#: the family cannot build it
+_BUILT: dict[tuple[str, str], tuple[int, int, int] | None] = {}
+
+
+def measured(tile: TileOp, found: list[Version], chip: Chip) -> list[Version]:
+    """``found`` with each version's threads, blocks and shared memory as the kernel family
+    builds them (the family adjusts Roller's tiles: a fallback block tile shrinks to a divisor
+    of its loop, a row program picks its vector width, ...); versions it cannot build are left
+    out. Each distinct tile and version is built once per process (identical branches, cells and
+    layers share the result), in a private Context: a running pass may not run pass managers in
+    its own."""
+    if not chip.is_gpu or not found:
+        return found
+    template = _standalone(tile)
+    out = []
+    for v in found:
+        clone = _tile_in(template)
+        apply(clone, v, chip)
+        text = str(template)
+        key = (chip.name, text)
+        if key not in _BUILT:
+            _BUILT[key] = _build(text, chip)
+        shape = _BUILT[key]
+        if shape is not None:
+            threads, blocks, shared = shape
+            out.append(dataclasses.replace(v, threads=threads, blocks=blocks,
+                                           shared_bytes=shared,
+                                           slots=min(v.slots, blocks)))
+    return out
+
+
+def _standalone(tile: TileOp) -> ir.Module:
+    """A module holding ``func @t(<the tile's tensor inputs>)`` returning a copy of the tile."""
+    from mlir.dialects import func
+
+    from quartet.dialects import remap
+    from quartet.lowering.kernels import kernel_inputs
+
+    inputs = kernel_inputs(tile)
+    with tile.operation.context, ir.Location.unknown():
+        module = ir.Module.create()
+        with ir.InsertionPoint(module.body):
+            fn = func.FuncOp("t", ([v.type for v in inputs], [r.type for r in tile.results]))
+            entry = fn.add_entry_block()
+        env = dict(zip(inputs, entry.arguments))
+        with ir.InsertionPoint(entry):
+            for v in tile.inputs:
+                if v not in env:
+                    owner = v.owner
+                    if isinstance(owner, ir.Block):
+                        raise QuartetError("a tile reads a block argument that is no input")
+                    env[v] = owner.operation.clone().results[0]
+            clone = tile.operation.clone()
+            remap(clone, env)
+            func.ReturnOp(list(clone.results))
+    return module
+
+
+def _tile_in(module: ir.Module) -> TileOp:
+    fn = module.body.operations[0]
+    for op in fn.regions[0].blocks[0].operations:
+        if op.operation.name == "quartet.tile":
+            return op.operation.opview
+    raise QuartetError("no tile in the standalone module")
+
+
+def _build(text: str, chip: Chip) -> tuple[int, int, int] | None:
+    from quartet.dialects import context as quartet_context
+    from quartet.lowering.build_persistent import task_program
+
+    try:
+        with quartet_context(), ir.Location.unknown():
+            module = ir.Module.parse(text)
+            bp = task_program(_tile_in(module), chip, "measured")
+            r = bp.resources
+            return r.threads, r.blocks, r.shared_bytes
+    except Exception:      # noqa: BLE001 - a version the family cannot build is no version
+        return None
 
 
 def apply(tile: TileOp, version: Version, chip: Chip) -> None:
