@@ -49,10 +49,11 @@ def roller(options: dict[str, str]) -> list[str]:
 def rammer(options: dict[str, str]) -> list[str]:
     where = _target_options(options)
     topk = options.get("topk", "8")
-    sync = options.get("sync", "auto")
+    schedule = " ".join(f"{k}={options[k]}" for k in ("sync", "max_per_unit", "max_tasks",
+                                                       "always", "measure") if k in options)
     return ["roller-fold-casts", "quartet-outline-tiles", f"roller-fuse{{{where}}}",
             "quartet-outline-data-movement", f"roller-config{{{where} topk={topk}}}",
-            f"rammer-schedule{{{where} sync={sync}}}", "rammer-check"]
+            f"rammer-schedule{{{where}{' ' + schedule if schedule else ''}}}", "rammer-check"]
 
 
 def register_all() -> None:
@@ -64,4 +65,12 @@ def register_all() -> None:
                       "the vEUs of one persistent kernel per segment (quartet.uvirtual)",
                       options={"target": TARGET_HELP, "chip": CHIP_HELP,
                                "topk": "kernel versions kept per tile (default 8)",
-                               "sync": "auto, counters or barrier (default auto)"})(rammer)
+                               "sync": "auto, counters or barrier (default auto)",
+                               "max_per_unit": "at most this many vEUs per SM (default: what "
+                                               "occupancy allows, the fewest within 3% of the "
+                                               "best schedule)",
+                               "max_tasks": "tiles per persistent kernel (default 128)",
+                               "always": "keep every schedule, even where one kernel per "
+                                         "operator is estimated faster (default false)",
+                               "measure": "build each kernel version to learn its launch "
+                                          "shape (default true)"})(rammer)

@@ -277,3 +277,38 @@ def test_persistent_kernel_on_the_gpu(name, tmp_path):
             assert float((out.double() - ref).norm() / ref.norm()) < 1e-4
     finally:
         prog.close()
+
+
+def test_torch_compile_backend_takes_the_rammer_pipeline():
+    """torch.compile(backend="quartet", options={"pipeline": "rammer"}) on CPU tensors."""
+
+    class Branches(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)
+
+        def forward(self, x):
+            return torch.stack([torch.relu(self.a(x)), torch.tanh(self.b(x))]).mean(0)
+
+    torch.manual_seed(0)
+    model, x = Branches().eval(), torch.randn(4, 16)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        y = torch.compile(model, backend="quartet", dynamic=False,
+                          options={"pipeline": "rammer"})(x)
+        ref = model(x)
+    assert torch.allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_quartet_opt_lists_and_expands_the_rammer_pipeline():
+    from quartet.driver.registry import PIPELINES, expand, load_all
+
+    load_all()
+    assert "rammer" in PIPELINES and "max_per_unit" in PIPELINES["rammer"].options
+    steps = expand("builtin.module(rammer{target=sm_90 topk=3 sync=barrier max_per_unit=2})")
+    names = [s.name for kind, s in steps if kind == "quartet"]
+    assert names[-3:] == ["roller-config", "rammer-schedule", "rammer-check"]
+    sched = [s for kind, s in steps if kind == "quartet" and s.name == "rammer-schedule"][0]
+    assert (sched.sync, sched.max_per_unit) == ("barrier", 2)
+    with pytest.raises(QuartetError, match="sync must be one of"):
+        expand("builtin.module(rammer{sync=sometimes})")
