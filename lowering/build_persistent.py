@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 from quartet.errors import QuartetError, location_of
 from quartet.runtime.targets import Chip
@@ -53,9 +54,22 @@ def task_program(tile, chip: Chip, name: str) -> BlockProgram:
     return kernels.build_block_program(tile, chip, name, family)
 
 
-def compile_uvirtual(uv, chip: Chip, kname: str, emit: str = "bin") -> KernelSpec:
-    """The persistent kernel of ``uv`` (a ``quartet.uvirtual`` of the private copy that
-    ``build.compile_all`` compiles), as one cooperative KernelSpec."""
+@dataclass
+class Composition:
+    """What a uvirtual's persistent kernel is made of: its tasks' block programs bound to the
+    kernel's arguments, the device program, and where each argument comes from."""
+
+    utasks: list
+    programs: list[BlockProgram]
+    parts: list[Part]
+    program: DeviceProgram
+    args: list[KernelArg]
+    sources: list[tuple[int, str, int]]      # (task, role, position) of each argument
+
+
+def compose(uv, chip: Chip, kname: str) -> Composition:
+    """Build the block programs of ``uv``'s tasks and bind them to kernel arguments (each
+    distinct tensor once); check the device program (a QuartetError naming the tasks)."""
     where = location_of(uv.operation)
     utasks = tasks_of(uv)
     if not utasks:
@@ -80,6 +94,26 @@ def compile_uvirtual(uv, chip: Chip, kname: str, emit: str = "bin") -> KernelSpe
         Task(t.name, bp.resources.blocks, t.veu_begin, t.veu_count, t.step, t.deps)
         for t, bp in zip(utasks, programs)), sync_of(uv))
     check_or_raise(program, "this quartet.uvirtual", where)
+    return Composition(utasks, programs, parts, program, args, sources)
+
+
+def persistent_module(uv, chip: Chip, kname: str):
+    """The uvirtual's persistent kernel as IR (bodies and the dispatcher), not compiled: what
+    ``quartet-lower-gpu{stop_after=kernels}`` prints."""
+    c = compose(uv, chip, kname)
+    per_unit = max(1, math.ceil(c.program.num_veus / chip.num_units))
+    return persistent(c.parts, c.program, c.args, kname,
+                      min_blocks_per_unit=per_unit if chip.kind == "cuda" else None)
+
+
+def compile_uvirtual(uv, chip: Chip, kname: str, emit: str = "bin") -> KernelSpec:
+    """The persistent kernel of ``uv`` (a ``quartet.uvirtual`` of the private copy that
+    ``build.compile_all`` compiles), as one cooperative KernelSpec."""
+    where = location_of(uv.operation)
+    c = compose(uv, chip, kname)
+    utasks, programs, parts, program, args, sources = \
+        c.utasks, c.programs, c.parts, c.program, c.args, c.sources
+    veus = program.num_veus
     threads = max(bp.resources.threads for bp in programs)
     shared = max(bp.resources.shared_bytes for bp in programs)
     per_unit = max(1, math.ceil(veus / chip.num_units))
