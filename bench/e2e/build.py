@@ -39,8 +39,8 @@ VARIANTS = {
 
 
 #: the rammer workloads, one persistent kernel each, beside the same models one kernel per tile
-RAMMER = ("branchy_cells_f32@rammer", "inception_f32@rammer", "branchy_cells_f32",
-          "inception_f32")
+RAMMER = ("branchy_cells_f32@rammer", "inception_f32@rammer",
+          "branchy_cells_f32@rammer{sync=barrier}", "branchy_cells_f32", "inception_f32")
 
 
 def _ops() -> list[str]:
