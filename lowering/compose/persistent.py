@@ -5,7 +5,7 @@ tasks (``vdevice.py``) into one kernel of ``P`` resident blocks (``P`` = vEUs, o
 chip cannot hold that many: block ``p`` then takes vEUs ``p, p + P, ...``)::
 
     epoch = sync[EPOCH]                          # thread 0: calls made so far
-    for each task t, in the global order:        # unrolled: one body per task
+    for each task t, in the global order:        # unrolled: one call per task
         for each vEU v of this block:            # one iteration when P = vEUs
             if v runs blocks of t:
                 thread 0 waits until counter[d] >= (epoch + 1) * active(d), for d in waits(t)
@@ -26,7 +26,8 @@ narrower than the kernel runs on its first threads and its barriers count only t
 (:func:`shared_bodies`), called with each task's arguments.
 
 The emitter (:class:`Dispatcher`) is written for reuse: Grinder's device loops run the same
-``task`` steps inside ``scf`` loops, separated by :func:`device.grid_barrier`.
+``task`` steps (or :meth:`Dispatcher.run_waves`) inside ``scf`` loops, separated by
+:func:`device.grid_barrier`, with predicates every block computes alike.
 """
 
 from __future__ import annotations
@@ -176,26 +177,35 @@ class Dispatcher:
         self.program, self.parts, self.kargs, self.sync = program, parts, kargs, sync
         self.block_id, self.physical, self.threads = block_id, physical, threads
         self.epoch = None
-        self._tid = None
 
     def index(self, v: int) -> ir.Value:
         return arith.constant(ir.IndexType.get(), v)
 
     def run(self) -> None:
         program = self.program
-        if program.sync == "counters" and program.waited:
-            self.read_epoch()
         if program.sync == "barrier":
-            waves = [t.wave for t in program.tasks]
-            for t in range(len(program.tasks)):
-                self.task(t)
-                if t + 1 < len(waves) and waves[t + 1] != waves[t]:
-                    device.grid_barrier(self.sync, self.physical)
+            waves: list[list[int]] = []
+            for t, task in enumerate(program.tasks):
+                if not waves or program.tasks[waves[-1][-1]].wave != task.wave:
+                    waves.append([])
+                waves[-1].append(t)
+            self.run_waves(waves)
             return
+        if program.waited:
+            self.read_epoch()
         for t in range(len(program.tasks)):
             self.task(t)
         if program.waited:
             self.finish()
+
+    def run_waves(self, waves: list[list[int]]) -> None:
+        """Each wave's tasks, a grid barrier between waves (not after the last): the step
+        list Grinder's device loops repeat (every block calls the barriers alike)."""
+        for k, wave in enumerate(waves):
+            for t in wave:
+                self.task(t)
+            if k + 1 < len(waves):
+                device.grid_barrier(self.sync, self.physical)
 
     def read_epoch(self) -> None:
         i64 = device.i64()
@@ -248,7 +258,6 @@ class Dispatcher:
         if not narrow:
             func.CallOp([], part.program.name, values)
             return
-        self._tid = self._tid or gpu.thread_id(gpu.Dimension.x)
         inside = arith.cmpi(arith.CmpIPredicate.ult, gpu.thread_id(gpu.Dimension.x),
                             self.index(part.program.resources.threads))
         branch = scf.IfOp(inside)
