@@ -15,8 +15,10 @@ reads from. The scheduler places every job on a contiguous range of vEUs - its t
 * **the envelope**: the kernel's block is as wide as its widest task, its shared memory and
   registers the largest, so the number of vEUs is ``blocks_per_unit(threads, shared memory,
   registers) x SMs`` (``Chip.blocks_per_unit``, the occupancy calculator's rule). Every thread
-  count among the versions is tried as the envelope, versions wider than it left out, and the
-  shortest schedule wins;
+  count among the versions (and its round-up to whole warps) and every number of blocks per
+  SM it allows is tried as the envelope, with the versions that fit it (not wider, not needing
+  more registers or shared memory than that occupancy leaves); the shortest schedule wins, the
+  fewest vEUs among those within 3% of it;
 * **synchronisation**: completion counters (a job waits for the jobs it reads, ``counter_wait_
   seconds`` each level) or a grid barrier after each wave (``grid_barrier_seconds``, waves
   packed from a common start); ``sync=auto`` keeps the cheaper estimate.
@@ -81,13 +83,18 @@ def schedule(jobs: list[Job], chip: Chip, sync: str = "auto",
         raise ValueError(f"sync must be one of {', '.join(SYNC_CHOICES)}, got '{sync}'")
     modes = ("counters", "barrier") if sync == "auto" else (sync,)
     plans: list[Plan] = []
-    for threads in sorted({v.threads for j in jobs for v in j.versions}):
-        envelope = _envelope(jobs, chip, threads, max_per_unit)
-        if envelope is None:
-            continue
-        for per_unit in range(1, envelope.per_unit + 1):
+    warp = max(1, chip.warp_size)
+    widths = {v.threads for j in jobs for v in j.versions}
+    widths |= {-(-t // warp) * warp for t in widths}
+    for threads in sorted(widths):
+        most = max(1, chip.max_threads_per_unit // (-(-threads // warp) * warp)) \
+            if chip.is_gpu else 1
+        for per_unit in range(1, min(most, max_per_unit or most) + 1):
+            envelope = _envelope(jobs, chip, threads, per_unit)
+            if envelope is None:
+                continue
             for mode in modes:
-                plans.append(_place(jobs, chip, replace(envelope, per_unit=per_unit), mode))
+                plans.append(_place(jobs, chip, envelope, mode))
     if not plans:
         return None
     # Within NEAR of the shortest, the fewest vEUs: more registers per thread for the bodies
@@ -116,25 +123,28 @@ def _fits_width(v: Version, threads: int, warp: int) -> bool:
     return v.threads <= threads and (v.threads == threads or v.threads % warp == 0)
 
 
-def _envelope(jobs, chip: Chip, threads: int, max_per_unit) -> _Envelope | None:
+def _resident(v: Version, chip: Chip, threads: int) -> int:
+    """Blocks of a kernel of ``threads`` threads an SM keeps when ``v`` is its largest body."""
+    if not chip.is_gpu:
+        return 1
+    return chip.blocks_per_unit(threads, v.shared_bytes, v.registers + DISPATCH_REGISTERS)
+
+
+def _envelope(jobs, chip: Chip, threads: int, per_unit: int) -> _Envelope | None:
+    """The versions of each job that a kernel of ``threads`` threads and ``per_unit`` resident
+    blocks per SM can run (wide enough, few enough registers and shared memory: a version
+    needing more would cost the kernel its occupancy); None when a job has none."""
     warp = max(1, chip.warp_size)
-    fastest = []
+    eligible = []
     for j in jobs:
-        ok = [v for v in j.versions if _fits_width(v, threads, warp)]
+        ok = tuple(v for v in j.versions if _fits_width(v, threads, warp)
+                   and _resident(v, chip, threads) >= per_unit)
         if not ok:
             return None
-        fastest.append(min(ok, key=lambda v: v.seconds))
-    smem = max(v.shared_bytes for v in fastest)
-    regs = max(v.registers for v in fastest) + DISPATCH_REGISTERS
-    per_unit = chip.blocks_per_unit(threads, smem, regs) if chip.is_gpu else 1
-    if max_per_unit:
-        per_unit = min(per_unit, max_per_unit)
-    if per_unit < 1:
-        return None
-    eligible = tuple(tuple(v for v in j.versions if _fits_width(v, threads, warp)
-                           and v.shared_bytes <= smem and v.registers + DISPATCH_REGISTERS <= regs)
-                     for j in jobs)
-    return _Envelope(threads, smem, regs, per_unit, eligible)
+        eligible.append(ok)
+    smem = max(v.shared_bytes for e in eligible for v in e)
+    regs = max(v.registers for e in eligible for v in e) + DISPATCH_REGISTERS
+    return _Envelope(threads, smem, regs, per_unit, tuple(eligible))
 
 
 def _best_range(free: np.ndarray, ready: float, v: Version, chip: Chip, per_unit: int):
