@@ -169,6 +169,7 @@ def from_launch(module: ir.Module, name: str, family: str) -> BlockProgram:
     fn = fns[0]
     launch = _the_launch(fn)
     where = launch
+    place = location_of(launch)        # before the launch is erased with its function
     lop = launch.opview
     grid = tuple(_const_int(v, "grid size", where) for v in
                  (lop.gridSizeX, lop.gridSizeY, lop.gridSizeZ))
