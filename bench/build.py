@@ -117,6 +117,8 @@ def build_one(workload: suite.Workload, pipeline: str, out: Path, *, target: str
         row["stage_s"] = dict(getattr(result, "seconds", None) or {})
         manifest = getattr(compiled, "manifest", None)
         row["kernels"] = len(manifest.kernels) if manifest is not None else None
+        if manifest is not None:
+            row.update(launch_summary(manifest))
     except Exception as e:
         row["status"] = f"not compiled: {_one_line(e)}"
         return row
@@ -136,6 +138,32 @@ def build_one(workload: suite.Workload, pipeline: str, out: Path, *, target: str
     row["status"] = "compiled"
     row["artifact"] = rel
     return row
+
+
+def launch_summary(manifest) -> dict:
+    """Launches per call (the host program's launch steps; a host loop's body counted once) and
+    each persistent kernel (Rammer): its vEUs, grid, threads, tasks and the SM occupancy its
+    resident blocks give on the chip it was compiled for (warps resident per SM / the SM's
+    warps; every block of a persistent kernel is resident by construction)."""
+    from quartet.runtime import targets
+
+    launches = sum(1 for _, s in manifest.steps() if type(s).__name__ == "Launch")
+    out = {"launches_per_call": launches}
+    persistent = []
+    for k in manifest.kernels:
+        if k.persistent is None:
+            continue
+        chip = targets.get(manifest.target.rstrip("a"))
+        warps = -(-k.block[0] // chip.warp_size)
+        per_sm = k.persistent.blocks_per_sm
+        persistent.append({
+            "kernel": k.name, "veus": k.persistent.veus, "blocks": k.grid[0],
+            "threads": k.block[0], "shared_memory": k.shared_memory,
+            "tasks": len(k.persistent.tasks), "blocks_per_sm": per_sm,
+            "occupancy": round(per_sm * warps * chip.warp_size / chip.max_threads_per_unit, 3)})
+    if persistent:
+        out["persistent"] = persistent
+    return out
 
 
 def _build_in_child(workload: suite.Workload, pipeline: str, out: Path, *, target: str,

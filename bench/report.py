@@ -273,6 +273,22 @@ def markdown(run: dict, run_path: Path, plots: dict[str, Path | None], results: 
                  f"{kernels if kernels else '-'} | {per} | "
                  + " | ".join(cells) + " |")
     L.append("")
+    persistent = [(rec["name"], rec["systems"].get("quartet", {})) for rec in run["workloads"]]
+    persistent = [(n, q) for n, q in persistent if q.get("persistent")]
+    if persistent:
+        L.append("Persistent kernels (Rammer; from the build): launches per call of the host "
+                 "program, and each kernel's tasks, vEUs, blocks and the SM occupancy of its "
+                 "resident blocks (warps per SM / 64).")
+        L.append("")
+        L.append("| workload | launches / call | kernel | tasks | vEUs | blocks x threads | "
+                 "blocks / SM | occupancy |")
+        L.append("|---|---|---|---|---|---|---|---|")
+        for name, q in persistent:
+            for p in q["persistent"]:
+                L.append(f"| {name} | {q.get('launches_per_call', '-')} | {p['kernel']} | "
+                         f"{p['tasks']} | {p['veus']} | {p['blocks']} x {p['threads']} | "
+                         f"{p['blocks_per_sm']} | {p['occupancy']:.0%} |")
+        L.append("")
 
     # -- workloads -----------------------------------------------------------------------------
     L.append("## Workloads")

@@ -583,7 +583,9 @@ class Run:
             return
         res.update({"pipeline": row["pipeline"], "compile_s": row.get("compile_s"),
                     "stage_s": row.get("stage_s"), "kernels": row.get("kernels"),
-                    "form": row.get("form")})
+                    "form": row.get("form"),
+                    "launches_per_call": row.get("launches_per_call"),
+                    "persistent": row.get("persistent")})
         if bool(row.get("tiny")) != bool(self.args.tiny):
             res["status"] = ("not run: artifact built at "
                              + ("tiny sizes" if row.get("tiny") else "the real sizes")

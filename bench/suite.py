@@ -448,6 +448,52 @@ class BranchyCells(nn.Module):
         return x
 
 
+class InceptionBlock(nn.Module):
+    """GoogLeNet's inception module: a 1x1 branch, 1x1 -> 3x3, 1x1 -> 5x5 and 3x3 max-pool ->
+    1x1 (every conv + bias + relu), concatenated along the channels; NCHW."""
+
+    def __init__(self, cin: int, c1: int, c3r: int, c3: int, c5r: int, c5: int, cp: int):
+        super().__init__()
+        self.b1 = nn.Conv2d(cin, c1, 1)
+        self.b3r, self.b3 = nn.Conv2d(cin, c3r, 1), nn.Conv2d(c3r, c3, 3, padding=1)
+        self.b5r, self.b5 = nn.Conv2d(cin, c5r, 1), nn.Conv2d(c5r, c5, 5, padding=2)
+        self.bp = nn.Conv2d(cin, cp, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([F.relu(self.b1(x)),
+                          F.relu(self.b3(F.relu(self.b3r(x)))),
+                          F.relu(self.b5(F.relu(self.b5r(x)))),
+                          F.relu(self.bp(F.max_pool2d(x, 3, stride=1, padding=1)))], dim=1)
+
+
+#: GoogLeNet's inception (3a) and (3b) (Szegedy et al. 2015, table 1): (1x1, 3x3 reduce, 3x3,
+#: 5x5 reduce, 5x5, pool proj) output channels
+INCEPTION_3 = ((64, 96, 128, 16, 32, 32), (128, 128, 192, 32, 96, 64))
+
+
+def inception_widths(cin: int, scale: float = 1.0) -> list[tuple[int, ...]]:
+    """(cin, widths...) of each block of :data:`INCEPTION_3`, channels multiplied by ``scale``."""
+    out = []
+    for widths in INCEPTION_3:
+        w = tuple(max(1, int(c * scale)) for c in widths)
+        out.append((cin,) + w)
+        cin = w[0] + w[2] + w[4] + w[5]
+    return out
+
+
+class Inception(nn.Module):
+    """Inception blocks (3a) and (3b) of GoogLeNet in a row."""
+
+    def __init__(self, cin: int, scale: float = 1.0):
+        super().__init__()
+        self.blocks = nn.ModuleList(InceptionBlock(*w) for w in inception_widths(cin, scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
 # --------------------------------------------------------------------------------------------
 # Deterministic weights
 # --------------------------------------------------------------------------------------------
@@ -675,6 +721,20 @@ def _cost_branchy(s, isz, trip):
     return cell.scale(cells) + _bytes(2 * c * hw + cells * params, isz)
 
 
+def _cost_inception(s, isz, trip):
+    hw = s["size"] ** 2
+    total, params = Cost(0.0, 0.0, 0.0), 0
+    for cin, c1, c3r, c3, c5r, c5, cp in inception_widths(s["channels"], s["scale"]):
+        for a, b, k in ((cin, c1, 1), (cin, c3r, 1), (c3r, c3, 3), (cin, c5r, 1), (c5r, c5, 5),
+                        (cin, cp, 1)):
+            mm = 2.0 * a * b * k * k * hw
+            total = total + Cost(mm, 0.0, mm) + _elementwise(2 * b * hw, 1)  # bias, relu
+            params += a * b * k * k + b
+        total = total + _elementwise(9 * cin * hw, 1)          # the 3x3 max-pool
+    cout = sum(inception_widths(s["channels"], s["scale"])[-1][i] for i in (1, 3, 5, 6))
+    return total + _bytes((s["channels"] + cout) * hw + params, isz)
+
+
 def _decoder_trip(module, inputs, outputs) -> int:
     return GreedyDecoder.steps_of(outputs[0])
 
@@ -774,6 +834,14 @@ WORKLOADS: tuple[Workload, ...] = (
         input_specs=(InputSpec(lambda s: (1, s["channels"], s["size"], s["size"])),),
         cost_fn=_cost_branchy, sizes=_ws(cells=6, branches=8, channels=64, size=28),
         tiny=_ws(cells=2, branches=4, channels=8, size=6)),
+    Workload(
+        name="inception_f32", family="rammer",
+        title="GoogLeNet inception 3a + 3b (4 branches each: 1x1, 3x3, 5x5, pool; channel "
+              "concat), 192ch 28x28; batch 1 fp32",
+        dtype=f32, make=lambda s, form: Inception(s["channels"], s["scale"]),
+        input_specs=(InputSpec(lambda s: (1, s["channels"], s["size"], s["size"])),),
+        cost_fn=_cost_inception, sizes=_ws(channels=192, size=28, scale=1.0),
+        tiny=_ws(channels=8, size=6, scale=0.125)),
     # ---- grinder: control flow ----
     Workload(
         name="skipnet_f32", family="grinder",

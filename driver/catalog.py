@@ -6,13 +6,16 @@ Add a line here when you add a pass; the order is the order of ``--list-passes``
 from quartet.driver import pipelines
 from quartet.driver.lowering_passes import GpuToBinary, LowerCpu, LowerGpu
 from quartet.driver.registry import register
+from quartet.passes.data_movement import OutlineDataMovement
 from quartet.passes.outline import InlineTiles, OutlineTiles
+from quartet.passes.rammer.check import RammerCheck
+from quartet.passes.rammer.schedule import RammerSchedule
 from quartet.passes.roller.casts import RollerFoldCasts
 from quartet.passes.roller.config import RollerConfig
 from quartet.passes.roller.fuse import RollerFuse
 
-for _pass in (OutlineTiles, InlineTiles, RollerConfig, RollerFuse, RollerFoldCasts, LowerCpu,
-              LowerGpu, GpuToBinary):
+for _pass in (OutlineTiles, InlineTiles, RollerConfig, RollerFuse, RollerFoldCasts,
+              OutlineDataMovement, RammerSchedule, RammerCheck, LowerCpu, LowerGpu, GpuToBinary):
     register(_pass)
 
 pipelines.register_all()

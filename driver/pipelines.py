@@ -11,6 +11,14 @@ contractions folded into mixed-precision contractions (``roller-fold-casts``) ->
 ``quartet.tile`` per linalg op (``quartet-outline-tiles``) -> one per operator (``roller-fuse``:
 fills, casts and element-wise ops join the op that owns their iteration space) -> Roller's tile
 programs (``roller-config``), which also record on each tile the block program that takes it.
+
+``rammer{target=T chip=C topk=K sync=S}``: Roller's pipeline with its top-k schedules kept as
+kernel versions (``topk``, default 8: enough for versions of 128 threads beside the
+256-thread ones of element-wise tiles, so that a kernel of narrow GEMM bodies keeps 4 vEUs per
+SM), after host data movement became tiles
+(``quartet-outline-data-movement``), then Rammer's wavefront schedule: each segment of
+independent tiles becomes one ``quartet.uvirtual`` of ``quartet.vtask``s (``rammer-schedule``),
+checked on the CPU (``rammer-check``): one persistent kernel per uvirtual once lowered.
 """
 
 from __future__ import annotations
@@ -38,8 +46,31 @@ def roller(options: dict[str, str]) -> list[str]:
             f"roller-config{{{where} topk={topk}}}"]
 
 
+def rammer(options: dict[str, str]) -> list[str]:
+    where = _target_options(options)
+    topk = options.get("topk", "8")
+    schedule = " ".join(f"{k}={options[k]}" for k in ("sync", "max_per_unit", "max_tasks",
+                                                       "always", "measure") if k in options)
+    return ["roller-fold-casts", "quartet-outline-tiles", f"roller-fuse{{{where}}}",
+            "quartet-outline-data-movement", f"roller-config{{{where} topk={topk}}}",
+            f"rammer-schedule{{{where}{' ' + schedule if schedule else ''}}}", "rammer-check"]
+
+
 def register_all() -> None:
     register_pipeline("roller", "Roller: outline one tile per operator and give each its tile "
                       "program (one kernel per operator once lowered)",
                       options={"target": TARGET_HELP, "chip": CHIP_HELP,
                                "topk": "schedules kept per tile (default 1)"})(roller)
+    register_pipeline("rammer", "Rammer: Roller's tiles, then independent tiles side by side on "
+                      "the vEUs of one persistent kernel per segment (quartet.uvirtual)",
+                      options={"target": TARGET_HELP, "chip": CHIP_HELP,
+                               "topk": "kernel versions kept per tile (default 8)",
+                               "sync": "auto, counters or barrier (default auto)",
+                               "max_per_unit": "at most this many vEUs per SM (default: what "
+                                               "occupancy allows, the fewest within 3% of the "
+                                               "best schedule)",
+                               "max_tasks": "tiles per persistent kernel (default 128)",
+                               "always": "keep every schedule, even where one kernel per "
+                                         "operator is estimated faster (default false)",
+                               "measure": "build each kernel version to learn its launch "
+                                          "shape (default true)"})(rammer)

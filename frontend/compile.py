@@ -44,10 +44,12 @@ def pipeline_passes(pipeline: str, target: str) -> str:
     from quartet.driver import registry
 
     registry.load_all()
-    if pipeline not in registry.PIPELINES:
+    name, options = registry.parse_element(pipeline)   # "rammer{max_per_unit=3}" too
+    if name not in registry.PIPELINES:
         known = ", ".join(sorted(registry.PIPELINES)) or "none"
-        raise QuartetError(f"unknown pipeline '{pipeline}' (known: {known})")
-    return f"builtin.module({pipeline}{{target={target}}})"
+        raise QuartetError(f"unknown pipeline '{name}' (known: {known})")
+    options = {"target": target, **{k: v for k, v in options.items() if k != "target"}}
+    return f"builtin.module({name}{{{' '.join(f'{k}={v}' for k, v in options.items())}}})"
 
 
 def import_linalg(module, example_inputs):

@@ -248,7 +248,41 @@ def outline(module) -> ir.Module:
         _pin_arguments(copy)
         _run(copy, "builtin.module(gpu-launch-sink-index-computations, gpu-kernel-outlining)",
              "kernel outlining")
+        _min_blocks_per_sm(copy)
     return copy
+
+
+def _min_blocks_per_sm(module: ir.Module) -> None:
+    """A function's ``quartet.min_blocks_per_sm = k`` becomes ``nvvm.minctasm = k`` on the
+    kernels it launches (PTX ``.minnctapersm k``: ptxas keeps the registers low enough for k
+    resident blocks, what a persistent kernel's vEU count assumes)."""
+    kernels = {}
+    for fn in module.body.operations:
+        if fn.operation.name != "func.func" or \
+                "quartet.min_blocks_per_sm" not in fn.operation.attributes:
+            continue
+        k = ir.IntegerAttr(fn.operation.attributes["quartet.min_blocks_per_sm"]).value
+
+        def visit(op, k=k):
+            if op.operation.name == "gpu.launch_func":
+                path = list(ir.SymbolRefAttr(op.operation.attributes["kernel"]).value)
+                kernels[(path[0], path[-1])] = k
+            return ir.WalkResult.ADVANCE
+
+        fn.operation.walk(visit)
+    if not kernels:
+        return
+    i32 = ir.IntegerType.get_signless(32)
+    for mod in module.body.operations:
+        if mod.operation.name != "gpu.module":
+            continue
+        mname = ir.StringAttr(mod.operation.attributes["sym_name"]).value
+        for kfn in mod.regions[0].blocks[0].operations:
+            if kfn.operation.name != "gpu.func":
+                continue
+            key = (mname, ir.StringAttr(kfn.operation.attributes["sym_name"]).value)
+            if key in kernels:
+                kfn.operation.attributes["nvvm.minctasm"] = ir.IntegerAttr.get(i32, kernels[key])
 
 
 def _pin_arguments(module: ir.Module) -> None:

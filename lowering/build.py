@@ -31,7 +31,7 @@ from . import binary, kernels
 from .compose.block_program import BlockProgram, Resources
 from .compose.kernel import inline_block_programs, standalone
 from .kernel import KernelSpec
-from .prepare import prepare, tiles_of
+from .prepare import prepare, units_of
 
 #: (tile location, reason) of every GEMM kernel that fell back to SIMT in this process
 GEMM_FALLBACKS: list[tuple[str | None, str]] = []
@@ -111,9 +111,10 @@ def check_resources(r: Resources, chip: Chip, tile=None) -> None:
 
 
 def compile_all(op: ir.Operation, chip: Chip, emit: str = "bin") -> list[list[KernelSpec]]:
-    """KernelSpecs of every tile of ``op``, in program order, compiled in a private Context
-    (nested pass managers cannot run in the Context of a running pass, and quartet-lower-gpu is
-    such a pass)."""
+    """KernelSpecs of every tile and every uvirtual of ``op`` (one list per unit, in program
+    order: :func:`~quartet.lowering.prepare.units_of`), compiled in a private Context (nested
+    pass managers cannot run in the Context of a running pass, and quartet-lower-gpu is such a
+    pass)."""
     from quartet.dialects import context as quartet_context
 
     text = op.get_asm(enable_debug_info=True)
@@ -124,7 +125,14 @@ def compile_all(op: ir.Operation, chip: Chip, emit: str = "bin") -> list[list[Ke
         for fn in copy.body.operations:
             if fn.operation.name != "func.func":
                 continue
-            for tile in tiles_of(fn):
+            for unit in units_of(fn):
+                if unit.operation.name == "quartet.uvirtual":
+                    from .build_persistent import compile_uvirtual
+
+                    compiled.append([compile_uvirtual(unit, chip, f"q{n}", emit)])
+                    n += 1
+                    continue
+                tile = unit
                 try:
                     compiled.append(compile_tile(tile, chip, f"q{n}", emit))
                 except QuartetError as e:      # name the tile's op and place
@@ -138,8 +146,9 @@ def compile_all(op: ir.Operation, chip: Chip, emit: str = "bin") -> list[list[Ke
 
 def build_kernels_into(module, chip) -> None:
     """Append every tile's block program (``func.func private @qN_body``) and its standalone
-    kernel (``func.func @qN`` holding a ``gpu.launch`` that calls the body) to ``module``,
-    tiles left in place: the kernel stage of ``quartet-lower-gpu{stop_after=kernels}``."""
+    kernel (``func.func @qN`` holding a ``gpu.launch`` that calls the body) to ``module``, and
+    for every uvirtual its persistent kernel (the tasks' bodies and the dispatcher), tiles left
+    in place: the kernel stage of ``quartet-lower-gpu{stop_after=kernels}``."""
     from quartet.dialects import context as quartet_context
 
     chip = targets.get(chip)
@@ -153,10 +162,17 @@ def build_kernels_into(module, chip) -> None:
         for fn in copy.body.operations:
             if fn.operation.name != "func.func":
                 continue
-            for tile in tiles_of(fn):
-                bp = block_program(tile, chip, f"q{n}_body")
-                kmod = standalone(bp, f"q{n}")
-                kernel_texts.append(kmod.operation.get_asm(enable_debug_info=True))
+            for unit in units_of(fn):
+                if unit.operation.name == "quartet.uvirtual":
+                    from .build_persistent import persistent_module
+
+                    kmod = persistent_module(unit, chip, f"q{n}")
+                else:
+                    bp = block_program(unit, chip, f"q{n}_body")
+                    kmod = standalone(bp, f"q{n}")
+                # the generic form: nvvm.barrier's custom form does not read back (binary.py)
+                kernel_texts.append(kmod.operation.get_asm(enable_debug_info=True,
+                                                           print_generic_op_form=True))
                 n += 1
         del ctx
     body = op.regions[0].blocks[0]

@@ -10,6 +10,12 @@ whose range holds ``i``. The SIMT fallback builder maps it onto blocks and threa
 of the sources not selected hit the few clamped boundary elements, so the traffic is about one
 read and one write per element.
 
+Which concats get this tile is decided in ``lowering/prepare.py`` (issue 11): a concat whose
+operands are contiguous runs of its result stays a host op, and the host plan gives it one
+buffer that the producing tiles write in place (no copy, no kernel); the gathering tile is for
+the rest (strided slices, and in a Rammer persistent kernel an operand that no tile of it
+produces).
+
 Assumes static shapes (as the rest of the GPU lowering).
 """
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 from mlir import ir
 
 from quartet.errors import QuartetError, location_of
+from quartet.dialects import remap
 
 
 def _shape(t: ir.Type) -> list[int]:
@@ -97,15 +104,6 @@ func.func @concat({args}) -> {res_t} {{
     template = entry.operations[0]
     with ir.InsertionPoint(op), op.location:
         tile = template.operation.clone()
-    args_to_sources = dict(zip(entry.arguments, op.operands))
-
-    def remap(inner):
-        inner = inner.operation
-        for i, v in enumerate(inner.operands):
-            if v in args_to_sources:
-                inner.operands[i] = args_to_sources[v]
-        return ir.WalkResult.ADVANCE
-
-    tile.walk(remap)
+    remap(tile, dict(zip(entry.arguments, op.operands)))
     op.results[0].replace_all_uses_with(tile.results[0])
     op.erase()

@@ -10,6 +10,10 @@ its storage buffer and byte offset, so that the artifact writer copies steps as 
 
 * a tile -> ``Launch`` of its kernel(s), each bound to ``BufferArg``s in bare-pointer order;
 * reshapes and contiguous ``tensor.extract_slice`` -> views (no step);
+* ``tensor.concat`` of contiguous slices (``prepare.concat_offsets``) -> one buffer; each
+  operand that is a tile's result is written in place by that tile (its result buffer is a view
+  of the concat's buffer, ``prepare.concat_redirects``), any other operand is copied there
+  (``Copy``); a concat of strided slices was made a gather tile by ``prepare``;
 * ``tensor.extract`` at constant indices, ``arith.trunci``/``arith.extui`` between ``i8`` and
   ``i1`` -> scalars in buffers (loop and branch predicates);
 * ``scf.while`` / ``scf.if`` -> host ``While`` / ``If`` steps whose predicate the runtime reads
@@ -37,12 +41,14 @@ from quartet.runtime import targets
 from .build import compile_all, index_constant, insert_binary
 from .kernel import KernelSpec
 from .kernels import kernel_inputs
-from .prepare import (contiguous_slice, dtype_of, host_ops, nbytes, prepare, shape_of)
+from .prepare import (concat_offsets, concat_redirects, contiguous_slice, dtype_of, host_ops,
+                      nbytes, prepare, shape_of)
 
 #: host ops the GPU lowering takes (everything else must be inside a tile)
 HOST_OPS = ("arith.constant", "tensor.empty", "tensor.expand_shape", "tensor.collapse_shape",
-            "tensor.cast", "tensor.extract_slice", "tensor.extract", "arith.trunci", "arith.extui",
-            "scf.while", "scf.if", "scf.condition", "scf.yield", "func.return", "quartet.tile")
+            "tensor.cast", "tensor.extract_slice", "tensor.concat", "tensor.extract",
+            "arith.trunci", "arith.extui", "scf.while", "scf.if", "scf.condition", "scf.yield",
+            "func.return", "quartet.tile", "quartet.uvirtual")
 
 
 @dataclass(frozen=True)
@@ -52,9 +58,10 @@ class Buffer:
     name: str
     shape: tuple[int, ...]
     dtype: str                          # "float16", ...
-    kind: str                           # "input" | "output" | "temp" | "weight"
+    kind: str                           # "input" | "output" | "temp" | "weight" | "scalar"
     index: int = -1                     # position among the function's arguments / results
     data: bytes | None = field(default=None, compare=False, repr=False)   # weights
+    zeroed: bool = False                # zeroed at load (a persistent kernel's counters)
 
     @property
     def nbytes(self) -> int:
@@ -63,11 +70,13 @@ class Buffer:
 
 @dataclass(frozen=True)
 class KernelUse:
-    """A kernel of the plan and the buffers bound to its arguments."""
+    """A kernel of the plan and the buffers bound to its arguments (``persistent``: what the
+    manifest states about a persistent kernel)."""
 
     name: str                           # the manifest's kernel name
     kernel: KernelSpec
     args: tuple[mf.BufferArg, ...]
+    persistent: mf.Persistent | None = None
 
 
 @dataclass
@@ -118,6 +127,10 @@ class _Host:
     names: dict
     scalars: dict = field(default_factory=dict)   # scalar value -> (buffer, byte offset, dtype)
     counter: int = 0
+    redirects: dict = field(default_factory=dict)  # tile result -> (concat buffer, byte offset)
+    storage_ir: dict = field(default_factory=dict)  # storage buffer -> its i8 memref in the IR
+    concats: dict = field(default_factory=dict)    # tensor.concat result -> its buffer
+    # (keyed by the result: an ir.Operation's hash changes when its operands are replaced)
 
     def fresh(self, prefix: str) -> str:
         self.counter += 1
@@ -129,13 +142,30 @@ class _Host:
         return name
 
     def view(self, base: str, value: ir.Value, offset: int = 0) -> str:
+        name = self.alias(base, offset, shape_of(value.type), dtype_of(value.type))
+        self.names[value] = name
+        return name
+
+    def alias(self, base: str, offset: int, shape, dtype: str) -> str:
+        """A view buffer of ``shape``/``dtype`` at byte ``offset`` of ``base``'s storage."""
         storage, off = self.plan.storage(base)
         name = self.fresh("view")
         self.plan.aliases[name] = storage
         self.plan.offsets[name] = off + offset
-        self.plan.buffers.append(Buffer(name, shape_of(value.type), dtype_of(value.type), "temp"))
-        self.names[value] = name
+        self.plan.buffers.append(Buffer(name, tuple(shape), dtype, "temp"))
         return name
+
+    def memref_of(self, name: str, mt: ir.MemRefType) -> ir.Value:
+        """The IR memref of plan buffer ``name`` (a storage buffer or a view into one), as
+        ``mt``: a ``memref.view`` of the storage's bytes (``memref<N x i8>``, allocated at the
+        insertion point where first needed)."""
+        storage, offset = self.plan.storage(name)
+        base = self.storage_ir.get(storage)
+        if base is None:
+            i8 = ir.IntegerType.get_signless(8)
+            base = memref.alloc(ir.MemRefType.get([self.plan.buffer(storage).nbytes], i8), [], [])
+            self.storage_ir[storage] = base
+        return memref.view(mt, base, index_constant(offset), [])
 
 
 def _copy(host: _Host, steps: list, src: str, dst: str, size: int | None = None,
@@ -190,11 +220,14 @@ def lower_function(fn, target: str, module: ir.Module, compiled: list,
 
 def _lower_block(block: ir.Block, target: str, module, host: _Host, compiled: list,
                  emit: str, steps: list) -> None:
+    _plan_concats(block, host)
     for op in list(block.operations):
         op = op.operation
         name = op.name
         if name == "quartet.tile":
             _lower_tile(op.opview, target, module, host, compiled.pop(0), emit, steps)
+        elif name == "quartet.uvirtual":
+            _lower_uvirtual(op.opview, target, module, host, compiled.pop(0), emit, steps)
         elif name in ("tensor.expand_shape", "tensor.collapse_shape", "tensor.cast"):
             host.view(_buffer_of(op.operands[0], host), op.results[0])
         elif name == "tensor.extract_slice":
@@ -203,6 +236,8 @@ def _lower_block(block: ir.Block, target: str, module, host: _Host, compiled: li
                 raise QuartetError("a non-contiguous 'tensor.extract_slice' was not turned into "
                                    "a kernel (run gpu.prepare first)", location_of(op))
             host.view(_buffer_of(op.operands[0], host), op.results[0], offset)
+        elif name == "tensor.concat":
+            _lower_concat(op, host, steps)
         elif name == "tensor.extract":
             _extract_scalar(op, host)
         elif name in ("arith.trunci", "arith.extui"):
@@ -215,6 +250,59 @@ def _lower_block(block: ir.Block, target: str, module, host: _Host, compiled: li
             _results(op, host, steps)
         # arith.constant, tensor.empty: buffers made where they are read;
         # scf.condition, scf.yield: read by the enclosing loop or branch
+
+
+def _scope_ops(block: ir.Block) -> list[ir.Operation]:
+    """The ops of ``block`` and of the ``quartet.uvirtual`` regions in it: one host level (a
+    persistent kernel is one step of the block that holds it)."""
+    found = []
+    for op in block.operations:
+        op = op.operation
+        found.append(op)
+        if op.name == "quartet.uvirtual":
+            found += _scope_ops(op.regions[0].blocks[0])
+        elif op.name == "quartet.vtask":
+            found += list(o.operation for o in op.regions[0].blocks[0].operations)
+    return found
+
+
+def _plan_concats(block: ir.Block, host: _Host) -> None:
+    """Give each contiguous ``tensor.concat`` of this level one buffer and let the tiles of the
+    same level that produce its operands write their slices in place (before any of them is
+    lowered: their result buffers become views of the concat's)."""
+    ops = _scope_ops(block)
+    tiles = {op for op in ops if op.name == "quartet.tile"}
+    claimed = set(host.redirects)
+    for op in ops:
+        if op.name != "tensor.concat" or op.results[0] in host.concats:
+            continue
+        offsets = concat_offsets(op)
+        if offsets is None:
+            raise QuartetError("a 'tensor.concat' of strided slices was not turned into a "
+                               "kernel (run gpu.prepare first)", location_of(op))
+        t = op.results[0].type
+        storage = host.new_buffer("cat", shape_of(t), dtype_of(t))
+        host.concats[op.results[0]] = storage
+        for value, offset in zip(concat_redirects(op, claimed), offsets):
+            if value is not None and value.owner.operation in tiles:
+                host.redirects[value] = (storage, offset)
+
+
+def _lower_concat(op, host: _Host, steps: list | None) -> None:
+    """The concat's buffer holds its operands: those not written in place are copied there
+    (``steps`` None: inside a persistent kernel, where every operand must be in place)."""
+    storage = host.concats[op.results[0]]
+    for value, offset in zip(op.operands, concat_offsets(op)):
+        src = _buffer_of(value, host)
+        if host.plan.storage(src) == (storage, offset):
+            continue
+        if steps is None:
+            raise QuartetError("an operand of a 'tensor.concat' in a persistent kernel is not "
+                               "written in place (rammer-outline-data-movement makes such "
+                               "concats tiles)", location_of(op))
+        _copy(host, steps, src, host.alias(storage, offset, shape_of(value.type),
+                                           dtype_of(value.type)))
+    host.names[op.results[0]] = storage
 
 
 def _extract_scalar(op, host: _Host) -> None:
@@ -409,8 +497,10 @@ def _lower_tile(tile, target: str, module: ir.Module, host: _Host, specs: list,
         for r in tile.results:
             mt = ir.MemRefType.get(list(ir.ShapedType(r.type).shape),
                                    ir.ShapedType(r.type).element_type)
-            outs.append(memref.alloc(mt, [], []))
-            out_names.append(host.new_buffer("t", tuple(mt.shape), dtype_of(r.type)))
+            name = _result_buffer(r, host)
+            out_names.append(name)
+            outs.append(host.memref_of(name, mt) if r in host.redirects else
+                        memref.alloc(mt, [], []))
         for spec in specs:
             operands, bound = [], []
             for a in spec.args:
@@ -457,6 +547,123 @@ def _manifest_arg(plan: HostPlan, bound, tile):
                            f"(compile with QUARTET_GEMM_TMA=0)", location_of(tile.operation))
     return mf.TensorMapArg(storage, desc.dtype, desc.dims, desc.strides, desc.box,
                            desc.swizzle, offset)
+
+
+def _result_buffer(r: ir.Value, host: _Host) -> str:
+    """A buffer for tile result ``r``: its slice of a concat's buffer, else a fresh one."""
+    if r in host.redirects:
+        storage, offset = host.redirects[r]
+        return host.alias(storage, offset, shape_of(r.type), dtype_of(r.type))
+    return host.new_buffer("t", shape_of(r.type), dtype_of(r.type))
+
+
+def _lower_uvirtual(uv, target: str, module, host: _Host, specs: list, emit: str,
+                    steps: list) -> None:
+    """A ``quartet.uvirtual`` -> one ``Launch`` of its persistent kernel: buffers for the
+    region's task results and views (as at the host level), the kernel's arguments bound to
+    them, the device program checked again with the real byte ranges each task reads and
+    writes, and a zeroed synchronisation buffer."""
+    from .compose.vdevice import Region, check_or_raise
+    from .uvirtual import tasks_of
+
+    (spec,) = specs
+    notes = spec.notes
+    region = uv.operation.regions[0].blocks[0]
+    for op in region.operations:
+        op = op.operation
+        if op.name == "quartet.vtask":
+            tile = [o.operation for o in op.regions[0].blocks[0].operations][0].opview
+            for i, r in enumerate(tile.results):
+                host.names[r] = _result_buffer(r, host)
+                host.names[op.results[i]] = host.names[r]
+        elif op.name in ("tensor.expand_shape", "tensor.collapse_shape"):
+            host.view(_buffer_of(op.operands[0], host), op.results[0])
+        elif op.name == "tensor.extract_slice":
+            host.view(_buffer_of(op.operands[0], host), op.results[0], contiguous_slice(op))
+        elif op.name == "tensor.concat":
+            _lower_concat(op, host, None)
+        elif op.name == "gpu.yield":
+            for r, v in zip(uv.results, op.operands):
+                host.names[r] = _buffer_of(v, host)
+    utasks = tasks_of(uv)
+    values, bound = [], []
+    for task, role, position in notes["arg_sources"]:
+        tile = utasks[task].tile
+        value = kernel_inputs(tile)[position] if role == "input" else tile.results[position]
+        values.append(value)
+        bound.append(_buffer_of(value, host))
+    words = notes["persistent"]["sync_words"]
+    sync = host.fresh("sync")
+    host.plan.buffers.append(Buffer(sync, (words,), "int64", "scalar", zeroed=True))
+    program = _with_regions(notes["device_program"], notes["task_args"], notes["task_roles"],
+                            bound, host, Region)
+    check_or_raise(program, "this persistent kernel", location_of(uv.operation))
+    kname = f"k{len(host.plan.kernels)}_{spec.name}"
+    args = tuple(mf.BufferArg(*host.plan.storage(b)) for b in bound + [sync])
+    info = notes["persistent"]
+    tasks = tuple(mf.PersistentTask(name, tuple(a), t.blocks, t.veu_begin, t.veu_count, t.wave)
+                  for name, a, t in zip(notes["task_names"], notes["task_args"],
+                                        program.tasks))
+    host.plan.kernels[kname] = KernelUse(kname, spec, args, mf.Persistent(
+        info["veus"], info["blocks_per_sm"], sync, tasks))
+    steps.append(mf.Launch(kname))
+    _rewrite_uvirtual(uv, target, module, host, spec, values, bound + [sync], emit)
+
+
+def _rewrite_uvirtual(uv, target: str, module, host: _Host, spec, values: list, names: list,
+                      emit: str) -> None:
+    """In the IR, the uvirtual becomes one ``gpu.launch_func`` of its binary on memrefs: the
+    tensors from outside through ``bufferization.to_buffer``, the buffers of its tasks as views
+    of their storage (``_Host.memref_of``)."""
+    from quartet.dialects.quartet import defined_inside
+
+    op = uv.operation
+    i64 = ir.IntegerType.get_signless(64)
+    with op.location, ir.InsertionPoint(op):
+        operands = []
+        for value, name in zip(values + [None], names):
+            if value is not None and not defined_inside(value, op):
+                operands.append(_to_buffer(value))
+                continue
+            if value is None:
+                mt = ir.MemRefType.get([host.plan.buffer(name).shape[0]], i64)
+            else:
+                t = ir.RankedTensorType(value.type)
+                mt = ir.MemRefType.get(list(t.shape), t.element_type)
+            operands.append(host.memref_of(name, mt))
+        insert_binary(module.body, spec.name, spec, target, emit)
+        smem = arith.constant(ir.IntegerType.get_signless(32), spec.shared_bytes) \
+            if spec.shared_bytes else None
+        gpu.LaunchFuncOp([spec.name, spec.entry], tuple(index_constant(g) for g in spec.grid),
+                         tuple(index_constant(b) for b in spec.block), operands,
+                         dynamic_shared_memory_size=smem)
+        results = []
+        for r in uv.results:
+            t = ir.RankedTensorType(r.type)
+            mt = ir.MemRefType.get(list(t.shape), t.element_type)
+            results.append(bufferization.to_tensor(r.type, host.memref_of(host.names[r], mt),
+                                                   restrict=True, writable=True))
+    for r, new in zip(uv.results, results):
+        host.names[new] = host.names[r]
+        r.replace_all_uses_with(new)
+    op.erase()
+
+
+def _with_regions(program, task_args, task_roles, bound: list[str], host: _Host, region_type):
+    """``program`` with each task's byte ranges: what its input arguments' buffers hold
+    (reads) and its output arguments' (writes)."""
+    from dataclasses import replace
+
+    tasks = []
+    for task, kargs, roles in zip(program.tasks, task_args, task_roles):
+        reads, writes = [], []
+        for k, role in zip(kargs, roles):
+            name = bound[k]
+            storage, offset = host.plan.storage(name)
+            r = region_type(storage, offset, offset + host.plan.buffer(name).nbytes)
+            (writes if role == "output" else reads).append(r)
+        tasks.append(replace(task, reads=tuple(reads), writes=tuple(writes)))
+    return replace(program, tasks=tuple(tasks))
 
 
 def _to_buffer(v: ir.Value) -> ir.Value:

@@ -186,12 +186,13 @@ def _lower_gpu(op, fn, chip, arguments, writer: ArtifactWriter, emit: str,
                                    f"dense_resource blob): import with weights as arguments")
             writer.add_weight(b.name, _weight_array(b))
         else:
-            writer.add_buffer(b.name, max(1, nbytes(b.shape, b.dtype)))
+            writer.add_buffer(b.name, max(1, nbytes(b.shape, b.dtype)),
+                              "scalar" if b.kind == "scalar" else "temp", zeroed=b.zeroed)
     for use in plan.kernels.values():
         k = use.kernel
         writer.add_kernel(use.name, k.binary, k.entry, k.grid, k.block,
                           shared_memory=k.shared_bytes, args=list(use.args),
-                          cooperative=k.cooperative)
+                          cooperative=k.cooperative, persistent=use.persistent)
     writer.add_step(*plan.program)
 
 

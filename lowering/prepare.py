@@ -2,10 +2,14 @@
 
 * Boolean tensors become byte tensors (``cpu_i1.py``: MLIR 22's memref-to-LLVM conversion
   aborts on ``i1`` loads and stores; numpy's ``bool`` is one byte too).
-* Host data movement that no view can express - ``tensor.pad``, and ``tensor.extract_slice`` of
-  a non-contiguous part - becomes a tile of its own: a ``linalg.generic`` gathering each output
-  element from the source (``linalg.index`` arithmetic, ``tensor.extract``), which the fallback
-  block program maps onto blocks and threads.
+* Host data movement that no view can express - ``tensor.pad``, ``tensor.extract_slice`` of
+  a non-contiguous part, and ``tensor.concat`` along a dimension whose slices are not contiguous
+  runs of the result - becomes a tile of its own: a ``linalg.generic`` gathering each output
+  element from its source (``linalg.index`` arithmetic, ``tensor.extract``), which the fallback
+  block program maps onto blocks and threads. A concatenation of contiguous slices (along the
+  outermost dimension that is not 1: branches stacked, channels concatenated at batch 1) stays:
+  the host plan gives it one buffer and each producing tile writes its slice in place
+  (:func:`concat_offsets`, :func:`concat_redirects`, ``host.py``).
 
 Also the small facts about tiles and host ops that the kernel builder and the host planner
 share (:func:`tiles_of`, :func:`host_ops`, :func:`contiguous_slice`, element types).
@@ -20,6 +24,7 @@ from quartet.errors import QuartetError, location_of
 from quartet.runtime.dtypes import ITEMSIZE, mlir_name_to_dtype
 
 from . import cpu_i1
+from .concat import outline_concat
 
 
 def tiles_of(fn) -> list:
@@ -28,6 +33,21 @@ def tiles_of(fn) -> list:
 
     def visit(op):
         if op.operation.name == "quartet.tile":
+            found.append(op.opview)
+            return ir.WalkResult.SKIP
+        return ir.WalkResult.ADVANCE
+
+    fn.operation.walk(visit, ir.WalkOrder.PRE_ORDER)
+    return found
+
+
+def units_of(fn) -> list:
+    """What becomes kernels, in program order: ``quartet.tile`` ops (one kernel each) and
+    ``quartet.uvirtual`` ops (one persistent kernel each, tiles inside included)."""
+    found = []
+
+    def visit(op):
+        if op.operation.name in ("quartet.tile", "quartet.uvirtual"):
             found.append(op.opview)
             return ir.WalkResult.SKIP
         return ir.WalkResult.ADVANCE
@@ -65,7 +85,8 @@ def prepare(module) -> None:
 
 
 def host_ops(root: ir.Operation) -> list[ir.Operation]:
-    """Ops of ``root``'s regions outside tiles, in program order (nested ones included)."""
+    """Ops of ``root``'s regions outside tiles, in program order (nested ones included); a
+    ``quartet.uvirtual`` is one of them, its region is not (one persistent kernel)."""
     found = []
 
     def visit(op):
@@ -74,6 +95,8 @@ def host_ops(root: ir.Operation) -> list[ir.Operation]:
             return ir.WalkResult.SKIP
         if op != root:
             found.append(op)
+        if op.name == "quartet.uvirtual" and op != root:
+            return ir.WalkResult.SKIP
         return ir.WalkResult.ADVANCE
 
     root.walk(visit, ir.WalkOrder.PRE_ORDER)
@@ -120,15 +143,84 @@ def contiguous_slice(op) -> int | None:
     return linear * nbytes((), dtype_of(op.operands[0].type))
 
 
-def _outline_data_movement(fn: ir.Operation) -> None:
+def concat_offsets(op) -> list[int] | None:
+    """Byte offset in the result of each operand of a ``tensor.concat`` whose operands are
+    contiguous runs of its result (every dimension before the concatenated one is 1), else
+    None."""
+    dim = ir.IntegerAttr(op.attributes["dim"]).value
+    result = shape_of(op.results[0].type)
+    if any(d < 0 for d in result) or any(d != 1 for d in result[:dim]):
+        return None
+    offsets, at = [], 0
+    for v in op.operands:
+        offsets.append(at)
+        at += nbytes(shape_of(v.type), dtype_of(v.type))
+    return offsets
+
+
+def tile_result(value: ir.Value):
+    """The ``quartet.tile`` result that ``value`` is (directly, or as the result of the
+    ``quartet.vtask`` wrapping the tile), or None."""
+    owner = value.owner
+    if isinstance(owner, ir.Block):
+        return None
+    op = owner.operation
+    if op.name == "quartet.tile":
+        return value
+    if op.name == "quartet.vtask":
+        block = op.regions[0].blocks[0]
+        term = block.operations[len(block.operations) - 1].operation
+        inner = term.operands[ir.OpResult(value).result_number]
+        return tile_result(inner)
+    return None
+
+
+def concat_redirects(op, claimed: set) -> list:
+    """For each operand of a contiguous concat: the tile result that can write its slice of
+    the concat's buffer in place, or None (the operand is then copied there). A tile result is
+    redirected into one slice only (``claimed`` collects those already taken)."""
+    out = []
+    for v in op.operands:
+        r = tile_result(v)
+        if r is None or r in claimed:
+            out.append(None)
+            continue
+        claimed.add(r)
+        out.append(r)
+    return out
+
+
+def concat_in_place(op, claimed: set) -> bool:
+    """Whether every operand of ``op`` can be written in place into its slice of the concat's
+    buffer (contiguous slices, each operand a tile result not claimed by another concat)."""
+    if concat_offsets(op) is None:
+        return False
+    trial = set(claimed)
+    if any(r is None for r in concat_redirects(op, trial)):
+        return False
+    claimed |= trial
+    return True
+
+
+def outline_data_movement(fn: ir.Operation, concats: str = "strided") -> None:
+    """Turn the host data movement of ``fn`` that no view expresses into gather tiles.
+    ``concats``: ``"strided"`` outlines the concatenations whose slices are not contiguous
+    (the host plan copies other operands into place); ``"copied"`` also those with an operand
+    that is not a tile result written in place (a persistent kernel has no host copies)."""
+    claimed: set = set()
     for op in host_ops(fn):
         if op.name == "tensor.pad":
             _gather_tile(op, *_pad_gather(op))
         elif op.name == "tensor.extract_slice" and contiguous_slice(op) is None:
             _gather_tile(op, *_slice_gather(op))
-        elif op.name == "tensor.concat":       # lowering/concat.py (issue 16)
-            from .concat import outline_concat
-            outline_concat(op)
+        elif op.name == "tensor.concat":
+            if concat_offsets(op) is None or (concats == "copied" and
+                                              not concat_in_place(op, claimed)):
+                outline_concat(op)         # the gathering tile (lowering/concat.py, issue 16)
+
+
+def _outline_data_movement(fn: ir.Operation) -> None:
+    outline_data_movement(fn, "strided")
 
 
 def _slice_gather(op) -> tuple[list, list, str | None]:
@@ -225,5 +317,3 @@ func.func @gather(%src: {src_t}) -> {res_t} {{
     remap(tile, {arg: source})
     op.results[0].replace_all_uses_with(tile.results[0])
     op.erase()
-
-

@@ -25,6 +25,7 @@ from quartet.errors import QuartetError
 from quartet.runtime import dtypes
 from quartet.runtime.manifest import (
     CHECKS_VERSION,
+    PERSISTENT_VERSION,
     TENSORMAP_VERSION,
     TensorMapArg,
     FORMAT_VERSION,
@@ -35,6 +36,7 @@ from quartet.runtime.manifest import (
     Kernel,
     KernelArg,
     Manifest,
+    Persistent,
     Step,
     TensorSpec,
     Weight,
@@ -98,11 +100,12 @@ class ArtifactWriter:
 
     # tensors and buffers ----------------------------------------------------------------------
 
-    def add_buffer(self, name: str, size: int, kind: str = "temp") -> str:
-        """A device buffer of ``size`` bytes; ``kind`` is temp or scalar (others have own methods)."""
+    def add_buffer(self, name: str, size: int, kind: str = "temp", zeroed: bool = False) -> str:
+        """A device buffer of ``size`` bytes; ``kind`` is temp or scalar (others have own methods);
+        ``zeroed``: filled with zeros once, when the program is loaded."""
         if any(b.name == name for b in self.buffers):
             raise QuartetError(f"buffer {name!r} is defined twice", "artifact writer")
-        self.buffers.append(Buffer(name, kind, int(size)))
+        self.buffers.append(Buffer(name, kind, int(size), bool(zeroed)))
         return name
 
     def _tensor(self, table: list, kind: str, name: str, shape, dtype: str,
@@ -163,6 +166,7 @@ class ArtifactWriter:
         args: Iterable[KernelArg | str] = (),
         cooperative: bool = False,
         binary_format: str | None = None,
+        persistent: Persistent | None = None,
     ) -> str:
         """A kernel: ``entry`` in ``binary`` (cubin/PTX/fatbin, hsaco or .so bytes).
 
@@ -189,6 +193,7 @@ class ArtifactWriter:
                 shared_memory=int(shared_memory),
                 args=tuple(BufferArg(a) if isinstance(a, str) else a for a in args),
                 cooperative=bool(cooperative),
+                persistent=persistent,
             )
         )
         return name
@@ -215,6 +220,9 @@ class ArtifactWriter:
 
     def _version(self) -> int:
         """The oldest format version that holds what was added (see runtime/FORMAT.md)."""
+        if any(k.persistent is not None for k in self.kernels) or \
+                any(getattr(b, "zeroed", False) for b in self.buffers):
+            return PERSISTENT_VERSION
         if any(isinstance(a, TensorMapArg) for k in self.kernels for a in k.args):
             return TENSORMAP_VERSION
         return CHECKS_VERSION if self.checks else FORMAT_VERSION

@@ -210,6 +210,14 @@ class CudaBackend:
         )
         blocks, fit = math.prod(kernel.grid), per_sm * self.sm_count
         if blocks > fit:
+            p = kernel.persistent
+            if p is not None:
+                raise QuartetError(
+                    f"persistent kernel {kernel.name!r} runs {p.veus} vEUs on {blocks} blocks that must all be "
+                    f"resident ({p.blocks_per_sm} per SM was counted on); this GPU keeps {per_sm} per SM x "
+                    f"{self.sm_count} SMs = {fit}: it cannot run this artifact (compile it for this GPU)",
+                    self.location,
+                )
             raise QuartetError(
                 f"cooperative kernel {kernel.name!r} has {blocks} blocks, but only {fit} fit on this GPU at once "
                 f"({per_sm} per SM x {self.sm_count} SMs)",

@@ -27,7 +27,10 @@ FORMAT_VERSION = 1
 CHECKS_VERSION = 2
 #: version 3 = version 2 + ``tensormap`` kernel arguments (TMA tensor maps the runtime encodes)
 TENSORMAP_VERSION = 3
-SUPPORTED_VERSIONS = (1, 2, 3)
+#: version 4 = version 3 + ``persistent`` kernels and ``zeroed`` buffers (a runtime that ignored
+#: them would launch a persistent kernel without co-residency or with stale counters: a hang)
+PERSISTENT_VERSION = 4
+SUPPORTED_VERSIONS = (1, 2, 3, 4)
 
 #: shared-memory swizzle spans (bytes) a tensor map may name; 0: none
 TENSORMAP_SWIZZLES = (0, 32, 64, 128)
@@ -67,11 +70,13 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Buffer:
-    """A device allocation of ``size`` bytes, made once when the program is loaded."""
+    """A device allocation of ``size`` bytes, made once when the program is loaded; ``zeroed``:
+    filled with zero bytes then (device-side synchronisation state of persistent kernels)."""
 
     name: str
     kind: str  # one of BUFFER_KINDS
     size: int
+    zeroed: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,41 @@ KernelArg = Union[BufferArg, ScalarArg, IndexArg, TensorMapArg]
 
 
 @dataclass(frozen=True)
+class PersistentTask:
+    """One task of a persistent kernel (informative: the kernel's code holds the schedule).
+
+    ``args`` are positions in the kernel's ``args`` of the task's own arguments (its inputs,
+    then its outputs); its ``blocks`` run round-robin on vEUs ``[veu_begin, veu_begin +
+    veu_count)`` at wave ``wave``."""
+
+    name: str
+    args: tuple[int, ...]
+    blocks: int
+    veu_begin: int
+    veu_count: int
+    wave: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "args", tuple(self.args))
+
+
+@dataclass(frozen=True)
+class Persistent:
+    """What a persistent kernel (Rammer's vDevice) needs: its ``veus`` virtual execution units
+    run on the kernel's ``grid`` blocks, which must all be resident at once (``blocks_per_sm``
+    per SM is what the compiler counted on); ``sync`` names its synchronisation buffer (a
+    zeroed buffer among its arguments); ``tasks`` lists what it runs, in order."""
+
+    veus: int
+    blocks_per_sm: int
+    sync: str
+    tasks: tuple[PersistentTask, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+
+
+@dataclass(frozen=True)
 class Kernel:
     """A kernel: ``entry`` in binary file ``binary``, its launch shape and its arguments."""
 
@@ -162,6 +202,7 @@ class Kernel:
     shared_memory: int = 0
     args: tuple[KernelArg, ...] = ()
     cooperative: bool = False
+    persistent: Persistent | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,7 +362,7 @@ class Manifest:
             out["producer"] = self.producer
         out["inputs"] = [_tensor_json(t) for t in self.inputs]
         out["outputs"] = [_tensor_json(t) for t in self.outputs]
-        out["buffers"] = [{"name": b.name, "kind": b.kind, "size": b.size} for b in self.buffers]
+        out["buffers"] = [_buffer_json(b) for b in self.buffers]
         out["weights"] = [
             {
                 "name": w.name,
@@ -373,7 +414,32 @@ def _arg_json(a: KernelArg) -> dict[str, Any]:
     return {"kind": "index", "loop": a.loop, "dtype": a.dtype}
 
 
+def _buffer_json(b: Buffer) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": b.name, "kind": b.kind, "size": b.size}
+    if b.zeroed:
+        out["zeroed"] = True
+    return out
+
+
+def _persistent_json(p: Persistent) -> dict[str, Any]:
+    return {
+        "veus": p.veus,
+        "blocks_per_sm": p.blocks_per_sm,
+        "sync": p.sync,
+        "tasks": [{"name": t.name, "args": list(t.args), "blocks": t.blocks,
+                   "veu_begin": t.veu_begin, "veu_count": t.veu_count, "wave": t.wave}
+                  for t in p.tasks],
+    }
+
+
 def _kernel_json(k: Kernel) -> dict[str, Any]:
+    out = _kernel_fields(k)
+    if k.persistent is not None:
+        out["persistent"] = _persistent_json(k.persistent)
+    return out
+
+
+def _kernel_fields(k: Kernel) -> dict[str, Any]:
     return {
         "name": k.name,
         "binary": k.binary,

@@ -30,6 +30,8 @@ from quartet.runtime.manifest import (
     Loop,
     Manifest,
     Memset,
+    Persistent,
+    PersistentTask,
     Predicate,
     ScalarArg,
     TensorMapArg,
@@ -149,7 +151,8 @@ def manifest_from_json(data: Any, location: str | None = None) -> Manifest:
 
     def buffer(v, where):
         o = _Obj(v, where, location)
-        return Buffer(o.get("name", "str"), o.choice("kind", BUFFER_KINDS), o.get("size", "nat"))
+        return Buffer(o.get("name", "str"), o.choice("kind", BUFFER_KINDS), o.get("size", "nat"),
+                      o.get("zeroed", "bool", False))
 
     def weight(v, where):
         o = _Obj(v, where, location)
@@ -226,7 +229,26 @@ def _kernel_from_json(v: Any, where: str, location: str | None) -> Kernel:
         shared_memory=o.get("shared_memory", "nat", 0),
         args=tuple(_arg_from_json(a, w, location) for a, w in o.items("args", [])),
         cooperative=o.get("cooperative", "bool", False),
+        persistent=_persistent_from_json(o.get("persistent", "obj", None), f"{where}.persistent",
+                                         location),
     )
+
+
+def _persistent_from_json(v: Any, where: str, location: str | None) -> Persistent | None:
+    if v is None:
+        return None
+    o = _Obj(v, where, location)
+    tasks = []
+    for t, w in o.items("tasks", []):
+        ot = _Obj(t, w, location)
+        args = ot.get("args", "list")
+        if not all(isinstance(a, int) and not isinstance(a, bool) and a >= 0 for a in args):
+            raise ot.error("args", "expected a list of argument positions")
+        tasks.append(PersistentTask(ot.get("name", "str"), tuple(args), ot.get("blocks", "nat"),
+                                    ot.get("veu_begin", "nat"), ot.get("veu_count", "nat"),
+                                    ot.get("wave", "nat", 0)))
+    return Persistent(o.get("veus", "nat"), o.get("blocks_per_sm", "nat"), o.get("sync", "str"),
+                      tuple(tasks))
 
 
 def _pred_from_json(v: Any, where: str, location: str | None) -> Predicate:

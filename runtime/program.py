@@ -141,6 +141,9 @@ class Program:
             )
         b = self.backend
         self.addresses = {buf.name: b.alloc(buf.size) for buf in m.buffers}
+        for buf in m.buffers:
+            if buf.zeroed and buf.size:
+                b.memset(self.addresses[buf.name], 0, 1, buf.size)
         cache: dict[str, bytes] = {}
         for w in m.weights:
             b.upload(self.addresses[w.buffer], np.frombuffer(read_weight(art, w, cache), dtype=np.uint8))

@@ -87,6 +87,13 @@ class Chip:
     min_accumulators: int           # accumulators a register tile needs to hide FMA latency
     sync_seconds: float             # cost of one reduction step (barrier, pipeline bubble)
     launch_seconds: float           # kernel launch overhead
+    # Model figures of a persistent kernel's device-side synchronisation (Rammer's scheduler
+    # weighs completion counters against grid barriers with them): a wait on a completion
+    # counter (release add, acquire spin through L2, block barrier) and a grid barrier of
+    # every resident block. Estimates, not published numbers: CUDA's cooperative-groups
+    # grid.sync() is commonly reported at 1-3 us on Ampere/Hopper with a few hundred blocks.
+    counter_wait_seconds: float = 1.0e-6
+    grid_barrier_seconds: float = 2.5e-6
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     @property

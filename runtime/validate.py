@@ -101,9 +101,12 @@ def validate(m: Manifest, location: str | None = None) -> None:
                 where,
                 f"bytes [{w.offset}, {w.offset + w.size}) are outside {w.file} ({files[w.file].size} bytes)",
             )
-    for b in m.buffers:
+    for i, b in enumerate(m.buffers):
         if b.kind in ("input", "output", "weight") and b.name not in owner:
             fail("buffers", f"{b.kind} buffer {b.name!r} belongs to no {b.kind}")
+        if b.zeroed and b.kind not in ("temp", "scalar"):
+            fail(f"buffers[{i}]", f"only temp and scalar buffers are zeroed at load, not the "
+                                  f"{b.kind} buffer {b.name!r}")
 
     formats = BINARY_FORMATS[m.backend]
     for i, k in enumerate(m.kernels):
@@ -133,6 +136,8 @@ def validate(m: Manifest, location: str | None = None) -> None:
                 if m.backend != "cuda":
                     fail(aw, f"tensor maps exist only on the cuda backend, not {m.backend}")
                 _check_tensormap(aw, a, need_buffer(aw, a.buffer), fail)
+        if k.persistent is not None:
+            _check_persistent(where, k, buffers, fail)
 
     _validate_program(m, fail, need_buffer, in_bounds)
     for i, c in enumerate(m.checks):
@@ -166,6 +171,33 @@ def _check_tensormap(where, a: TensorMapArg, buf, fail) -> None:
                     f"({buf.size} bytes)")
 
 
+def _check_persistent(where, k, buffers, fail) -> None:
+    """A persistent kernel is cooperative (all blocks resident), runs its vEUs on at most as
+    many blocks, and synchronises through a zeroed buffer among its arguments."""
+    p = k.persistent
+    blocks = math.prod(k.grid)
+    if not k.cooperative:
+        fail(where, "a persistent kernel must be cooperative (its blocks wait for each other)")
+    if p.veus < 1 or p.blocks_per_sm < 1:
+        fail(f"{where}.persistent", f"needs veus >= 1 and blocks_per_sm >= 1, got {p.veus} and "
+                                    f"{p.blocks_per_sm}")
+    if blocks > p.veus or k.grid[1] != 1 or k.grid[2] != 1:
+        fail(where, f"grid {list(k.grid)} must be 1-D with at most {p.veus} blocks (its vEUs)")
+    if p.sync not in buffers or not buffers[p.sync].zeroed:
+        fail(f"{where}.persistent", f"sync buffer {p.sync!r} must be a buffer zeroed at load")
+    if not any(isinstance(a, BufferArg) and a.buffer == p.sync for a in k.args):
+        fail(f"{where}.persistent", f"sync buffer {p.sync!r} is not one of the kernel's "
+                                    f"arguments")
+    for i, t in enumerate(p.tasks):
+        if any(a >= len(k.args) for a in t.args):
+            fail(f"{where}.persistent.tasks[{i}]", f"argument positions {list(t.args)} past the "
+                                                   f"kernel's {len(k.args)} arguments")
+        if t.veu_count < 1 or t.veu_begin + t.veu_count > p.veus:
+            fail(f"{where}.persistent.tasks[{i}]", f"vEUs [{t.veu_begin}, "
+                                                   f"{t.veu_begin + t.veu_count}) outside the "
+                                                   f"kernel's {p.veus}")
+
+
 def _check_scalar(where, a: ScalarArg, fail) -> None:
     if a.dtype in dtypes.INTEGER_TYPES:
         if not isinstance(a.value, int):
@@ -181,6 +213,9 @@ def _check_scalar(where, a: ScalarArg, fail) -> None:
 # mode in format version 1, so for launches this is the compiler's guarantee.
 _READ_ONLY = ("input", "weight")
 _READ_ONLY_WHY = "input and weight buffers are only read by the program"
+# Buffers zeroed at load hold persistent kernels' synchronisation state (counters only grow from
+# zero across calls): no step may write them.
+_SYNC_WHY = "persistent kernels' synchronisation state, which only their kernels write"
 
 
 def _validate_program(m: Manifest, fail, need_buffer, in_bounds) -> None:
@@ -206,6 +241,8 @@ def _validate_program(m: Manifest, fail, need_buffer, in_bounds) -> None:
                 in_bounds(where, need_buffer(where, s.dst), s.dst_offset, s.size)
                 if m.buffer_map[s.dst].kind in _READ_ONLY:
                     fail(where, f"copy into {m.buffer_map[s.dst].kind} buffer {s.dst!r} ({_READ_ONLY_WHY})")
+                if m.buffer_map[s.dst].zeroed:
+                    fail(where, f"copy into {s.dst!r}, a buffer zeroed at load ({_SYNC_WHY})")
             elif isinstance(s, Memset):
                 buf = need_buffer(where, s.buffer)
                 size = buf.size - s.offset if s.size is None else s.size
@@ -218,6 +255,8 @@ def _validate_program(m: Manifest, fail, need_buffer, in_bounds) -> None:
                 in_bounds(where, buf, s.offset, size)
                 if buf.kind in _READ_ONLY:
                     fail(where, f"memset of {buf.kind} buffer {s.buffer!r} ({_READ_ONLY_WHY})")
+                if buf.zeroed:
+                    fail(where, f"memset of {s.buffer!r}, a buffer zeroed at load ({_SYNC_WHY})")
             elif isinstance(s, Loop):
                 walk(s.body, f"{where}.body", scope | ({s.index} if s.index else set()))
             elif isinstance(s, While):

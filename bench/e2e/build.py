@@ -3,10 +3,11 @@
     python -m quartet.bench.e2e.build .e2e_build [--tiny] [--twin] [case ...]
 
 Cases: every model of the zoo (frontend/models.py, default sizes, weights from seed 0; a few
-``VARIANTS`` at larger sizes, or compiled with the GEMM builder left out) and every
+``VARIANTS`` at larger sizes, or compiled with the GEMM builder left out), every
 single operator of the benchmark (bench/suite.py, family ``roller``, full sizes, weights from
-seed 0), each compiled with ``compile_to_artifact(model, inputs, target="sm_90")`` into
-``<dir>/<case>/`` (an artifact folder). For the zoo models, ``<dir>/<case>.ref.npz`` also holds
+seed 0) and the ``rammer`` workloads with and without Rammer (``NAME@rammer``: one persistent
+kernel; ``RAMMER``), each compiled with ``compile_to_artifact(model, inputs, target="sm_90")``
+into ``<dir>/<case>/`` (an artifact folder). For the zoo models, ``<dir>/<case>.ref.npz`` also holds
 fixed inputs (seed 1234; for ``cond_residual`` also their negation, so that both branches run)
 and the model's output on them computed here in float64: a check that needs no model on the
 GPU machine. ``<dir>/cases.json`` lists the cases with their compile times and kernel counts.
@@ -35,6 +36,11 @@ VARIANTS = {
     "mlp_large": ("mlp", {"dim": 768, "hidden": 3072, "tokens": 128}, 8, {}),
     "attention_large": ("attention", {"dim": 768, "heads": 12, "tokens": 128}, 8, {}),
 }
+
+
+#: the rammer workloads, one persistent kernel each, beside the same models one kernel per tile
+RAMMER = ("branchy_cells_f32@rammer", "inception_f32@rammer",
+          "branchy_cells_f32@rammer{sync=barrier}", "branchy_cells_f32", "inception_f32")
 
 
 def _ops() -> list[str]:
@@ -105,18 +111,34 @@ def build_zoo(case: str, out: Path, twin: bool = False) -> dict:
             **_summary(writer, result, seconds)}
 
 
-def build_op(name: str, out: Path, tiny: bool = False, twin: bool = False) -> dict:
+def build_op(case: str, out: Path, tiny: bool = False, twin: bool = False) -> dict:
+    """A workload of the benchmark; ``NAME@PIPELINE`` compiles it with another pipeline than
+    roller (``branchy_cells_f32@rammer``: one persistent kernel)."""
     from quartet.bench import suite
     from quartet.frontend.compile import compile_to_artifact
 
+    name, _, pipeline = case.partition("@")
+    pipeline = pipeline or "roller"
     w = {x.name: x for x in suite.WORKLOADS}[name]
     model, inputs = w.module(0, tiny=tiny), w.inputs(1, tiny=tiny)
     t0 = time.perf_counter()
-    writer, result, _ = compile_to_artifact(model, inputs, target="sm_90")
+    writer, result, _ = compile_to_artifact(model, inputs, pipeline=pipeline, target="sm_90")
     seconds = time.perf_counter() - t0
-    _save(writer, result, out / name, twin)
-    return {"case": name, "kind": "op", "name": name, "seed": 0, "tiny": tiny,
-            **_summary(writer, result, seconds)}
+    _save(writer, result, out / case, twin)
+    return {"case": case, "kind": "op", "name": name, "pipeline": pipeline, "seed": 0,
+            "tiny": tiny, **_summary(writer, result, seconds), **_persistent(writer)}
+
+
+def _persistent(writer) -> dict:
+    """What the manifest states about persistent kernels (Rammer): vEUs, blocks, occupancy."""
+    rows = []
+    for k in writer.manifest().kernels:
+        if k.persistent is None:
+            continue
+        rows.append({"kernel": k.name, "veus": k.persistent.veus, "blocks": k.grid[0],
+                     "threads": k.block[0], "blocks_per_sm": k.persistent.blocks_per_sm,
+                     "shared_memory": k.shared_memory, "tasks": len(k.persistent.tasks)})
+    return {"persistent": rows} if rows else {}
 
 
 def main(argv: list[str]) -> int:
@@ -125,7 +147,7 @@ def main(argv: list[str]) -> int:
     tiny, twin = "--tiny" in flags, "--twin" in flags
     out = Path(argv[0])
     out.mkdir(parents=True, exist_ok=True)
-    wanted = argv[1:] or list(ZOO) + list(VARIANTS) + _ops()
+    wanted = argv[1:] or list(ZOO) + list(VARIANTS) + _ops() + list(RAMMER)
     cases = []
     from quartet.lowering import build
 

@@ -10,7 +10,13 @@ GPU manifest's inputs, outputs, buffers, weights and program unchanged, swaps ea
 binary for the tile's ``.so`` and runs through ``quartet.runtime``'s interpreter on its CPU
 backend. Only the kernels' own code differs from what runs on the GPU.
 
-Assumes: one kernel per tile (every builder makes one launch), in the order
+A persistent kernel (Rammer: one kernel for the tasks of a ``quartet.uvirtual``) becomes its
+tasks, run one after the other in the schedule's order, each on the kernel arguments the
+manifest's ``persistent.tasks`` gives it - the same buffers, views and in-place concatenations
+the GPU kernel uses: what the CPU can check of a schedule is that its order and its bindings
+compute the model (its device-side waits are the checker's, ``compose/vdevice.py``).
+
+Assumes: one kernel per tile (every builder makes one launch) or per uvirtual, in the order
 ``lowering.prepare.tiles_of`` lists the tiles of the prepared module.
 """
 
@@ -77,21 +83,52 @@ def cpu_twin(writer, quartet_text: str, opt_level: int = 0):
     from quartet.runtime.manifest import TensorMapArg
 
     functions = tile_functions(quartet_text)
-    if len(functions) != len(writer.kernels):
-        raise QuartetError(f"{len(writer.kernels)} kernels for {len(functions)} tiles: the twin "
-                           f"needs one kernel per tile")
+    tiles = sum(len(k.persistent.tasks) if k.persistent else 1 for k in writer.kernels)
+    if len(functions) != tiles:
+        raise QuartetError(f"{len(writer.kernels)} kernels ({tiles} tasks) for "
+                           f"{len(functions)} tiles: the twin needs one kernel per tile")
     twin = ArtifactWriter("cpu", producer=writer.producer)
     twin.inputs, twin.outputs = list(writer.inputs), list(writer.outputs)
     twin.buffers, twin.weights = list(writer.buffers), list(writer.weights)
     twin._weight_bytes = bytearray(writer._weight_bytes)
-    twin.program = list(writer.program)
-    for k, text in zip(writer.kernels, functions):
-        spec = cpu.cpu_kernel(text, name=f"tile_{k.name}", opt_level=opt_level)
-        # TMA tensor maps are how a GPU kernel reads its inputs; the CPU tile reads them direct
-        args = [a for a in k.args if not isinstance(a, TensorMapArg)]
-        if len(spec.args) != len(args):
-            raise QuartetError(f"kernel {k.name} takes {len(args)} arguments, its tile on the "
-                               f"CPU {len(spec.args)}")
-        twin.add_kernel(k.name, spec.binary, spec.entry, (1, 1, 1), (1, 1, 1), args=args,
-                        binary_format="so")
+    texts = iter(functions)
+    expand = {}
+    for k in writer.kernels:
+        runs = [(k.name, k.args)] if k.persistent is None else \
+            [(f"{k.name}_t{i}", tuple(k.args[a] for a in t.args))
+             for i, t in enumerate(k.persistent.tasks)]
+        for name, args in runs:
+            # TMA tensor maps are how a GPU kernel reads its inputs; the CPU tile reads them direct
+            args = tuple(a for a in args if not isinstance(a, TensorMapArg))
+            spec = cpu.cpu_kernel(next(texts), name=f"tile_{name}", opt_level=opt_level)
+            if len(spec.args) != len(args):
+                raise QuartetError(f"kernel {name} takes {len(args)} arguments, its tile on "
+                                   f"the CPU {len(spec.args)}")
+            twin.add_kernel(name, spec.binary, spec.entry, (1, 1, 1), (1, 1, 1), args=args,
+                            binary_format="so")
+        expand[k.name] = [name for name, _ in runs]
+    twin.program = _expanded(writer.program, expand)
     return twin
+
+
+def _expanded(steps, expand: dict) -> list:
+    """``steps`` with each launch of a persistent kernel replaced by launches of its tasks."""
+    from dataclasses import replace
+
+    from quartet.runtime.manifest import If, Launch, Loop, While
+
+    out = []
+    for s in steps:
+        if isinstance(s, Launch):
+            out += [Launch(name) for name in expand[s.kernel]]
+        elif isinstance(s, Loop):
+            out.append(replace(s, body=_expanded(s.body, expand)))
+        elif isinstance(s, While):
+            out.append(replace(s, cond=_expanded(s.cond, expand),
+                               body=_expanded(s.body, expand)))
+        elif isinstance(s, If):
+            out.append(replace(s, then=_expanded(s.then, expand),
+                               else_=_expanded(s.else_, expand)))
+        else:
+            out.append(s)
+    return out

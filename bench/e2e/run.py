@@ -181,6 +181,24 @@ def _poison(prog) -> None:
     prog.backend.synchronize()
 
 
+def _persistent_occupancy(manifest) -> list[dict]:
+    """Each persistent kernel's vEUs and blocks, and the SM occupancy its resident blocks give:
+    warps resident per SM over the SM's 64 (all blocks are resident by construction)."""
+    import torch
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count if DEVICE == "cuda" else 132
+    out = []
+    for k in manifest.kernels:
+        if k.persistent is None:
+            continue
+        per_sm = -(-k.grid[0] // sms)
+        warps = -(-k.block[0] // 32)
+        out.append({"kernel": k.name, "veus": k.persistent.veus, "blocks": k.grid[0],
+                    "threads": k.block[0], "tasks": len(k.persistent.tasks),
+                    "blocks_per_sm": per_sm, "occupancy": round(per_sm * warps / 64, 3)})
+    return out
+
+
 def run_case(build: Path, case: dict) -> dict:
     import numpy as np
     import torch
@@ -201,6 +219,10 @@ def run_case(build: Path, case: dict) -> dict:
     prog = rt.load(path)
     res["load_s"] = round(time.perf_counter() - t0, 3)
     res["kernels"] = len(prog.manifest.kernels)
+    res["launches_per_call"] = sum(1 for _, st in prog.manifest.steps()
+                                   if type(st).__name__ == "Launch")
+    if any(k.persistent for k in prog.manifest.kernels):
+        res["persistent"] = _persistent_occupancy(prog.manifest)
     with torch.no_grad():
         if case["kind"] == "zoo":
             ref = np.load(build / f"{case['case']}.ref.npz")
@@ -236,11 +258,14 @@ def run_case(build: Path, case: dict) -> dict:
         res["quartet_program_ms"] = prog.bench(*xs, warmup=5, repeat=50).median_ms
         prog.close()
         if not case.get("control_flow") and DEVICE == "cuda":
-            g = rt.load(path, graph=True)
-            res["quartet_graph_ms"] = g.bench(*xs, warmup=5, repeat=50).median_ms
-            _poison(g)
-            res["err_graph"] = rel_err(g(*xs), eager64(*[x.double() for x in xs]))
-            g.close()
+            try:     # a cooperative launch in a captured graph may be refused: say so
+                g = rt.load(path, graph=True)
+                res["quartet_graph_ms"] = g.bench(*xs, warmup=5, repeat=50).median_ms
+                _poison(g)
+                res["err_graph"] = rel_err(g(*xs), eager64(*[x.double() for x in xs]))
+                g.close()
+            except Exception as e:      # noqa: BLE001
+                res["graph_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     return res
 
 
@@ -318,6 +343,12 @@ def main() -> int:
               f"{_fmt(r.get('err_stored_ref'), '9.2e')} {r['eager_ms']:9.4f} "
               f"{r['quartet_call_ms']:9.4f} {r['quartet_program_ms']:9.4f} "
               f"{_fmt(r.get('quartet_graph_ms'), '9.4f')} {r['eager_ms'] / best:11.2f}")
+    for r in results:
+        for p in r.get("persistent", []):
+            print(f"{r['case']:26s} {r['launches_per_call']} launch(es)/call; persistent "
+                  f"{p['kernel']}: {p['tasks']} tasks on {p['veus']} vEUs, {p['blocks']} blocks "
+                  f"x {p['threads']} threads, {p['blocks_per_sm']}/SM, occupancy "
+                  f"{p['occupancy']:.0%}")
     return 0
 
 

@@ -240,6 +240,7 @@ def from_launch(module: ir.Module, name: str, family: str) -> BlockProgram:
         for old, value in zip(fn.arguments, args):
             old.replace_all_uses_with(value)
         _replace_grid_queries(new, ids, grid, c, ret)
+    place = location_of(where)       # before the erase: the launch goes with its function
     fn.operation.erase()
     new.operation.attributes["quartet.shared_bytes"] = ir.IntegerAttr.get(
         ir.IntegerType.get_signless(64), shared)

@@ -9,8 +9,9 @@
   virtual blocks ``b, b + grid, b + 2 grid, ...`` (the persistent-kernel form).
 
 A kernel's block is as wide as its widest body. A narrower body runs on the first threads of the
-block, the others skip it; its barriers then count only its own threads (``bar.sync 0, T``, an
-NVVM barrier with a thread count) so that the idle warps are never waited for. Its shared memory
+block, the others skip it; its barriers then count only its own threads (``bar.sync 1, T``, an
+NVVM barrier with a thread count, on a barrier of their own) so that the idle warps are never
+waited for. Its shared memory
 is the largest body's: bodies take theirs from the one dynamic pool (``block_program.py``).
 
 The result is a module holding the bodies (``func.func private @<name>`` with the attribute
@@ -271,6 +272,12 @@ def _const_index(value: ir.Value) -> int | None:
     return ir.IntegerAttr(owner.operation.attributes["value"]).value
 
 
+#: the hardware barrier a narrow body's barriers use: the kernel's own barriers (after a body, in
+#: a loop of virtual blocks, in a persistent kernel's dispatcher) are barrier 0 with every
+#: thread, and one barrier shared with another count would release the wrong threads
+NARROW_BARRIER = 1
+
+
 def _count_barriers(op: ir.Operation, threads: int) -> None:
     """Barriers of a body narrower than its kernel wait for the body's threads only."""
     found = []
@@ -284,6 +291,6 @@ def _count_barriers(op: ir.Operation, threads: int) -> None:
     for barrier in found:
         with ir.InsertionPoint(barrier), barrier.location:
             i32 = ir.IntegerType.get_signless(32)
-            nvvm.BarrierOp(None, barrierId=arith.constant(i32, 0),
+            nvvm.BarrierOp(None, barrierId=arith.constant(i32, NARROW_BARRIER),
                            numberOfThreads=arith.constant(i32, threads))
         barrier.erase()
