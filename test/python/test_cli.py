@@ -110,6 +110,15 @@ MODEL_FILE = textwrap.dedent('''\
             return self.conv(x)
 
 
+    class TwoBranches(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)
+
+        def forward(self, x):
+            return torch.stack([torch.relu(self.a(x)), torch.tanh(self.b(x))]).mean(0)
+
+
     NotAModule = 42
     ''')
 SORT_LINE = 17   # the torch.sort line of MODEL_FILE (tm_tensor.sort: refused)
@@ -284,7 +293,7 @@ def test_unsupported_op_is_named_with_its_model_line(work):
      r"imports.py:2:0: error: model file does not import: ModuleNotFoundError"),
     ("models.py", None, r"error: model file has no class 'A' \(nn.Module classes in it: "
                         r"Branchy, ConvOfOtherShape, NeedsArgs, Other, Raises, ReturnsDict, "
-                        r"ReturnsTwo, ReturnsWider, Small, SmallRelu, WithSort, "
+                        r"ReturnsTwo, ReturnsWider, Small, SmallRelu, TwoBranches, WithSort, "
                         r"WrongForward\)"),
     ("missing.py", "", r"missing.py: error: could not open model file: no such file"),
 ])
@@ -521,6 +530,27 @@ def test_demo_has_a_version():
     done = subprocess.run([sys.executable, "-m", "quartet.tools.demo", "--version"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == f"quartet-demo {__version__}"
+
+
+def test_compile_and_run_with_the_rammer_pipeline(work, tmp_path):
+    """--pipeline takes rammer (options included) as it takes roller: the CPU artifact runs the
+    schedule's tasks in order and matches eager; for sm_90 the two branches and their sum are
+    one persistent kernel (its tasks: the two branches side by side, then the mean)."""
+    from quartet.runtime import load_manifest
+
+    cpu = tmp_path / "rammer.qrt"
+    run("compile", "models.py:TwoBranches", "--input", "4x16:f32", "--pipeline", "rammer",
+        "--target", "cpu", "-o", cpu, cwd=work, check_rc=0)
+    assert json.loads(load_manifest(cpu).producer)["pipeline"] == "rammer"
+    done = run("run", cpu, "--check", cwd=work, check_rc=0)
+    (error,) = [ln for ln in done.stdout.splitlines() if ln.startswith("max relative error: ")]
+    assert float(error.split(": ")[1]) < 1e-5
+    gpu = tmp_path / "rammer90.qrt"
+    run("compile", "models.py:TwoBranches", "--input", "4x16:f32", "--pipeline",
+        "rammer{sync=barrier}", "--target", "sm_90", "-o", gpu, cwd=work, check_rc=0)
+    (kernel,) = load_manifest(gpu).kernels
+    assert kernel.cooperative and kernel.persistent is not None
+    assert len(kernel.persistent.tasks) >= 3
 
 
 # ----------------------------------------------------------------------------------------------

@@ -137,6 +137,15 @@ class _Conv3x3(torch.nn.Module):
         return self.conv(x)
 
 
+class _TwoBranches(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        return torch.stack([torch.relu(self.a(x)), torch.tanh(self.b(x))]).mean(0)
+
+
 def test_gemm_versions_take_a_reduction_step_the_body_builds():
     """Roller's top schedules of a 3x3 convolution of 64 channels step 32 or 16 channels x 9
     taps through K (288, 144): more than the CUDA-core GEMM body takes (64), which then builds
@@ -321,6 +330,20 @@ def test_torch_compile_backend_takes_the_rammer_pipeline():
                           options={"pipeline": "rammer"})(x)
         ref = model(x)
     assert torch.allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_quartet_compile_takes_the_rammer_pipeline():
+    """quartet.compile(..., pipeline="rammer{...}") on the CPU target: the schedule's tasks in
+    order, the same numbers as eager."""
+    import quartet
+
+    torch.manual_seed(0)
+    model, x = _TwoBranches().eval(), torch.randn(4, 16)
+    compiled = quartet.compile(model, (x,), pipeline="rammer{topk=2}", target="cpu")
+    assert compiled.result.pipeline == "rammer{topk=2}"
+    assert compiled.result.quartet.count('"quartet.vtask"') >= 3
+    with torch.no_grad():
+        assert torch.allclose(compiled(x), model(x), rtol=1e-4, atol=1e-4)
 
 
 def test_quartet_opt_lists_and_expands_the_rammer_pipeline():

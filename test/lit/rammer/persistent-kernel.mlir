@@ -7,6 +7,16 @@
 // And once lowered to binaries: one launch of one kernel for the whole function.
 // RUN: quartet-opt %s --pass-pipeline='builtin.module(rammer{target=sm_90},quartet-lower-gpu{target=sm_90})' | %filecheck %s --check-prefix=BIN
 
+// And as an artifact (quartet-opt -o, as for roller): one cooperative persistent kernel, one
+// launch, a zeroed synchronisation buffer; the CPU artifact of the same pipeline runs the tasks.
+// RUN: rm -rf %t && mkdir -p %t
+// RUN: quartet-opt %s --pass-pipeline='builtin.module(rammer{target=sm_90})' -o %t/rammer90.qrt
+// RUN: %PYTHON -c "from quartet.runtime.artifact import load_manifest; m = load_manifest('%t/rammer90.qrt'); k, = m.kernels; print(k.cooperative, len(k.persistent.tasks), m.buffer_map[k.persistent.sync].zeroed, len(list(m.steps())))" | %filecheck %s --check-prefix=QRT
+// QRT: True 3 True 1
+// RUN: quartet-opt %s --pass-pipeline='builtin.module(rammer{target=cpu})' -o %t/rammer.qrt
+// RUN: %PYTHON -c "import numpy as np, quartet.runtime as rt; p = rt.load('%t/rammer.qrt'); r = np.random.default_rng(0); x, w1, w2 = (r.standard_normal(s, dtype=np.float32) for s in ((64, 128), (128, 64), (128, 64))); print(bool(np.allclose(p(x, w1, w2), x @ w1 + x @ w2, rtol=1e-4, atol=1e-4)))" | %filecheck %s --check-prefix=CPU
+// CPU: True
+
 // CHECK-LABEL: func.func private @q0_t0(%arg0: index, %arg1: memref<64x128xf32>
 // CHECK-NOT:   func.func private @q0_t1
 // CHECK-LABEL: func.func private @q0_t2(%arg0: index
