@@ -143,6 +143,8 @@ class Persistent:
     blocks_per_sm: int
     sync: str
     tasks: tuple[PersistentTask, ...] = ()
+    program: str = ""               # Grinder: the device program's steps, as JSON (FORMAT.md)
+    bound_word: int | None = None   # Grinder: the sync word a bounded loop sets when it stops
 
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -358,7 +360,7 @@ def _buffer_json(b: Buffer) -> dict[str, Any]:
 
 
 def _persistent_json(p: Persistent) -> dict[str, Any]:
-    return {
+    out = {
         "veus": p.veus,
         "blocks_per_sm": p.blocks_per_sm,
         "sync": p.sync,
@@ -366,6 +368,11 @@ def _persistent_json(p: Persistent) -> dict[str, Any]:
                    "veu_begin": t.veu_begin, "veu_count": t.veu_count, "wave": t.wave}
                   for t in p.tasks],
     }
+    if p.program:
+        out["program"] = p.program
+    if p.bound_word is not None:
+        out["bound_word"] = p.bound_word
+    return out
 
 
 def _kernel_json(k: Kernel) -> dict[str, Any]:
