@@ -146,7 +146,9 @@ class Plan:
     def slot(self, v: ir.Value, offset: int = 0, shape=None, dtype=None) -> int:
         shape = tuple(shape_of(v.type)) if shape is None else tuple(shape)
         dtype = dtype or _storage_dtype(v.type)
-        s = Slot(self.value_index(v), offset, shape if shape else (1,), dtype)
+        if not isinstance(v.type, ir.RankedTensorType):
+            shape = (1,)            # a scalar (a predicate read from a tensor): one element
+        s = Slot(self.value_index(v), offset, shape, dtype)
         if s in self.slots:
             return self.slots.index(s)
         self.slots.append(s)

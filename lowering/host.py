@@ -406,10 +406,12 @@ def _lower_while(op, target, module, host: _Host, compiled, emit, steps: list) -
     _carry_back(yielded, carries, host, body_steps, op)
     for r, v in zip(op.results, forwarded):
         _alias(r, v, host, condition)
-    bound = op.attributes["quartet.max_iterations"] \
-        if "quartet.max_iterations" in op.attributes else None
-    steps.append(mf.While(cond_steps, predicate, body_steps,
-                          ir.IntegerAttr(bound).value or None if bound is not None else None))
+    # grinder{max_iterations=N}: the host loop stops at its bound and reports it, as the
+    # device loop does
+    bound = ir.IntegerAttr(op.attributes["quartet.max_iterations"]).value \
+        if "quartet.max_iterations" in op.attributes else 0
+    steps.append(mf.While(cond_steps, predicate, body_steps, bound or None,
+                          "stop" if bound else "error"))
 
 
 def _carry_back(yielded: list, carries: list[str], host: _Host, steps: list, where) -> None:

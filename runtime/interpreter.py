@@ -20,11 +20,13 @@ memsets and predicates read :attr:`Interpreter.addresses` when they run.
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Any, Protocol
 
 import numpy as np
 
-from quartet.errors import QuartetError
+from quartet.errors import BoundWarning, QuartetError
 from quartet.runtime.manifest import (
     BufferArg,
     Copy,
@@ -178,6 +180,11 @@ class Interpreter:
             if not self._truth(s.predicate):
                 return
             if s.max_iterations is not None and iterations >= s.max_iterations:
+                if s.at_bound == "stop":
+                    warnings.warn(f"a while loop stopped at its bound of {s.max_iterations} "
+                                  f"iterations (predicate buffer {s.predicate.buffer!r} still "
+                                  f"nonzero)", BoundWarning, stacklevel=2)
+                    return
                 raise QuartetError(
                     f"a host while loop ran past its max_iterations ({s.max_iterations}); "
                     f"predicate buffer {s.predicate.buffer!r} never became zero"

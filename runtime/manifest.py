@@ -228,13 +228,16 @@ class Loop:
 class While:
     """Run ``cond``, read ``predicate``; while it is nonzero run ``body`` and start again.
 
-    ``max_iterations`` (optional) turns a runaway loop into an error.
+    ``max_iterations`` (optional) bounds the body runs: past it, ``at_bound = "error"`` makes
+    the call an error, ``at_bound = "stop"`` ends the loop there with a warning (the bound of
+    Grinder's device loops, ``grinder{max_iterations=N}``).
     """
 
     cond: tuple["Step", ...]
     predicate: Predicate
     body: tuple["Step", ...]
     max_iterations: int | None = None
+    at_bound: str = "error"
 
     def __post_init__(self):
         object.__setattr__(self, "cond", tuple(self.cond))
@@ -430,6 +433,7 @@ def _step_json(s: Step) -> dict[str, Any]:
             "predicate": _pred_json(s.predicate),
             "body": [_step_json(x) for x in s.body],
             "max_iterations": s.max_iterations,
+            **({"at_bound": s.at_bound} if s.at_bound != "error" else {}),
         }
     if isinstance(s, If):
         return {

@@ -274,6 +274,7 @@ def _step_from_json(v: Any, where: str, location: str | None) -> Step:
             _pred_from_json(o.get("predicate", "obj"), f"{where}.predicate", location),
             block("body"),
             o.get("max_iterations", "nat", None),
+            o.get("at_bound", "str", "error"),
         )
     if op == "if":
         return If(

@@ -277,6 +277,8 @@ def _validate_program(m: Manifest, fail, need_buffer, in_bounds) -> None:
             elif isinstance(s, While):
                 if s.max_iterations == 0:
                     fail(where, "max_iterations must be positive")
+                if s.at_bound not in ("error", "stop"):
+                    fail(where, f"at_bound must be 'error' or 'stop', not {s.at_bound!r}")
                 walk(s.cond, f"{where}.cond", scope)
                 pred(f"{where}.predicate", s.predicate)
                 walk(s.body, f"{where}.body", scope)

@@ -70,7 +70,8 @@ def device_program_kernel(parts: list[Part], program: DeviceProgram, steps: tupl
                            f"{program.num_veus} blocks, not {physical}")
     threads = max([p.program.resources.threads for p in parts] or [128])
     shared = max([p.program.resources.shared_bytes for p in parts] or [0])
-    _check_bindings(parts, args, threads)
+    _check_bindings([p for p in parts if not _sub_warp(p, threads)], args, threads)
+    _check_sub_warp([p for p in parts if _sub_warp(p, threads)], args)
     chips = {p.program.chip for p in parts if p.program.chip}
     if len(chips) > 1:
         raise QuartetError(f"block programs for different chips ({', '.join(sorted(chips))}) "
@@ -108,6 +109,30 @@ def device_program_kernel(parts: list[Part], program: DeviceProgram, steps: tupl
             emitter.steps(steps)
             gpu.TerminatorOp()
     return module
+
+
+def _sub_warp(part: Part, threads: int) -> bool:
+    t = part.program.resources.threads
+    return t < threads and t % 32 != 0
+
+
+def _check_sub_warp(parts: list[Part], args: list[KernelArg]) -> None:
+    """A body narrower than a warp (a scalar tile's one thread) runs on the first threads of its
+    block with no barrier of its own: a barrier cannot count fewer threads than a warp."""
+    for p in parts:
+        found = []
+
+        def visit(op):
+            if op.operation.name in ("gpu.barrier", "nvvm.barrier", "nvvm.barrier0"):
+                found.append(op)
+            return ir.WalkResult.ADVANCE
+
+        p.program.function.operation.walk(visit)
+        if found:
+            raise QuartetError(f"block program '{p.program.name}' runs on "
+                               f"{p.program.resources.threads} threads, less than a warp, "
+                               f"and holds a barrier: it cannot share a persistent kernel")
+    _check_bindings(parts, args, 1)        # argument types, as for every body
 
 
 class StepEmitter:
@@ -240,7 +265,8 @@ class StepEmitter:
             branch = scf.IfOp(last, has_else=True)
             with ir.InsertionPoint(branch.then_block):
                 device.fence_acq_rel()
-                value = memref.load(pred, [_index(0)])
+                rank = len(ir.MemRefType(pred.type).shape)
+                value = memref.load(pred, [_index(0)] * rank)
                 nonzero = _nonzero(value, element)
                 parity = arith.andi(gen, device.const(1))
                 word = device.word(sync, arith.index_cast(

@@ -144,8 +144,17 @@ class GrinderLift(ModulePass):
                                    "host")
             return
         trial = plan_device_program(uv.operation, hw, self.measure, self.max_per_unit or None)
+        if trial is None and len(run) > len(controls):
+            # the straight-line tiles around the control flow do not share an envelope with
+            # it (a one-thread scalar tile beside warp-wide ones): they stay outside as kernels
+            # of their own, and each control-flow op is tried alone
+            self._unlift(uv, None, mark=False)
+            for ctl in controls:
+                self._lift([ctl], hw)
+            return
         if trial is None:
-            self._unlift(uv, "no kernel version of its tiles fits one persistent kernel")
+            self._unlift(uv, "no kernel version of its tiles fits one persistent kernel "
+                             "(its tiles' thread counts or resources share no envelope)")
             return
         estimate = cost.estimate(trial, uv.operation, hw)
         choice = self.control
@@ -197,17 +206,21 @@ class GrinderLift(ModulePass):
         if not hw.is_gpu:
             return 1
         tiles = len(collect(loop, lambda o: o.name == "quartet.tile"))
-        return max(1, min(trips, self.max_unrolled // max(1, tiles)))
+        limit = max(1, self.max_unrolled // max(1, tiles))
+        if trips <= limit:
+            return trips
+        # a divisor of the trip count: no copies left over after the loop
+        return max(d for d in range(1, limit + 1) if trips % d == 0)
 
     def _unlift(self, uv: UVirtualOp, reason: str | None, mode: str = "host",
-                estimate: "cost.Estimate | None" = None) -> None:
+                estimate: "cost.Estimate | None" = None, mark: bool = True) -> None:
         """Move the ops of ``uv`` back in front of it (control flow then stays on the host)."""
         block = uv.operation.regions[0].blocks[0]
         ops = [o.operation for o in block.operations]
         term = ops[-1]
         for inner in ops[:-1]:
             inner.move_before(uv.operation)
-            if inner.name in CONTROL_OPS:
+            if inner.name in CONTROL_OPS and mark:
                 self._keep_on_host(inner, reason, mode)
                 if estimate is not None:
                     _record(inner, estimate)

@@ -60,6 +60,20 @@ def blocks_of(op: ir.Operation) -> list[ir.Block]:
     return out
 
 
+def _phases_in_order(root: ir.Operation) -> list[Phase]:
+    """The phases of every block under ``root`` in execution order: a block's phase, then the
+    phases of the control-flow op that ends it (its regions in order), then the block's next
+    phase. (Waves must increase along the order every vEU walks.)"""
+    out: list[Phase] = []
+    for region in root.regions:
+        for block in region.blocks:
+            for phase in phases_of(block):
+                out.append(phase)
+                if phase.end.name in CONTROL_OPS:
+                    out += _phases_in_order(phase.end)
+    return out
+
+
 def phases_of(block: ir.Block) -> list[Phase]:
     out, run = [], []
     for op in block.operations:
@@ -98,35 +112,45 @@ def plan_device_program(root: ir.Operation, hw: Chip, measure: bool = True,
     """Schedule the tiles of the blocks of ``root`` (a uvirtual, or an op to be lifted; its own
     block is not included for an op that is not a uvirtual) as one persistent kernel; None when
     a tile has no kernel version or no envelope fits."""
-    blocks = blocks_of(root)
     phases: list[Phase] = []
     tiles: list = []
     jobs: list[Job] = []
     offset = 0
-    for block in blocks:
-        for phase in phases_of(block):
-            graph = graph_of(Segment(phase.ops))
-            phase.tiles, phase.deps, phase.levels = graph.tiles, graph.deps, graph.levels
-            phase.offset = offset
-            base = len(tiles)
-            for k, tile in enumerate(graph.tiles):
-                found = kernel_versions.versions_of(tile, hw)
-                if measure:
-                    found = kernel_versions.measured(tile, found, hw)
-                if not found:
-                    return None
-                jobs.append(Job(_name(tile), tuple(found),
-                                tuple(base + d for d in graph.deps[k]),
-                                offset + graph.levels[k]))
-                tiles.append(tile)
-            offset += 1 + max(graph.levels, default=-1)
-            phases.append(phase)
+    for phase in _phases_in_order(root):
+        graph = graph_of(Segment(phase.ops))
+        phase.tiles, phase.deps, phase.levels = graph.tiles, graph.deps, graph.levels
+        phase.offset = offset
+        base = len(tiles)
+        for k, tile in enumerate(graph.tiles):
+            found = kernel_versions.versions_of(tile, hw)
+            if measure:
+                found = kernel_versions.measured(tile, found, hw)
+            if not found:
+                return None
+            found = [_whole_warp(v, hw) for v in found]
+            jobs.append(Job(_name(tile), tuple(found),
+                            tuple(base + d for d in graph.deps[k]),
+                            offset + graph.levels[k]))
+            tiles.append(tile)
+        offset += 1 + max(graph.levels, default=-1)
+        phases.append(phase)
     if not jobs:
         return None
     plan = schedule(jobs, hw, "barrier", max_per_unit)
     if plan is None:
         return None
     return Trial(phases, tiles, jobs, plan)
+
+
+def _whole_warp(v, hw: Chip):
+    """A version narrower than a warp (the one-thread bodies of scalar tiles: a loop counter,
+    a predicate) seen by the scheduler as one warp wide, so that it shares a kernel with wider
+    bodies: it runs on the warp's first threads and the others skip it. The lowering refuses
+    such a body if it holds a barrier (``compose/device_loops.py``)."""
+    from dataclasses import replace
+
+    warp = max(1, hw.warp_size)
+    return replace(v, threads=warp) if hw.is_gpu and v.threads < warp else v
 
 
 def write_schedule(trial: Trial, hw: Chip) -> None:
