@@ -85,6 +85,11 @@ class _LaunchPlan:
 
     def __init__(self, kernel: Kernel, prepared: Any, addresses: dict[str, int]):
         self.prepared = prepared
+        self.name = kernel.name
+        # Grinder: the sync word a bounded device loop sets when it stops at its bound
+        p = kernel.persistent
+        self.bound_at = (p.sync, 8 * p.bound_word) if p is not None and \
+            p.bound_word is not None else None
         self.values: list[int | float] = []
         self.index_slots: list[tuple[int, str]] = []
         self.buffer_slots: list[tuple[int, str, int]] = []
@@ -155,6 +160,8 @@ class Interpreter:
             if isinstance(s, Launch):
                 plan = self.plans[s.kernel]
                 b.launch(plan.prepared, plan.args(env))
+                if plan.bound_at is not None:
+                    self._report_bound(plan)
             elif isinstance(s, Copy):
                 b.copy(addr[s.dst] + s.dst_offset, addr[s.src] + s.src_offset, s.size)
             elif isinstance(s, Memset):
@@ -191,6 +198,16 @@ class Interpreter:
                 )
             self._run(s.body, env)
             iterations += 1
+
+    def _report_bound(self, plan: _LaunchPlan) -> None:
+        """After a kernel with bounded device loops: the loop that stopped at its bound (a
+        host round trip, paid only by programs compiled with a bound)."""
+        buffer, offset = plan.bound_at
+        loop = int(self.backend.read_scalar(self.addresses[buffer] + offset, "int64"))
+        if loop:
+            warnings.warn(f"device loop {loop} of kernel {plan.name!r} stopped at its bound "
+                          f"(max_iterations) with its predicate still true", BoundWarning,
+                          stacklevel=3)
 
     def _truth(self, p: Predicate) -> bool:
         return bool(self.backend.read_scalar(self.addresses[p.buffer] + p.offset, p.dtype))

@@ -148,7 +148,13 @@ class StepEmitter:
         device.grid_barrier(self.sync, self.d.physical)
 
     def start(self) -> None:
-        """Thread 0 notes the time (the watchdog of runaway loops)."""
+        """Thread 0 notes the time (the watchdog of runaway loops); block 0 clears the bound
+        word (only block 0 writes it, after a barrier; the runtime reads it after the call)."""
+        zero = arith.cmpi(arith.CmpIPredicate.eq, self.d.block_id, _index(0))
+        clear = scf.IfOp(arith.andi(zero, device.thread_zero()))
+        with ir.InsertionPoint(clear.then_block):
+            device.store_relaxed(device.word(self.sync, BOUND), device.const(0))
+            scf.YieldOp([])
         branch = scf.IfOp(device.thread_zero(), [device.i64()], has_else=True)
         with ir.InsertionPoint(branch.then_block):
             scf.YieldOp([device.global_timer()])
