@@ -23,8 +23,8 @@ checked on the CPU (``rammer-check``): one persistent kernel per uvirtual once l
 ``grinder{target=T chip=C topk=K control=auto unroll=0 max_iterations=0 verbose=false}``:
 Rammer's preparation (tiles, data movement as tiles, top-k kernel versions), then loops and
 branches around tiles lifted into one ``quartet.uvirtual`` each (``grinder-lift-control-flow``:
-static loops counted and unrolled, the body scheduled by Rammer's wavefront, device / host /
-graph chosen by a cost model unless ``control`` says), checked (``grinder-check``): one
+static loops counted and unrolled, the body scheduled by Rammer's wavefront, device loop or host
+loop chosen by a cost model unless ``control`` says), checked (``grinder-check``): one
 cooperative kernel with device-side loops per uvirtual once lowered.
 """
 
@@ -95,17 +95,18 @@ def register_all() -> None:
                                           "shape (default true)"})(rammer)
     register_pipeline("grinder", "Grinder: Roller's tiles, then loops and branches around them "
                       "moved into one persistent kernel each (device-side loops, Rammer's "
-                      "schedule inside), or kept on the host / in a CUDA graph by a cost model",
+                      "schedule inside), or kept on the host, by a cost model",
                       options={"target": TARGET_HELP, "chip": CHIP_HELP,
                                "topk": "kernel versions kept per tile (default 8)",
-                               "control": "auto, device, host or graph (default auto: the "
-                                          "cost model's choice)",
+                               "control": "auto, device or host (default auto: the cost "
+                                          "model's choice)",
                                "unroll": "static loops unrolled by this factor (0: fully up "
                                          "to max_unrolled tiles on GPUs, 1: never)",
                                "max_unrolled": "tiles of a loop unrolled by default "
                                                "(default 64)",
-                               "max_iterations": "bound on while loops, reported when hit "
-                                                 "(default 0: none)",
+                               "max_iterations": "bound on while loops: they stop there and "
+                                                 "the runtime warns (default 0: none; GPU "
+                                                 "targets)",
                                "max_per_unit": "at most this many vEUs per SM",
                                "measure": "build each kernel version to learn its launch "
                                           "shape (default true)",

@@ -13,7 +13,8 @@ Cocktailer chooses per control-flow region by building every variant and profili
 * **graph** - the host program captured as a CUDA graph whose loops and branches are
   conditional nodes (CUDA 12.4+): a graph node per task (cheaper than a launch, more than a
   wave in a persistent kernel) and a small kernel setting the condition per evaluation; no
-  round trip, but no cooperative kernels inside conditional bodies either.
+  round trip, but no cooperative kernels inside conditional bodies either. **Not built**: the runtime has no
+  conditional graphs, so this estimate is recorded for comparison and never chosen.
 
 A loop runs its trip count when it is static (``loops.py``), else :data:`ASSUMED_TRIPS`; each
 branch of an ``scf.if`` is taken half the time. The three estimates are recorded beside the
@@ -33,7 +34,7 @@ from .liftable import CONTROL_OPS
 
 #: iterations assumed for a loop whose trip count depends on data
 ASSUMED_TRIPS = 16
-CONTROL_CHOICES = ("auto", "device", "host", "graph")
+CONTROL_CHOICES = ("auto", "device", "host")
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,9 @@ class Estimate:
     host: float
     graph: float
 
-    def best(self, graph_available: bool) -> str:
-        options = {"device": self.device, "host": self.host}
-        if graph_available:
-            options["graph"] = self.graph
-        return min(options, key=options.get)
+    def best(self) -> str:
+        """The cheaper of the two ways Quartet builds (the graph estimate is informative)."""
+        return "device" if self.device <= self.host else "host"
 
 
 class Weights:

@@ -20,16 +20,19 @@ trip is left. In Quartet's IR:
    scheduler as one persistent kernel (``schedule.py``): vtasks with vEU ranges, kernel
    versions and waves (``sync = "barrier"``: a grid barrier between waves, and before every
    predicate every vEU reads alike).
-4. **The choice.** ``control=auto`` keeps the cheapest of the device loop, the host loop and a
-   CUDA graph with conditional nodes by ``cost.py``'s estimates; ``control=device|host|graph``
-   overrides it. The choice is recorded: ``control`` and the three estimates on the uvirtual,
-   ``quartet.control`` on control flow left outside one (``host``: today's host steps,
-   ``graph``: the runtime captures them as conditional nodes), with ``quartet.host_reason``
+4. **The choice.** ``control=auto`` keeps the cheaper of the device loop and the host loop by
+   ``cost.py``'s estimates; ``control=device|host`` overrides it. The choice is recorded:
+   ``control`` and the estimates on the uvirtual (``estimate_us`` device, ``host_us``, and
+   ``graph_us``: a CUDA graph with conditional nodes, estimated only - that third way is not
+   built), ``quartet.control`` on control flow left outside one, with ``quartet.host_reason``
    saying why when the device could not take it; ``verbose=true`` prints each reason as a
    remark. Targets without device-side synchronisation (``gfx942``) keep control flow on the
-   host; on the CPU the device program is the compiled function itself.
+   host; on the CPU the device program is the compiled function itself (``control=host`` has
+   no effect there).
 5. **Bounds.** ``max_iterations=N`` bounds every while loop (``quartet.max_iterations``): a
-   device loop stops after ``N`` iterations and the runtime reports it, a host loop raises.
+   device or host loop stops after ``N`` iterations and the runtime warns (``BoundWarning``).
+   GPU targets only: the CPU target refuses the option (its loops run inside the compiled
+   function, where nothing reports).
 
 The lowering turns each uvirtual into one cooperative kernel with device-side loops
 (``lowering/device_program.py``).
@@ -64,11 +67,11 @@ class GrinderLift(ModulePass):
     name = "grinder-lift-control-flow"
     summary = ("Grinder: loops and branches around tiles move into one quartet.uvirtual each "
                "(device-side loops, predicates read by every vEU, Rammer's schedule inside), "
-               "or stay on the host / in a CUDA graph by a cost model")
+               "or stay on the host, by a cost model")
 
     target: str = "sm_90"
     chip: str = ""
-    control: str = "auto"          # auto | device | host | graph
+    control: str = "auto"          # auto | device | host
     unroll: int = 0                # static loops: 0 auto, 1 never, N by N
     max_unrolled: int = 64         # tiles of a fully unrolled loop (unroll=0)
     max_iterations: int = 0        # bound on while loops (0: none)
@@ -82,7 +85,9 @@ class GrinderLift(ModulePass):
                              f"got '{self.control}'")
         if self.unroll < 0 or self.max_iterations < 0:
             raise ValueError("unroll and max_iterations must be at least 0")
-        targets.get(self.target, self.chip or None)
+        if self.max_iterations and not targets.get(self.target, self.chip or None).is_gpu:
+            raise ValueError("max_iterations bounds device and host loops of GPU targets; the "
+                             "CPU target runs loops inside its compiled function, unbounded")
 
     def apply(self, module) -> None:
         hw = targets.get(self.target, self.chip or None)
@@ -159,8 +164,7 @@ class GrinderLift(ModulePass):
         estimate = cost.estimate(trial, uv.operation, hw)
         choice = self.control
         if choice == "auto":
-            choice = estimate.best(graph_available=_graph_available(hw)) if hw.is_gpu \
-                else "device"
+            choice = estimate.best() if hw.is_gpu else "device"
         if choice != "device" and hw.is_gpu:
             self._unlift(uv, None, choice, estimate)
             return
@@ -227,14 +231,6 @@ class GrinderLift(ModulePass):
         for r, v in zip(uv.operation.results, term.operands):
             r.replace_all_uses_with(v)
         uv.operation.erase()
-
-
-def _graph_available(hw: Chip) -> bool:
-    """Whether conditional CUDA graphs are an option (the runtime's graph capture of host
-    control flow, runtime/cuda_backend.py)."""
-    from quartet.runtime.conditional_graphs import SUPPORTED
-
-    return hw.kind == "cuda" and SUPPORTED
 
 
 def _runs(block: ir.Block, hw: Chip) -> list[tuple[list, list]]:
