@@ -323,10 +323,14 @@ def _source(v: ir.Value, p: Plan) -> int:
     return p.slot(v)
 
 
-def _copies(dsts: list, srcs: list, p: Plan) -> list:
+def _copies(dsts: list, srcs: list, p: Plan, same: dict | None = None) -> list:
     """Copy each of ``srcs`` into the slot of ``dsts`` (values); a source that is itself one of
     the destinations (values swapped between iterations) is staged through a slot of its own
-    first: two steps then."""
+    first: two steps then. ``same`` maps values that share another's buffer to it (a while
+    loop's ``after`` arguments that the condition forwards unchanged are its carried values),
+    so that a value yielded unchanged is no copy and a swap is seen as one."""
+    same = same or {}
+    srcs = [_resolve(s, same) for s in srcs]
     dst_slots = [p.slot(d) for d in dsts]
     src_slots = [p.slot(s) for s in srcs]
     first, second = [], []
@@ -344,6 +348,13 @@ def _copies(dsts: list, srcs: list, p: Plan) -> list:
         p.written.add(d)
     return ([Copies(tuple(first))] if first else []) + \
         ([Copies(tuple(second))] if second else [])
+
+
+def _resolve(v: ir.Value, same: dict) -> ir.Value:
+    for a, b in same.items():
+        if a == v:
+            return b
+    return v
 
 
 def _stage_slot(p: Plan, s: int) -> int:
@@ -390,7 +401,10 @@ def _control(op: ir.Operation, p: Plan):
     pred = p.slot(condition.operands[0])
     body = _block(after, p)
     term = after.operations[len(after.operations) - 1].operation
-    body += _copies(carries, list(term.operands), p)
+    forwarded = list(condition.operands)[1:]
+    same = {a: f for a, f in zip(after.arguments, forwarded)
+            if isinstance(f.owner, ir.Block) and f.owner == before}
+    body += _copies(carries, list(term.operands), p, same)
     bound = None
     if "quartet.max_iterations" in op.attributes:
         bound = ir.IntegerAttr(op.attributes["quartet.max_iterations"]).value or None
