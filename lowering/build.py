@@ -31,7 +31,7 @@ from . import binary, kernels
 from .compose.block_program import BlockProgram, Resources
 from .compose.kernel import inline_block_programs, standalone
 from .kernel import KernelSpec
-from .prepare import prepare, tiles_of, units_of
+from .prepare import prepare, units_of
 
 #: (tile location, reason) of every GEMM kernel that fell back to SIMT in this process
 GEMM_FALLBACKS: list[tuple[str | None, str]] = []

@@ -24,6 +24,7 @@ from quartet.errors import QuartetError, location_of
 from quartet.runtime.dtypes import ITEMSIZE, mlir_name_to_dtype
 
 from . import cpu_i1
+from .concat import outline_concat
 
 
 def tiles_of(fn) -> list:
@@ -215,7 +216,7 @@ def outline_data_movement(fn: ir.Operation, concats: str = "strided") -> None:
         elif op.name == "tensor.concat":
             if concat_offsets(op) is None or (concats == "copied" and
                                               not concat_in_place(op, claimed)):
-                _concat_tile(op)
+                outline_concat(op)         # the gathering tile (lowering/concat.py, issue 16)
 
 
 def _outline_data_movement(fn: ir.Operation) -> None:
@@ -314,64 +315,5 @@ func.func @gather(%src: {src_t}) -> {res_t} {{
     source = op.operands[0]
 
     remap(tile, {arg: source})
-    op.results[0].replace_all_uses_with(tile.results[0])
-    op.erase()
-
-
-
-
-def _concat_tile(op) -> None:
-    """Replace a ``tensor.concat`` by a tile computing each output element from the operand
-    whose slice holds it (``arith.select`` over the operands, indices clamped into each)."""
-    dim = ir.IntegerAttr(op.attributes["dim"]).value
-    res_t = op.results[0].type
-    elt = str(ir.ShapedType(res_t).element_type)
-    rank = len(shape_of(res_t))
-    sources = list(op.operands)
-    dims = ", ".join(f"d{i}" for i in range(rank))
-    iters = ", ".join(['"parallel"'] * rank)
-    lines = [f"%i{i} = linalg.index {i} : index" for i in range(rank)]
-    lines.append("%zero = arith.constant 0 : index")
-    starts, at = [], 0
-    for k, v in enumerate(sources):
-        size = shape_of(v.type)[dim]
-        starts.append(at)
-        lines += [f"%c{k} = arith.constant {at} : index",
-                  f"%hi{k} = arith.constant {size - 1} : index",
-                  f"%l{k} = arith.subi %i{dim}, %c{k} : index",
-                  f"%a{k} = arith.maxsi %l{k}, %zero : index",
-                  f"%j{k} = arith.minsi %a{k}, %hi{k} : index"]
-        index = ", ".join(f"%j{k}" if i == dim else f"%i{i}" for i in range(rank))
-        lines.append(f"%v{k} = tensor.extract %s{k}[{index}] : {v.type}")
-        at += size
-    result = f"%v{len(sources) - 1}"
-    for k in range(len(sources) - 2, -1, -1):
-        lines += [f"%e{k} = arith.constant {starts[k + 1]} : index",
-                  f"%in{k} = arith.cmpi slt, %i{dim}, %e{k} : index",
-                  f"%r{k} = arith.select %in{k}, %v{k}, {result} : {elt}"]
-        result = f"%r{k}"
-    body = "\n          ".join(lines)
-    params = ", ".join(f"%s{k}: {v.type}" for k, v in enumerate(sources))
-    text = f"""
-func.func @gather({params}) -> {res_t} {{
-  %t = "quartet.tile"() ({{
-    %e = tensor.empty() : {res_t}
-    %g = linalg.generic {{indexing_maps = [affine_map<({dims}) -> ({dims})>],
-                         iterator_types = [{iters}]}} outs(%e : {res_t}) {{
-        ^bb0(%out: {elt}):
-          {body}
-          linalg.yield {result} : {elt}
-    }} -> {res_t}
-    gpu.yield %g : {res_t}
-  }}) : () -> {res_t}
-  return %t : {res_t}
-}}"""
-    parsed = ir.Module.parse(text)
-    gfn = parsed.body.operations[0]
-    args = list(gfn.regions[0].blocks[0].arguments)
-    template = gfn.regions[0].blocks[0].operations[0]
-    with ir.InsertionPoint(op), op.location:
-        tile = template.operation.clone()
-    remap(tile, dict(zip(args, sources)))
     op.results[0].replace_all_uses_with(tile.results[0])
     op.erase()

@@ -169,6 +169,7 @@ def from_launch(module: ir.Module, name: str, family: str) -> BlockProgram:
     fn = fns[0]
     launch = _the_launch(fn)
     where = launch
+    place = location_of(launch)        # before the launch is erased with its function
     lop = launch.opview
     grid = tuple(_const_int(v, "grid size", where) for v in
                  (lop.gridSizeX, lop.gridSizeY, lop.gridSizeZ))
@@ -245,13 +246,13 @@ def from_launch(module: ir.Module, name: str, family: str) -> BlockProgram:
         for old, value in zip(fn.arguments, args):
             old.replace_all_uses_with(value)
         _replace_grid_queries(new, ids, grid, c, ret)
+    place = location_of(where)       # before the erase: the launch goes with its function
     fn.operation.erase()
     new.operation.attributes["quartet.shared_bytes"] = ir.IntegerAttr.get(
         ir.IntegerType.get_signless(64), shared)
     resources = Resources(threads=block[0], shared_bytes=shared,
                           blocks=grid[0] * grid[1] * grid[2])
-    return BlockProgram(name, module, roles, resources, family, grid, chip,
-                        location_of(where))
+    return BlockProgram(name, module, roles, resources, family, grid, chip, place)
 
 
 def _delinearize(vb: ir.Value, grid: tuple[int, int, int]) -> list[ir.Value]:

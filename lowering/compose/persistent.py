@@ -140,12 +140,32 @@ def shared_bodies(module: ir.Module, parts: list[Part], threads: int) -> list[Pa
         if fn.name != "func.func" or BLOCK_PROGRAM_ATTR not in fn.attributes:
             continue
         name = ir.StringAttr(fn.attributes["sym_name"]).value
+        _refuse_whole_kernel_state(fn, name)
         body_threads = ir.IntegerAttr(fn.attributes[BLOCK_PROGRAM_ATTR]).value
         if body_threads < threads:
             for inner in fn.regions[0].blocks[0].operations:
                 _count_barriers(inner.operation, body_threads)
         del fn.attributes[BLOCK_PROGRAM_ATTR]      # a device function now, not inlined here
     return out
+
+
+#: ops that change the state of the whole block or kernel: a task sharing a kernel with others
+#: may not use them (register reallocation per warpgroup, cluster barriers)
+_KERNEL_WIDE = ("nvvm.setmaxregister", "nvvm.cluster.arrive", "nvvm.cluster.wait")
+
+
+def _refuse_whole_kernel_state(fn: ir.Operation, name: str) -> None:
+    found = []
+
+    def visit(op):
+        if op.operation.name in _KERNEL_WIDE:
+            found.append(op.operation.name)
+        return ir.WalkResult.ADVANCE
+
+    fn.walk(visit)
+    if found:
+        raise QuartetError(f"block program '{name}' uses '{found[0]}', which acts on the whole "
+                           f"kernel: it cannot be a task of a persistent kernel")
 
 
 def _check_bindings(parts: list[Part], args: list[KernelArg], threads: int) -> None:

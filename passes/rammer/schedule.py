@@ -198,7 +198,6 @@ def build_uvirtual(segment: Segment, tiles: list, plan: Plan) -> UVirtualOp:
     with anchor.location, ir.InsertionPoint(uv.entry):
         term = yield_(results)
     # the tasks in execution order, each view as soon as its operands exist
-    by_job = {p.job: p for p in plan.placed}
     views = [op for op in body if op.name != "quartet.tile"]
     moved: list = []
 

@@ -86,7 +86,53 @@ def versions_of(tile: TileOp, chip: Chip) -> list[Version]:
         except QuartetError:
             return []
     floor = roofline_seconds(tile, chip)
+    schedules = schedules + _shorter_steps(tile, schedules, chip)
     return [_version(i, s, chip, floor) for i, s in enumerate(schedules)]
+
+
+#: the longest reduction step the CUDA-core GEMM body takes (lowering/kernels/gemm_simt.py)
+GEMM_STEP = 64
+
+
+def _shorter_steps(tile: TileOp, schedules: list[Schedule], chip: Chip) -> list[Schedule]:
+    """More versions of a GEMM tile: each of Roller's schedules whose reduction step (the
+    product of the reduction loops' block tiles: a convolution's window loops are whole) is
+    longer than the GEMM body takes, with its main reduction loop's step cut to the largest
+    divisor that fits. The body refuses the longer step and builds its own default tile instead
+    (few, large blocks: 13 for a 3x3 convolution of 64 channels at 28x28), which neither Roller's
+    estimate nor Rammer's packing can see."""
+    if tile.kernel != "gemm" or not chip.is_gpu:
+        return []
+    from quartet.passes.roller import policy
+
+    try:
+        model = policy.model_of(roller_config.loop_info(tile.root))
+    except Exception:      # noqa: BLE001 - no model: no variants
+        return []
+    main = policy.main_reduction(model)
+    if main is None:
+        return []
+    out, seen = [], {s.key for s in schedules}
+    for s in schedules:
+        if s.tensor_core:
+            continue
+        other = math.prod(s.block_tile[r] for r in model.reduction if r != main)
+        if other * s.block_tile[main] <= GEMM_STEP or other > GEMM_STEP:
+            continue
+        step = max(d for d in range(1, GEMM_STEP // other + 1) if model.ranges[main] % d == 0)
+        block = list(s.block_tile)
+        thread = list(s.thread_tile)
+        block[main] = step
+        thread[main] = math.gcd(thread[main], step)
+        try:
+            v = policy.derive(model, chip, tuple(block), tuple(thread), False,
+                              policy=s.policy if s.policy in ("reuse", "plain") else "reuse")
+        except Exception:      # noqa: BLE001
+            continue
+        if v.key not in seen and policy.fits(chip, v):
+            seen.add(v.key)
+            out.append(v)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,10 +164,14 @@ def measured(tile: TileOp, found: list[Version], chip: Chip) -> list[Version]:
         shape = _BUILT[key]
         if shape is not None:
             threads, blocks, shared = shape
-            out.append(dataclasses.replace(v, threads=threads, blocks=blocks,
-                                           shared_bytes=shared,
-                                           slots=min(v.slots, blocks)))
-    return out
+            as_given = threads == v.threads and blocks == v.blocks
+            out.append((as_given, dataclasses.replace(v, threads=threads, blocks=blocks,
+                                                      shared_bytes=shared,
+                                                      slots=min(v.slots, blocks))))
+    # a version the family built otherwise than scheduled (its own default tile) carries an
+    # estimate of something else: keep only those built as given, when there are any
+    given = [v for ok, v in out if ok]
+    return given or [v for _, v in out]
 
 
 def _standalone(tile: TileOp) -> ir.Module:

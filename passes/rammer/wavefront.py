@@ -29,7 +29,7 @@ estimated start time, which is a topological order: a job starts after its input
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
