@@ -10,6 +10,12 @@ threads; here by the estimated finish time in the schedule being built).
 
 The model's estimate includes one kernel launch, which a task of a persistent kernel does not
 pay: :attr:`Version.seconds` is the estimate without it.
+
+Roller may give a GEMM tile a reduction step longer than the CUDA-core GEMM body takes (64);
+the body then builds its own default tile (few large blocks), a kernel no estimate describes.
+Each such schedule gets a twin with a shorter step (:func:`_shorter_steps`), and a version the
+family replaced by its default is kept only when no version is built as scheduled
+(:func:`measured`).
 """
 
 from __future__ import annotations
@@ -107,7 +113,7 @@ def _shorter_steps(tile: TileOp, schedules: list[Schedule], chip: Chip) -> list[
 
     try:
         model = policy.model_of(roller_config.loop_info(tile.root))
-    except Exception:      # noqa: BLE001 - no model: no variants
+    except (ValueError, QuartetError):      # no model (policy.Unsupported): no variants
         return []
     main = policy.main_reduction(model)
     if main is None:
@@ -124,11 +130,8 @@ def _shorter_steps(tile: TileOp, schedules: list[Schedule], chip: Chip) -> list[
         thread = list(s.thread_tile)
         block[main] = step
         thread[main] = math.gcd(thread[main], step)
-        try:
-            v = policy.derive(model, chip, tuple(block), tuple(thread), False,
-                              policy=s.policy if s.policy in ("reuse", "plain") else "reuse")
-        except Exception:      # noqa: BLE001
-            continue
+        v = policy.derive(model, chip, tuple(block), tuple(thread), False,
+                          policy=s.policy if s.policy in ("reuse", "plain") else "reuse")
         if v.key not in seen and policy.fits(chip, v):
             seen.add(v.key)
             out.append(v)
@@ -138,18 +141,20 @@ def _shorter_steps(tile: TileOp, schedules: list[Schedule], chip: Chip) -> list[
 # ---------------------------------------------------------------------------------------------
 # The launch shape the kernel family really builds
 
-#: (chip, tile text with a version's schedule) -> (threads, blocks, shared bytes), or None when
-#: the family cannot build it
-_BUILT: dict[tuple[str, str], tuple[int, int, int] | None] = {}
+#: (chip, tile text with a version's schedule) -> (threads, blocks, shared bytes, whether the
+#: family replaced the schedule by its own default), or None when the family cannot build it
+_BUILT: dict[tuple[str, str], tuple[int, int, int, bool] | None] = {}
 
 
 def measured(tile: TileOp, found: list[Version], chip: Chip) -> list[Version]:
     """``found`` with each version's threads, blocks and shared memory as the kernel family
     builds them (the family adjusts Roller's tiles: a fallback block tile shrinks to a divisor
     of its loop, a row program picks its vector width, ...); versions it cannot build are left
-    out. Each distinct tile and version is built once per process (identical branches, cells and
-    layers share the result), in a private Context: a running pass may not run pass managers in
-    its own."""
+    out, and so are those the GEMM family replaced by its own default tile whenever another
+    version is built as scheduled (a replaced version's estimate is of something else, and
+    several replaced versions are one kernel). Each distinct tile and version is built once per
+    process (identical branches, cells and layers share the result), in a private Context: a
+    running pass may not run pass managers in its own."""
     if not chip.is_gpu or not found:
         return found
     template = _standalone(tile)
@@ -163,15 +168,12 @@ def measured(tile: TileOp, found: list[Version], chip: Chip) -> list[Version]:
             _BUILT[key] = _build(text, chip)
         shape = _BUILT[key]
         if shape is not None:
-            threads, blocks, shared = shape
-            as_given = threads == v.threads and blocks == v.blocks
-            out.append((as_given, dataclasses.replace(v, threads=threads, blocks=blocks,
+            threads, blocks, shared, replaced = shape
+            out.append((replaced, dataclasses.replace(v, threads=threads, blocks=blocks,
                                                       shared_bytes=shared,
                                                       slots=min(v.slots, blocks))))
-    # a version the family built otherwise than scheduled (its own default tile) carries an
-    # estimate of something else: keep only those built as given, when there are any
-    given = [v for ok, v in out if ok]
-    return given or [v for _, v in out]
+    as_scheduled = [v for replaced, v in out if not replaced]
+    return as_scheduled or [v for _, v in out]
 
 
 def _standalone(tile: TileOp) -> ir.Module:
@@ -209,18 +211,23 @@ def _tile_in(module: ir.Module) -> TileOp:
     raise QuartetError("no tile in the standalone module")
 
 
-def _build(text: str, chip: Chip) -> tuple[int, int, int] | None:
+def _build(text: str, chip: Chip) -> tuple[int, int, int, bool] | None:
     from quartet.dialects import context as quartet_context
     from quartet.lowering.build_persistent import task_program
+    from quartet.lowering.kernels import gemm
 
+    replaced_before = len(gemm.SCHEDULE_OVERRIDES)
     try:
         with quartet_context(), ir.Location.unknown():
             module = ir.Module.parse(text)
             bp = task_program(_tile_in(module), chip, "measured")
             r = bp.resources
-            return r.threads, r.blocks, r.shared_bytes
+            replaced = len(gemm.SCHEDULE_OVERRIDES) > replaced_before
+            return r.threads, r.blocks, r.shared_bytes, replaced
     except Exception:      # noqa: BLE001 - a version the family cannot build is no version
         return None
+    finally:
+        del gemm.SCHEDULE_OVERRIDES[replaced_before:]     # a trial, not the program's record
 
 
 def apply(tile: TileOp, version: Version, chip: Chip) -> None:

@@ -128,6 +128,48 @@ def test_the_scheduler_places_independent_jobs_side_by_side():
     assert barrier.sync == "barrier" and [p.wave for p in barrier.placed] == [0, 0, 1]
 
 
+class _Conv3x3(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_gemm_versions_take_a_reduction_step_the_body_builds():
+    """Roller's top schedules of a 3x3 convolution of 64 channels step 32 or 16 channels x 9
+    taps through K (288, 144): more than the CUDA-core GEMM body takes (64), which then builds
+    its default tile (13 blocks). Rammer adds twins with a shorter step and keeps, of the
+    measured versions, those built as scheduled."""
+    from quartet.frontend.compile import import_linalg, run_passes
+    from quartet.passes.rammer import versions as kv
+    from quartet.passes.roller import policy
+
+    torch.manual_seed(0)
+    model, x = _Conv3x3().eval(), torch.randn(1, 64, 28, 28)
+    text = str(run_passes(import_linalg(model, (x,)).mlir_text, "roller{topk=4}", "sm_90"))
+    chip = targets.get("sm_90")
+    with qd.context(), ir.Location.unknown():
+        module = ir.Module.parse(text)
+        (tile,) = [t.opview for t in qd.collect(module, lambda o: o.name == "quartet.tile")]
+        assert tile.kernel == "gemm"
+        found = kv.versions_of(tile, chip)
+        model_ = policy.model_of(kv.roller_config.loop_info(tile.root))
+
+        def step(v):
+            return math.prod(v.schedule.block_tile[r] for r in model_.reduction)
+
+        assert step(found[0]) > kv.GEMM_STEP          # Roller's best: the body refuses it
+        shorter = [v for v in found if step(v) <= kv.GEMM_STEP]
+        assert shorter and all(not v.schedule.tensor_core for v in shorter)
+        assert len({v.index for v in found}) == len(found)
+        kept = kv.measured(tile, found, chip)
+    # only versions built as scheduled: many blocks of 128 threads, not the default's 13 of 64
+    assert kept and {v.index for v in kept} <= {v.index for v in shorter}
+    assert all(v.blocks >= 100 and v.threads == 128 for v in kept)
+
+
 def test_cpu_target_runs_the_schedule_in_order():
     from quartet.bench import suite
     from quartet.frontend.compile import compile_to_artifact
