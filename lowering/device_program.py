@@ -381,11 +381,9 @@ def _control(op: ir.Operation, p: Plan):
             branches.append(tuple(steps))
         return If(pred, branches[0], branches[1])
     if op.name == "scf.for":
-        from quartet.passes.grinder.loops import trip_count  # noqa: PLC0415 (plain data)
-
         body = op.regions[0].blocks[0]
         carries = list(body.arguments)[1:]
-        count = trip_count(op)
+        count = _for_trips(op)
         if count is None:
             raise QuartetError("an 'scf.for' with bounds computed at run time in a device "
                                "program", location_of(op))
@@ -410,6 +408,18 @@ def _control(op: ir.Operation, p: Plan):
         bound = ir.IntegerAttr(op.attributes["quartet.max_iterations"]).value or None
     p.loops += 1
     return _Seq(init + [While(tuple(cond), pred, tuple(body), bound, p.loops)])
+
+
+def _for_trips(op: ir.Operation) -> int | None:
+    """Iterations of an ``scf.for`` with constant bounds and a positive step (else None)."""
+    bounds = []
+    for v in list(op.operands)[:3]:
+        owner = v.owner
+        if isinstance(owner, ir.Block) or owner.operation.name != "arith.constant":
+            return None
+        bounds.append(ir.IntegerAttr(owner.operation.attributes["value"]).value)
+    lb, ub, step = bounds
+    return max(0, -(-(ub - lb) // step)) if step > 0 else None
 
 
 @dataclass(frozen=True)
