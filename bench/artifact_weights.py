@@ -22,6 +22,7 @@ No runtime API is needed for this: the runtime loads the rebuilt files like any 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ import torch
 
 SIDECAR = "bench_weights.json"
 KEEP_BELOW = 1 << 20  # weight files smaller than this stay in the artifact
+INLINE_MAX = 1 << 16  # a small weight no parameter gives (a constant) is kept in the sidecar
 
 
 def _sha(data: bytes | bytearray | memoryview) -> str:
@@ -101,6 +103,13 @@ def strip(artifact: Path, module: torch.nn.Module, *, workload: str, seed: int, 
                 why = f"weight {w.get('name')} runs past the end of the file"
                 break
             match = index.get(_sha(chunk))
+            if match is None and size <= INLINE_MAX:
+                # a constant of the program (a loop's initial state): its bytes, inline
+                entries.append({"weight": w.get("name"), "offset": off, "size": size,
+                                "sha256": _sha(chunk), "inline": base64.b64encode(chunk)
+                                .decode("ascii")})
+                covered[off:off + size] = True
+                continue
             if match is None:
                 why = f"weight {w.get('name')} matches no parameter of the module"
                 break
@@ -142,9 +151,10 @@ def restore(artifact: Path, module: torch.nn.Module, scratch: Path) -> Path:
     for f in sidecar["files"]:
         buf = bytearray(int(f["size"]))
         for e in f["weights"]:
-            data = tensor_bytes(_tensor_of(module, e["param"], e["transform"]))
+            data = base64.b64decode(e["inline"]) if "inline" in e else \
+                tensor_bytes(_tensor_of(module, e["param"], e["transform"]))
             if len(data) != e["size"] or _sha(data) != e["sha256"]:
-                raise ValueError(f"weight {e['weight']} ({e['param']}) rebuilt from seed "
+                raise ValueError(f"weight {e['weight']} ({e.get('param', 'inline')}) rebuilt from seed "
                                  f"{sidecar['seed']} differs from the compiled one")
             buf[e["offset"]:e["offset"] + e["size"]] = data
         if _sha(buf) != f["sha256"]:

@@ -283,6 +283,59 @@ class LSTM(nn.Module):
         return h[-1]
 
 
+class GRU(nn.Module):
+    """A hand-written stacked GRU (PyTorch's gate equations, gates ``r, z, n``) over ``xs:
+    [steps, batch, input]``; returns the top layer's last hidden state.  The forms are the
+    LSTM's: a Python loop, or a ``while_loop`` over steps with the layers unrolled inside."""
+
+    def __init__(self, layers: int, hidden: int, input_size: int, form: str = "python"):
+        super().__init__()
+        if form not in ("python", "while_loop"):
+            raise ValueError(f"GRU form must be 'python' or 'while_loop', not {form!r}")
+        if layers > 1 and input_size != hidden:
+            raise ValueError("this GRU needs input_size == hidden when it has several layers")
+        self.layers, self.hidden, self.input_size, self.form = layers, hidden, input_size, form
+        self.w_ih = nn.Parameter(torch.empty(layers, 3 * hidden, input_size))
+        self.w_hh = nn.Parameter(torch.empty(layers, 3 * hidden, hidden))
+        self.b_ih = nn.Parameter(torch.empty(layers, 3 * hidden))
+        self.b_hh = nn.Parameter(torch.empty(layers, 3 * hidden))
+
+    def _layer(self, l: int, x, h):
+        ir, iz, inn = F.linear(x, self.w_ih[l], self.b_ih[l]).chunk(3, dim=1)
+        hr, hz, hn = F.linear(h, self.w_hh[l], self.b_hh[l]).chunk(3, dim=1)
+        r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+        return (1 - z) * torch.tanh(inn + r * hn) + z * h
+
+    def forward(self, xs: torch.Tensor) -> torch.Tensor:
+        steps, batch = xs.shape[0], xs.shape[1]
+        if self.form == "python":
+            hs = [xs.new_zeros(batch, self.hidden) for _ in range(self.layers)]
+            for t in range(steps):
+                x = xs[t]
+                for l in range(self.layers):
+                    hs[l] = self._layer(l, x, hs[l])
+                    x = hs[l]
+            return hs[-1]
+
+        from torch._higher_order_ops.while_loop import while_loop
+
+        def cond(t, h):
+            return t < steps
+
+        def body(t, h):
+            x = torch.index_select(xs, 0, t.reshape(1)).reshape(batch, self.input_size)
+            new_h = []
+            for l in range(self.layers):
+                x = self._layer(l, x, h[l])
+                new_h.append(x)
+            return t + 1, torch.stack(new_h)
+
+        t0 = torch.zeros((), dtype=torch.int64, device=xs.device)
+        h0 = xs.new_zeros(self.layers, batch, self.hidden)
+        _, h = while_loop(cond, body, (t0, h0))
+        return h[-1]
+
+
 class ResidualBlock(nn.Module):
     """``x + fc2(relu(fc1(x)))``."""
 
@@ -689,6 +742,16 @@ def _cost_lstm(s, isz, trip):
     return cell.scale(T * L) + _bytes(T * B * In + params + B * H, isz)
 
 
+def _cost_gru(s, isz, trip):
+    L, H, In, T, B = s["layers"], s["hidden"], s["input"], s["steps"], s["batch"]
+    # two biased projections; r, z: add + sigmoid; n: r * hn + in, tanh; h: (1 - z) * n + z * h
+    cell = (_linear(B, In, 3 * H) + _linear(B, H, 3 * H)
+            + _elementwise(2 * B * H, 1 + ELEMENTWISE_FLOPS["sigmoid"])
+            + _elementwise(B * H, 2 + ELEMENTWISE_FLOPS["tanh"]) + _elementwise(B * H, 4))
+    params = L * (3 * H * In + 3 * H * H + 6 * H)
+    return cell.scale(T * L) + _bytes(T * B * In + params + B * H, isz)
+
+
 def _cost_skipnet(s, isz, trip):
     n, w = s["blocks"], s["width"]
     taken = n if trip is None else trip
@@ -876,6 +939,16 @@ WORKLOADS: tuple[Workload, ...] = (
         forms=("python", "while_loop"), quartet_form="while_loop",
         notes="eager/torch.compile run the Python loop (torch.compile unrolls 1000 cells); "
               "Quartet compiles the while_loop form"),
+    Workload(
+        name="gru_f32", family="grinder",
+        title="hand-written GRU, 4 layers, hidden 256, 100 steps, batch 1 fp32", dtype=f32,
+        make=lambda s, form: GRU(s["layers"], s["hidden"], s["input"], form),
+        input_specs=(InputSpec(lambda s: (s["steps"], s["batch"], s["input"])),),
+        cost_fn=_cost_gru, sizes=_ws(layers=4, hidden=256, input=256, steps=100, batch=1),
+        tiny=_ws(layers=2, hidden=8, input=8, steps=5, batch=1),
+        forms=("python", "while_loop"), quartet_form="while_loop",
+        notes="the Cocktailer-style loop of our own choosing (issue 12): eager runs the Python "
+              "loop, Quartet compiles the while_loop form"),
 )
 
 

@@ -16,7 +16,8 @@ Semantics (DESIGN.md):
   veu_count)`` of the enclosing ``quartet.uvirtual`` at schedule step ``step`` (Rammer's rTask).
 * ``quartet.uvirtual`` - a persistent device program on ``num_veus`` virtual execution units
   (Rammer's vDevice made control-flow aware as in Grinder): a region of vtasks and structured
-  control flow.
+  control flow. Its results come in :data:`UVIRTUAL_GROUPS` groups, each of one type (the
+  ``resultSegmentSizes`` attribute; a loop carries values of several types).
 The regions end in ``gpu.yield``, whose operands are the parent's results. A ``quartet.yield``
 cannot exist: IRDL ops carry no traits in MLIR 22, so an IRDL-defined yield is not a terminator,
 and MLIR's own verifier rejects every block that does not end in one ("block with no
@@ -55,15 +56,23 @@ irdl.dialect @quartet {
     irdl.regions(body: %body)
   }
   irdl.operation @uvirtual {
-    %any = irdl.any
+%GROUPS%
     %int = irdl.base "#builtin.integer"
     irdl.attributes {"num_veus" = %int}
-    irdl.results(outputs: variadic %any)
+    irdl.results(%RESULTS%)
     %body = irdl.region with size 1
     irdl.regions(body: %body)
   }
 }
 """
+
+#: result groups of a ``quartet.uvirtual``: IRDL binds one constraint variable across a variadic
+#: segment, so each group holds results of one type, and a uvirtual's results are at most this
+#: many runs of equal types (its ``resultSegmentSizes`` attribute gives each group's length).
+UVIRTUAL_GROUPS = 8
+IRDL_SOURCE = IRDL_SOURCE.replace("%GROUPS%", "\n".join(
+    f"    %any{i} = irdl.any" for i in range(UVIRTUAL_GROUPS))).replace(
+    "%RESULTS%", ", ".join(f"group{i}: variadic %any{i}" for i in range(UVIRTUAL_GROUPS)))
 
 # Schedule attributes a tile may carry, and the attribute kind of each (see dialects/README.md).
 TILE_SCHEDULE_ATTRS = {
@@ -254,7 +263,9 @@ class UVirtualOp(_RegionOp):
     OPERATION_NAME = "quartet.uvirtual"
 
     def __init__(self, result_types: Sequence[ir.Type], *, num_veus: int, loc=None, ip=None):
-        attributes = {"num_veus": ir.IntegerAttr.get(ir.IntegerType.get_signless(64), num_veus)}
+        attributes = {"num_veus": ir.IntegerAttr.get(ir.IntegerType.get_signless(64), num_veus),
+                      "resultSegmentSizes": ir.DenseI32ArrayAttr.get(
+                          result_groups(result_types))}
         super().__init__(self.OPERATION_NAME, self._ODS_REGIONS, None, None,
                          attributes=attributes, results=list(result_types), operands=[],
                          successors=None, regions=None, loc=loc, ip=ip)
@@ -263,6 +274,24 @@ class UVirtualOp(_RegionOp):
     @property
     def num_veus(self) -> int:
         return self._int_attr("num_veus")
+
+
+def result_groups(result_types: Sequence[ir.Type]) -> list[int]:
+    """The lengths of the runs of equal types in ``result_types``, padded to
+    :data:`UVIRTUAL_GROUPS` entries: a uvirtual's ``resultSegmentSizes``. ValueError when the
+    types form more runs than that (order results by type to need fewer)."""
+    runs: list[int] = []
+    previous = None
+    for t in result_types:
+        if runs and t == previous:
+            runs[-1] += 1
+        else:
+            runs.append(1)
+        previous = t
+    if len(runs) > UVIRTUAL_GROUPS:
+        raise ValueError(f"a quartet.uvirtual yields at most {UVIRTUAL_GROUPS} runs of results "
+                         f"of one type, not {len(runs)}")
+    return runs + [0] * (UVIRTUAL_GROUPS - len(runs))
 
 
 def tile(result_types, *, loc=None, ip=None) -> TileOp:

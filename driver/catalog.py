@@ -7,6 +7,8 @@ from quartet.driver import pipelines
 from quartet.driver.lowering_passes import GpuToBinary, LowerCpu, LowerGpu
 from quartet.driver.registry import register
 from quartet.passes.data_movement import OutlineDataMovement
+from quartet.passes.grinder.check import GrinderCheck
+from quartet.passes.grinder.lift_control_flow import GrinderLift
 from quartet.passes.outline import InlineTiles, OutlineTiles
 from quartet.passes.rammer.check import RammerCheck
 from quartet.passes.rammer.schedule import RammerSchedule
@@ -15,7 +17,8 @@ from quartet.passes.roller.config import RollerConfig
 from quartet.passes.roller.fuse import RollerFuse
 
 for _pass in (OutlineTiles, InlineTiles, RollerConfig, RollerFuse, RollerFoldCasts,
-              OutlineDataMovement, RammerSchedule, RammerCheck, LowerCpu, LowerGpu, GpuToBinary):
+              OutlineDataMovement, RammerSchedule, RammerCheck, GrinderLift,
+              GrinderCheck, LowerCpu, LowerGpu, GpuToBinary):
     register(_pass)
 
 pipelines.register_all()

@@ -19,6 +19,13 @@ SM), after host data movement became tiles
 (``quartet-outline-data-movement``), then Rammer's wavefront schedule: each segment of
 independent tiles becomes one ``quartet.uvirtual`` of ``quartet.vtask``s (``rammer-schedule``),
 checked on the CPU (``rammer-check``): one persistent kernel per uvirtual once lowered.
+
+``grinder{target=T chip=C topk=K control=auto unroll=0 max_iterations=0 verbose=false}``:
+Rammer's preparation (tiles, data movement as tiles, top-k kernel versions), then loops and
+branches around tiles lifted into one ``quartet.uvirtual`` each (``grinder-lift-control-flow``:
+static loops counted and unrolled, the body scheduled by Rammer's wavefront, device loop or host
+loop chosen by a cost model unless ``control`` says), checked (``grinder-check``): one
+cooperative kernel with device-side loops per uvirtual once lowered.
 """
 
 from __future__ import annotations
@@ -56,6 +63,18 @@ def rammer(options: dict[str, str]) -> list[str]:
             f"rammer-schedule{{{where}{' ' + schedule if schedule else ''}}}", "rammer-check"]
 
 
+def grinder(options: dict[str, str]) -> list[str]:
+    where = _target_options(options)
+    topk = options.get("topk", "8")
+    lift = " ".join(f"{k}={options[k]}" for k in ("control", "unroll", "max_unrolled",
+                                                   "max_iterations", "max_per_unit", "measure",
+                                                   "verbose") if k in options)
+    return ["roller-fold-casts", "quartet-outline-tiles", f"roller-fuse{{{where}}}",
+            "quartet-outline-data-movement", f"roller-config{{{where} topk={topk}}}",
+            f"grinder-lift-control-flow{{{where}{' ' + lift if lift else ''}}}",
+            "grinder-check"]
+
+
 def register_all() -> None:
     register_pipeline("roller", "Roller: outline one tile per operator and give each its tile "
                       "program (one kernel per operator once lowered)",
@@ -74,3 +93,22 @@ def register_all() -> None:
                                          "operator is estimated faster (default false)",
                                "measure": "build each kernel version to learn its launch "
                                           "shape (default true)"})(rammer)
+    register_pipeline("grinder", "Grinder: Roller's tiles, then loops and branches around them "
+                      "moved into one persistent kernel each (device-side loops, Rammer's "
+                      "schedule inside), or kept on the host, by a cost model",
+                      options={"target": TARGET_HELP, "chip": CHIP_HELP,
+                               "topk": "kernel versions kept per tile (default 8)",
+                               "control": "auto, device or host (default auto: the cost "
+                                          "model's choice)",
+                               "unroll": "static loops unrolled by this factor (0: fully up "
+                                         "to max_unrolled tiles on GPUs, 1: never)",
+                               "max_unrolled": "tiles of a loop unrolled by default "
+                                               "(default 64)",
+                               "max_iterations": "bound on while loops: they stop there and "
+                                                 "the runtime warns (default 0: none; GPU "
+                                                 "targets)",
+                               "max_per_unit": "at most this many vEUs per SM",
+                               "measure": "build each kernel version to learn its launch "
+                                          "shape (default true)",
+                               "verbose": "print why a loop stays on the host (default "
+                                          "false)"})(grinder)

@@ -127,9 +127,13 @@ def compile_all(op: ir.Operation, chip: Chip, emit: str = "bin") -> list[list[Ke
                 continue
             for unit in units_of(fn):
                 if unit.operation.name == "quartet.uvirtual":
+                    from .build_device_program import compile_device_program
                     from .build_persistent import compile_uvirtual
+                    from .device_program import is_device_program
 
-                    compiled.append([compile_uvirtual(unit, chip, f"q{n}", emit)])
+                    build_unit = compile_device_program if is_device_program(unit) \
+                        else compile_uvirtual
+                    compiled.append([build_unit(unit, chip, f"q{n}", emit)])
                     n += 1
                     continue
                 tile = unit
@@ -164,9 +168,12 @@ def build_kernels_into(module, chip) -> None:
                 continue
             for unit in units_of(fn):
                 if unit.operation.name == "quartet.uvirtual":
+                    from .build_device_program import device_program_module
                     from .build_persistent import persistent_module
+                    from .device_program import is_device_program
 
-                    kmod = persistent_module(unit, chip, f"q{n}")
+                    kmod = (device_program_module if is_device_program(unit)
+                            else persistent_module)(unit, chip, f"q{n}")
                 else:
                     bp = block_program(unit, chip, f"q{n}_body")
                     kmod = standalone(bp, f"q{n}")

@@ -227,7 +227,13 @@ def _lower_block(block: ir.Block, target: str, module, host: _Host, compiled: li
         if name == "quartet.tile":
             _lower_tile(op.opview, target, module, host, compiled.pop(0), emit, steps)
         elif name == "quartet.uvirtual":
-            _lower_uvirtual(op.opview, target, module, host, compiled.pop(0), emit, steps)
+            from .device_program import is_device_program
+            if is_device_program(op):
+                from .host_device_program import lower_device_program
+                lower_device_program(op.opview, target, module, host, compiled.pop(0), emit,
+                                     steps)
+            else:
+                _lower_uvirtual(op.opview, target, module, host, compiled.pop(0), emit, steps)
         elif name in ("tensor.expand_shape", "tensor.collapse_shape", "tensor.cast"):
             host.view(_buffer_of(op.operands[0], host), op.results[0])
         elif name == "tensor.extract_slice":
@@ -409,7 +415,12 @@ def _lower_while(op, target, module, host: _Host, compiled, emit, steps: list) -
     _carry_back(yielded, carries, host, body_steps, op)
     for r, v in zip(op.results, forwarded):
         _alias(r, v, host, condition)
-    steps.append(mf.While(cond_steps, predicate, body_steps))
+    # grinder{max_iterations=N}: the host loop stops at its bound and reports it, as the
+    # device loop does
+    bound = ir.IntegerAttr(op.attributes["quartet.max_iterations"]).value \
+        if "quartet.max_iterations" in op.attributes else 0
+    steps.append(mf.While(cond_steps, predicate, body_steps, bound or None,
+                          "stop" if bound else "error"))
 
 
 def _carry_back(yielded: list, carries: list[str], host: _Host, steps: list, where) -> None:

@@ -22,6 +22,11 @@ class QuartetError(Exception):
         return f"{where}error: {self.message}"
 
 
+class BoundWarning(UserWarning):
+    """A loop stopped at the bound its compilation gave it (``grinder{max_iterations=N}``) with
+    its predicate still true: the result is the state after that many iterations."""
+
+
 def location_of(op) -> str | None:
     """``file:line:col`` of an MLIR operation (or value's owner), or None when it has none.
 

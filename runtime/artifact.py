@@ -40,6 +40,8 @@ from quartet.runtime.manifest import (
     Step,
     TensorSpec,
     Weight,
+    While,
+    _walk,
 )
 from quartet.runtime.parse import manifest_from_json
 from quartet.runtime.validate import validate
@@ -220,7 +222,9 @@ class ArtifactWriter:
 
     def _version(self) -> int:
         """The oldest format version that holds what was added (see runtime/FORMAT.md)."""
-        if any(k.persistent is not None for k in self.kernels) or \
+        stops = any(isinstance(s, While) and s.at_bound != "error"
+                    for _, s in _walk(self.program, "program"))
+        if stops or any(k.persistent is not None for k in self.kernels) or \
                 any(getattr(b, "zeroed", False) for b in self.buffers):
             return PERSISTENT_VERSION
         if any(isinstance(a, TensorMapArg) for k in self.kernels for a in k.args):

@@ -20,11 +20,13 @@ memsets and predicates read :attr:`Interpreter.addresses` when they run.
 
 from __future__ import annotations
 
+import warnings
+
 from typing import Any, Protocol
 
 import numpy as np
 
-from quartet.errors import QuartetError
+from quartet.errors import BoundWarning, QuartetError
 from quartet.runtime.manifest import (
     BufferArg,
     Copy,
@@ -90,6 +92,11 @@ class _LaunchPlan:
 
     def __init__(self, kernel: Kernel, prepared: Any, addresses: dict[str, int], backend):
         self.prepared = prepared
+        self.name = kernel.name
+        # Grinder: the sync word a bounded device loop sets when it stops at its bound
+        p = kernel.persistent
+        self.bound_at = (p.sync, 8 * p.bound_word) if p is not None and \
+            p.bound_word is not None else None
         self.values: list[int | float] = []
         self.index_slots: list[tuple[int, str]] = []
         self.buffer_slots: list[tuple[int, str, int, TensorMapArg | None]] = []
@@ -169,6 +176,8 @@ class Interpreter:
             if isinstance(s, Launch):
                 plan = self.plans[s.kernel]
                 b.launch(plan.prepared, plan.args(env))
+                if plan.bound_at is not None:
+                    self._report_bound(plan)
             elif isinstance(s, Copy):
                 b.copy(addr[s.dst] + s.dst_offset, addr[s.src] + s.src_offset, s.size)
             elif isinstance(s, Memset):
@@ -194,12 +203,27 @@ class Interpreter:
             if not self._truth(s.predicate):
                 return
             if s.max_iterations is not None and iterations >= s.max_iterations:
+                if s.at_bound == "stop":
+                    warnings.warn(f"a while loop stopped at its bound of {s.max_iterations} "
+                                  f"iterations (predicate buffer {s.predicate.buffer!r} still "
+                                  f"nonzero)", BoundWarning, stacklevel=2)
+                    return
                 raise QuartetError(
                     f"a host while loop ran past its max_iterations ({s.max_iterations}); "
                     f"predicate buffer {s.predicate.buffer!r} never became zero"
                 )
             self._run(s.body, env)
             iterations += 1
+
+    def _report_bound(self, plan: _LaunchPlan) -> None:
+        """After a kernel with bounded device loops: the loop that stopped at its bound (a
+        host round trip, paid only by programs compiled with a bound)."""
+        buffer, offset = plan.bound_at
+        loop = int(self.backend.read_scalar(self.addresses[buffer] + offset, "int64"))
+        if loop:
+            warnings.warn(f"device loop {loop} of kernel {plan.name!r} stopped at its bound "
+                          f"(max_iterations) with its predicate still true", BoundWarning,
+                          stacklevel=3)
 
     def _truth(self, p: Predicate) -> bool:
         return bool(self.backend.read_scalar(self.addresses[p.buffer] + p.offset, p.dtype))

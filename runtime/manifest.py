@@ -28,7 +28,9 @@ CHECKS_VERSION = 2
 #: version 3 = version 2 + ``tensormap`` kernel arguments (TMA tensor maps the runtime encodes)
 TENSORMAP_VERSION = 3
 #: version 4 = version 3 + ``persistent`` kernels and ``zeroed`` buffers (a runtime that ignored
-#: them would launch a persistent kernel without co-residency or with stale counters: a hang)
+#: them would launch a persistent kernel without co-residency or with stale counters: a hang),
+#: with Grinder's device programs (``program``, ``bound_word``) and ``while`` loops that stop at
+#: their bound (``at_bound``: an older runtime would not warn that the loop was cut short)
 PERSISTENT_VERSION = 4
 SUPPORTED_VERSIONS = (1, 2, 3, 4)
 
@@ -184,6 +186,8 @@ class Persistent:
     blocks_per_sm: int
     sync: str
     tasks: tuple[PersistentTask, ...] = ()
+    program: str = ""               # Grinder: the device program's steps, as JSON (FORMAT.md)
+    bound_word: int | None = None   # Grinder: the sync word a bounded loop sets when it stops
 
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -267,13 +271,16 @@ class Loop:
 class While:
     """Run ``cond``, read ``predicate``; while it is nonzero run ``body`` and start again.
 
-    ``max_iterations`` (optional) turns a runaway loop into an error.
+    ``max_iterations`` (optional) bounds the body runs: past it, ``at_bound = "error"`` makes
+    the call an error, ``at_bound = "stop"`` ends the loop there with a warning (the bound of
+    Grinder's device loops, ``grinder{max_iterations=N}``).
     """
 
     cond: tuple["Step", ...]
     predicate: Predicate
     body: tuple["Step", ...]
     max_iterations: int | None = None
+    at_bound: str = "error"
 
     def __post_init__(self):
         object.__setattr__(self, "cond", tuple(self.cond))
@@ -422,7 +429,7 @@ def _buffer_json(b: Buffer) -> dict[str, Any]:
 
 
 def _persistent_json(p: Persistent) -> dict[str, Any]:
-    return {
+    out = {
         "veus": p.veus,
         "blocks_per_sm": p.blocks_per_sm,
         "sync": p.sync,
@@ -430,6 +437,11 @@ def _persistent_json(p: Persistent) -> dict[str, Any]:
                    "veu_begin": t.veu_begin, "veu_count": t.veu_count, "wave": t.wave}
                   for t in p.tasks],
     }
+    if p.program:
+        out["program"] = p.program
+    if p.bound_word is not None:
+        out["bound_word"] = p.bound_word
+    return out
 
 
 def _kernel_json(k: Kernel) -> dict[str, Any]:
@@ -492,6 +504,7 @@ def _step_json(s: Step) -> dict[str, Any]:
             "predicate": _pred_json(s.predicate),
             "body": [_step_json(x) for x in s.body],
             "max_iterations": s.max_iterations,
+            **({"at_bound": s.at_bound} if s.at_bound != "error" else {}),
         }
     if isinstance(s, If):
         return {

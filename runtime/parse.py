@@ -248,7 +248,7 @@ def _persistent_from_json(v: Any, where: str, location: str | None) -> Persisten
                                     ot.get("veu_begin", "nat"), ot.get("veu_count", "nat"),
                                     ot.get("wave", "nat", 0)))
     return Persistent(o.get("veus", "nat"), o.get("blocks_per_sm", "nat"), o.get("sync", "str"),
-                      tuple(tasks))
+                      tuple(tasks), o.get("program", "str", ""), o.get("bound_word", "nat", None))
 
 
 def _pred_from_json(v: Any, where: str, location: str | None) -> Predicate:
@@ -293,6 +293,7 @@ def _step_from_json(v: Any, where: str, location: str | None) -> Step:
             _pred_from_json(o.get("predicate", "obj"), f"{where}.predicate", location),
             block("body"),
             o.get("max_iterations", "nat", None),
+            o.get("at_bound", "str", "error"),
         )
     if op == "if":
         return If(

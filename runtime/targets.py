@@ -94,6 +94,14 @@ class Chip:
     # grid.sync() is commonly reported at 1-3 us on Ampere/Hopper with a few hundred blocks.
     counter_wait_seconds: float = 1.0e-6
     grid_barrier_seconds: float = 2.5e-6
+    # Model figures of the three ways to run control flow (Grinder's choice, passes/grinder/
+    # cost.py), estimates to be replaced by measurements: a host round trip (the host reads a
+    # predicate back: stream synchronisation + a 1-element copy, commonly 10-20 us through the
+    # CUDA driver), a kernel node inside a CUDA graph (about half a launch), and the
+    # evaluation of a conditional node (CUDA 12.4+).
+    host_roundtrip_seconds: float = 15e-6
+    graph_node_seconds: float = 1.5e-6
+    conditional_node_seconds: float = 2.0e-6
     sources: tuple[str, ...] = field(default=(), compare=False)
 
     @property

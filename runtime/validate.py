@@ -188,6 +188,12 @@ def _check_persistent(where, k, buffers, fail) -> None:
     if not any(isinstance(a, BufferArg) and a.buffer == p.sync for a in k.args):
         fail(f"{where}.persistent", f"sync buffer {p.sync!r} is not one of the kernel's "
                                     f"arguments")
+    if p.bound_word is not None and p.sync in buffers and \
+            8 * (p.bound_word + 1) > buffers[p.sync].size:
+        fail(f"{where}.persistent", f"bound_word {p.bound_word} past the end of sync buffer "
+                                    f"{p.sync!r} ({buffers[p.sync].size} bytes)")
+    if p.program:
+        _check_device_program(f"{where}.persistent.program", p, k, fail)
     for i, t in enumerate(p.tasks):
         if any(a >= len(k.args) for a in t.args):
             fail(f"{where}.persistent.tasks[{i}]", f"argument positions {list(t.args)} past the "
@@ -196,6 +202,50 @@ def _check_persistent(where, k, buffers, fail) -> None:
             fail(f"{where}.persistent.tasks[{i}]", f"vEUs [{t.veu_begin}, "
                                                    f"{t.veu_begin + t.veu_count}) outside the "
                                                    f"kernel's {p.veus}")
+
+
+def _check_device_program(where, p, k, fail) -> None:
+    """A device program (Grinder): JSON steps naming tasks of the kernel and positions of its
+    arguments (runtime/FORMAT.md)."""
+    import json
+
+    try:
+        steps = json.loads(p.program)
+    except ValueError as e:
+        fail(where, f"is not JSON ({e})")
+        return
+    ops = {"wave": ("tasks",), "copies": ("copies",), "while": ("cond", "pred", "body"),
+           "for": ("count", "body"), "if": ("pred", "then", "else")}
+
+    def arg(position, here):
+        if not isinstance(position, int) or isinstance(position, bool) or \
+                not 0 <= position < len(k.args):
+            fail(here, f"argument position {position!r} outside the kernel's {len(k.args)}")
+
+    def walk(items, here):
+        if not isinstance(items, list):
+            fail(here, "expected a list of steps")
+            return
+        for i, s in enumerate(items):
+            at = f"{here}[{i}]"
+            if not isinstance(s, dict) or s.get("op") not in ops or \
+                    any(f not in s for f in ops[s.get("op")]):
+                fail(at, f"expected one of the steps {', '.join(ops)} with their fields")
+                continue
+            if s["op"] == "wave" and any(not isinstance(t, int) or not 0 <= t < len(p.tasks)
+                                         for t in s["tasks"]):
+                fail(at, f"tasks {s['tasks']} outside the kernel's {len(p.tasks)}")
+            if s["op"] == "copies":
+                for c in s["copies"]:
+                    arg(c.get("dst"), at)
+                    arg(c.get("src"), at)
+            if "pred" in s:
+                arg(s["pred"], at)
+            for field in ("cond", "body", "then", "else"):
+                if field in s:
+                    walk(s[field], f"{at}.{field}")
+
+    walk(steps, where)
 
 
 def _check_scalar(where, a: ScalarArg, fail) -> None:
@@ -262,6 +312,8 @@ def _validate_program(m: Manifest, fail, need_buffer, in_bounds) -> None:
             elif isinstance(s, While):
                 if s.max_iterations == 0:
                     fail(where, "max_iterations must be positive")
+                if s.at_bound not in ("error", "stop"):
+                    fail(where, f"at_bound must be 'error' or 'stop', not {s.at_bound!r}")
                 walk(s.cond, f"{where}.cond", scope)
                 pred(f"{where}.predicate", s.predicate)
                 walk(s.body, f"{where}.body", scope)

@@ -106,9 +106,54 @@ def cpu_twin(writer, quartet_text: str, opt_level: int = 0):
                                    f"the CPU {len(spec.args)}")
             twin.add_kernel(name, spec.binary, spec.entry, (1, 1, 1), (1, 1, 1), args=args,
                             binary_format="so")
-        expand[k.name] = [name for name, _ in runs]
+        expand[k.name] = [name for name, _ in runs] if not (k.persistent and
+                                                             k.persistent.program) \
+            else device_program_steps(k, [name for name, _ in runs])
     twin.program = _expanded(writer.program, expand)
     return twin
+
+
+def device_program_steps(kernel, task_kernels: list[str]) -> list:
+    """A Grinder kernel's device program (``persistent.program``, runtime/FORMAT.md) as host
+    steps: each wave launches its tasks' kernels in order, copies and predicates name the
+    kernel's argument buffers at their offsets, a bounded while stops at its bound (as the
+    device loop does) and reports it."""
+    import json
+
+    from quartet.runtime.manifest import Copy, If, Launch, Loop, Predicate, While
+
+    args = kernel.args
+
+    def at(position: int):
+        a = args[position]
+        return a.buffer, a.offset
+
+    def predicate(step):
+        buffer, offset = at(step["pred"])
+        return Predicate(buffer, step["dtype"], offset)
+
+    def steps(items) -> list:
+        out = []
+        for s in items:
+            op = s["op"]
+            if op == "wave":
+                out += [Launch(task_kernels[t]) for t in s["tasks"]]
+            elif op == "copies":
+                for c in s["copies"]:
+                    (dst, dst_at), (src, src_at) = at(c["dst"]), at(c["src"])
+                    out.append(Copy(dst, src, c["size"], dst_at, src_at))
+            elif op == "for":
+                out.append(Loop(s["count"], tuple(steps(s["body"]))))
+            elif op == "if":
+                out.append(If(predicate(s), tuple(steps(s["then"])), tuple(steps(s["else"]))))
+            elif op == "while":
+                out.append(While(tuple(steps(s["cond"])), predicate(s), tuple(steps(s["body"])),
+                                 s.get("bound"), "stop" if s.get("bound") else "error"))
+            else:
+                raise QuartetError(f"kernel {kernel.name}: unknown device step {op!r}")
+        return out
+
+    return steps(json.loads(kernel.persistent.program))
 
 
 def _expanded(steps, expand: dict) -> list:
@@ -120,7 +165,8 @@ def _expanded(steps, expand: dict) -> list:
     out = []
     for s in steps:
         if isinstance(s, Launch):
-            out += [Launch(name) for name in expand[s.kernel]]
+            out += [Launch(name) if isinstance(name, str) else name
+                    for name in expand[s.kernel]]
         elif isinstance(s, Loop):
             out.append(replace(s, body=_expanded(s.body, expand)))
         elif isinstance(s, While):

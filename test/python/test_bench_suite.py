@@ -117,7 +117,8 @@ def test_weights_are_deterministic_and_seeded():
 
 
 def test_select():
-    assert [w.name for w in suite.select("grinder")] == ["skipnet_f32", "decode_f32", "lstm_f32"]
+    assert [w.name for w in suite.select("grinder")] == ["skipnet_f32", "decode_f32", "lstm_f32",
+                                                         "gru_f32"]
     picked = [w.name for w in suite.select("lstm_f32,roller")]
     assert picked[-1] == "lstm_f32" and len(picked) == 11 and picked[0] == "matmul_f32_1024"
     assert len(suite.select("")) == len(suite.WORKLOADS)
@@ -198,6 +199,34 @@ def test_weights_stripped_at_build_come_back_byte_exact(tmp_path):
 
     with pytest.raises(ValueError, match="differs"):
         artifact_weights.restore(art, wl.module(1), tmp_path / "scratch2")
+
+
+def test_small_constants_beside_parameters_are_kept_inline(tmp_path):
+    """A program constant (a loop's initial state) shares the weight file with parameters: it
+    is kept in the sidecar, the file is still stripped, and restored byte-exact."""
+    wl = suite.get("mlp_f16")
+
+    class WithConstant(_FakeCompiled):
+        def save(self, path):
+            from quartet.runtime import ArtifactWriter
+
+            w = ArtifactWriter("cpu", producer="test")
+            w.add_input("x", (1,), "float32")
+            for name, p in self.module.named_parameters():
+                w.add_weight(name, p.detach())
+            w.add_weight("t0", torch.tensor([7], dtype=torch.int64))
+            w.add_output("y", (1,), "float32")
+            return w.save(path)
+
+    m = build.build([wl], tmp_path, isolate=False, log=lambda s: None,
+                    compile_fn=lambda mod, inp, pipeline, target: WithConstant(mod, ""))
+    row = m["rows"][0]
+    art = tmp_path / row["artifact"]
+    assert row["weights"]["stripped"] == ["weights.bin"] and not (art / "weights.bin").exists()
+    rebuilt = artifact_weights.restore(art, wl.module(0, form=row["form"]), tmp_path / "scratch")
+    from quartet.runtime import open_artifact
+
+    open_artifact(rebuilt, verify=True).close()
 
 
 def test_weights_that_match_nothing_are_kept(tmp_path):

@@ -298,7 +298,7 @@ func.func @f(%x: tensor<64xf32>) -> tensor<64xf32> {
       gpu.yield %t : tensor<64xf32>
     }) {veu_begin = 2 : i64, veu_count = 2 : i64, step = 0 : i64} : () -> tensor<64xf32>
     gpu.yield %b : tensor<64xf32>
-  }) {num_veus = 4 : i64, sync = "barrier"} : () -> tensor<64xf32>
+  }) {num_veus = 4 : i64, sync = "barrier", resultSegmentSizes = array<i32: 1, 0, 0, 0, 0, 0, 0, 0>} : () -> tensor<64xf32>
   return %r : tensor<64xf32>
 }
 """

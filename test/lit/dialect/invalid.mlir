@@ -111,7 +111,7 @@ func.func @veu_range(%a: tensor<4xf32>, %o: tensor<4xf32>) -> tensor<4xf32> {
       gpu.yield %2 : tensor<4xf32>
     }) {veu_begin = 6 : i64, veu_count = 4 : i64, step = 0 : i64} : () -> tensor<4xf32>
     gpu.yield %1 : tensor<4xf32>
-  }) {num_veus = 8 : i64} : () -> tensor<4xf32>
+  }) {num_veus = 8 : i64, resultSegmentSizes = array<i32: 1, 0, 0, 0, 0, 0, 0, 0>} : () -> tensor<4xf32>
   return %0 : tensor<4xf32>
 }
 
@@ -138,7 +138,7 @@ func.func @vtask_attrs(%a: tensor<4xf32>) -> tensor<4xf32> {
       gpu.yield %a : tensor<4xf32>
     }) {veu_begin = 0 : i64, step = 0 : i64} : () -> tensor<4xf32>
     gpu.yield %1 : tensor<4xf32>
-  }) {num_veus = 8 : i64} : () -> tensor<4xf32>
+  }) {num_veus = 8 : i64, resultSegmentSizes = array<i32: 1, 0, 0, 0, 0, 0, 0, 0>} : () -> tensor<4xf32>
   return %0 : tensor<4xf32>
 }
 
@@ -148,7 +148,7 @@ func.func @vtask_attrs(%a: tensor<4xf32>) -> tensor<4xf32> {
 func.func @no_veus(%a: tensor<4xf32>) -> tensor<4xf32> {
   %0 = "quartet.uvirtual"() ({
     gpu.yield %a : tensor<4xf32>
-  }) {num_veus = 0 : i64} : () -> tensor<4xf32>
+  }) {num_veus = 0 : i64, resultSegmentSizes = array<i32: 1, 0, 0, 0, 0, 0, 0, 0>} : () -> tensor<4xf32>
   return %0 : tensor<4xf32>
 }
 
@@ -172,3 +172,14 @@ func.func @bad_attr() attributes {x = #nope<1>} {
 
 // CHECK: invalid.mlir:[[# @LINE + 1]]:22: error: expected non-function type
 func.func @malformed( {
+
+// -----
+
+// Each result group of a uvirtual holds one type.
+// CHECK: invalid.mlir:[[# @LINE + 2]]:10: error: expected 'tensor<4xf32>' but got 'tensor<1xi64>'
+func.func @uvirtual_group_types(%x: tensor<4xf32>, %t: tensor<1xi64>) -> tensor<1xi64> {
+  %0:2 = "quartet.uvirtual"() ({
+    gpu.yield %x, %t : tensor<4xf32>, tensor<1xi64>
+  }) {num_veus = 2 : i64, resultSegmentSizes = array<i32: 2, 0, 0, 0, 0, 0, 0, 0>} : () -> (tensor<4xf32>, tensor<1xi64>)
+  return %0#1 : tensor<1xi64>
+}

@@ -54,7 +54,7 @@ func.func @fused_tile(%a: tensor<16x8xf32>, %b: tensor<8x16xf32>, %c: tensor<16x
 // CHECK:             }) {step = 0 : i64, veu_begin = 0 : i64, veu_count = 4 : i64}
 // CHECK:             "quartet.vtask"() ({
 // CHECK:             }) {step = 0 : i64, veu_begin = 4 : i64, veu_count = 4 : i64}
-// CHECK:         }) {num_veus = 8 : i64} : () -> tensor<32xf32>
+// CHECK:         }) {num_veus = 8 : i64, resultSegmentSizes = array<i32: 1, 0, 0, 0, 0, 0, 0, 0>} : () -> tensor<32xf32>
 func.func @uvirtual(%x: tensor<32xf32>, %y: tensor<32xf32>, %n: index) -> tensor<32xf32> {
   %0 = "quartet.uvirtual"() ({
     %c0 = arith.constant 0 : index
@@ -78,7 +78,7 @@ func.func @uvirtual(%x: tensor<32xf32>, %y: tensor<32xf32>, %n: index) -> tensor
       scf.yield %s : tensor<32xf32>
     }
     gpu.yield %r : tensor<32xf32>
-  }) {num_veus = 8 : i64} : () -> tensor<32xf32>
+  }) {num_veus = 8 : i64, resultSegmentSizes = array<i32: 1, 0, 0, 0, 0, 0, 0, 0>} : () -> tensor<32xf32>
   return %0 : tensor<32xf32>
 }
 
@@ -96,4 +96,18 @@ func.func @unconfigured(%o: tensor<7xf32>, %v: f32) -> tensor<7xf32> {
     gpu.yield %1 : tensor<7xf32>
   }) : () -> tensor<7xf32>
   return %0 : tensor<7xf32>
+}
+
+// -----
+
+// A uvirtual yields values of several types in groups of one type each (resultSegmentSizes):
+// a loop carries a token (i64) and a hidden state (f32).
+// CHECK-LABEL: func.func @uvirtual_types
+// CHECK:         "quartet.uvirtual"() ({
+// CHECK:         }) {num_veus = 2 : i64, resultSegmentSizes = array<i32: 2, 1, 0, 0, 0, 0, 0, 0>} : () -> (tensor<4xf32>, tensor<4xf32>, tensor<1xi64>)
+func.func @uvirtual_types(%x: tensor<4xf32>, %t: tensor<1xi64>) -> (tensor<4xf32>, tensor<1xi64>) {
+  %0:3 = "quartet.uvirtual"() ({
+    gpu.yield %x, %x, %t : tensor<4xf32>, tensor<4xf32>, tensor<1xi64>
+  }) {num_veus = 2 : i64, resultSegmentSizes = array<i32: 2, 1, 0, 0, 0, 0, 0, 0>} : () -> (tensor<4xf32>, tensor<4xf32>, tensor<1xi64>)
+  return %0#1, %0#2 : tensor<4xf32>, tensor<1xi64>
 }

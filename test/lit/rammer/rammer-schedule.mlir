@@ -25,7 +25,7 @@
 // CHECK:               linalg.add ins(%[[A]], %[[B]]
 // CHECK:           }) {step = 1 : i64, veu_begin = 0 : i64
 // CHECK:           gpu.yield %[[C]]
-// CHECK-NEXT:    }) {alone_us = {{.*}}, blocks_per_unit = {{[0-9]+}} : i64, estimate_us = {{.*}}, num_veus = {{[0-9]+}} : i64, registers = {{[0-9]+}} : i64, shared_bytes = {{[0-9]+}} : i64, sync = "counters", threads = 128 : i64}
+// CHECK-NEXT:    }) {alone_us = {{.*}}, blocks_per_unit = {{[0-9]+}} : i64, estimate_us = {{.*}}, num_veus = {{[0-9]+}} : i64, registers = {{[0-9]+}} : i64, resultSegmentSizes = array<i32: 1, 0, 0, 0, 0, 0, 0, 0>, shared_bytes = {{[0-9]+}} : i64, sync = "counters", threads = 128 : i64}
 // CHECK-NEXT:    return %[[U]]
 
 // BARRIER-LABEL: func.func @branches
