@@ -10,9 +10,11 @@ from quartet.passes.outline import InlineTiles, OutlineTiles
 from quartet.passes.roller.casts import RollerFoldCasts
 from quartet.passes.roller.config import RollerConfig
 from quartet.passes.roller.fuse import RollerFuse
+from quartet.passes.welder.fuse import WelderFuse
+from quartet.passes.welder.views import WelderCollapseViews
 
-for _pass in (OutlineTiles, InlineTiles, RollerConfig, RollerFuse, RollerFoldCasts, LowerCpu,
-              LowerGpu, GpuToBinary):
+for _pass in (OutlineTiles, InlineTiles, RollerConfig, RollerFuse, RollerFoldCasts,
+              WelderCollapseViews, WelderFuse, LowerCpu, LowerGpu, GpuToBinary):
     register(_pass)
 
 pipelines.register_all()

@@ -11,6 +11,11 @@ contractions folded into mixed-precision contractions (``roller-fold-casts``) ->
 ``quartet.tile`` per linalg op (``quartet-outline-tiles``) -> one per operator (``roller-fuse``:
 fills, casts and element-wise ops join the op that owns their iteration space) -> Roller's tile
 programs (``roller-config``), which also record on each tile the block program that takes it.
+
+``welder{target=T chip=C verbose=B tuning=R}``: the Roller passes with the reshape views
+between operators removed first (``welder-collapse-views``), then Welder's grouping
+(``welder-fuse``): groups of tiles merged into one tile each, fused patterns recorded for the
+lowering (``kernel = "fused"``).
 """
 
 from __future__ import annotations
@@ -38,8 +43,23 @@ def roller(options: dict[str, str]) -> list[str]:
             f"roller-config{{{where} topk={topk}}}"]
 
 
+def welder(options: dict[str, str]) -> list[str]:
+    where = _target_options(options)
+    extra = "".join(f" {k}={options[k]}" for k in ("verbose", "tuning") if options.get(k))
+    return ["roller-fold-casts", "welder-collapse-views", "quartet-outline-tiles",
+            f"roller-fuse{{{where}}}", f"roller-config{{{where}}}",
+            f"welder-fuse{{{where}{extra}}}"]
+
+
 def register_all() -> None:
     register_pipeline("roller", "Roller: outline one tile per operator and give each its tile "
                       "program (one kernel per operator once lowered)",
                       options={"target": TARGET_HELP, "chip": CHIP_HELP,
                                "topk": "schedules kept per tile (default 1)"})(roller)
+    register_pipeline("welder", "Welder: Roller's passes, then tile-graph fusion by estimated "
+                      "latency; fused groups keep intermediates in shared memory or registers "
+                      "(one kernel per group once lowered)",
+                      options={"target": TARGET_HELP, "chip": CHIP_HELP,
+                               "verbose": "print every grouping decision to stderr",
+                               "tuning": "a tuning record of measured latencies "
+                                         "(passes/welder/record.py)"})(welder)
