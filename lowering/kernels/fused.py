@@ -244,8 +244,8 @@ def input_index(tile, value: ir.Value) -> int:
 @dataclass
 class ElementOp:
     """A per-element ``linalg.generic`` on a chain value: its other inputs described as
-    ("chain",), ("tensor", input index, Layout, loop-or-const per operand dim) or ("scalar",
-    value) (a constant, cloned)."""
+    ("chain",), ("tensor", input index, Layout, loop-or-const per operand dim), ("scalar",
+    value) (a constant, cloned) or ("splat", element attribute) (a splat constant tensor)."""
 
     op: ir.Operation
     inputs: list
@@ -283,6 +283,8 @@ def element_op(op: ir.Operation, chain: ir.Value, tile, space: int) -> ElementOp
             if owner is None or owner.name != "arith.constant":
                 return None
             inputs.append(("scalar", v))
+        elif _splat_constant(v) is not None:
+            inputs.append(("splat", _splat_constant(v)))
         else:
             try:
                 src, layout, _ = trace_input(v, tile)
@@ -290,6 +292,18 @@ def element_op(op: ir.Operation, chain: ir.Value, tile, space: int) -> ElementOp
                 return None
             inputs.append(("tensor", input_index(tile, src), layout, tuple(dims_of(amap))))
     return ElementOp(op, inputs) if seen_chain else None
+
+
+def _splat_constant(v: ir.Value):
+    """The element attribute of a splat ``arith.constant`` tensor (torch-mlir's 0-d ``-inf`` of
+    ``masked_fill``), or None."""
+    owner = defining_op(v)
+    if owner is None or owner.name != "arith.constant":
+        return None
+    attr = owner.attributes["value"]
+    if not isinstance(attr, ir.DenseElementsAttr) or not ir.DenseElementsAttr(attr).is_splat:
+        return None
+    return ir.DenseElementsAttr(attr).get_splat_value()
 
 
 def single_user(value: ir.Value) -> ir.Operation | None:

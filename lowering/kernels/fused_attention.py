@@ -264,9 +264,10 @@ def analyze(tile, chip) -> FusedPlan:
     prob = AttentionProblem(r1.extent("b"), r1.extent("m"), r1.extent("n"), d, dv, dtype,
                             q, k, vv, o, pre, post, score_space, batch_shape)
     levels = {op: REGISTERS for op in linalg}
-    for op in ops:
-        if transpose_permutation(op) is not None and op not in (c1, c2):
-            levels[op] = SHARED
+    for con, i in ((c1, 0), (c1, 1), (c2, 1)):       # Q, K, V are staged in shared memory
+        for op in trace_input(con.operands[i], tile)[2]:
+            if linalg_info.is_linalg(op):
+                levels[op] = SHARED
     return FusedPlan("attention", c2, levels, _choices(prob, r2), prob,
                      notes={"p_chain": p_chain})
 
@@ -379,12 +380,17 @@ def _apply(em: Emitter, eo, value: ir.Value, coords: dict, flat: list, clamp: di
             args.append(value)
         elif kind == "scalar":
             args.append(_const_scalar(what[0]))
+        elif kind == "splat":
+            args.append(arith.ConstantOp(what[0].type, what[0]).result)
         else:
             arg, layout, dims = what
             space_roles = eo.roles
             idx = []
             for d in dims:
                 idx.append(0 if d is None else clamp[space_roles[d]])
+            if not layout.dims:          # a 0-d tensor
+                args.append(memref.load(flat[arg], []))
+                continue
             off = layout.emit_offset(em, idx)
             args.append(memref.load(flat[arg], [em.c(off)]))
     block = eo.op.regions[0].blocks[0]
@@ -459,7 +465,7 @@ def build(tile, chip, plan: FusedPlan, params: dict, name: str) -> ir.Module:
     body = launch.regions[0].blocks[0]
     with ir.InsertionPoint(body):
         em = Emitter(body)
-        flat = [flat_view(a) for a in ins]
+        flat = [flat_view(a) if ir.MemRefType(a.type).rank else a for a in ins]
         out_flat = flat_view(outs[0])
         _emit(em, prob, bm, flat, out_flat, plan)
         gpu.TerminatorOp()

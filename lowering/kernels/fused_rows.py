@@ -142,9 +142,12 @@ def _configs(prob, chip):
             wg += 1
         if wg <= 4:
             out.append((64, 64, 64, n // wg, 128 * wg))
-    for bm, warps in ((32, 8), (16, 8), (32, 4)):
-        if n % (warps * 16) == 0:
-            out.append((bm, 32, bm, n // warps, 32 * warps))
+    for bm in (32, 16):
+        for warps in (8, 4, 2, 1):
+            wn = n // warps if n % (warps * 16) == 0 else 0
+            if wn and (bm // 16) * (wn // 8) * 4 <= 128:
+                out.append((bm, 32, bm, wn, 32 * warps))
+                break
     return out
 
 

@@ -12,7 +12,8 @@ ops and the views between them. The merged tile says what it is:
   iteration space (``gemm`` with an epilogue, ``row``), which then gets Roller's schedule;
 * ``edge_levels``: per linalg op other than the root, where its result lives in the fused
   kernel: 2 registers, 1 shared memory (the GEMM rows a row program reads, a transposed input
-  staged in shared memory);
+  staged in shared memory); ``welder.root_level`` the same for the root op when its result
+  stays inside the tile and not in registers;
 * ``block_tile`` / ``thread_tile`` / ``threads`` / ``grid``: the root op's loop box for one
   block, from propagating the group's output tile back (``propagate.py``), and the kernel's
   threads;
@@ -85,6 +86,9 @@ def write_fused(tile: TileOp, chip, cand: Candidate) -> None:
     linalg = [o for o in ops if linalg_info.is_linalg(o)]
     attrs["edge_levels"] = ir.DenseI64ArrayAttr.get(
         [plan.levels.get(o, 2) for o in linalg if o != root])
+    if root in plan.levels and plan.levels[root] != 2 and \
+            any(True for r in root.results for _ in r.uses):
+        attrs["welder.root_level"] = _i64(plan.levels[root])   # the root's result is internal
     attrs["kernel"] = ir.StringAttr.get("fused")
     attrs["welder.pattern"] = ir.StringAttr.get(plan.pattern)
     attrs[fused.PARAMS_ATTR] = fused.params_attr(choice.params)

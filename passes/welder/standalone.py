@@ -95,7 +95,8 @@ def check_on_emulator(tile, chip, seed: int = 0) -> float:
         kmod = standalone(bp, "kernel")
         inline_block_programs(kmod)
     outs = [np.full(r.shape, np.nan, r.dtype) for r in ref]
-    run_kernel(kmod, [np.ascontiguousarray(x) for x in inputs] + outs)
+    run_kernel(kmod, [np.array(x, dtype=np.int8 if x.dtype == np.bool_ else x.dtype)
+                      for x in inputs] + outs)
     num = sum(float(np.linalg.norm(o.astype(np.float64) - r.astype(np.float64)) ** 2)
               for o, r in zip(outs, ref))
     den = sum(float(np.linalg.norm(r.astype(np.float64)) ** 2) for r in ref)
