@@ -76,10 +76,12 @@ def is_contraction(op: ir.Operation) -> bool:
         return True
     if op.name != "linalg.generic":
         return False
-    info = linalg_info.info(op)
-    payload = [p for p in info.payload if p not in ("arith.extf",)]
-    return info.num_inputs == 2 and "reduction" in info.iterator_types and \
-        payload == ["arith.mulf", "arith.addf", "linalg.yield"]
+    if "reduction" not in str(op.attributes["iterator_types"]) or \
+            ir.DenseI32ArrayAttr(op.attributes["operandSegmentSizes"])[0] != 2:
+        return False
+    payload = [o.operation.name for o in op.regions[0].blocks[0].operations
+               if o.operation.name != "arith.extf"]
+    return payload == ["arith.mulf", "arith.addf", "linalg.yield"]
 
 
 def dims_of(exprs) -> list[int | None]:

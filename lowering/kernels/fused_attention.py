@@ -18,8 +18,9 @@ to f16), ``O = P V`` (a contraction with fill 0 over the key loop), per-element 
 views and transposes up to the tile's result. ``Q``, ``K``, ``V`` and the mask tensors may reach
 the products through views and transposes inside the tile (``layout.py``): attention reads the
 qkv projection's buffer directly, and writes its result in the ``[batch, tokens, heads, dim]``
-order the output projection reads. Head dimensions are 16, 32 or multiples of 64; ``Q``, ``K``
-and ``V`` are f16 or bf16 with the head dimension contiguous.
+order the output projection reads. Head dimensions are multiples of 8 up to 256 (padded with
+zero columns to 16, 32 or a multiple of 64 in shared memory); ``Q``, ``K`` and ``V`` are f16 or
+bf16 with the head dimension contiguous.
 
 **The kernel** (FlashAttention-2's schedule on ``mma.sync`` m16n8k16, the fragment layouts and
 ``ldmatrix`` addressing of ``gemm_tc.MmaSyncEngine``): blocks over (query tiles of ``BM`` rows,
@@ -60,7 +61,13 @@ from .gemm_tc import SmemTile
 from .layout import Layout, LayoutError
 
 BN = 64              # keys per tile
-HEAD_DIMS = (16, 32, 64, 128, 192, 256)
+MAX_HEAD_DIM = 256
+
+
+def padded(d: int) -> int:
+    """A head dimension rounded up to what the swizzled shared-memory tiles hold (16, 32, or a
+    multiple of 64): the extra columns are loaded as zeros and never stored."""
+    return 16 if d <= 16 else 32 if d <= 32 else -(-d // 64) * 64
 
 
 @dataclass
@@ -252,8 +259,8 @@ def analyze(tile, chip) -> FusedPlan:
     o, post = _output(tile, c2, r2)
     d, dv = r1.extent("k"), r2.extent("n")
     for what, x in (("Q/K head dimension", d), ("V head dimension", dv)):
-        if x not in HEAD_DIMS:
-            raise Unsupported(f"{what} {x} is not one of {HEAD_DIMS}")
+        if x % 8 or x > MAX_HEAD_DIM:
+            raise Unsupported(f"{what} {x} is not a multiple of 8 up to {MAX_HEAD_DIM}")
     for name, opd in (("Q", q), ("K", k), ("V", vv)):
         if opd.layout.stride(2) != 1 or opd.layout.stride(1) is None or \
                 not opd.layout.divisible(8):
@@ -345,7 +352,8 @@ def _output(tile, c2, roles):
 
 
 def smem_bytes(prob: AttentionProblem, bm: int) -> int:
-    return 2 * (bm * prob.d + 2 * BN * prob.d + 2 * BN * prob.dv)
+    d, dv = padded(prob.d), padded(prob.dv)
+    return 2 * (bm * d + 2 * BN * d + 2 * BN * dv)
 
 
 def _choices(prob: AttentionProblem, r2) -> list[Choice]:
@@ -357,7 +365,7 @@ def _choices(prob: AttentionProblem, r2) -> list[Choice]:
         for b in r2.batch:
             tile[b] = 1
         tile[r2.m], tile[r2.n], tile[r2.k] = bm, prob.dv, prob.n
-        regs = 64 + prob.dv // 2 + BN // 2 + prob.d // 4
+        regs = 64 + padded(prob.dv) // 2 + BN // 2 + padded(prob.d) // 4
         out.append(Choice(tuple(tile), bm // 16 * 32, smem_bytes(prob, bm), min(255, regs),
                           "mma", {"bm": bm, "bn": BN}))
     return out
@@ -399,9 +407,10 @@ def _apply(em: Emitter, eo, value: ir.Value, coords: dict, flat: list, clamp: di
 
 
 def _load_tile(em: Emitter, opd: Operand, tile: SmemTile, smem, flat, tid, threads: int,
-               z: ir.Value, rows_total: int):
+               z: ir.Value, rows_total: int, cols_total: int):
     """Per-thread cp.async items of a ``rows x cols`` tile: returns ``issue(row0, slot_elems)``
-    that copies rows ``[row0, row0 + rows)`` into the slot (zero-filling rows past the end)."""
+    that copies rows ``[row0, row0 + rows)`` into the slot, zero-filling rows past the end and
+    columns past ``cols_total`` (a padded head dimension)."""
     cols = tile.inner
     per_row = cols // 8
     total = tile.outer * per_row
@@ -412,19 +421,22 @@ def _load_tile(em: Emitter, opd: Operand, tile: SmemTile, smem, flat, tid, threa
         q = em.add(tid, j * threads)
         active = True if (j + 1) * threads <= total else em.lt(q, total)
         r, c = em.div(q, per_row), em.mul(em.rem(q, per_row), 8)
+        col_ok = True if cols_total == cols else em.lt(c, cols_total)
         src = em.add(base_z, em.add(em.mul(r, rs), c))
         dst = em.div(tile.byte_offset(em, r, c), 2)
-        items.append((r, src, dst, active))
+        items.append((r, src, dst, active, col_ok))
+    edge = rows_total % tile.outer or cols_total != cols
 
     def issue(row0: ir.Value, slot: ir.Value) -> None:
         size = ir.IntegerAttr.get(index(), 8)
-        for r, src, dst, active in items:
-            def copy(r=r, src=src, dst=dst):
+        for r, src, dst, active, col_ok in items:
+            def copy(r=r, src=src, dst=dst, col_ok=col_ok):
                 row = em.add(row0, r)
-                ok = em.lt(row, rows_total)
+                ok = em.land(em.lt(row, rows_total) if rows_total % tile.outer else True,
+                             col_ok)
                 at = em.select(ok, em.add(src, em.mul(row0, rs)), base_z) \
-                    if rows_total % tile.outer else em.add(src, em.mul(row0, rs))
-                count = em.select(ok, 8, 0) if rows_total % tile.outer else 8
+                    if edge else em.add(src, em.mul(row0, rs))
+                count = em.select(ok, 8, 0) if edge else 8
                 nvgpu.DeviceAsyncCopyOp(smem, [em.c(em.add(slot, dst))], flat[opd.arg],
                                         [em.c(at)], size, srcElements=em.c(count),
                                         bypassL1=True)
@@ -476,7 +488,7 @@ def _emit(em: Emitter, prob: AttentionProblem, bm: int, flat: list, out_flat, pl
     et = element_type(prob.dtype)
     warps = bm // 16
     threads = warps * 32
-    D, DV = prob.d, prob.dv
+    D, DV = padded(prob.d), padded(prob.dv)
     tid = em.thread_id()
     bx, z = em.block_id("x"), em.block_id("y")
     m0 = em.mul(bx, bm)
@@ -490,9 +502,9 @@ def _emit(em: Emitter, prob: AttentionProblem, bm: int, flat: list, out_flat, pl
     v_off = k_off + 2 * kt.bytes
     total = v_off + 2 * vt.bytes
     smem = em.smem(0, total // 2, prob.dtype)
-    load_q = _load_tile(em, prob.q, qt, smem, flat, tid, threads, z, prob.m)
-    load_k = _load_tile(em, prob.k, kt, smem, flat, tid, threads, z, prob.n)
-    load_v = _load_tile(em, prob.v, vt, smem, flat, tid, threads, z, prob.n)
+    load_q = _load_tile(em, prob.q, qt, smem, flat, tid, threads, z, prob.m, prob.d)
+    load_k = _load_tile(em, prob.k, kt, smem, flat, tid, threads, z, prob.n, prob.d)
+    load_v = _load_tile(em, prob.v, vt, smem, flat, tid, threads, z, prob.n, prob.dv)
     n_tiles = -(-prob.n // BN)
 
     def issue_kv(j, slot):
@@ -655,7 +667,7 @@ def _store(em, prob: AttentionProblem, acc, inv, rows, col_in_tile, z, out_flat,
     pair = prob.o.layout.stride(2) == 1 and prob.o.layout.divisible(2)
     for h in range(2):
         def body(h=h):
-            for t in range(prob.dv // 8):
+            for t in range(-(-prob.dv // 8)):     # the padded columns are not stored
                 col = em.add(t * 8, col_in_tile)
                 row_vals = vector.extract(acc[t], [], [h])
                 vals = []

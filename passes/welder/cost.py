@@ -180,22 +180,16 @@ def output_boxes(ops: list[ir.Operation], anchor: ir.Operation, anchor_loops: Bo
 
 
 def _flops_per_point(op: ir.Operation) -> int:
-    try:
-        payload = linalg_info.info(op).payload
-    except Exception:       # noqa: BLE001
+    if not op.regions or not len(op.regions[0].blocks):
         return 1
+    payload = [o.operation.name for o in op.regions[0].blocks[0].operations]
     skip = ("linalg.yield", "linalg.index", "arith.extf", "arith.truncf", "arith.constant")
     return max(1, sum(1 for p in payload if p not in skip))
 
 
 def _is_contraction(op: ir.Operation) -> bool:
-    if op.name in ("linalg.matmul", "linalg.batch_matmul"):
-        return True
-    if op.name != "linalg.generic":
-        return False
-    _, kinds, _ = affine_maps(op)
-    payload = [p for p in linalg_info.info(op).payload if p not in ("arith.extf",)]
-    return "reduction" in kinds and payload == ["arith.mulf", "arith.addf", "linalg.yield"]
+    from quartet.lowering.kernels.fused import is_contraction
+    return is_contraction(op)
 
 
 def _narrow_inputs(op: ir.Operation) -> bool:

@@ -18,8 +18,9 @@ ops and the views between them. The merged tile says what it is:
   block, from propagating the group's output tile back (``propagate.py``), and the kernel's
   threads;
 * ``welder.bytes``: the model's global-memory bytes of the kernel, ``welder.bytes_unfused``: of
-  its tiles run apart, ``welder.model_us``: its estimated latency. Tiles left alone get
-  ``welder.bytes`` too, so a module's total before and after fusion can be read from the IR.
+  its tiles run apart, ``welder.tiles``: how many tiles it merged, ``welder.model_us``: its
+  estimated latency. Tiles left alone get them too, so a module's kernels and bytes before and
+  after fusion can be read from the IR (``bench/build.py`` does).
 
 ``verbose=true`` (or ``QUARTET_WELDER_VERBOSE=1``) prints every decision to stderr: which
 groups were formed and why a consumer was not taken (no kernel family builds the group; its
@@ -164,6 +165,7 @@ class WelderFuse(ModulePass):
         attrs = tile.operation.attributes
         attrs["welder.bytes"] = _i64(cand.estimate.global_bytes)
         attrs["welder.bytes_unfused"] = _i64(unfused)
+        attrs["welder.tiles"] = _i64(len(cand.nodes))
         if math.isfinite(cand.latency):
             attrs["welder.model_us"] = _f64(round(cand.latency * 1e6, 3))
 

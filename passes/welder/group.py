@@ -21,6 +21,7 @@ reasons are kept (``Decision``) and printed under ``verbose``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ from . import cost
 from .graph import Node, TileGraph, _in_tile
 from .propagate import VIEWS
 
+NO_FIT = "no configuration of"     # a refusal after pricing (resources), not of structure
 LOOKAHEAD = 3          # consumers a candidate may pull in to reach a buildable pattern
 MAX_GROUP = 12         # tiles per group
 
@@ -231,7 +233,7 @@ def price(tile: TileOp, chip: Chip) -> tuple[str | None, cost.Estimate, dict, st
         return None, cost.Estimate(0, refused=str(e)), {}, str(e)
     est, params = price_fused(tile, chip, plan)
     if est.refused:
-        return None, est, {}, f"{plan.pattern}: {est.refused}"
+        return None, est, {}, f"{NO_FIT} {plan.pattern} fits: {est.refused}"
     return f"fused:{plan.pattern}", est, params, ""
 
 
@@ -246,6 +248,7 @@ class Grouper:
         self.graph, self.chip, self.record = graph, chip, record
         self.decisions: list[Decision] = []
         self._singles: dict = {}
+        self._priced: dict = {}           # tuning key -> price(): one pricing per structure
 
     def single(self, node: Node) -> Candidate:
         """A node as its own kernel, at the schedule roller-config gave it."""
@@ -279,14 +282,21 @@ class Grouper:
             cand.measured = True
 
     def evaluate(self, nodes: list[Node]) -> tuple[Candidate | None, str]:
+        """Price the group of ``nodes``; groups of one structure (the layers of a BERT) are
+        priced once (by their tuning key)."""
         tile = merged_tile(self.graph, nodes)
         if tile is None:
             return None, "its results cannot leave one tile (several types, or read early)"
         try:
-            fam, est, params, why = price(tile, self.chip)
+            from .record import key_of
+            key = key_of(tile, self.chip)
+            if key not in self._priced:
+                self._priced[key] = price(tile, self.chip)
+            fam, est, params, why = self._priced[key]
             if fam is None:
                 return None, why
-            cand = Candidate(sorted(nodes, key=lambda n: n.index), fam, est, params)
+            cand = Candidate(sorted(nodes, key=lambda n: n.index), fam,
+                             dataclasses.replace(est), dict(params))
             self._measure(cand, tile)
             return cand, ""
         finally:
@@ -310,7 +320,10 @@ class Grouper:
                 cand, reason = self.evaluate(nodes)
                 if cand is not None:
                     return cand, ""
-                why = why or reason
+                # A pattern that took the group but found no configuration that fits says
+                # more than a partial group no pattern takes.
+                if not why or reason.startswith(NO_FIT) and not why.startswith(NO_FIT):
+                    why = reason
                 for n in nodes:
                     for c in self.graph.consumers(n):
                         if c not in nodes and c not in grouped:

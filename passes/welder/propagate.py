@@ -104,24 +104,63 @@ def shape_of(value: ir.Value) -> tuple[int, ...]:
 
 
 def affine_maps(op: ir.Operation) -> tuple[list[ir.AffineMap], list[str], list[int]]:
-    """(indexing maps, iterator kinds, loop ranges) of a linalg op, named ops included."""
-    if op.name == "linalg.generic":
+    """(indexing maps, iterator kinds, loop ranges) of a linalg op, named ops included.
+
+    ``linalg.generic``, ``fill``, ``transpose``, ``matmul`` and ``batch_matmul`` are read from
+    their attributes (this runs for every op of every candidate group); other named ops ask
+    ``linalg_info`` (which generalizes a copy of the op)."""
+    name = op.name
+    if name == "linalg.generic":
         maps = [ir.AffineMapAttr(a).value for a in ir.ArrayAttr(op.attributes["indexing_maps"])]
         kinds = ["reduction" if "reduction" in str(a) else "parallel"
                  for a in ir.ArrayAttr(op.attributes["iterator_types"])]
-        info = linalg_info.info(op)
-        return maps, kinds, list(info.loop_ranges)
-    if op.name == "linalg.fill":
+        return maps, kinds, _ranges(maps, op, len(kinds))
+    if name == "linalg.fill":
         rank = len(shape_of(op.results[0]))
         out = ir.AffineMap.get_identity(rank) if rank else ir.AffineMap.get(0, 0, [])
         scalar = ir.AffineMap.get(rank, 0, [])
         return [scalar, out], ["parallel"] * rank, list(shape_of(op.results[0]))
+    if name == "linalg.transpose":
+        perm = list(ir.DenseI64ArrayAttr(op.attributes["permutation"]))
+        n = len(perm)
+        src = ir.AffineMap.get_identity(n)
+        dst = ir.AffineMap.get(n, 0, [ir.AffineDimExpr.get(p) for p in perm])
+        return [src, dst], ["parallel"] * n, list(shape_of(op.operands[0]))
+    if name in _NAMED and "indexing_maps" not in op.attributes:
+        text, kinds = _NAMED[name]
+        maps = [ir.AffineMapAttr(ir.Attribute.parse(t)).value for t in text]
+        return maps, list(kinds), _ranges(maps, op, len(kinds))
     info = linalg_info.info(op)
     n = info.num_loops
     names = ", ".join(f"d{i}" for i in range(n))
     maps = [ir.AffineMapAttr(ir.Attribute.parse(f"affine_map<({names}) -> ({', '.join(m)})>"))
             .value for m in info.indexing_maps]
     return maps, list(info.iterator_types), list(info.loop_ranges)
+
+
+_NAMED = {
+    "linalg.matmul": (("affine_map<(d0, d1, d2) -> (d0, d2)>",
+                       "affine_map<(d0, d1, d2) -> (d2, d1)>",
+                       "affine_map<(d0, d1, d2) -> (d0, d1)>"),
+                      ("parallel", "parallel", "reduction")),
+    "linalg.batch_matmul": (("affine_map<(d0, d1, d2, d3) -> (d0, d1, d3)>",
+                             "affine_map<(d0, d1, d2, d3) -> (d0, d3, d2)>",
+                             "affine_map<(d0, d1, d2, d3) -> (d0, d1, d2)>"),
+                            ("parallel", "parallel", "parallel", "reduction")),
+}
+
+
+def _ranges(maps, op: ir.Operation, n: int) -> list[int]:
+    """Loop extents from the operand dimensions indexed by a loop alone."""
+    ranges: list = [None] * n
+    for m, v in zip(maps, op.operands):
+        for expr, size in zip(m.results, shape_of(v)):
+            e = _down(expr)
+            if isinstance(e, ir.AffineDimExpr) and ranges[e.position] is None:
+                ranges[e.position] = size
+    if any(r is None for r in ranges):
+        return list(linalg_info.info(op).loop_ranges)
+    return ranges
 
 
 def view_source_box(op: ir.Operation, result_box: Box) -> Box:

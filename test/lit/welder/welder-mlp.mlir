@@ -27,7 +27,7 @@
 // AFTER-LABEL: func.func @forward
 // AFTER:         "quartet.tile"() ({
 // AFTER:           math.erf
-// AFTER:         kernel = "gemm"{{.*}}welder.bytes = [[B0:[0-9]+]] : i64, welder.bytes_unfused = [[B0]] : i64
+// AFTER:         kernel = "gemm"{{.*}}welder.bytes = [[B0:[0-9]+]] : i64, welder.bytes_unfused = [[B0]] : i64, welder.model_us = {{.*}}, welder.tiles = 1 : i64
 // AFTER:         %[[F:.*]] = "quartet.tile"() ({
 // AFTER-NEXT:      linalg.fill
 // AFTER-NEXT:      linalg.generic {{.*}}iterator_types = ["parallel", "parallel", "reduction"]
