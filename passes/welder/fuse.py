@@ -64,10 +64,11 @@ def _f64(v: float) -> ir.FloatAttr:
     return ir.FloatAttr.get(ir.F64Type.get(), float(v))
 
 
-def write_fused(tile: TileOp, chip, cand: Candidate) -> None:
-    """Attributes of a tile merged for a fused pattern (module docstring)."""
+def write_fused(tile: TileOp, chip, params: dict) -> None:
+    """Attributes of a tile merged for a fused pattern (module docstring), at the
+    configuration ``params`` (the first one the pattern offers if it offers no such)."""
     plan = fused.analyze(tile, chip)
-    choice = next((c for c in plan.choices if c.params == cand.params), plan.choices[0])
+    choice = next((c for c in plan.choices if c.params == params), plan.choices[0])
     ops = list(tile.computation)
     boxes = cost.output_boxes(ops, plan.anchor, _anchor_box(plan.anchor, choice.anchor_tile),
                               list(tile.terminator.operands))
@@ -102,6 +103,15 @@ def write_roller(tile: TileOp, chip, family: str) -> None:
     kernel_analysis.record(tile, hw)
     tile.operation.attributes["edge_levels"] = ir.DenseI64ArrayAttr.get(
         roller_edge_levels(tile, family))
+
+
+def configure(tile: TileOp, chip, family: str, params: dict) -> None:
+    """The attributes of a merged tile built by ``family`` (a fused pattern at ``params``, or a
+    Roller family)."""
+    if family.startswith("fused:"):
+        write_fused(tile, chip, params)
+    else:
+        write_roller(tile, chip, family)
 
 
 def _label(nodes) -> str:
@@ -153,10 +163,7 @@ class WelderFuse(ModulePass):
         else:
             tile = merged_tile(graph, cand.nodes)
             commit(graph, cand.nodes, tile)
-            if cand.family.startswith("fused:"):
-                write_fused(tile, chip, cand)
-            else:
-                write_roller(tile, chip, cand.family)
+            configure(tile, chip, cand.family, cand.params)
             if not target_chip.is_gpu:
                 for name in ("kernel",):
                     if name in tile.operation.attributes:

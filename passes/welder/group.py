@@ -244,8 +244,11 @@ def price(tile: TileOp, chip: Chip) -> tuple[str | None, cost.Estimate, dict, st
 class Grouper:
     """Groups the nodes of one graph; ``record`` (optional) holds measured latencies."""
 
-    def __init__(self, graph: TileGraph, chip: Chip, record=None):
+    def __init__(self, graph: TileGraph, chip: Chip, record=None, keep: dict | None = None):
         self.graph, self.chip, self.record = graph, chip, record
+        #: when given: tuning key -> (family, standalone module text, tiles, [params...]) of
+        #: every candidate priced (``bench/welder_tune.py`` builds and times them)
+        self.keep = keep
         self.decisions: list[Decision] = []
         self._singles: dict = {}
         self._priced: dict = {}           # tuning key -> price(): one pricing per structure
@@ -264,8 +267,17 @@ class Grouper:
                 est.latency = self.chip.launch_seconds
             cand = Candidate([node], tile.kernel or "single", est, {})
             self._measure(cand, tile)
+            if self.keep is not None and cand.key not in self.keep:
+                self._keep(cand.key, "single", tile, 1)
             self._singles[node] = cand
         return self._singles[node]
+
+    def _keep(self, key: str, family: str, tile: TileOp, tiles: int) -> None:
+        from .standalone import tile_module
+        params = [{}]
+        if family.startswith("fused:"):
+            params = [dict(c.params) for c in fused.analyze(tile, self.chip).choices]
+        self.keep[key] = (family, str(tile_module(tile)), tiles, params)
 
     def _measure(self, cand: Candidate, tile: TileOp) -> None:
         """Measured time (and, for a fused pattern, configuration) from the tuning record."""
@@ -295,6 +307,8 @@ class Grouper:
             fam, est, params, why = self._priced[key]
             if fam is None:
                 return None, why
+            if self.keep is not None and key not in self.keep:
+                self._keep(key, fam, tile, len(nodes))
             cand = Candidate(sorted(nodes, key=lambda n: n.index), fam,
                              dataclasses.replace(est), dict(params))
             self._measure(cand, tile)
