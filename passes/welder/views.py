@@ -7,11 +7,12 @@ view of a batched product) is a ``linalg.generic`` over the expanded shape. The 
 view (no data moves), but it stands between the producer and its consumers: a tile's fused
 epilogue, a row program or Welder's tile propagation would all have to look through it.
 
-This pass removes the view from the consumer's side, the way MLIR's reshape propagation "by
-collapsing" does (``populateFoldReshapeOpsByCollapsingPatterns``, here in Python): a
-``linalg.generic`` G that reads ``E = tensor.expand_shape %src`` through the identity map is
-rebuilt over the collapsed loops of E's reassociation groups when every operand of G sees each
-group either whole (its loops as consecutive dimensions, in order) or not at all. The rebuilt op
+This pass removes the view, the way MLIR's reshape propagation "by collapsing" does
+(``populateFoldReshapeOpsByCollapsingPatterns``, here in Python): a ``linalg.generic`` G that
+reads ``E = tensor.expand_shape %src`` (or whose one result is read only by a
+``tensor.collapse_shape``: a layer norm in front of a linear layer) is rebuilt over the
+collapsed loops of the reshape's groups when every operand of G sees each group either whole
+(its loops as consecutive dimensions, in order) or not at all. The rebuilt op
 reads ``%src`` itself, its other operands through ``tensor.collapse_shape`` (an ``expand_shape``
 with the same grouping is looked through, a ``tensor.empty`` or a ``linalg.fill`` of one is made
 again in the collapsed shape), and its results are expanded back for the users it had; those
@@ -142,17 +143,40 @@ def _is_const(expr: ir.AffineExpr) -> bool:
     return isinstance(e, ir.AffineConstantExpr)
 
 
+def loop_groups(op: ir.Operation, operand: int, dim_groups: list[list[int]]):
+    """The groups of ``op``'s loops that ``dim_groups`` of operand ``operand``'s dimensions
+    merge (each dimension a loop or a constant), loops the operand does not index alone;
+    None when they are not consecutive loops in order."""
+    amap = _maps(op)[operand]
+    n = len(_iterators(op))
+    dims = [_dim(e) for e in amap.results]
+    groups, seen = [], set()
+    for g in dim_groups:
+        loops = [dims[d] for d in g if dims[d] is not None]
+        if any(not _is_const(amap.results[d]) and dims[d] is None for d in g):
+            return None
+        if len(loops) > 1 and loops != list(range(loops[0], loops[0] + len(loops))):
+            return None
+        if loops:
+            groups.append(loops)
+            seen.update(loops)
+    groups += [[d] for d in range(n) if d not in seen]
+    groups.sort(key=lambda g: g[0])
+    if sorted(d for g in groups for d in g) != list(range(n)):
+        return None
+    return groups
+
+
 def plan_collapse(op: ir.Operation, operand: int, groups: list[list[int]]) -> Plan | None:
-    """The collapse of generic ``op`` by ``groups`` (over its loops, read off the operand
-    ``operand`` that is an expand_shape's result), or None when the rule does not apply."""
+    """The collapse of generic ``op`` by ``groups`` of its loops (read off an operand that an
+    expand_shape feeds or a collapse_shape reads: :func:`loop_groups`), or None when the rule
+    does not apply."""
     maps = _maps(op)
     iters = _iterators(op)
     n = len(iters)
-    amap = maps[operand]
-    if amap.n_dims != n or len(amap.results) != n or \
-            [_dim(e) for e in amap.results] != list(range(n)):
+    if groups is None or sorted(d for g in groups for d in g) != list(range(n)):
         return None
-    if sorted(d for g in groups for d in g) != list(range(n)):
+    if all(len(g) == 1 for g in groups):
         return None
     group_of = {}
     for k, g in enumerate(groups):
@@ -314,7 +338,8 @@ def collapse_views(module) -> int:
                 nin = ir.DenseI32ArrayAttr(user.attributes["operandSegmentSizes"])[0]
                 if use.operand_number >= nin:
                     continue
-                plan = plan_collapse(user, use.operand_number, groups)
+                plan = plan_collapse(user, use.operand_number,
+                                     loop_groups(user, use.operand_number, groups))
                 if plan is None:
                     continue
                 rewrite(user, plan)
@@ -322,6 +347,26 @@ def collapse_views(module) -> int:
                 changed = True
                 break
             if changed:
+                break
+        if not changed:       # a collapse_shape reading a generic's result: collapse the generic
+            for col in collect(module, lambda o: o.name == "tensor.collapse_shape" and
+                               not _in_tile(o)):
+                producer = defining_op(col.operands[0])
+                if producer is None or producer.name != "linalg.generic" or \
+                        _in_tile(producer) or len(producer.results) != 1:
+                    continue
+                readers = [u.owner.operation for u in producer.results[0].uses]
+                if any(r.name != "tensor.collapse_shape" or
+                       reassociation(r) != reassociation(col) for r in readers):
+                    continue
+                nin = ir.DenseI32ArrayAttr(producer.attributes["operandSegmentSizes"])[0]
+                plan = plan_collapse(producer, nin, loop_groups(producer, nin,
+                                                                reassociation(col)))
+                if plan is None:
+                    continue
+                rewrite(producer, plan)
+                count += 1
+                changed = True
                 break
         if not changed:
             for op in collect(module, lambda o: o.name in RESHAPES and not _in_tile(o)):

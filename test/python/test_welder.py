@@ -278,6 +278,9 @@ CHECKS = {
     "attention": lambda: _attention(tokens=77, dim=64, heads=4),
     "gemm_rows": lambda: (suite.MLP(64, 128).to(H).eval(),
                           (torch.randn(2, 21, 64, dtype=H),)),
+    "rows_gemm": lambda: (torch.nn.Sequential(torch.nn.LayerNorm(64), torch.nn.Linear(64, 96),
+                                              torch.nn.GELU()).to(H).eval(),
+                          (torch.randn(2, 21, 64, dtype=H),)),
 }
 
 
