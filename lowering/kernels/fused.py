@@ -8,6 +8,7 @@ such a tile and builds it. Each pattern is one file:
 |---|---|---|
 | ``attention`` | ``fused_attention.py`` | ``softmax(chain(Q K^T)) V`` (scale, additive or causal masks: any per-element chain), the transposes of Q, K, V and of the result absorbed; online softmax over key tiles, one kernel at any sequence length |
 | ``gemm_rows`` | ``fused_rows.py`` | a GEMM whose result feeds a row program over full rows (bias, residual add and layer norm after a linear layer): the block tile spans whole rows, the row program runs on them in shared memory |
+| ``gemm_chain`` | ``fused_chain.py`` | two GEMMs in a chain (the MLP's fc1, GELU, fc2): the hidden activation computed one chunk at a time into shared memory and consumed there |
 | ``rows_gemm`` | ``fused_prologue.py`` | a row program whose result is a GEMM's first operand (layer norm in front of a linear layer): the block's rows normalized into shared memory, then the GEMM reads them there |
 
 A pattern's analysis (``analyze``) takes the merged tile and returns a :class:`FusedPlan`: the
@@ -36,7 +37,7 @@ from quartet.runtime.targets import Chip
 from .common import Unsupported, kernel_inputs
 from .layout import Layout, LayoutError
 
-PATTERNS = ("attention", "gemm_rows", "rows_gemm")
+PATTERNS = ("attention", "gemm_rows", "rows_gemm", "gemm_chain")
 PARAMS_ATTR = "welder.params"
 VIEW_OPS = ("tensor.expand_shape", "tensor.collapse_shape", "tensor.extract_slice")
 
@@ -319,9 +320,9 @@ def single_user(value: ir.Value) -> ir.Operation | None:
 
 
 def _patterns():
-    from . import fused_attention, fused_prologue, fused_rows
+    from . import fused_attention, fused_chain, fused_prologue, fused_rows
     return (("attention", fused_attention.analyze), ("gemm_rows", fused_rows.analyze),
-            ("rows_gemm", fused_prologue.analyze))
+            ("rows_gemm", fused_prologue.analyze), ("gemm_chain", fused_chain.analyze))
 
 
 def analyze(tile, chip: Chip | str = "sm_90") -> FusedPlan:
@@ -369,9 +370,9 @@ def build_fused_kernel(tile, chip, name: str) -> ir.Module:
     except Unsupported as e:
         raise QuartetError(f"no fused kernel for this tile: {e}", where) from None
     params = params_of(tile) or plan.choices[0].params
-    from . import fused_attention, fused_prologue, fused_rows
+    from . import fused_attention, fused_chain, fused_prologue, fused_rows
     build = {"attention": fused_attention.build, "gemm_rows": fused_rows.build,
-             "rows_gemm": fused_prologue.build}[plan.pattern]
+             "rows_gemm": fused_prologue.build, "gemm_chain": fused_chain.build}[plan.pattern]
     try:
         return build(tile, chip, plan, params, name)
     except Unsupported as e:
