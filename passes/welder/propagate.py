@@ -121,11 +121,14 @@ def affine_maps(op: ir.Operation) -> tuple[list[ir.AffineMap], list[str], list[i
         scalar = ir.AffineMap.get(rank, 0, [])
         return [scalar, out], ["parallel"] * rank, list(shape_of(op.results[0]))
     if name == "linalg.transpose":
+        # as linalg-generalize-named-ops writes it: loops over the result's dimensions,
+        # result[i] = input[perm[i]], so input dimension perm[i] is read by loop i
         perm = list(ir.DenseI64ArrayAttr(op.attributes["permutation"]))
         n = len(perm)
-        src = ir.AffineMap.get_identity(n)
-        dst = ir.AffineMap.get(n, 0, [ir.AffineDimExpr.get(p) for p in perm])
-        return [src, dst], ["parallel"] * n, list(shape_of(op.operands[0]))
+        inverse = [perm.index(j) for j in range(n)]
+        src = ir.AffineMap.get(n, 0, [ir.AffineDimExpr.get(i) for i in inverse])
+        dst = ir.AffineMap.get_identity(n)
+        return [src, dst], ["parallel"] * n, list(shape_of(op.results[0]))
     if name in _NAMED and "indexing_maps" not in op.attributes:
         text, kinds = _NAMED[name]
         maps = [ir.AffineMapAttr(ir.Attribute.parse(t)).value for t in text]

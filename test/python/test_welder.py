@@ -427,3 +427,17 @@ def test_tuning_build_writes_candidates(tmp_path):
         assert (tmp_path / r["ref"]).is_file()
     listing = json.loads((tmp_path / "candidates.json").read_text())
     assert listing["chip"] == "h200" and len(listing["candidates"]) == len(rows)
+
+
+def test_torch_compile_backend_runs_the_welder_pipeline():
+    import quartet.frontend.backend as qb  # noqa: F401  (registers the backend)
+
+    torch.manual_seed(0)
+    model = suite.MLP(32, 64).to(H).eval()
+    x = torch.randn(2, 5, 32, dtype=H)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        y = torch.compile(model, backend="quartet", dynamic=False,
+                          options={"pipeline": "welder"})(x)
+        ref = model.double()(x.double())
+    assert float((y.double() - ref).norm() / ref.norm()) < 5e-3

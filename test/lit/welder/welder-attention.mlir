@@ -36,7 +36,7 @@ X tiles - the qkv projection, the
 // AFTER:           linalg.batch_matmul
 // AFTER:           linalg.transpose {{.*}} permutation = [0, 2, 1, 3]
 // AFTER-NEXT:      gpu.yield
-// AFTER-NEXT:    }) {block_tile = array<i64: 3, 1, 1, 7, 16>, edge_levels = array<i64: 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2>, {{.*}}kernel = "fused", {{.*}}welder.params = {bm = 64 : i64, bn = 64 : i64}, welder.pattern = "attention", welder.root_level = 1 : i64} : () -> tensor<2x7x2x16xf16>
+// AFTER-NEXT:    }) {block_tile = array<i64: 3, 1, 1, 7, 16>, edge_levels = array<i64: 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2>, {{.*}}kernel = "fused", {{.*}}welder.params = {bm = 64 : i64, bn = 64 : i64}, welder.pattern = "attention", welder.root_level = 1 : i64, welder.tiles = 5 : i64} : () -> tensor<2x7x2x16xf16>
 // AFTER:         "quartet.tile"() ({
 // AFTER:         kernel = "gemm"
 // AFTER-NOT:     quartet.tile

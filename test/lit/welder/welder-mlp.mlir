@@ -7,6 +7,10 @@
 // RUN: quartet-opt %inputs/mlp_f16.mlir --pass-pipeline='builtin.module(roller-fold-casts,welder-collapse-views,quartet-outline-tiles,roller-fuse{target=sm_90},roller-config{target=sm_90})' | filecheck %s --check-prefix=BEFORE
 // RUN: quartet-opt %inputs/mlp_f16.mlir --pass-pipeline='builtin.module(welder{target=sm_90})' | filecheck %s --check-prefix=AFTER
 // RUN: quartet-opt %inputs/mlp_f16.mlir --pass-pipeline='builtin.module(welder{target=sm_90 verbose=true})' -o /dev/null 2>&1 | filecheck %s --check-prefix=WHY
+// A wider MLP (64 -> 256 -> 64 on 16 tokens, through quartet-compile): fc1 and fc2 become one
+// kernel (welder.pattern = "gemm_chain": the hidden activation stays in shared memory); the
+// residual add and the layer norm stay a row program.
+// RUN: quartet-compile %S/../../../frontend/models.py:MLP --input 2x8x64:f16 --pipeline welder --emit quartet | filecheck %s --check-prefix=CHAIN
 
 // BEFORE-LABEL: func.func @forward
 // BEFORE:         "quartet.tile"() ({
@@ -34,10 +38,20 @@
 // AFTER:           linalg.generic {{.*}}iterator_types = ["parallel", "reduction"]
 // AFTER:           math.rsqrt
 // AFTER:           gpu.yield
-// AFTER-NEXT:    }) {block_tile = array<i64: 8, 32, 64>, {{.*}}kernel = "fused"{{.*}}welder.params = {bk = 32 : i64, bm = 32 : i64, engine = "mma"{{.*}}welder.pattern = "gemm_rows", welder.root_level = 1 : i64}
+// AFTER-NEXT:    }) {block_tile = array<i64: 8, 32, 64>, {{.*}}kernel = "fused"{{.*}}welder.params = {bk = 32 : i64, bm = 32 : i64, engine = "mma"{{.*}}welder.pattern = "gemm_rows", welder.root_level = 1 : i64, welder.tiles = 2 : i64}
 // AFTER-NEXT:    tensor.expand_shape %[[F]]
 // AFTER-NOT:     quartet.tile
 
 // WHY: welder: not fused: tiles [0] + [1]: attention: {{.*}}; gemm_rows: 2 contractions, a GEMM with a row program has 1
 // WHY: welder: fused: tiles [1] + [2]: fused:gemm_rows: {{.*}} us < {{.*}} us apart
 // WHY: welder: group [#1 linalg.generic, #2 linalg.generic] -> fused:gemm_rows
+
+// CHAIN:       "quartet.tile"() ({
+// CHAIN:         iterator_types = ["parallel", "parallel", "reduction"]
+// CHAIN:         math.erf
+// CHAIN:         iterator_types = ["parallel", "parallel", "reduction"]
+// CHAIN:       kernel = "fused"{{.*}}welder.pattern = "gemm_chain"
+// CHAIN:       "quartet.tile"() ({
+// CHAIN:         math.rsqrt
+// CHAIN:       kernel = "row"
+// CHAIN-NOT:   quartet.tile
