@@ -164,7 +164,7 @@ def _choices(prob, roles, chip) -> list[Choice]:
         if s.bn != prob.n:
             continue
         if plan.engine == "wgmma":
-            regs = (s.bm // s.wg_m // 64) * (s.bn // s.wg_n) // 2 + 48
+            regs = (s.bm // s.wg_m // 64) * (s.bn // s.wg_n) // 2 + 32
         else:
             regs = (s.warp_m // 16) * (s.warp_n // 8) * 4 + 48
         tile = [0] * len(roles.ranges)

@@ -177,15 +177,50 @@ def price_schedule(tile: TileOp, chip: Chip, block_tile, threads: int, tensor_co
                          list(tile.terminator.operands), chip, res, levels={})
 
 
+def price_gemm(tile: TileOp, chip: Chip) -> cost.Estimate | None:
+    """A tile the GEMM family builds, at the schedule it will build (``gemm.plan``: Roller's,
+    or the family's own default where it replaces one it cannot build), or None."""
+    from quartet.lowering.kernels import gemm
+
+    if not gemm.takes_chip(chip):
+        return None
+    try:
+        with tile.operation.location:
+            p = gemm.plan(tile, chip)
+    except Exception:       # noqa: BLE001  (the family does not take it)
+        return None
+    s = p.schedule
+    extents = {"m": s.bm, "n": s.bn, "b": 1}
+    roles = p.problem.loop_roles
+    if p.problem.kind != "matmul":
+        return None
+    block = [extents.get(r, 1 << 40) for r in roles]      # reductions whole
+    regs = 128 if p.engine == "wgmma" else 96
+    root = tile.root.operation
+    res = cost.Resources(threads=p.block[0], shared_bytes=p.shared_bytes, registers=regs,
+                         engine=p.engine, rstep=getattr(s, "bk", 32))
+    return cost.estimate(list(tile.computation), root, _anchor_box(root, block),
+                         list(tile.terminator.operands), chip, res, levels={})
+
+
 def price_roller(tile: TileOp, chip: Chip) -> cost.Estimate:
-    """A merge one Roller family builds, at the first schedule Roller's policy gives it."""
+    """A merge one Roller family builds, at the first schedule Roller's policy gives it (a
+    GEMM at the schedule the GEMM family builds)."""
+    est = price_gemm(tile, chip)
+    if est is not None:
+        return est
     s = roller_config.configure(tile, chip)[0]
     return price_schedule(tile, chip, s.block_tile, s.threads, s.tensor_core,
                           s.smem_bytes * s.stages, max(32, s.regs_per_thread))
 
 
 def price_configured(tile: TileOp, chip: Chip) -> cost.Estimate:
-    """A tile as roller-config left it (its own schedule attributes)."""
+    """A tile as roller-config left it (its own schedule attributes; a GEMM at the schedule
+    the GEMM family builds)."""
+    if tile.kernel == "gemm":
+        est = price_gemm(tile, chip)
+        if est is not None:
+            return est
     if tile.block_tile is None:
         raise Unsupported("the tile has no schedule")
     return price_schedule(tile, chip, tile.block_tile, tile.threads or 128, tile.tensor_core)
