@@ -141,7 +141,8 @@ def contraction_roles(op: ir.Operation) -> Roles:
             raise Unsupported(f"loop d{d} is not a batch, row or column loop")
     if len(ms) != 1 or len(ns) != 1 or len(ks) != 1:
         raise Unsupported("a contraction that is not one (batch,) m, n, k nest")
-    return Roles(tuple(batch), ms[0], ns[0], ks[0], tuple(info.loop_ranges), tuple(map(tuple, maps)))
+    return Roles(tuple(batch), ms[0], ns[0], ks[0], tuple(info.loop_ranges),
+                 tuple(map(tuple, maps)))
 
 
 def _reassociation(op: ir.Operation) -> list[list[int]]:
@@ -253,6 +254,7 @@ class ElementOp:
 
     op: ir.Operation
     inputs: list
+    roles: tuple = ()      # the role of each of its loops, where its user names them
 
 
 def element_op(op: ir.Operation, chain: ir.Value, tile, space: int) -> ElementOp | None:

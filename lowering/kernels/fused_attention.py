@@ -44,7 +44,6 @@ f16 before normalization instead of after (FlashAttention's order).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from mlir import ir
@@ -267,6 +266,8 @@ def analyze(tile, chip) -> FusedPlan:
             raise Unsupported(f"{name} rows are not contiguous, 16-byte aligned runs")
     if o.layout.stride(1) is None or o.layout.stride(2) is None:
         raise Unsupported("the output's rows or columns are not strided")
+    for eo in pre:
+        eo.roles = score_space
     batch_shape = tuple(r1.ranges[b] for b in r1.batch)
     prob = AttentionProblem(r1.extent("b"), r1.extent("m"), r1.extent("n"), d, dv, dtype,
                             q, k, vv, o, pre, post, score_space, batch_shape)
@@ -461,8 +462,6 @@ def build(tile, chip, plan: FusedPlan, params: dict, name: str) -> ir.Module:
         raise Unsupported(f"rows per block {bm} must be a multiple of 16 up to 128")
     warps = bm // 16
     threads = warps * 32
-    for eo in prob.pre:
-        eo.roles = prob.score_space
     shared = smem_bytes(prob, bm)
     if shared > chip.smem_per_block:
         raise Unsupported(f"{shared} bytes of shared memory, at most {chip.smem_per_block}")

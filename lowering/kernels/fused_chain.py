@@ -105,7 +105,7 @@ def analyze(tile, chip) -> FusedPlan:
     if len(cons) != 2:
         raise Unsupported(f"{len(cons)} contractions, a chain has 2")
     c1, c2 = cons
-    p1, p2 = ops.index(c1), ops.index(c2)
+    p2 = ops.index(c2)
     start2 = p2 - 1 if p2 and ops[p2 - 1].name == "linalg.fill" and \
         ops[p2 - 1].results[0] == c2.operands[2] else p2
     first, second = ops[:start2], ops[start2:]

@@ -38,7 +38,7 @@ from .common import Unsupported, kernel_func, kernel_inputs
 from .fused import SHARED, REGISTERS, Choice, FusedPlan, contraction_roles, is_contraction
 from .fused_rows import _Part
 from .gemm_epilogue import StagedEpilogue, stage_bytes
-from .gemm_ir import Emitter, element_type, flat_view, i32, i64, index
+from .gemm_ir import Emitter, flat_view, i32, i64
 from .gemm_problem import analyze as gemm_analyze
 from .gemm_tc import AsyncLoader, MmaSyncEngine, SmemTile, TCSchedule, tile_for
 

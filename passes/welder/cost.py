@@ -37,7 +37,7 @@ from quartet.dialects import linalg_info
 from quartet.runtime.targets import Chip
 
 from .bestfit import best_fit
-from .propagate import (VIEWS, Box, affine_maps, elements, extents, full, propagate, shape_of)
+from .propagate import Box, affine_maps, elements, extents, full, propagate, shape_of
 
 #: share of the (wgmma) tensor-core rate that mma.sync kernels reach on Hopper: a model figure
 #: (FlashAttention-3, Shah et al. 2024: FA2 on mma.sync reaches 35-50% of H100 peak where FA3 on

@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 
 from mlir import ir
 
-from quartet.dialects import TileOp, linalg_info, remap, yield_
+from quartet.dialects import TileOp, remap, yield_
 from quartet.lowering.kernels import Unsupported, fused
 from quartet.passes.analysis.kernels import single_kernel
 from quartet.passes.roller import config as roller_config
 from quartet.runtime.targets import Chip
 
 from . import cost
-from .graph import Node, TileGraph, _in_tile
+from .graph import Node, TileGraph
 from .propagate import VIEWS
 
 NO_FIT = "no configuration of"     # a refusal after pricing (resources), not of structure
@@ -101,7 +101,7 @@ def merged_tile(graph: TileGraph, nodes: list[Node]) -> TileOp | None:
             while top is not None and top.block != last.block:
                 top = top.parent
             if top is not None and position.get(top, 1 << 30) < position[last] and \
-                    top not in {n.op for n in nodes} and not (top.name in VIEWS):
+                    top not in {n.op for n in nodes} and top.name not in VIEWS:
                 return None
     members = {n.op for n in nodes}
     views = group_ops(graph, nodes)
@@ -238,7 +238,8 @@ def price_fused(tile: TileOp, chip: Chip, plan: fused.FusedPlan) -> tuple[cost.E
         res = cost.Resources(threads=choice.threads, shared_bytes=choice.shared_bytes,
                              registers=choice.registers, engine=choice.engine)
         est = cost.estimate(list(tile.computation), plan.anchor,
-                            _anchor_box(plan.anchor, choice.anchor_tile), list(tile.terminator.operands),
+                            _anchor_box(plan.anchor, choice.anchor_tile),
+                            list(tile.terminator.operands),
                             chip, res, levels=plan.levels)
         if est.refused:
             refusals.append(f"{choice.params}: {est.refused}")

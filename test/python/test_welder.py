@@ -54,7 +54,8 @@ ROLLER = ("builtin.module(roller-fold-casts,welder-collapse-views,quartet-outlin
 
 def _expr(text: str, n: int) -> ir.AffineExpr:
     dims = ", ".join(f"d{i}" for i in range(n))
-    return ir.AffineMapAttr(ir.Attribute.parse(f"affine_map<({dims}) -> ({text})>")).value.results[0]
+    amap = ir.AffineMapAttr(ir.Attribute.parse(f"affine_map<({dims}) -> ({text})>")).value
+    return amap.results[0]
 
 
 def test_interval_arithmetic():
@@ -446,7 +447,7 @@ def test_tuning_build_writes_candidates(tmp_path):
 
 
 def test_torch_compile_backend_runs_the_welder_pipeline():
-    import quartet.frontend.backend as qb  # noqa: F401  (registers the backend)
+    import quartet.frontend.backend  # noqa: F401  (registers the backend)
 
     torch.manual_seed(0)
     model = suite.MLP(32, 64).to(H).eval()
