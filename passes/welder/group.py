@@ -8,7 +8,9 @@ Its latencies are measured on the GPU (top-k configurations of each candidate); 
 from the cost model (``cost.py``), so grouping needs no GPU, unless a tuning record
 (``record.py``) holds measured times for the candidate, which then win.
 
-A candidate is built only if a kernel family takes it: the Roller families for a merge inside
+A tile alone is priced at its own schedule (a GEMM at the schedule the GEMM family builds,
+``gemm.plan``, which replaces Roller's where it cannot build it), a candidate at each
+configuration its family offers. A candidate is built only if a kernel family takes it: the Roller families for a merge inside
 one iteration space (``gemm``: a GEMM and its epilogue; ``row``: row programs), or a ``fused``
 pattern (``lowering/kernels/fused.py``: attention, a GEMM with a row program). Patterns need all
 their operators at once (``Q K^T`` and the softmax are no kernel without ``P V``), so a
