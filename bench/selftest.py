@@ -6,7 +6,8 @@ is found, else loaded as PTX and compiled by the driver), runs them through
 images, weights, constant loops with an index argument, host while/if reading device
 predicates, a cooperative kernel with a grid-wide barrier, CUDA-graph capture and replay, torch
 tensors and streams, and the load-time refusals (architecture, oversized cooperative grid,
-graph of a data-dependent program). Prints ``N passed, N failed`` and exits non-zero on failure.
+graph of a data-dependent program), weights replaced between calls and inputs given by name.
+Prints ``N passed, N failed`` and exits non-zero on failure.
 
 The same checks run under pytest as the ``gpu`` tests of test/python/test_runtime.py. Needs
 numpy, cuda-bindings and a GPU; torch is used when present. No MLIR.
@@ -569,6 +570,55 @@ def torch_tensors_and_streams(ctx: Context) -> None:
     side.synchronize()
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
     graphed.close()
+
+
+def _vadd_weight_artifact(ctx: Context, name: str) -> Path:
+    """c = a + w, with w a weight (replaced between calls by load_weights)."""
+    w = ctx.writer()
+    w.add_input("a", (N,), "float32")
+    w.add_weight("w", np.arange(N, dtype=np.float32))
+    w.add_output("c", (N,), "float32")
+    ctx.kernel(w, "add", "vadd", ["a", "w", "c", ScalarArg("int32", N)])
+    w.add_step(Launch("add"))
+    return ctx.save(w, name)
+
+
+@check
+def weights_replaced_between_calls(ctx: Context) -> None:
+    """Program.load_weights: from numpy (host upload), from a CUDA tensor (device copy on
+    torch's stream), into a captured graph; a wrong shape is one line."""
+    path = _vadd_weight_artifact(ctx, "vadd_weight.qrt")
+    a = _rand(11)
+    for graph in (False, True):
+        prog = load(path, graph=graph)
+        np.testing.assert_allclose(prog(a), a + np.arange(N, dtype=np.float32), rtol=1e-6)
+        w1 = _rand(12)
+        prog.load_weights({"w": w1})
+        np.testing.assert_allclose(prog(a), a + w1, rtol=1e-6)
+        _expect_error(lambda: prog.load_weights({"w": w1[:10]}), "weight 'w'", "[1000]", "[10]")
+        _expect_error(lambda: prog.load_weights({"v": w1}), "no weight named 'v'")
+        try:
+            import torch
+        except ImportError:
+            torch = None
+        if torch is not None and torch.cuda.is_available():
+            w2 = torch.randn(N, device="cuda")
+            prog.load_weights({"w": w2})
+            x = torch.from_numpy(a).cuda()
+            torch.testing.assert_close(prog(x), x + w2)
+        prog.close()
+
+
+@check
+def inputs_by_name(ctx: Context) -> None:
+    prog = load(_vadd_artifact(ctx, "vadd_named.qrt"))
+    a, b = _rand(13), _rand(14)
+    np.testing.assert_allclose(prog(a=a, b=b), a + b, rtol=1e-6)
+    np.testing.assert_allclose(prog(a, b=b), a + b, rtol=1e-6)
+    _expect_error(lambda: prog(a, c=b), "unexpected input name(s) c", "(a, b)")
+    _expect_error(lambda: prog(a, a=a, b=b), "given by position and by name")
+    _expect_error(lambda: prog.bench(a, b, repeat=0), "repeat must be a positive number")
+    prog.close()
 
 
 def run_check(name: str, workdir: Path) -> None:

@@ -42,10 +42,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from quartet.frontend import zoo as model_zoo
+from quartet.frontend.zoo import init_parameters  # noqa: F401  (one copy, shared with the zoo)
 
 FAMILIES = ("roller", "welder", "grinder", "rammer")
 
@@ -488,35 +490,6 @@ class BranchyCells(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def _fan_in(p: torch.Tensor) -> int:
-    return int(np.prod(p.shape[1:])) if p.ndim == 4 else int(p.shape[-1])
-
-
-def init_parameters(module: nn.Module, seed: int) -> nn.Module:
-    """Overwrite every parameter with values from NumPy's PCG64 stream of ``seed``.
-
-    Matrices (and filters): uniform in +-1/sqrt(fan_in); 1-d ``*weight`` (norm scales):
-    1 + uniform(+-0.1); other 1-d parameters (biases): uniform(+-0.1).  Parameters are visited
-    in ``named_parameters()`` order, so the same class and sizes give the same bytes anywhere.
-    A module's ``post_init()`` (if any) runs last.
-    """
-    rng = np.random.Generator(np.random.PCG64(seed))
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            u = rng.random(p.numel(), dtype=np.float64) * 2.0 - 1.0
-            if p.ndim >= 2:
-                values = u / math.sqrt(_fan_in(p))
-            elif name.endswith("weight"):
-                values = 1.0 + 0.1 * u
-            else:
-                values = 0.1 * u
-            p.copy_(torch.from_numpy(values.reshape(tuple(p.shape))).to(p.dtype))
-    for m in module.modules():
-        if hasattr(m, "post_init"):
-            m.post_init()
-    return module
-
-
 # --------------------------------------------------------------------------------------------
 # Workloads
 # --------------------------------------------------------------------------------------------
@@ -529,6 +502,7 @@ class InputSpec:
     shape: Callable[[dict], tuple[int, ...]]
     scale: float = 1.0
     dtype: torch.dtype | None = None
+    high: int | None = None      # integers uniform in [0, high) (token ids) instead of normals
 
 
 @dataclass(frozen=True)
@@ -557,6 +531,10 @@ class Workload:
     trip: Callable[[nn.Module, tuple, tuple], int] | None = None
     trip_max: Callable[[dict], int] | None = None
     notes: str = ""
+    #: ``(module, seed)`` -> module with its weights drawn; ``draw_dtype`` the type they are
+    #: drawn in before one rounding to the workload's dtype
+    init: Callable[[nn.Module, int], nn.Module] = init_parameters
+    draw_dtype: torch.dtype = torch.float64
 
     def __post_init__(self):
         assert self.family in FAMILIES, self.family
@@ -580,8 +558,8 @@ class Workload:
             raise ValueError(f"{self.name}: no form {form!r} (has {', '.join(self.forms)})")
         sizes = self.sizes_for(tiny)
         m = self.make(sizes, form)
-        m = m.to(torch.float64)
-        init_parameters(m, seed)
+        m = m.to(self.draw_dtype)
+        self.init(m, seed)
         return m.to(device=device, dtype=dtype or self.dtype).eval()
 
     def inputs(self, seed: int, *, device: str | torch.device = "cpu",
@@ -592,6 +570,11 @@ class Workload:
         g.manual_seed(int(seed))
         out = []
         for spec in self.input_specs:
+            if spec.high is not None:
+                high = spec.high(sizes) if callable(spec.high) else spec.high
+                out.append(torch.randint(0, high, spec.shape(sizes), generator=g,
+                                         device=device, dtype=spec.dtype or torch.int64))
+                continue
             dt = spec.dtype or dtype or self.dtype
             t = torch.randn(spec.shape(sizes), generator=g, device=device, dtype=torch.float32)
             out.append((t * spec.scale).to(dt))
@@ -894,7 +877,74 @@ WORKLOADS: tuple[Workload, ...] = (
               "Quartet compiles the while_loop form"),
 )
 
-BY_NAME: dict[str, Workload] = {w.name: w for w in WORKLOADS}
+
+# -- the model zoo (issue 16): torchvision and transformers at their published sizes ----------
+
+
+@dataclass(frozen=True)
+class _ZooInput(InputSpec):
+    """An input whose integer bound depends on the sizes (tiny or full vocabulary)."""
+
+    high: Callable[[dict], int] | None = None
+
+
+def _zoo_cost(name: str, batch: int):
+    """FLOPs (torch's flop counter, on the meta device) and the fewest bytes (parameters,
+    inputs, outputs) of zoo model ``name``; computed once per sizes."""
+    memo: dict = {}
+
+    def cost(sizes, itemsize, trip):
+        key = (sizes["tiny"], itemsize)
+        if key not in memo:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            entry = model_zoo.get(name)
+            try:        # no memory, no arithmetic: on the meta device
+                with torch.device("meta"), torch.no_grad():
+                    module = entry.construct(tiny=sizes["tiny"])
+                    inputs = tuple(x.to("meta")
+                                   for x in entry.inputs(tiny=sizes["tiny"], batch=batch))
+                    with FlopCounterMode(display=False) as counter:
+                        out = module(*inputs)
+            except RuntimeError:    # a model that reads a tensor's value (.item()): for real
+                with torch.no_grad():
+                    module = entry.construct(tiny=sizes["tiny"])
+                    inputs = entry.inputs(tiny=sizes["tiny"], batch=batch)
+                    with FlopCounterMode(display=False) as counter:
+                        out = module(*inputs)
+            params = sum(p.numel() for p in module.parameters())
+            moved = params * itemsize + sum(x.numel() * x.element_size() for x in inputs) \
+                + out.numel() * itemsize
+            flops = counter.get_total_flops()
+            memo[key] = Cost(flops=flops, bytes=moved, mm_flops=flops)
+        return memo[key]
+
+    return cost
+
+
+def _zoo_workload(name: str, batch: int) -> Workload:
+    entry = model_zoo.get(name)
+    high = None
+    if entry.library == "transformers":     # token ids: the tiny vocabulary or the first 1000
+        high = lambda s: 96 if s["tiny"] else 1000  # noqa: E731
+    return Workload(
+        name=f"zoo_{name}_b{batch}", family="welder",
+        title=f"{entry.title}, fp16, batch {batch}", dtype=f16,
+        make=lambda s, form: entry.construct(tiny=s["tiny"]),
+        input_specs=(_ZooInput(lambda s: s["shape"], high=high),),
+        cost_fn=_zoo_cost(name, batch),
+        sizes=_ws(shape=entry.input_shape(batch=batch), tiny=False),
+        tiny=_ws(shape=entry.input_shape(tiny=True, batch=batch), tiny=True),
+        init=model_zoo.randomize, draw_dtype=torch.float32,
+        notes=f"{entry.library} model built from its config with random weights "
+              f"(frontend/zoo.py)")
+
+
+#: the zoo rows, run only when asked for (``--only zoo`` or by name): full-size models
+ZOO_WORKLOADS: tuple[Workload, ...] = tuple(
+    _zoo_workload(name, batch) for name in model_zoo.ZOO for batch in (1, 32))
+
+BY_NAME: dict[str, Workload] = {w.name: w for w in WORKLOADS + ZOO_WORKLOADS}
 
 
 def get(name: str) -> Workload:
@@ -906,16 +956,22 @@ def get(name: str) -> Workload:
 
 
 def select(names: str | list[str] | None) -> list[Workload]:
-    """Workloads by comma-separated names or family names, in suite order; all when empty."""
+    """Workloads by comma-separated names or family names, in suite order; all when empty.
+
+    The zoo rows (``ZOO_WORKLOADS``) are not part of "all": name them, or ask for ``zoo``."""
     if not names:
         return list(WORKLOADS)
     if isinstance(names, str):
         names = [n for n in names.split(",") if n]
     out: list[Workload] = []
     for n in names:
-        picked = [w for w in WORKLOADS if w.family == n] if n in FAMILIES else [get(n)]
+        if n == "zoo":
+            picked = list(ZOO_WORKLOADS)
+        else:
+            picked = [w for w in WORKLOADS if w.family == n] if n in FAMILIES else [get(n)]
         out.extend(w for w in picked if w not in out)
-    return sorted(out, key=WORKLOADS.index)
+    order = WORKLOADS + ZOO_WORKLOADS
+    return sorted(out, key=order.index)
 
 
 def flatten_outputs(out: Any) -> list[torch.Tensor]:

@@ -1,14 +1,16 @@
 """What Quartet needs to know about a linalg op: its loops, indexing maps and operand shapes.
 
 The MLIR 22 Python bindings expose no ``LinalgOp`` interface (no ``getNumLoops``, no indexing
-maps on named ops), so this module asks upstream MLIR itself: it clones the op into a scratch
-module, runs ``linalg-generalize-named-ops`` and reads the ``linalg.generic`` that comes out.
-Results are cached by the op's printed form. Everything the Roller policy, the Welder tile
+maps on named ops), so for a named op this module asks upstream MLIR itself: it clones the op
+into a scratch module, runs ``linalg-generalize-named-ops`` and reads the ``linalg.generic``
+that comes out, once per kind of op (name, types, attributes). A ``linalg.generic`` carries all
+of it as attributes and is read directly. Everything the Roller policy, the Welder tile
 propagation and the lowerings know about an op's iteration space comes from here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -54,21 +56,73 @@ def is_linalg(op) -> bool:
 
 
 def info(op) -> LinalgInfo:
-    """The :class:`LinalgInfo` of a linalg op on tensors or memrefs with static shapes."""
+    """The :class:`LinalgInfo` of a linalg op on tensors or memrefs with static shapes.
+
+    A ``linalg.generic`` is read directly. A named op is generalised once per kind (name,
+    operand and result types, attributes, body op names): the passes ask about every op of a
+    model many times, and cloning, printing and re-parsing each one was most of roller-fuse's
+    time (issue 16: DenseNet-121)."""
     op = op.operation
-    return _info_of_text(_standalone_text(op), op.name)
+    if op.name == "linalg.generic":
+        return _info_of_generic(op)
+    key = _named_key(op)
+    found = _NAMED.get(key)
+    if found is None:
+        found = _NAMED[key] = _info_of_text(_standalone_text(op), op.name)
+    return found
+
+
+_NAMED: dict[tuple, LinalgInfo] = {}
+
+
+def _named_key(op: ir.Operation) -> tuple:
+    return (op.name, tuple(str(v.type) for v in op.operands),
+            tuple(str(r.type) for r in op.results),
+            tuple((name, str(op.attributes[name])) for name in op.attributes),
+            tuple(o.operation.name for region in op.regions for block in region.blocks
+                  for o in block.operations))
+
+
+def _info_of_generic(generic: ir.Operation) -> LinalgInfo:
+    """What :func:`_info_of_text` reads from the generalised op, read from ``generic`` itself."""
+    attrs = generic.attributes
+    iterators = tuple(_iterator_name(a) for a in ir.ArrayAttr(attrs["iterator_types"]))
+    map_attrs = ir.ArrayAttr(attrs["indexing_maps"])
+    maps = tuple(_map_results(ir.AffineMapAttr(a).value) for a in map_attrs)
+    shapes, elts = _operand_shapes(generic)
+    segs = list(ir.DenseI32ArrayAttr(attrs["operandSegmentSizes"]))
+    payload = tuple(o.operation.name for o in generic.regions[0].blocks[0].operations)
+    ranges = _loop_ranges(map_attrs, shapes, len(iterators))
+    return LinalgInfo(name=generic.name, iterator_types=iterators, indexing_maps=maps,
+                      operand_shapes=tuple(shapes), element_types=tuple(elts),
+                      num_inputs=segs[0], loop_ranges=ranges, payload=payload)
+
+
+def _operand_shapes(op: ir.Operation) -> tuple[list, list]:
+    shapes, elts = [], []
+    for v in op.operands:
+        if isinstance(v.type, ir.ShapedType):
+            t = ir.ShapedType(v.type)
+            shapes.append(tuple(t.shape))
+            elts.append(str(t.element_type))
+        else:      # a scalar operand (linalg.fill's value): rank 0
+            shapes.append(())
+            elts.append(str(v.type))
+    return shapes, elts
 
 
 def _standalone_text(op: ir.Operation) -> str:
     """The op alone in a function of its operands (a clone: ``op`` is not touched).
 
     Values the op's body reads from above (a ``linalg.generic`` using an outer constant)
-    become extra function arguments, after the operands.
+    become extra function arguments, after the operands; a value that is also an operand (flip's
+    body extracts from its own input) is read from that operand's argument.
     """
     from .quartet import captures
 
     operands = list(op.operands)
-    outer = [v for v in captures(op) if v not in operands]
+    captured = captures(op)
+    outer = [v for v in captured if v not in operands]
     with op.context, ir.Location.unknown():
         scratch = ir.Module.create()
         with ir.InsertionPoint(scratch.body):
@@ -80,7 +134,10 @@ def _standalone_text(op: ir.Operation) -> str:
                 clone = op.clone()
                 for i in range(len(operands)):
                     clone.operands[i] = entry.arguments[i]
-                _rebind(clone, outer, list(entry.arguments)[len(operands):])
+                args = list(entry.arguments)
+                inner = [args[operands.index(v)] if v in operands
+                         else args[len(operands) + outer.index(v)] for v in captured]
+                _rebind(clone, list(captured), inner)
                 func.ReturnOp(list(clone.results))
         return str(scratch)
 
@@ -103,35 +160,28 @@ def _rebind(root: ir.Operation, old: list, new: list) -> None:
                 inner.operation.walk(visit)
 
 
+_SCRATCH: ir.Context | None = None
+
+
+def _scratch_context() -> ir.Context:
+    """One Context for every scratch module (creating one costs about 40 ms): it holds only
+    upstream dialects, which is all a generalised op needs."""
+    global _SCRATCH
+    if _SCRATCH is None:
+        _SCRATCH = ir.Context()
+    return _SCRATCH
+
+
 @lru_cache(maxsize=4096)
 def _info_of_text(text: str, name: str) -> LinalgInfo:
-    # A fresh Context: the scratch module holds only upstream dialects.
-    with ir.Context(), ir.Location.unknown():
+    with _scratch_context(), ir.Location.unknown():
         module = ir.Module.parse(text)
         PassManager.parse("builtin.module(func.func(linalg-generalize-named-ops))").run(
             module.operation)
         fn = module.body.operations[0]
         generic = next(o for o in fn.regions[0].blocks[0].operations
                        if o.operation.name == "linalg.generic").operation
-        attrs = generic.attributes
-        iterators = tuple(_iterator_name(a) for a in ir.ArrayAttr(attrs["iterator_types"]))
-        maps = tuple(_map_results(ir.AffineMapAttr(a).value)
-                     for a in ir.ArrayAttr(attrs["indexing_maps"]))
-        shapes, elts = [], []
-        for v in generic.operands:
-            if isinstance(v.type, ir.ShapedType):
-                t = ir.ShapedType(v.type)
-                shapes.append(tuple(t.shape))
-                elts.append(str(t.element_type))
-            else:      # a scalar operand (linalg.fill's value): rank 0
-                shapes.append(())
-                elts.append(str(v.type))
-        segs = list(ir.DenseI32ArrayAttr(attrs["operandSegmentSizes"]))
-        payload = tuple(o.operation.name for o in generic.regions[0].blocks[0].operations)
-        ranges = _loop_ranges(ir.ArrayAttr(attrs["indexing_maps"]), shapes, len(iterators))
-        return LinalgInfo(name=name, iterator_types=iterators, indexing_maps=maps,
-                          operand_shapes=tuple(shapes), element_types=tuple(elts),
-                          num_inputs=segs[0], loop_ranges=ranges, payload=payload)
+        return dataclasses.replace(_info_of_generic(generic), name=name)
 
 
 def _iterator_name(attr: ir.Attribute) -> str:

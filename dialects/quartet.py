@@ -330,11 +330,14 @@ def captures(op) -> list[ir.Value]:
     """Values used inside ``op``'s regions but defined outside it, in order of first use."""
     op = op.operation
     seen: list[ir.Value] = []
+    known: set = set()
 
     def visit(inner):
         for value in inner.operation.operands:
-            if not defined_inside(value, op) and value not in seen:
-                seen.append(value)
+            if value not in known:
+                known.add(value)
+                if not defined_inside(value, op):
+                    seen.append(value)
         return ir.WalkResult.ADVANCE
 
     for region in op.regions:

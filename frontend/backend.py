@@ -7,12 +7,14 @@ and example inputs. The backend
    one-node ``GraphModule`` on tensors of the node's shapes and dtypes, through
    :func:`quartet.frontend.importer.import_module` (torch-mlir to linalg on tensors). The answer
    is cached by op, input shapes and dtypes and non-tensor arguments, for the whole process.
-   In-place ops and nodes on non-tensor values are never supported;
+   In-place ops on values made in the graph are first rewritten to their functional forms
+   (:mod:`.functionalize`); in-place ops left (on graph inputs or views) and nodes on
+   non-tensor values are never supported;
 2. partitions the graph into the largest supported, acyclic subgraphs with
    ``torch.fx.passes.infra.partitioner.CapabilityBasedPartitioner``;
 3. compiles each partition with :func:`quartet.compile` (target ``cpu`` for CPU tensors; for
-   CUDA tensors ``options["target"]``, ``sm_90`` by default) and calls the compiled program in
-   its place; a partition that fails to compile runs eagerly;
+   CUDA tensors ``options["target"]``, by default ``auto``: the tensors' GPU architecture) and
+   calls the compiled program in its place; a partition that fails to compile runs eagerly;
 4. leaves every other node to eager PyTorch, with ONE warning per graph that names the
    unsupported ops and where in the model they are (plus one naming partitions that failed to
    compile, when any did).
@@ -20,8 +22,12 @@ and example inputs. The backend
 Options (``torch.compile(model, backend="quartet", options={...})``): ``target`` (the CUDA
 target), ``pipeline`` (``roller``), ``graph`` (replay CUDA graphs).
 
-Assumes inference: when autograd is on and an input requires grad, the graph runs eagerly
-(warned), since compiled partitions return tensors without autograd history. Static shapes
+Training mode (issue 15, item 3): when autograd is on and an input requires grad (a model's
+parameters do, outside ``torch.no_grad()``), the graph goes through AOTAutograd first, as
+Inductor's does: the forward graph it derives (aten ops, functional, returning what backward
+saves) is compiled as above, and the backward graph runs in eager PyTorch. So
+``loss.backward()`` works and gradients are PyTorch's own. Weights are graph inputs
+(dynamo lifts parameters), so every call sees the module's current weights. Static shapes
 only (a graph with symbolic sizes runs eagerly, warned).
 
 Registration: importing this module registers the backend with torch._dynamo; the package's
@@ -42,9 +48,10 @@ from torch.fx.passes.operator_support import OperatorSupportBase
 from torch.fx.passes.utils.fuser_utils import fuse_by_partitions
 
 from quartet.errors import QuartetError
+from quartet.frontend.functionalize import AUGMENTED, functionalize_in_place
 
 BACKEND_NAME = "quartet"
-DEFAULT_CUDA_TARGET = "sm_90"
+DEFAULT_CUDA_TARGET = "auto"   # the CUDA tensors' own GPU (frontend/target.py)
 
 
 class QuartetWarning(UserWarning):
@@ -79,6 +86,14 @@ _PLUMBING = {"_operator.getitem", "torch.reshape", "torch.flatten", "torch.permu
              "torch.transpose", "torch.squeeze", "torch.unsqueeze",
              "view", "reshape", "permute", "transpose", "flatten", "squeeze", "unsqueeze",
              "contiguous", "t", "expand", "chunk", "split", "size"}
+#: the same in the aten graphs of AOTAutograd (training mode): views, detach, copies
+_PLUMBING |= {f"torch.ops.aten.{op}.default" for op in (
+    "view", "_unsafe_view", "reshape", "permute", "transpose", "t", "expand", "squeeze",
+    "unsqueeze", "detach", "alias", "clone", "slice", "select", "split", "unbind")}
+_PLUMBING |= {"torch.ops.aten.transpose.int", "torch.ops.aten.squeeze.dim",
+              "torch.ops.aten.unsqueeze.default", "torch.ops.aten.slice.Tensor",
+              "torch.ops.aten.select.int", "torch.ops.aten.split.Tensor",
+              "torch.ops.aten.unbind.int", "torch.ops.aten.squeeze.dims"}
 
 
 def _example(node: torch.fx.Node):
@@ -118,6 +133,10 @@ def op_name(node: torch.fx.Node, submodules=None) -> str:
 def _in_place(node: torch.fx.Node) -> bool:
     if node.kwargs.get("inplace") is True or "out" in node.kwargs:
         return True
+    if node.op == "call_function" and node.target in AUGMENTED:       # +=, &=, ...
+        return True
+    if node.op == "call_function" and node.target in vars(operator).values():
+        return False                                                   # operator.and_
     name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
     return isinstance(name, str) and name.endswith("_") and not name.endswith("__")
 
@@ -291,9 +310,29 @@ def quartet_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | No
         return _eager(gm, "quartet: the graph has symbolic sizes or non-tensor inputs; it runs "
                           "eagerly (use torch.compile(..., dynamic=False))")
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return _eager(gm, "quartet: compiled programs do not record autograd; this graph runs "
-                          "eagerly (call the model under torch.no_grad() or "
-                          "torch.inference_mode())")
+        return _forward_through_aot_autograd(gm, example_inputs, opts)
+    return _compile_graph(gm, tensors, opts)
+
+
+def _forward_through_aot_autograd(gm, example_inputs, opts: Options):
+    """Training mode: AOTAutograd splits the graph; Quartet compiles the forward, the
+    backward runs in eager PyTorch."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    def forward_compiler(fw: torch.fx.GraphModule, inputs):
+        tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
+        return make_boxed_func(_compile_graph(fw, tensors, opts))
+
+    def backward_in_eager(bw: torch.fx.GraphModule, inputs):
+        return make_boxed_func(bw.forward)
+
+    return aot_autograd(fw_compiler=forward_compiler, bw_compiler=backward_in_eager)(
+        gm, example_inputs)
+
+
+def _compile_graph(gm: torch.fx.GraphModule, tensors, opts: Options):
+    """Compile the supported partitions of ``gm`` (its inputs: ``tensors``), the rest eager."""
     devices = {t.device.type for t in tensors}
     if len(devices) > 1:
         return _eager(gm, f"quartet: the graph mixes devices ({', '.join(sorted(devices))}); "
@@ -301,10 +340,13 @@ def quartet_backend(gm: torch.fx.GraphModule, example_inputs, options: dict | No
     if devices == {"cuda"}:
         if opts.target == "cpu":
             raise QuartetError("quartet backend: target 'cpu' was given for CUDA tensors")
-        target = opts.target
+        from quartet.frontend.target import resolve_target
+
+        target = resolve_target(opts.target, tensors)
     else:
         target = "cpu"
 
+    functionalize_in_place(gm)     # relu_, +=, &= on values made in the graph: one partition
     support = QuartetSupport(gm)
     partitioner = CapabilityBasedPartitioner(gm, support, allows_single_node_partition=True)
     submodules = dict(gm.named_modules())

@@ -4,11 +4,10 @@ The whole path in one screen (each stage a short function, as in Triton's staged
 
     import_linalg   torch.nn.Module -> linalg on tensors (frontend/importer.py; weights are
                     function arguments, not constants)
-    run_passes      the pipeline's passes up to its lowering (quartet-outline-tiles,
-                    roller-config{target=...}) through the same registry as quartet-opt
-    lower           GPU: every tile -> a kernel binary + the host plan (lowering/gpu.py);
-                    CPU: the whole function -> one shared object (lowering/cpu.py)
-    write_artifact  binaries + weights + manifest (runtime/artifact.py)
+    run_passes      the named pipeline (roller{target=...}: tiles configured by Roller)
+                    through the same registry as quartet-opt (quartet.driver)
+    lower           the one lowering stage (lowering/lower.py): GPU tiles -> block programs
+                    -> kernels + the host program; CPU: one shared object; -> an artifact
 
 The result is a :class:`CompiledModule`: call it like the original module (CUDA tensors for a
 GPU target, CPU tensors or numpy arrays for ``target="cpu"``), ``.save(path)`` it, and load it
@@ -17,15 +16,13 @@ again elsewhere with ``quartet.runtime.load(path)``, which needs neither MLIR no
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from quartet.errors import QuartetError
+from quartet.frontend.compiled import CompiledModule, forward_parameters
 
 STAGES = ("linalg", "quartet", "gpu", "llvm", "ptx")
 
@@ -54,9 +51,14 @@ def pipeline_passes(pipeline: str, target: str) -> str:
 
 
 def import_linalg(module, example_inputs):
+    from quartet.frontend import checks
     from quartet.frontend.importer import import_module
 
-    return import_module(module, tuple(example_inputs))
+    with checks.quiet_import():
+        try:
+            return import_module(module, tuple(example_inputs))
+        except QuartetError as e:
+            raise checks.explain_import_error(e) from e
 
 
 def run_passes(text: str, pipeline: str, target: str):
@@ -77,15 +79,25 @@ def _check_target(target: str) -> None:
 
 
 def compile_to_artifact(module, example_inputs, *, pipeline: str = "roller",
-                        target: str = "sm_90", stop_after: str | None = None,
-                        producer: dict | None = None):
-    """Compile; return ``(ArtifactWriter or None, CompileResult, text of stop_after stage)``."""
+                        target: str = "auto", stop_after: str | None = None,
+                        producer: dict | None = None, imported=None):
+    """Compile; return ``(ArtifactWriter or None, CompileResult, text of stop_after stage)``.
+
+    ``target="auto"``: where the example inputs are (frontend/target.py), printed once.
+    ``imported``: the :func:`import_linalg` result of ``module`` when the caller has it already
+    (compiling one model for several targets imports it once)."""
+    from quartet.frontend.checks import check_runs_eagerly
+    from quartet.frontend.target import resolve_target
+
     if stop_after is not None and stop_after not in STAGES:
         raise QuartetError(f"unknown stage '{stop_after}' (stages: {', '.join(STAGES)})")
+    target = resolve_target(target, example_inputs)
     _check_target(target)
     result = CompileResult(target, pipeline)
     t0 = time.perf_counter()
-    imported = import_linalg(module, example_inputs)
+    if imported is None:
+        imported = import_linalg(module, example_inputs)
+    check_runs_eagerly(module, example_inputs, imported.mlir_text)
     result.linalg = imported.text()
     result.seconds["import"] = time.perf_counter() - t0
     if stop_after == "linalg":
@@ -108,6 +120,7 @@ def _lower(mlir_module, imported, target, stop_after, producer):
     """The lowering stage (``quartet.lowering.lower``), or the text of an ``--emit`` stage."""
     from quartet.lowering import build, cpu, host
     from quartet.lowering.lower import lower
+    from quartet.runtime.dtypes import mlir_name_to_dtype
 
     if target == "cpu":
         if stop_after in ("gpu", "ptx"):
@@ -125,15 +138,20 @@ def _lower(mlir_module, imported, target, stop_after, producer):
         _, plans = host.lower_module_plans(mlir_module, target, emit="ptx")
         return None, "\n".join(use.kernel.binary.decode() for plan in plans.values()
                                for use in plan.launches)
-    return lower(mlir_module, target, arguments=_arguments(imported), producer=producer), None
+    checks = {c.result: (c.message, c.location) for c in imported.checks}
+    # The program's boundary types as PyTorch sees them: uint8 where the kernels see i8.
+    results = [mlir_name_to_dtype(r.dtype) for r in imported.results]
+    return lower(mlir_module, target, arguments=_arguments(imported), producer=producer,
+                 checks=checks, result_dtypes=results), None
 
 
 def _arguments(imported) -> list:
     """The imported function's arguments for the lowering: inputs, and weights with values."""
     from quartet.lowering.lower import Argument
+    from quartet.runtime.dtypes import mlir_name_to_dtype
 
-    return [Argument(a.name, None if a.is_input else _weight_value(a.value, a.dtype))
-            for a in imported.arguments]
+    return [Argument(a.name, None if a.is_input else _weight_value(a.value, a.dtype),
+                     mlir_name_to_dtype(a.dtype)) for a in imported.arguments]
 
 
 def _weight_value(value, mlir_dtype: str):
@@ -146,72 +164,25 @@ def _weight_value(value, mlir_dtype: str):
     return torch.from_numpy(np.ascontiguousarray(value)).view(torch.bfloat16)
 
 
-class CompiledModule:
-    """A compiled program: callable like the original module; ``.save(path)``.
-
-    The artifact is written to a private folder once and run through ``quartet.runtime``
-    (loaded on the first call), exactly as a saved and reloaded artifact would be.
-    """
-
-    def __init__(self, writer, result: CompileResult, *, graph: bool = False,
-                 name: str | None = None):
-        self.result = result
-        self.name = name   # the model, named in call-time errors instead of the private folder
-        self._writer = writer
-        self._folder = Path(tempfile.mkdtemp(prefix="quartet-"))
-        self._path = writer.save(self._folder / "program")
-        self._program = None
-        self._graph = graph
-
-    @property
-    def target(self) -> str:
-        return self.result.target
-
-    @property
-    def manifest(self):
-        """The artifact's manifest (read from the writer: no runtime, no device needed)."""
-        return self._writer.manifest()
-
-    @property
-    def program(self):
-        if self._program is None:
-            from quartet.runtime import load
-
-            self._program = load(self._path, graph=self._graph)
-        return self._program
-
-    def __call__(self, *inputs, **kwargs):
-        try:
-            return self.program(*inputs, **kwargs)
-        except QuartetError as e:
-            if self.name and e.location == str(self._path):
-                raise QuartetError(e.message, f"compiled {self.name}") from None
-            raise
-
-    def save(self, path) -> Path:
-        """Save the artifact: a folder, or one file when ``path`` ends in ``.qrt``."""
-        return self._writer.save(path)
-
-    def __del__(self):
-        try:
-            if self._program is not None:
-                self._program.close()
-            shutil.rmtree(self._folder, ignore_errors=True)
-        except Exception:
-            pass
-
-
-def compile(module, example_inputs, pipeline: str = "roller", target: str = "sm_90", *,
-            graph: bool = False) -> CompiledModule:
+def compile(module, example_inputs, pipeline: str = "roller", target: str = "auto", *,
+            graph: bool = False, weights: str = "live") -> CompiledModule:
     """Compile ``module`` for calls like ``module(*example_inputs)``.
 
     ``pipeline`` names a pipeline of ``quartet-opt --list-passes`` (``roller``); ``target`` is
-    ``sm_90``, ``sm_80``, ``gfx942`` or ``cpu``. ``graph=True`` replays the launch sequence as a
-    CUDA graph (GPU targets without host control flow).
+    ``auto`` (where the example inputs are: their GPU's architecture for CUDA tensors, else
+    ``cpu``; printed), ``sm_90``, ``sm_80``, ``gfx942`` or ``cpu``. ``weights="live"`` follows
+    the module's current weights at every call; ``"frozen"`` keeps those of compile time (new
+    ones through ``load_state_dict``). ``graph=True`` replays the launch sequence as a CUDA
+    graph (GPU targets without host control flow).
     """
+    from quartet.frontend.weights import check_mode
+
+    check_mode(weights)
     if not isinstance(example_inputs, (tuple, list)):
         example_inputs = (example_inputs,)
     producer = {"model": f"{type(module).__module__}.{type(module).__qualname__}"}
     writer, result, _ = compile_to_artifact(module, example_inputs, pipeline=pipeline,
                                             target=target, producer=producer)
-    return CompiledModule(writer, result, graph=graph, name=producer["model"])
+    return CompiledModule(writer, result, graph=graph, name=producer["model"], model=module,
+                          weights=weights,
+                          parameters=forward_parameters(module, len(example_inputs)))

@@ -9,7 +9,8 @@ What it does, in order:
 1. ``torch.export.export`` the module on the example inputs (non-strict), then
    ``run_decompositions`` with torch-mlir's table plus one override: ``var_mean`` is decomposed
    in the input's own precision (torch-mlir would compute variances in f64, which GPU kernels
-   should not inherit).
+   should not inherit), and inference batch norm is one per-channel scale and shift
+   (:func:`_batch_norm_inference`).
 2. Every lifted placeholder stays a function argument: user inputs first (in ``forward``'s
    order), then parameters and buffers in ``module.state_dict()`` order, then lifted constant
    tensors and non-persistent buffers. Model weights are thus runtime buffers, never
@@ -51,6 +52,8 @@ from torch_mlir.dialects import torch as torch_d
 from torch_mlir.extras.fx_importer import ContextCache, FxImporter
 from torch_mlir.ir import Location
 
+from . import bounds_checks, decompositions, guards
+from .bounds_checks import IndexCheck
 from .control_flow import ControlFlowGraphNodeImporter
 
 # The dialects a Quartet program in linalg form may hold.
@@ -111,13 +114,16 @@ class ImportedProgram:
 
     ``mlir_text`` is the module as upstream MLIR text, with source locations (``loc(...)``) of
     the user's model code. The function ``func_name`` takes ``arguments`` in order: user inputs
-    first, then weights (see :func:`import_module`).
+    first, then weights (see :func:`import_module`). It returns ``results`` (the model's
+    outputs), then one 0-d ``i32`` flag per entry of ``checks`` (index bounds checks,
+    :mod:`.bounds_checks`): a program must report a set flag, not return the outputs.
     """
 
     mlir_text: str
     func_name: str
     arguments: list[FunctionArgument]
     results: list[TensorResult]
+    checks: list[IndexCheck] = field(default_factory=list)
     _parsed: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -249,7 +255,13 @@ def _first_line(error: BaseException) -> str:
 
 
 def _var_mean_same_precision(x, dim=None, *, correction=None, keepdim=False):
-    """``aten.var_mean.correction`` in the input's precision (two-pass: mean, then deviations)."""
+    """``aten.var_mean.correction`` in the input's precision (two-pass: mean, then deviations);
+    float16/bfloat16 in float32, rounded once, as eager does (in bfloat16 the variance was 2%
+    off: the OpInfo test, issue 18)."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        var, mean = _var_mean_same_precision(x.float(), dim, correction=correction,
+                                             keepdim=keepdim)
+        return var.to(x.dtype), mean.to(x.dtype)
     dims = list(range(x.dim())) if not dim else [d % max(x.dim(), 1) for d in dim]
     mean = torch.mean(x, dims, keepdim=True)
     deviation = x - mean
@@ -263,21 +275,53 @@ def _var_mean_same_precision(x, dim=None, *, correction=None, keepdim=False):
     return var, mean
 
 
-def _decomposition_table():
+def _batch_norm_inference(x, weight, bias, mean, var, momentum, eps):
+    """``aten._native_batch_norm_legit_no_training`` as one scale and one shift per channel.
+
+    ``x * s + t`` with ``s = weight / sqrt(var + eps)`` and ``t = bias - mean * s`` computed
+    on the channel vectors (in f32 for f16/bf16 models): two ops on the activation where the
+    stock decomposition has four, and a third of its graph nodes (issue 16: the export's
+    retrace dominated DenseNet-121's import). The saved mean and inverse std are empty, as in
+    the stock kernel in eval mode.
+    """
+    vector_type = torch.float32 if mean.dtype in (torch.float16, torch.bfloat16) else mean.dtype
+
+    def vector(v):
+        return v if v.dtype == vector_type else v.to(vector_type)
+
+    def activation(v):
+        v = v.reshape([1, -1] + [1] * (x.dim() - 2))
+        return v if v.dtype == x.dtype else v.to(x.dtype)
+
+    scale = torch.rsqrt(vector(var) + eps)
+    if weight is not None:
+        scale = scale * vector(weight)
+    shift = vector(mean) * scale
+    shift = -shift if bias is None else vector(bias) - shift
+    out = x * activation(scale) + activation(shift)
+    empty = x.new_zeros((0,))
+    return out, empty, empty
+
+
+def _decomposition_table(upcast=()):
     from torch_mlir.extras.fx_decomp_util import get_decomposition_table
 
     table = dict(get_decomposition_table())
     table[torch.ops.aten.var_mean.correction] = _var_mean_same_precision
+    table[torch.ops.aten._native_batch_norm_legit_no_training.default] = _batch_norm_inference
+    table.update(decompositions.overrides(table))    # frontend/decompositions.py (issue 18)
+    table.update(decompositions.upcasting(upcast))
     return table
 
 
-def _export(module: torch.nn.Module, example_inputs: tuple) -> torch.export.ExportedProgram:
+def _export(module: torch.nn.Module, example_inputs: tuple,
+            upcast=()) -> torch.export.ExportedProgram:
     where = _module_location(module)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             program = torch.export.export(module, example_inputs, strict=False)
-            return program.run_decompositions(_decomposition_table())
+            return program.run_decompositions(_decomposition_table(upcast))
     except QuartetError:
         raise
     except Exception as e:  # torch.export raises many kinds; all mean "this model won't export"
@@ -349,8 +393,13 @@ def _classify_placeholders(
     """
     signature = program.graph_signature
     for spec in signature.output_specs:
-        if spec.kind in (OutputKind.BUFFER_MUTATION, OutputKind.USER_INPUT_MUTATION,
-                         OutputKind.PARAMETER_MUTATION):
+        if spec.kind == OutputKind.USER_INPUT_MUTATION:
+            raise QuartetError(
+                f"{type(module).__name__} writes its input '{spec.target}' in place; a Quartet "
+                "program never writes its inputs (compute a new tensor: x = x + y, not x += y)",
+                _module_location(module),
+            )
+        if spec.kind in (OutputKind.BUFFER_MUTATION, OutputKind.PARAMETER_MUTATION):
             raise QuartetError(
                 f"{type(module).__name__} mutates '{spec.target}' in forward; Quartet compiles "
                 "inference graphs (call .eval() first, or do not update state in forward)",
@@ -457,7 +506,7 @@ def _run_torch_mlir_pipeline(module, pipeline: str, stage: str) -> None:
         finally:
             handler.detach()
     if failure is not None or errors:
-        raise _lowering_error(errors, failure, stage)
+        raise guards.name_unlowered_op(module, _lowering_error(errors, failure, stage))
 
 
 _QUOTED_OP = re.compile(r"'((?:torch|aten|prim|tm_tensor|torch_c)\.[\w.]+)'")
@@ -533,7 +582,8 @@ def _walk(operation):
                 yield from _walk(op.operation)
 
 
-def _import_to_linalg(gm: torch.fx.GraphModule, func_name: str) -> str:
+def _import_to_linalg(gm: torch.fx.GraphModule, func_name: str) \
+        -> tuple[str, list[tuple[str, str | None]]]:
     context = torch_ir.Context()
     torch_d.register_dialect(context)
     importer = _FxImporter(context=context)
@@ -546,11 +596,66 @@ def _import_to_linalg(gm: torch.fx.GraphModule, func_name: str) -> str:
     module = importer.module
     _check_torch_operators(module)
     _run_torch_mlir_pipeline(module, _TORCH_BACKEND_PIPELINE, "torch backend lowering")
+    op_names = bounds_checks.indexing_ops_by_location(module)
     _run_torch_mlir_pipeline(module, _LINALG_BACKEND_PIPELINE, "linalg lowering")
     _drop_superfluous_asserts(module)
+    flags = _rewrite_bounds_checks(module, op_names)
+    _expand_integer_abs(module)
     _check_upstream_only(module)
     _check_loops(module)
-    return module.operation.get_asm(enable_debug_info=True)
+    return _inline_small_resources(module.operation.get_asm(enable_debug_info=True)), flags
+
+
+_RESOURCE = re.compile(r'^\s*([\w.$-]+): "0x([0-9A-Fa-f]+)",?$', re.MULTILINE)
+_INLINE_LIMIT = 1 << 16   # bytes
+
+
+def _inline_small_resources(text: str) -> str:
+    """``dense_resource<name>`` constants that torch-mlir's lowering makes (e.g. the index
+    tensors of a grouped convolution; never the weights, which are arguments) -> ``dense<"0x..">``
+    literals, so that every later stage can read their values (the GPU host plan stores tensor
+    constants as weights; issue 16, ConvNeXt). A blob's first 4 bytes are its alignment."""
+    start = text.find("{-#")
+    if start < 0:
+        return text
+    body, resources = text[:start], text[start:]
+    kept = []
+    for m in _RESOURCE.finditer(resources):
+        name, blob = m.group(1), m.group(2)
+        if len(blob) // 2 - 4 > _INLINE_LIMIT:
+            kept.append(m.group(0))
+            continue
+        body = body.replace(f"dense_resource<{name}>", f'dense<"0x{blob[8:]}">')
+    if kept:
+        return body + "{-#\n  dialect_resources: {\n    builtin: {\n" + \
+            ",\n".join(k.rstrip(",") for k in kept) + "\n    }\n  }\n#-}\n"
+    return body
+
+
+def _expand_integer_abs(module) -> None:
+    """``math.absi x`` -> ``arith.maxsi(x, 0 - x)``: the NVVM conversion has no pattern for
+    ``math.absi`` (T5's relative position buckets take the absolute value of an integer)."""
+    from torch_mlir.dialects import arith
+
+    doomed = [op for op in _walk(module.operation) if op.name == "math.absi"]
+    with module.context:
+        for op in doomed:
+            x = op.operands[0]
+            with op.location, torch_ir.InsertionPoint(op):
+                zero = arith.ConstantOp(x.type, torch_ir.IntegerAttr.get(x.type, 0)).result
+                value = arith.MaxSIOp(x, arith.SubIOp(zero, x).result).result
+            op.results[0].replace_all_uses_with(value)
+            op.erase()
+
+
+def _rewrite_bounds_checks(module, op_names) -> list[tuple[str, str | None]]:
+    """torch-mlir's index asserts -> flag results the runtime reads (frontend/bounds_checks.py)."""
+    from torch_mlir.dialects import arith, linalg, tensor
+
+    with module.context:
+        return bounds_checks.rewrite(module, torch_ir,
+                                     {"arith": arith, "linalg": linalg, "tensor": tensor},
+                                     op_names, mlir_location)
 
 
 # ------------------------------------------------------------------------------------------
@@ -564,7 +669,8 @@ def _type_info(t) -> tuple[tuple[int, ...], str]:
 
 
 def import_module(
-    module: torch.nn.Module, example_inputs: tuple, *, func_name: str = "forward"
+    module: torch.nn.Module, example_inputs: tuple, *, func_name: str = "forward",
+    _upcast: tuple = (),
 ) -> ImportedProgram:
     """Import ``module`` called on ``example_inputs`` to linalg on tensors.
 
@@ -584,12 +690,19 @@ def import_module(
                 _module_location(module),
             )
 
-    program = _export(module, example_inputs)
+    program = _export(module, example_inputs, _upcast)
     placeholders = _classify_placeholders(module, program)
     gm = program.graph_module
     _reject_dynamic_shapes(gm)
+    boundary = guards.prepare_graph(gm, node_location)   # refusals, uint8 (issue 18)
     _reorder_placeholders(gm.graph, placeholders)
-    text = _import_to_linalg(gm, func_name)
+    try:
+        text, flags = guards.translating_torch_mlir_errors(_import_to_linalg, gm, func_name)
+    except QuartetError as e:     # a half-precision op torch-mlir cannot lower: once in f32
+        upcast = () if _upcast else guards.half_ops_to_upcast(e, gm)
+        if not upcast:
+            raise
+        return import_module(module, example_inputs, func_name=func_name, _upcast=upcast)
 
     with mlir_ir.Context() as ctx:
         try:
@@ -601,7 +714,11 @@ def import_module(
                     and mlir_ir.StringAttr(op.attributes["sym_name"]).value == func_name)
         ftype = mlir_ir.FunctionType(mlir_ir.TypeAttr(func.attributes["function_type"]).value)
         arg_types = [_type_info(t) for t in ftype.inputs]
-        results = [TensorResult(*_type_info(t)) for t in ftype.results]
+        results = [TensorResult(*boundary.result_type(i, *_type_info(t)))
+                   for i, t in enumerate(ftype.results)]
+    n_user = len(results) - len(flags)
+    checks = [IndexCheck(n_user + k, message, where) for k, (message, where) in enumerate(flags)]
+    results = results[:n_user]
 
     if len(arg_types) != len(placeholders):
         raise RuntimeError(
@@ -610,5 +727,6 @@ def import_module(
     arguments = []
     for i, (p, (shape, dtype)) in enumerate(zip(placeholders, arg_types)):
         value = None if p.value is None else _to_numpy(p.value)
+        shape, dtype = boundary.argument_type(p.node, shape, dtype)
         arguments.append(FunctionArgument(i, p.kind, p.name, shape, dtype, value))
-    return ImportedProgram(text, func_name, arguments, results)
+    return ImportedProgram(text, func_name, arguments, results, checks)

@@ -42,6 +42,7 @@ from quartet.errors import QuartetError, location_of
 from quartet.runtime import targets
 from quartet.runtime.dtypes import mlir_name_to_dtype
 
+from . import device_math
 from .kernel import KernelArg, KernelSpec
 
 
@@ -352,6 +353,8 @@ def _binaries(outlined: ir.Module, target: Target, emit: str, toolkit: str | Non
             single.operation.attributes["gpu.container_module"] = ir.UnitAttr.get()
             with ir.InsertionPoint(single.body):
                 op.operation.clone()
+            if tgt.is_nvidia:
+                device_math.legalize(single)
             text = str(single)
             key = hashlib.sha256(
                 f"{tgt}|{emit}|{toolkit}|{opt_level}|{fast_math}|{text}".encode()).hexdigest()

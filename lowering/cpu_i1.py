@@ -152,6 +152,8 @@ def _fix_linalg(op: ir.Operation, i8: ir.Type) -> None:
         elif not _byte_tensor(operand_type):
             continue
         arg.set_type(i8)
+        if not any(True for _ in arg.uses):     # an unread output: no dead trunci, which the
+            continue                            # SIMT builder would take for a read of it
         first = block.operations[0] if len(block.operations) else None
         with op.location, ir.InsertionPoint(first) if first is not None \
                 else ir.InsertionPoint(block):

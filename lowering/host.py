@@ -467,7 +467,8 @@ def _is_private(fn) -> bool:
 
 def _check_host_before_prepare(fn) -> None:
     for op in host_ops(fn.operation):
-        if op.name not in HOST_OPS and op.name not in ("tensor.pad", "tensor.yield"):
+        if op.name not in HOST_OPS and op.name not in ("tensor.pad", "tensor.yield",
+                                                       "tensor.concat"):
             raise QuartetError(f"'{op.name}' outside a quartet.tile cannot be lowered for the "
                                f"GPU (host code holds tiles, constants, views, scalar "
                                f"predicates, scf.while and scf.if)", location_of(op))

@@ -126,6 +126,9 @@ def _outline_data_movement(fn: ir.Operation) -> None:
             _gather_tile(op, *_pad_gather(op))
         elif op.name == "tensor.extract_slice" and contiguous_slice(op) is None:
             _gather_tile(op, *_slice_gather(op))
+        elif op.name == "tensor.concat":       # lowering/concat.py (issue 16)
+            from .concat import outline_concat
+            outline_concat(op)
 
 
 def _slice_gather(op) -> tuple[list, list, str | None]:

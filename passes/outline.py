@@ -10,6 +10,13 @@ is a per-operator tile; DESIGN.md, "Data flow"). A result nobody reads stays ins
 Inline is the exact inverse: the ops of each tile move back in front of it, in order, and the
 tile's results are replaced by the yielded values. Outline then inline gives back the input IR.
 
+An op whose read results have different types (torch-mlir's max/min with indices: an f32 value
+and an i64 index; adaptive pooling) cannot be one tile, since all results of one Quartet op
+share a type (IRDL in MLIR 22, dialects/README.md). It becomes one tile per result type, each
+holding its own copy of the op and yielding that type's results (issue 18): the op is computed
+once per type, which costs time, not correctness. Inlining then gives back one copy per type
+(``cse`` merges them).
+
 Assumes: linalg ops are not already inside a ``quartet.tile`` (those are left alone), and
 ops nested in a linalg op's own region (``linalg.yield``, ``linalg.index``) are not operators.
 """
@@ -21,7 +28,6 @@ from dataclasses import dataclass
 from mlir import ir
 
 from quartet.dialects import TileOp, collect, linalg_info, yield_
-from quartet.errors import QuartetError, location_of
 
 from .base import ModulePass
 
@@ -37,36 +43,41 @@ def _outlinable(op: ir.Operation) -> bool:
     return True
 
 
-def _yielded_results(op: ir.Operation) -> list[ir.Value]:
-    """The results a tile must return: those read after the op (all of them if none is).
-
-    Dead results stay inside the tile. This matters for ops such as torch-mlir's max-with-index
-    ``linalg.generic`` (a value and an i64 index, the index unused): the results of one Quartet
-    op share one type (dialects/README.md), so only results of one type can leave a tile.
+def _yielded_results(op: ir.Operation) -> list[list[ir.Value]]:
+    """The results tiles must return, one group per result type in order of first result:
+    those read after the op (all of them if none is). Dead results stay inside the tile.
     """
     used = [r for r in op.results if any(True for _ in r.uses)]
-    chosen = used or list(op.results)
-    types = {str(r.type) for r in chosen}
-    if len(types) > 1:
-        raise QuartetError(
-            f"cannot outline '{op.name}': it returns values of different types "
-            f"({', '.join(sorted(types))}) that are all used, and a quartet.tile's results "
-            f"share one type", location_of(op))
-    return chosen
+    groups: dict[str, list[ir.Value]] = {}
+    for r in used or list(op.results):
+        groups.setdefault(str(r.type), []).append(r)
+    return list(groups.values())
+
+
+def _wrap(op: ir.Operation, yielded: list, replaced: list) -> TileOp:
+    """Move ``op`` into a new tile yielding ``yielded``; readers of ``replaced`` read the
+    tile's results instead."""
+    with op.location, ir.InsertionPoint(op):
+        tile = TileOp([r.type for r in yielded])
+    with op.location, ir.InsertionPoint(tile.entry):
+        terminator = yield_(yielded)
+    op.move_before(terminator)
+    for i, result in enumerate(replaced):
+        result.replace_all_uses_with(tile.results[i])
+    for i, value in enumerate(yielded):
+        terminator.operation.operands[i] = value   # the yield itself read the op's result
+    return tile
 
 
 def outline_op(op: ir.Operation) -> TileOp:
-    """Wrap one linalg op in a ``quartet.tile`` in place; return the tile."""
-    results = _yielded_results(op)
-    with op.location, ir.InsertionPoint(op):
-        tile = TileOp([r.type for r in results])
-    with op.location, ir.InsertionPoint(tile.entry):
-        terminator = yield_(results)
-    op.move_before(terminator)
-    for i, result in enumerate(results):
-        result.replace_all_uses_with(tile.results[i])
-        terminator.operation.operands[i] = result   # the yield itself reads the op again
-    return tile
+    """Wrap one linalg op in a ``quartet.tile`` in place (one per result type, see the module
+    docstring); return the tile holding the op itself (the last one)."""
+    groups = _yielded_results(op)
+    positions = {r: i for i, r in enumerate(op.results)}
+    for group in groups[:-1]:
+        copy = op.clone(ip=ir.InsertionPoint(op))
+        _wrap(copy, [copy.results[positions[r]] for r in group], group)
+    return _wrap(op, groups[-1], groups[-1])
 
 
 def inline_tile(tile: ir.Operation) -> None:

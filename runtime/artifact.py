@@ -9,6 +9,7 @@ target runs on the backend and device at hand. The layout is documented in runti
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,9 +24,11 @@ import numpy as np
 from quartet.errors import QuartetError
 from quartet.runtime import dtypes
 from quartet.runtime.manifest import (
+    CHECKS_VERSION,
     FORMAT_VERSION,
     Buffer,
     BufferArg,
+    Check,
     FileEntry,
     Kernel,
     KernelArg,
@@ -87,6 +90,7 @@ class ArtifactWriter:
         self.weights: list[Weight] = []
         self.kernels: list[Kernel] = []
         self.program: list[Step] = []
+        self.checks: list[Check] = []
         self._binaries: dict[str, bytes] = {}
         self._weight_bytes = bytearray()
 
@@ -129,6 +133,20 @@ class ArtifactWriter:
         self.add_buffer(name, len(data), "weight")
         self.weights.append(Weight(name, name, WEIGHTS_FILE, offset, len(data), sha256(data), shape, dtype))
         return name
+
+    def set_weight(self, name: str, array: Any) -> None:
+        """Replace the bytes of weight ``name`` (same shape and element type) before saving."""
+        for i, w in enumerate(self.weights):
+            if w.name == name:
+                break
+        else:
+            raise QuartetError(f"no weight named {name!r}", "artifact writer")
+        data, shape, dtype = _host_bytes(array)
+        if shape != tuple(w.shape) or dtype != w.dtype:
+            raise QuartetError(f"weight {name!r} is {w.dtype} {list(w.shape)}, got {dtype} "
+                               f"{list(shape)}", "artifact writer")
+        self._weight_bytes[w.offset : w.offset + w.size] = data
+        self.weights[i] = dataclasses.replace(w, sha256=sha256(data))
 
     # kernels -----------------------------------------------------------------------------------
 
@@ -179,6 +197,11 @@ class ArtifactWriter:
         """Append steps (Launch, Copy, Memset, Loop, While, If) to the host program."""
         self.program.extend(steps)
 
+    def add_check(self, buffer: str, message: str, location: str | None = None,
+                  dtype: str = "int8", offset: int = 0) -> None:
+        """A flag read after every call: nonzero raises ``QuartetError(message, location)``."""
+        self.checks.append(Check(buffer, message, location, dtype, offset))
+
     # output ------------------------------------------------------------------------------------
 
     def files(self) -> dict[str, bytes]:
@@ -192,7 +215,7 @@ class ArtifactWriter:
         """The manifest of what was added so far, checked (QuartetError if inconsistent)."""
         files = self.files()
         m = Manifest(
-            version=FORMAT_VERSION,
+            version=CHECKS_VERSION if self.checks else FORMAT_VERSION,
             target=self.target,
             backend=self.backend,
             producer=self.producer,
@@ -203,6 +226,7 @@ class ArtifactWriter:
             kernels=tuple(self.kernels),
             program=tuple(self.program),
             files=tuple(FileEntry(n, len(d), sha256(d)) for n, d in sorted(files.items())),
+            checks=tuple(self.checks),
         )
         validate(m, "artifact writer")
         return m
@@ -221,9 +245,7 @@ class ArtifactWriter:
                 raise QuartetError(f"{path} is a folder; a .qrt artifact is one file", "artifact writer")
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
-            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
-                for name, data in files.items():
-                    zf.writestr(name, data)
+            _write_zip(tmp, files)
             os.replace(tmp, path)
             return path
         if path.exists() and not (path.is_dir() and (not any(path.iterdir()) or (path / MANIFEST).exists())):
@@ -244,11 +266,29 @@ def pack(folder: str | os.PathLike, file: str | os.PathLike) -> Path:
     """Turn an artifact folder into the single-file form (after checking it)."""
     art = open_artifact(folder)
     file = Path(file)
-    with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as zf:
-        zf.writestr(MANIFEST, art.read(MANIFEST))
-        for f in art.manifest.files:
-            zf.writestr(f.name, art.read(f.name))
+    try:
+        files = {MANIFEST: art.read(MANIFEST), **{f.name: art.read(f.name) for f in art.manifest.files}}
+    finally:
+        art.close()
+    _write_zip(file, files)
     return file
+
+
+#: every member's timestamp in a .qrt file: the earliest a zip can say (1980-01-01 00:00)
+ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
+
+
+def _write_zip(path: Path, files: dict[str, bytes]) -> None:
+    """The single-file form, byte for byte the same for the same files: manifest.json first,
+    then the other members sorted by name, each stored with a fixed timestamp and mode."""
+    names = [MANIFEST] + sorted(n for n in files if n != MANIFEST)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        for name in names:
+            info = zipfile.ZipInfo(name, date_time=ZIP_TIMESTAMP)
+            info.compress_type = zipfile.ZIP_STORED
+            info.create_system = 3              # Unix, whatever the host
+            info.external_attr = 0o644 << 16    # -rw-r--r--
+            zf.writestr(info, files[name])
 
 
 def _align(n: int, a: int) -> int:

@@ -23,7 +23,9 @@ from quartet.runtime import dtypes
 
 FORMAT_NAME = "quartet-artifact"
 FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+#: version 2 = version 1 + ``checks`` (a runtime that ignored them would skip a user error)
+CHECKS_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 
 BUFFER_KINDS = ("input", "output", "weight", "temp", "scalar")
 
@@ -217,6 +219,22 @@ class If:
 Step = Union[Launch, Copy, Memset, Loop, While, If]
 
 
+@dataclass(frozen=True)
+class Check:
+    """A run-time check read after every call: one element of ``dtype`` at ``offset`` of
+    ``buffer``; nonzero means the call failed with ``message`` (the user's code at ``location``).
+
+    The compiler writes them for index bounds checks (an embedding or gather index outside its
+    table): the kernels clamp such an index and set the flag instead of reading out of bounds.
+    """
+
+    buffer: str
+    message: str
+    location: str | None = None
+    dtype: str = "int8"
+    offset: int = 0
+
+
 # --------------------------------------------------------------------------------------------
 # The manifest
 # --------------------------------------------------------------------------------------------
@@ -235,6 +253,7 @@ class Manifest:
     kernels: tuple[Kernel, ...] = ()
     program: tuple[Step, ...] = ()
     files: tuple[FileEntry, ...] = ()
+    checks: tuple[Check, ...] = ()
     version: int = FORMAT_VERSION
     producer: str | None = None
 
@@ -283,6 +302,8 @@ class Manifest:
         out["kernels"] = [_kernel_json(k) for k in self.kernels]
         out["program"] = [_step_json(s) for s in self.program]
         out["files"] = [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in self.files]
+        if self.checks:
+            out["checks"] = [_check_json(c) for c in self.checks]
         return out
 
 
@@ -324,6 +345,11 @@ def _kernel_json(k: Kernel) -> dict[str, Any]:
         "cooperative": k.cooperative,
         "args": [_arg_json(a) for a in k.args],
     }
+
+
+def _check_json(c: Check) -> dict[str, Any]:
+    return {"buffer": c.buffer, "dtype": c.dtype, "offset": c.offset, "message": c.message,
+            "location": c.location}
 
 
 def _pred_json(p: Predicate) -> dict[str, Any]:

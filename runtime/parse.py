@@ -19,6 +19,7 @@ from quartet.runtime.manifest import (
     SUPPORTED_VERSIONS,
     Buffer,
     BufferArg,
+    Check,
     Copy,
     FileEntry,
     If,
@@ -162,6 +163,12 @@ def manifest_from_json(data: Any, location: str | None = None) -> Manifest:
             o.dtype("dtype"),
         )
 
+    def check(v, where):
+        o = _Obj(v, where, location)
+        return Check(o.get("buffer", "str"), o.get("message", "str"),
+                     o.get("location", "str", None), o.dtype("dtype", default="int8"),
+                     o.get("offset", "nat", 0))
+
     def file_entry(v, where):
         o = _Obj(v, where, location)
         return FileEntry(o.get("name", "str"), o.get("size", "nat"), o.get("sha256", "str"))
@@ -178,6 +185,7 @@ def manifest_from_json(data: Any, location: str | None = None) -> Manifest:
         kernels=tuple(_kernel_from_json(v, w, location) for v, w in top.items("kernels", [])),
         program=tuple(_step_from_json(v, w, location) for v, w in top.items("program", [])),
         files=tuple(file_entry(*x) for x in top.items("files", [])),
+        checks=tuple(check(*x) for x in top.items("checks", [])),
     )
 
 

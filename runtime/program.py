@@ -5,7 +5,9 @@ buffer once, uploads the weights, loads every kernel and, with ``graph=True`` on
 the whole host program as one CUDA graph. Calling the program checks the inputs against the
 manifest (count, shape, element type), binds them, runs the host program on the caller's
 stream, and returns the outputs: torch tensors when any input was a torch tensor (on the GPU for
-the cuda backend), numpy arrays otherwise.
+the cuda backend), numpy arrays otherwise. A program with run-time ``checks`` (index bounds of
+embeddings and gathers) reads each flag after the run and raises a QuartetError naming the op
+and the user's source line instead of returning outputs.
 
 Binding. On the cuda backend without a graph, the caller's tensors are used in place: a CUDA
 torch input on the program's device that is contiguous and 16-byte aligned (kernels use 16-byte
@@ -154,13 +156,18 @@ class Program:
 
     # calling -----------------------------------------------------------------------------------
 
-    def __call__(self, *inputs: Any, stream: Any = None):
-        """Run the program; returns one output, or a tuple of outputs when there are several."""
+    def __call__(self, *inputs: Any, stream: Any = None, **named: Any):
+        """Run the program; returns one output, or a tuple of outputs when there are several.
+
+        Inputs are given in the manifest's order, or by name (``prog(x, mask=m)``)."""
+        if named:
+            inputs = self._arrange(inputs, named)
         call = self._bind_inputs(inputs, stream)
         specs = self.manifest.outputs
         bound = [self._bind_output(spec, call) for spec in specs]
         self._interpreter.rebind_all(call.bindings)
         self._run()
+        self._read_checks()
         outputs = [
             out if out is not None else self._fetch(spec, call) for out, spec in zip(bound, specs)
         ]
@@ -168,10 +175,25 @@ class Program:
             self.backend.synchronize()
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
+    def _read_checks(self) -> None:
+        """Raise for the first run-time check (an index out of range) the run has set.
+
+        Reading a flag waits for the run (one synchronisation per call on the GPU, only in
+        programs that have checks); :meth:`bench` does not read them.
+        """
+        for c in self.manifest.checks:
+            if self.backend.read_scalar(self.addresses[c.buffer] + c.offset, c.dtype):
+                raise QuartetError(c.message, c.location or self._where)
+
     def bench(self, *inputs: Any, warmup: int = 3, repeat: int = 20, stream: Any = None) -> BenchResult:
         """Time the host program alone: inputs are bound once (in place where a call would bind
         them in place), outputs go to the program's own buffers, each timed run is one program
-        run (no allocation, no copies)."""
+        run (no allocation, no copies). ``repeat`` >= 1 timed runs after ``warmup`` >= 0."""
+        if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat < 1:
+            raise QuartetError(f"bench: repeat must be a positive number of runs, got {repeat!r}",
+                               self._where)
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise QuartetError(f"bench: warmup must be 0 or more runs, got {warmup!r}", self._where)
         call = self._bind_inputs(inputs, stream)
         for spec in self.manifest.outputs:
             call.bindings[spec.buffer] = self.addresses[spec.buffer]
@@ -194,6 +216,56 @@ class Program:
                 self._run()
                 times.append((time.perf_counter() - t0) * 1e3)
         return BenchResult(statistics.median(times), min(times), statistics.fmean(times), repeat)
+
+    def _arrange(self, inputs: tuple, named: dict) -> tuple:
+        """Positional and named inputs in the manifest's order (names: the manifest's)."""
+        names = [s.name for s in self.manifest.inputs]
+        return arrange_inputs(inputs, named, names, "the program", self._where)
+
+    # weights -----------------------------------------------------------------------------------
+
+    def load_weights(self, weights: dict) -> None:
+        """Replace weights by name (the manifest's weight names, which are the model's
+        state-dict keys); names not given keep their values. Each value is a numpy array or
+        torch tensor of the weight's shape and element type (a CUDA tensor on the program's
+        device is copied on the device)."""
+        known = {w.name: w for w in self.manifest.weights}
+        unknown = [k for k in weights if k not in known]
+        if unknown:
+            more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+            raise QuartetError(f"no weight named {', '.join(map(repr, unknown[:3]))}{more} in "
+                               f"this program", self._where)
+        for name, value in weights.items():
+            self._set_weight(known[name], value)
+        if self.manifest.backend != "cuda":
+            self.backend.synchronize()
+
+    def _set_weight(self, w, value: Any) -> None:
+        if dtypes.is_torch_tensor(value):
+            shape, dtype = tuple(value.shape), dtypes.name_of_torch(value.dtype)
+        else:
+            value = np.asarray(value)
+            shape, dtype = tuple(value.shape), dtypes.name_of_numpy(value.dtype)
+        if shape != tuple(w.shape) or dtype != w.dtype:
+            raise QuartetError(
+                f"weight {w.name!r}: the program holds {w.dtype} {list(w.shape)}, got "
+                f"{dtype} {list(shape)} (compile again for new shapes or types)", self._where)
+        address = self.addresses[w.buffer]
+        if self.manifest.backend == "cuda":
+            self.backend.activate()
+            self.backend.set_stream(_resolve_stream(None, self.backend, self._where))
+        if dtypes.is_torch_tensor(value) and value.device.type == "cuda" \
+                and self.manifest.backend == "cuda" and value.device.index == self.backend.device:
+            self.backend.copy(address, value.detach().contiguous().data_ptr(), w.size)
+            return
+        if dtypes.is_torch_tensor(value):
+            import torch
+
+            t = value.detach().to("cpu").contiguous()
+            raw = t.reshape(-1).view(torch.uint8).numpy() if w.size else np.empty(0, np.uint8)
+        else:
+            raw = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
+        self.backend.upload(address, raw)
 
     def _run(self) -> None:
         if self._graph is not None:
@@ -332,6 +404,26 @@ class Program:
             f"<quartet Program {self.path.name}: {m.target}, {len(m.inputs)} input(s), "
             f"{len(m.outputs)} output(s), {len(m.kernels)} kernel(s)>"
         )
+
+
+def arrange_inputs(inputs: tuple, named: dict, names: list[str], what: str,
+                   where: str | None = None) -> tuple:
+    """``inputs`` followed by the ``named`` ones, in the order of ``names``; one-line errors
+    for an unknown name, a name also given by position and a missing input."""
+    expected = f"{what} takes ({', '.join(names)})"
+    unknown = [k for k in named if k not in names]
+    if unknown:
+        raise QuartetError(f"unexpected input name(s) {', '.join(unknown)}: {expected}", where)
+    twice = [k for k in named if names.index(k) < len(inputs)]
+    if twice:
+        raise QuartetError(f"input(s) {', '.join(twice)} given by position and by name: "
+                           f"{expected}", where)
+    arranged = list(inputs)
+    for name in names[len(inputs):]:
+        if name not in named:
+            raise QuartetError(f"input {name!r} is missing: {expected}", where)
+        arranged.append(named[name])
+    return tuple(arranged)
 
 
 def _make_backend(m: Manifest, device: int, where: str):

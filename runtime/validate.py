@@ -129,6 +129,10 @@ def validate(m: Manifest, location: str | None = None) -> None:
                 _check_scalar(aw, a, fail)
 
     _validate_program(m, fail, need_buffer, in_bounds)
+    for i, c in enumerate(m.checks):
+        where = f"checks[{i}]"
+        buf = need_buffer(where, c.buffer)
+        in_bounds(where, buf, c.offset, dtypes.ITEMSIZE[c.dtype])
 
 
 def _check_scalar(where, a: ScalarArg, fail) -> None:

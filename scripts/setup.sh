@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv (if missing) and install Quartet with the compiler and test dependencies, pinned
+# Create .venv (if missing) and install Quartet with the compiler, test and zoo dependencies, pinned
 # in pyproject.toml. Safe to run again: pip skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,4 +11,4 @@ fi
 python -m pip install -q --upgrade pip
 # torch first and alone: the CPU wheel pinned here (a looser pin would download a CUDA build).
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[compiler,test]"
+python -m pip install -q -e ".[compiler,test,zoo]"

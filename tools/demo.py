@@ -8,16 +8,15 @@ schedules) is printed first.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from quartet.tools.cli import run_main
+from quartet.tools.cli import ToolParser, run_main
 
 
 def main(argv: list[str]) -> int:
     import mlir.ir  # noqa: F401  (before torch_mlir: see test/python/conftest.py)
 
-    parser = argparse.ArgumentParser(prog="quartet-demo", description=__doc__.split("\n\n")[0])
+    parser = ToolParser("quartet-demo", __doc__)
     parser.add_argument("-o", dest="output", default=None, help="also save the artifact here")
     args = parser.parse_args(argv)
 

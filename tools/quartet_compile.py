@@ -1,14 +1,15 @@
 """``quartet-compile``: compile a PyTorch model class from a Python file into an artifact.
 
     quartet-compile FILE.py:ClassName --input 1x128x768:f16 [--input ...] [--pipeline roller]
-                    [--target sm_90|sm_80|gfx942|cpu] -o OUT [--weights STATE_DICT.pt]
+                    [--target auto|sm_90|sm_80|gfx942|cpu] -o OUT [--weights STATE_DICT.pt]
                     [--emit linalg|quartet|gpu|llvm|ptx] [--seed N] [--model-dtype auto|f32|...]
 
 Loads ``ClassName`` from ``FILE.py`` (imported by path, its folder first on ``sys.path``), builds
 it with no arguments under ``torch.manual_seed(seed)`` (random weights) or loads ``--weights``
 (a state dict saved with ``torch.save``), casts it to the inputs' floating type (``auto``: f16
 inputs make an f16 model), draws random inputs of the given shapes and types from the seed and
-runs :func:`quartet.frontend.compile.compile_to_artifact`. The artifact is a folder, or one file
+runs :func:`quartet.frontend.compile.compile_to_artifact`. The default target ``auto`` is the
+visible GPU's architecture, else ``cpu``; the choice is printed (frontend/target.py). The artifact is a folder, or one file
 when OUT ends in ``.qrt``. ``--emit STAGE`` prints that stage's IR (to stdout, or to ``-o``)
 and stops.
 
@@ -34,28 +35,24 @@ import traceback
 from pathlib import Path
 
 from quartet.errors import QuartetError
-from quartet.tools.cli import run_main, write_atomically
+from quartet.tools.cli import ToolParser, run_main, write_atomically
 from quartet.tools.quartet_run import SHORT_DTYPES, parse_input_spec, random_inputs, to_torch
 
 STAGES = ("linalg", "quartet", "gpu", "llvm", "ptx")
 MODEL_DTYPES = ("auto", "f32", "f16", "bf16", "f64")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own usage errors: one line, exit 1
-        raise QuartetError(f"{self.prog}: {message}")
-
-
 def _arguments() -> argparse.ArgumentParser:
-    p = _Parser(prog="quartet-compile", description=__doc__.split("\n\n")[0].replace("``", ""),
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser("quartet-compile", __doc__)
     p.add_argument("model", metavar="FILE.py:ClassName", help="the model class to compile")
     p.add_argument("--input", action="append", default=[], metavar="DIMS:DTYPE",
                    help="one per forward() argument, e.g. 1x128x768:f16 or scalar:i64 "
                         f"(dtypes: {', '.join(k for k in SHORT_DTYPES if k != 'i1')})")
     p.add_argument("--pipeline", default="roller",
                    help="named pipeline (quartet-opt --list-passes)")
-    p.add_argument("--target", default="sm_90", help="sm_90, sm_80, gfx942 or cpu")
+    p.add_argument("--target", default="auto",
+                   help="auto (the visible GPU's architecture, else cpu; printed), sm_90, "
+                        "sm_80, gfx942 or cpu")
     p.add_argument("-o", dest="output", default=None,
                    help="artifact to write (folder, or one file ending in .qrt); with --emit, "
                         "the IR file ('-' or absent: stdout)")
@@ -265,6 +262,11 @@ def main(argv: list[str]) -> int:
                            f"with pip install 'quartet[compiler]'")
     specs = [parse_input_spec(s) for s in args.input]
     dtype = model_dtype(args.model_dtype, specs)
+    from quartet.frontend.target import AUTO, choose_for_machine
+
+    chosen = choose_for_machine() if args.target == AUTO else None   # printed on success
+    if chosen is not None:
+        args.target = chosen.target
     _check_choices(args)
     if not specs:
         raise QuartetError("quartet-compile: give one --input DIMS:DTYPE per forward() argument")
@@ -306,10 +308,13 @@ def main(argv: list[str]) -> int:
             sys.stdout.write(text)
         else:
             write_atomically(args.output, text)
+        if chosen is not None:
+            print(f"quartet-compile: {chosen.line()}", file=sys.stderr)
         return 0
     path = writer.save(args.output)
     seconds = ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items())
-    print(f"wrote {path} ({args.target}, {args.pipeline}; {seconds})", file=sys.stderr)
+    auto = f" ({chosen.line()})" if chosen is not None else ""
+    print(f"wrote {path} ({args.target}, {args.pipeline}; {seconds}){auto}", file=sys.stderr)
     return 0
 
 

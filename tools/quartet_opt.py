@@ -18,23 +18,18 @@ import io
 import sys
 
 from quartet.errors import QuartetError
-from quartet.tools.cli import read_input, run_main, write_atomically
+from quartet.tools.cli import ToolParser, read_input, run_main, write_atomically
 
 SPLIT_MARKER = "// -----"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own usage errors: one line, exit 1
-        raise QuartetError(f"quartet-opt: {message}")
-
-
 def _arguments() -> argparse.ArgumentParser:
-    p = _Parser(prog="quartet-opt", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser("quartet-opt", __doc__)
     p.add_argument("input", nargs="?", default="-", help="input file ('-' for stdin)")
     p.add_argument("-o", dest="output", default="-", help="output file ('-' for stdout)")
     p.add_argument("--pass-pipeline", default=None,
-                   help="passes to run, as 'builtin.module(pass1,pass2{opt=v},...)'")
+                   help="passes to run, as 'builtin.module(pass1,pass2{opt=v},...)' "
+                        "(default: none: parse, verify and print)")
     p.add_argument("--split-input-file", action="store_true",
                    help=f"process each chunk between '{SPLIT_MARKER}' lines on its own")
     p.add_argument("--mlir-print-ir-after-all", action="store_true",

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from quartet.errors import QuartetError
-from quartet.tools.cli import run_main
+from quartet.tools.cli import ToolParser, natural_int, positive_int, run_main
 
 # --------------------------------------------------------------------------------------------
 # Input specs, shared with quartet-compile
@@ -139,14 +139,8 @@ def to_torch(arrays, specs, device: str = "cpu") -> list:
 # --------------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own usage errors: one line, exit 1
-        raise QuartetError(f"{self.prog}: {message}")
-
-
 def _arguments() -> argparse.ArgumentParser:
-    p = _Parser(prog="quartet-run", description=__doc__.split("\n\n")[0].replace("``", ""),
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser("quartet-run", __doc__)
     p.add_argument("artifact", help="artifact folder or .qrt file (from quartet-compile)")
     p.add_argument("--check", action="store_true",
                    help="compare with PyTorch eager on the same inputs and weights")
@@ -161,9 +155,9 @@ def _arguments() -> argparse.ArgumentParser:
                    help="--check: the model to rebuild, instead of the one the artifact names")
     p.add_argument("--tolerance", type=float, default=None,
                    help="--check: fail above this max relative error (default by dtype)")
-    p.add_argument("--device", type=int, default=0, help="CUDA device ordinal")
-    p.add_argument("--warmup", type=int, default=3, help="--bench: untimed runs first")
-    p.add_argument("--repeat", type=int, default=20, help="--bench: timed runs")
+    p.add_argument("--device", type=natural_int, default=0, help="CUDA device ordinal")
+    p.add_argument("--warmup", type=natural_int, default=3, help="--bench: untimed runs first")
+    p.add_argument("--repeat", type=positive_int, default=20, help="--bench: timed runs")
     return p
 
 
@@ -294,6 +288,7 @@ def eager_outputs(program, inputs, model: str | None = None) -> list:
     weights = info.get("weights")
     weights = weights if weights and Path(weights).is_file() else None
     module = qc.build_model(cls, seed=seed, weights=weights, dtype=info.get("model_dtype"))
+    _check_same_model(module, program, where)
     _load_artifact_weights(module, program, where)
 
     device = "cpu"
@@ -305,14 +300,53 @@ def eager_outputs(program, inputs, model: str | None = None) -> list:
             tensors.append(x)
             device = x.device
     module = module.to(device)
-    with torch.no_grad():
-        result = module(*tensors)
+    try:
+        with torch.no_grad():
+            result = module(*tensors)
+    except Exception as e:
+        raise QuartetError(f"--check: {type(module).__name__}.forward fails on the artifact's "
+                           f"inputs ({qc._one_line(e)}): is it the model the artifact was "
+                           f"compiled from?", where) from None
     if isinstance(result, torch.Tensor):
         return [result]
     if isinstance(result, (tuple, list)) and all(isinstance(r, torch.Tensor) for r in result):
         return list(result)
     raise QuartetError(f"--check: the PyTorch model returns {type(result).__name__}, not "
                        f"tensors", where)
+
+
+def _check_same_model(module, program, where: str) -> None:
+    """The rebuilt model must be the artifact's: every weight of its state dict is in the
+    artifact, and forward() takes the artifact's number of inputs."""
+    import inspect
+
+    name = type(module).__name__
+    have = [w.name for w in program.manifest.weights]
+    state = module.state_dict()
+    lacking = [k for k in state if k not in have]
+    # a dotted name is a submodule's parameter or buffer (lifted constants have no dot)
+    foreign = [k for k in have if "." in k and k not in state
+               and k not in dict(module.named_buffers())]
+    for problem, names in (("its weights {} are not in the artifact", lacking),
+                           ("the artifact's weights {} are not in it", foreign)):
+        if names:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            raise QuartetError(f"--check: {name} does not match the artifact: " +
+                               problem.format(", ".join(names[:3]) + more) +
+                               " (pass --model with the class the artifact was compiled from)",
+                               where)
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):
+        return
+    if any(p.kind == p.VAR_POSITIONAL for p in params):
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    needed = [p for p in positional if p.default is inspect.Parameter.empty]
+    count = len(program.manifest.inputs)
+    if not len(needed) <= count <= len(positional):
+        raise QuartetError(f"--check: {name}.forward({', '.join(p.name for p in positional)}) "
+                           f"does not match the artifact, which takes {count} input(s)", where)
 
 
 def _find_model_file(info: dict, artifact: Path) -> str:

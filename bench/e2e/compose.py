@@ -24,8 +24,12 @@ import json
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):       # run as a script on the GPU machine
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if __package__ in (None, ""):       # run as a script on the GPU machine: quartet.<folder> from
+    import quartet                  # this checkout (bench/device_env.sh makes quartet importable)
+
+    _root = str(Path(__file__).resolve().parents[2])
+    if _root not in list(quartet.__path__):
+        quartet.__path__.append(_root)
 
 #: case -> (operators it holds, in argument order) for the reference on the GPU
 CASES = {

@@ -21,7 +21,7 @@ from mlir import ir
 from quartet.errors import QuartetError
 
 
-def tile_functions(quartet_text: str) -> list[str]:
+def tile_functions(quartet_text: str, entry: str = "forward") -> list[str]:
     """One ``func.func @forward`` per tile of the (pre-lowering) module text, in the order the
     GPU lowering compiles them: arguments = the tile's kernel inputs, results = its results."""
     from quartet.dialects import context as quartet_context

@@ -169,6 +169,7 @@ def from_launch(module: ir.Module, name: str, family: str) -> BlockProgram:
     fn = fns[0]
     launch = _the_launch(fn)
     where = launch
+    place = location_of(launch)        # before the launch is erased with its function
     lop = launch.opview
     grid = tuple(_const_int(v, "grid size", where) for v in
                  (lop.gridSizeX, lop.gridSizeY, lop.gridSizeZ))
@@ -250,8 +251,7 @@ def from_launch(module: ir.Module, name: str, family: str) -> BlockProgram:
         ir.IntegerType.get_signless(64), shared)
     resources = Resources(threads=block[0], shared_bytes=shared,
                           blocks=grid[0] * grid[1] * grid[2])
-    return BlockProgram(name, module, roles, resources, family, grid, chip,
-                        location_of(where))
+    return BlockProgram(name, module, roles, resources, family, grid, chip, place)
 
 
 def _delinearize(vb: ir.Value, grid: tuple[int, int, int]) -> list[ir.Value]:

@@ -85,14 +85,23 @@ def build_block_program(tile, chip, name: str, family: str | None = None) -> Blo
         if family not in analyses:
             raise QuartetError(f"unknown kernel family '{family}' (known: {', '.join(FAMILIES)})",
                                location_of(tile.operation))
+        builders = {"row": rows.build_row_kernel, "colreduce": colreduce.build_colreduce_kernel,
+                    "fallback": fallback.build_fallback_kernel}
         try:
-            analysis = analyses[family](tile)
-            build = {"row": rows.build_row_kernel, "colreduce": colreduce.build_colreduce_kernel,
-                     "fallback": fallback.build_fallback_kernel}[family]
-            module, _ = build(tile, chip, analysis, name)
+            module, _ = builders[family](tile, chip, analyses[family](tile), name)
         except Unsupported as e:
-            raise QuartetError(f"no {family} kernel for '{_root_name(tile)}': {e}",
-                               location_of(tile.operation)) from None
+            # A row or column-reduction body the builder refuses after its analysis took it
+            # (linalg.index or tensor.extract in a body: flip, interpolate) goes to the fallback.
+            if family == "fallback":
+                raise QuartetError(f"no {family} kernel for '{_root_name(tile)}': {e}",
+                                   location_of(tile.operation)) from None
+            try:
+                module, _ = fallback.build_fallback_kernel(tile, chip,
+                                                           fallback.analyze_fallback(tile), name)
+            except Unsupported:
+                raise QuartetError(f"no {family} kernel for '{_root_name(tile)}': {e}",
+                                   location_of(tile.operation)) from None
+            family = "fallback"
         return from_launch(module, name, family)
 
 

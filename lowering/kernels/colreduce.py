@@ -15,7 +15,7 @@ from mlir.dialects import arith, func, gpu, memref, scf, vector
 
 from quartet.errors import QuartetError
 
-from .common import (COMBINERS, Unsupported, _and, _body_ops_for, _bytes_of, _check_map, _combine, _const_like, _convert, _guarded, _index, _iterators, _loc, _loop_ranges, _maps, _non_tensor_captures, _num_inputs, _owner_op, _pow2_at_least, _splat, _split_reduction, accumulator_type, chip_of, emit_body, kernel_func, kernel_inputs)
+from .common import (_reject_gathers, COMBINERS, Unsupported, _and, _body_ops_for, _bytes_of, _check_map, _combine, _const_like, _convert, _guarded, _index, _iterators, _loc, _loop_ranges, _maps, _non_tensor_captures, _num_inputs, _owner_op, _pow2_at_least, _splat, _split_reduction, accumulator_type, chip_of, emit_body, kernel_func, kernel_inputs)
 
 #: shared memory the combining tree of a block may take: well inside what a block gets without
 #: the opt-in attribute on every chip of the target table (48 KB on NVIDIA, 64 KB on gfx942)
@@ -41,6 +41,7 @@ def analyze_colreduce(tile) -> ColReduction:
     if len(ops) != 1 or ops[0].name != "linalg.generic":
         raise Unsupported("colreduce takes one linalg.generic (and fills)")
     op = ops[0]
+    _reject_gathers(ops)
     for f in tile.computation:
         if f.name == "linalg.fill" and (len(list(f.results[0].uses)) != 1 or
                                         f.results[0] not in list(op.operands)):

@@ -65,6 +65,24 @@ def _memref_of(t: ir.Type) -> ir.MemRefType:
     return ir.MemRefType.get(list(t.shape), t.element_type)
 
 
+def _read_by_live_op(barg) -> bool:
+    """Whether a body argument is read by an op whose value is used (the boolean widening
+    leaves a dead ``arith.trunci`` of the init behind)."""
+    for use in barg.uses:
+        owner = use.owner
+        if owner.name == "linalg.yield" or any(len(list(r.uses)) for r in owner.results):
+            return True
+    return False
+
+
+def _reject_gathers(generics) -> None:
+    """Bodies are cloned with only constants from outside: a gather's ``tensor.extract`` of a
+    captured table (embeddings, issue 16) is left to the fallback family."""
+    for g in generics:
+        if any(o.operation.name == "tensor.extract" for o in g.regions[0].blocks[0].operations):
+            raise Unsupported("a generic body reads a tensor with tensor.extract (a gather)")
+
+
 def _non_tensor_captures(tile) -> list[ir.Value]:
     return [v for v in tile.inputs if not isinstance(v.type, ir.RankedTensorType)]
 

@@ -30,7 +30,7 @@ from mlir.dialects import arith, func, gpu, memref, scf, vector
 from quartet.errors import QuartetError
 from quartet.runtime.targets import Chip
 
-from .common import (COMBINERS, Unsupported, _and, _bytes_of, _check_internal_read, _check_map, _combine, _combiner_of, _const_like, _convert, _guarded, _i32, _index, _is_float, _iterators, _live_body_ops, _loc, _loop_ranges, _maps, _non_tensor_captures, _num_inputs, _owner_op, _pow2_at_least, _shape, _splat, _split_reduction, accumulator_type, chip_of, emit_body, kernel_func, kernel_inputs)
+from .common import (_read_by_live_op, _reject_gathers, COMBINERS, Unsupported, _and, _bytes_of, _check_internal_read, _check_map, _combine, _combiner_of, _const_like, _convert, _guarded, _i32, _index, _is_float, _iterators, _live_body_ops, _loc, _loop_ranges, _maps, _non_tensor_captures, _num_inputs, _owner_op, _pow2_at_least, _shape, _splat, _split_reduction, accumulator_type, chip_of, emit_body, kernel_func, kernel_inputs)
 
 # ---------------------------------------------------------------------------------------------
 # Analysis of a row program
@@ -67,6 +67,7 @@ def analyze_rows(tile) -> RowProgram:
         if owner is None or owner.name != "arith.constant":
             raise Unsupported("a non-constant scalar captured by the tile")
     generics = [o for o in ops if o.name == "linalg.generic"]
+    _reject_gathers(generics)
     if generics:
         space = max((_loop_ranges(o) for o in generics), key=lambda s: (math.prod(s), len(s)))
     elif all(o.name in ("linalg.fill", "tensor.empty") for o in ops):
@@ -337,7 +338,7 @@ class _RowEmitter:
         args = []
         for i, (amap, v) in enumerate(zip(_maps(op), op.operands)):
             barg = block.arguments[i]
-            if i >= nin and (not use_inits or not len(list(barg.uses))):
+            if i >= nin and (not use_inits or not _read_by_live_op(barg)):
                 args.append(None)
                 continue
             if not len(list(barg.uses)):

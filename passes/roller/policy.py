@@ -1087,7 +1087,10 @@ def _plain_policy(model: OpModel, hw: Chip, topk: int) -> list[Schedule]:
         if eps >= 0.2 and len(candidates) >= topk and good:
             break
     warps = [s for s in candidates.values() if s.threads % hw.warp_size == 0]
-    return _rank(good or warps or candidates.values(), topk)
+    # what the SIMT lowering launches: whole warps, or a power of two below one (issue 18:
+    # interpolate and adaptive pooling got 36 or 54 threads, refused by the lowering)
+    launchable = [s for s in candidates.values() if s.threads & (s.threads - 1) == 0]
+    return _rank(good or warps or launchable or candidates.values(), topk)
 
 
 def plain_thread_goal(model: OpModel, hw: Chip, layout: "_PlainLayout | None" = None) -> int:

@@ -4,7 +4,8 @@ A model that mixes supported ops with one torch-mlir cannot import (``torch.spec
 give the same numbers as eager, compile the supported partitions with Quartet, run the rest
 eagerly and say so in exactly one warning that names the op and the model line. Also: the
 backend is found by name, support answers are cached, a partition that fails to compile falls
-back to eager with a warning, and training-mode graphs stay eager.
+back to eager with a warning, training-mode graphs compile their forward (AOTAutograd) and
+leave backward to PyTorch, and compiled graphs always see the module's current weights.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from quartet.errors import QuartetError
 from quartet.frontend import backend as qb
 
-I0_LINE = 34   # the torch.special.i0 line of Mixed.forward below
+I0_LINE = 35   # the torch.special.i0 line of Mixed.forward below
 
 
 class Mixed(torch.nn.Module):
@@ -159,17 +160,65 @@ def test_partition_that_fails_to_compile_runs_eagerly(monkeypatch):
     assert "no tile configuration fits cpu" in text and "torch.tanh" in text
 
 
-def test_autograd_graphs_stay_eager():
+def _spy_partitions(monkeypatch) -> list:
+    """Record every partition the backend compiles (and still compile it)."""
+    compiled = []
+    real = qb._compile_partition
+
+    def spy(sub, call, target, opts):
+        out = real(sub, call, target, opts)
+        compiled.append(out)
+        return out
+
+    monkeypatch.setattr(qb, "_compile_partition", spy)
+    return compiled
+
+
+def test_training_mode_compiles_the_forward_and_leaves_backward_to_pytorch(monkeypatch):
+    """Outside no_grad (the parameters require grad): AOTAutograd's forward graph is compiled
+    by Quartet, backward runs in eager PyTorch, gradients are PyTorch's."""
+    compiled = _spy_partitions(monkeypatch)
     torch.manual_seed(0)
     model, x = AllSupported(), torch.randn(4, 16)
     torch._dynamo.reset()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         y = torch.compile(model, backend="quartet", dynamic=False)(x)
-    y.sum().backward()
-    assert model.w.grad is not None
-    texts = [str(w.message) for w in caught if issubclass(w.category, qb.QuartetWarning)]
-    assert len(texts) == 1 and "do not record autograd" in texts[0]
+    assert [str(w.message) for w in caught if issubclass(w.category, qb.QuartetWarning)] == []
+    assert len(compiled) == 1 and compiled[0].target == "cpu"
+    assert y.requires_grad
+    y.pow(2).sum().backward()
+    grad = model.w.grad.clone()
+    model.w.grad = None
+    ref = model(x)
+    ref.pow(2).sum().backward()
+    assert torch.allclose(y, ref, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(grad, model.w.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_compiled_graph_sees_the_modules_current_weights(monkeypatch, grad):
+    compiled = _spy_partitions(monkeypatch)
+    torch.manual_seed(0)
+    model, x = AllSupported(), torch.randn(4, 16)
+    torch._dynamo.reset()
+    run = torch.compile(model, backend="quartet", dynamic=False)
+    results = []
+    with torch.set_grad_enabled(grad), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for change in (None, "step", "load_state_dict"):
+            if change == "step":
+                with torch.no_grad():
+                    model.w.mul_(-3.0)               # in place, like an optimizer step
+            elif change == "load_state_dict":
+                model.load_state_dict({"w": torch.randn(16, 8)})
+            with torch.no_grad():
+                ref = model(x)
+            results.append((run(x).detach(), ref))
+    assert compiled, "nothing was compiled"
+    for got, ref in results:
+        assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(results[0][0], results[1][0])
 
 
 def test_backend_found_by_name_and_options_checked():

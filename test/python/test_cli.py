@@ -42,10 +42,10 @@ MODEL_FILE = textwrap.dedent('''\
             return torch.tanh(x @ self.w + self.b)
 
 
-    class WithCumsum(torch.nn.Module):
+    class WithSort(torch.nn.Module):
         def forward(self, x):
             y = x * 2
-            return torch.cumsum(y, dim=-1)
+            return torch.sort(y, dim=-1).values
 
 
     class NeedsArgs(torch.nn.Module):
@@ -62,8 +62,59 @@ MODEL_FILE = textwrap.dedent('''\
     class SmallRelu(Small):
         def forward(self, x):
             return torch.relu(x @ self.w + self.b)
+
+
+    class Other(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(16, 8)
+
+        def forward(self, x):
+            return self.fc(x)
+
+
+    class WrongForward(Small):
+        def forward(self, x):
+            return x @ self.w.T
+
+
+    class Branchy(torch.nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:
+                return x * 2
+            return x - 1
+
+
+    class ReturnsDict(Small):
+        def forward(self, x):
+            return {"y": x @ self.w + self.b}
+
+
+    class ReturnsTwo(Small):
+        def forward(self, x):
+            y = x @ self.w + self.b
+            return y, y
+
+
+    class ReturnsWider(Small):
+        def forward(self, x):
+            return torch.cat([x @ self.w, x @ self.w], dim=-1)
+
+
+    class ConvOfOtherShape(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+
+    NotAModule = 42
     ''')
-CUMSUM_LINE = 17   # the torch.cumsum line of MODEL_FILE
+SORT_LINE = 17   # the torch.sort line of MODEL_FILE (tm_tensor.sort: refused)
+OTHER_FORWARD_LINE = 42   # Other's nn.Linear call
+BRANCH_LINE = 52   # the Python if of Branchy
 
 
 def run(tool: str, *args, cwd=None, check_rc: int | None = None) -> subprocess.CompletedProcess:
@@ -219,10 +270,10 @@ def test_quartet_run_needs_no_mlir(conv_artifact, tmp_path):
 
 
 def test_unsupported_op_is_named_with_its_model_line(work):
-    line = one_line_error(run("compile", "models.py:WithCumsum", "--input", "4x8:f32",
+    line = one_line_error(run("compile", "models.py:WithSort", "--input", "4x8:f32",
                               "--target", "cpu", "-o", "x.qrt", cwd=work))
-    assert line.startswith(f"{work / 'models.py'}:{CUMSUM_LINE}")
-    assert "unsupported op" in line and "scan" in line
+    assert line.startswith(f"{work / 'models.py'}:{SORT_LINE}")
+    assert "unsupported op" in line and "sort" in line
     assert not (work / "x.qrt").exists()
 
 
@@ -232,7 +283,9 @@ def test_unsupported_op_is_named_with_its_model_line(work):
     ("imports.py", "import torch\nimport no_such_module_here\n",
      r"imports.py:2:0: error: model file does not import: ModuleNotFoundError"),
     ("models.py", None, r"error: model file has no class 'A' \(nn.Module classes in it: "
-                        r"NeedsArgs, Raises, Small, SmallRelu, WithCumsum\)"),
+                        r"Branchy, ConvOfOtherShape, NeedsArgs, Other, Raises, ReturnsDict, "
+                        r"ReturnsTwo, ReturnsWider, Small, SmallRelu, WithSort, "
+                        r"WrongForward\)"),
     ("missing.py", "", r"missing.py: error: could not open model file: no such file"),
 ])
 def test_model_file_that_does_not_import(work, name, source, expected):
@@ -302,6 +355,216 @@ def test_weights_that_do_not_fit(work):
             in line)
 
 
+def test_inputs_that_eager_pytorch_refuses(work):
+    """An i64 input to a float model exports, but PyTorch itself refuses it: so does Quartet."""
+    line = one_line_error(run("compile", "models.py:Other", "--input", "4x16:i64",
+                              "--target", "cpu", "-o", "x.qrt", cwd=work))
+    assert line.startswith(f"{work / 'models.py'}:{OTHER_FORWARD_LINE}: error: PyTorch itself "
+                           f"refuses the example inputs (4x16 int64): addmm takes operands "
+                           f"of one dtype, got float32 and int64")
+    assert not (work / "x.qrt").exists()
+
+
+def test_python_branch_on_a_tensor_points_to_torch_cond(work):
+    line = one_line_error(run("compile", "models.py:Branchy", "--input", "4x16:f32",
+                              "--target", "cpu", "-o", "x.qrt", cwd=work))
+    assert line.startswith(f"{work / 'models.py'}:{BRANCH_LINE}: error: Python control flow "
+                           f"on a tensor's value")
+    assert "torch.cond(pred, true_fn, false_fn, (x,))" in line
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--input", "4x16:f32", "--emit", "gpu", "--target", "cpu"],
+     "--emit gpu needs a GPU target, not cpu"),
+    (["--input", "4x16:f32", "--emit", "linalg", "-o", "no/such/x.mlir"],
+     "cannot write 'no/such/x.mlir': folder"),
+    (["--input", "4x16:f32"], "give the artifact to write with -o OUT"),
+    (["-o", "x.qrt"], "give one --input DIMS:DTYPE per forward() argument"),
+])
+def test_compile_command_line_mistakes(work, args, expected):
+    line = one_line_error(run("compile", "models.py:Small", *args, cwd=work))
+    assert expected in line
+
+
+def test_default_target_is_auto_and_printed(work):
+    done = run("compile", "models.py:Small", "--input", "4x16:f32", "--emit", "linalg",
+               cwd=work, check_rc=0)
+    assert "func.func @forward" in done.stdout
+    from quartet.frontend.target import choose_for_machine
+
+    assert f"quartet-compile: {choose_for_machine().line()}" in done.stderr
+
+
+def test_recompiling_gives_a_byte_identical_artifact(conv_artifact, tmp_path):
+    again = tmp_path / "again.qrt"
+    run("compile", f"{MODELS}:ConvBlock", "--input", "1x3x16x16:f32", "--target", "cpu",
+        "-o", again, check_rc=0)
+    assert again.read_bytes() == conv_artifact.read_bytes()
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("Small", "expected FILE.py:ClassName, got 'Small'"),
+    ("no_such_package.Model", "cannot import module 'no_such_package'"),
+    (".:Small", "could not open model file: it is a folder"),
+])
+def test_model_spec_mistakes(work, spec, expected):
+    line = one_line_error(run("compile", spec, "--input", "4x16:f32", "-o", "x.qrt", cwd=work))
+    assert expected in line
+
+
+def test_weights_file_mistakes(work):
+    (work / "junk.pt").write_text("not a pickle")
+    import torch
+
+    torch.save([1, 2, 3], work / "list.pt")
+    for name, expected in (("absent.pt", "absent.pt: error: could not open weights file: no "
+                                         "such file"),
+                           ("junk.pt", "junk.pt: error: not a PyTorch state dict"),
+                           ("list.pt", "list.pt: error: not a state dict")):
+        line = one_line_error(run("compile", "models.py:Small", "--input", "4x16:f32",
+                                  "--weights", name, "-o", "x.qrt", cwd=work))
+        assert expected in line, line
+
+
+def test_check_needs_to_know_the_model(conv_artifact, tmp_path):
+    folder = _copy_folder(conv_artifact, tmp_path / "anonymous")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["producer"] = json.dumps({"tool": "another compiler"})
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    line = one_line_error(run("run", folder, "--check"))
+    assert "--check: the artifact does not say which PyTorch model it came from; pass --model" \
+        in line
+
+    moved = _copy_folder(conv_artifact, tmp_path / "moved")
+    manifest = json.loads((moved / "manifest.json").read_text())
+    producer = json.loads(manifest["producer"])
+    producer.update(model_file="/no/such/models.py", model_file_arg="no/such/models.py")
+    manifest["producer"] = json.dumps(producer)
+    (moved / "manifest.json").write_text(json.dumps(manifest))
+    line = one_line_error(run("run", moved, "--check", cwd=tmp_path))
+    assert "--check: model file /no/such/models.py is not here; pass --model FILE.py:ConvBlock" \
+        in line
+
+
+@pytest.mark.parametrize("tool, hidden, args, expected", [
+    ("compile", ("mlir", "torch_mlir"), ["models.py:Small", "--input", "4x16", "-o", "x.qrt"],
+     "quartet-compile needs torch_mlir, mlir: install the compiler with pip install "
+     "'quartet[compiler]'"),
+    ("run", ("torch",), ["ARTIFACT", "--check"],
+     "--check runs the PyTorch model: it needs torch, which is not installed here"),
+])
+def test_a_missing_package_is_named(work, conv_artifact, tool, hidden, args, expected):
+    """What a machine without the compiler (or without torch) says, in one line."""
+    args = [str(conv_artifact) if a == "ARTIFACT" else a for a in args]
+    code = ("import importlib.util, sys\n"
+            "real = importlib.util.find_spec\n"
+            f"importlib.util.find_spec = lambda n, *a: None if n in {hidden!r} else real(n, *a)\n"
+            f"from quartet.tools.quartet_{tool} import entry\n"
+            f"sys.argv = ['quartet-{tool}', *{args!r}]\n"
+            "sys.exit(entry())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=work, timeout=300)
+    assert expected in one_line_error(done)
+
+
+def test_not_an_npy_file(conv_artifact, tmp_path):
+    (tmp_path / "text.npy").write_text("1 2 3")
+    line = one_line_error(run("run", conv_artifact, "--input", tmp_path / "text.npy"))
+    assert "text.npy: error: not a .npy array file" in line
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "could not open input file: no such file"),
+    ("folder", "could not open input file: it is a directory"),
+    ("binary", "could not read input file: not UTF-8 text"),
+    ("syntax", "error: "),
+    ("pass", "no-such-pass"),
+    ("output", "cannot write"),
+])
+def test_quartet_opt_mistakes(tmp_path, case, expected):
+    good = tmp_path / "good.mlir"
+    good.write_text("func.func @f(%a: f32) -> f32 {\n  return %a : f32\n}\n")
+    (tmp_path / "bad.mlir").write_text("func.func @f( {\n")
+    (tmp_path / "binary.mlir").write_bytes(b"\xff\xfe\x00junk")
+    args = {"missing": [tmp_path / "absent.mlir"], "folder": [tmp_path],
+            "binary": [tmp_path / "binary.mlir"], "syntax": [tmp_path / "bad.mlir"],
+            "pass": [good, "--pass-pipeline=builtin.module(no-such-pass)"],
+            "output": [good, "-o", tmp_path / "no" / "such" / "out.mlir"]}[case]
+    line = one_line_error(run("opt", *args))
+    assert expected in line
+
+
+# ----------------------------------------------------------------------------------------------
+# Every tool: --version, defaults in --help
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tool", ["compile", "run", "opt"])
+def test_version_and_help(tool):
+    from quartet import __version__
+
+    done = run(tool, "--version", check_rc=0)
+    assert done.stdout.strip() == f"quartet-{tool} {__version__}"
+    text = run(tool, "--help", check_rc=0).stdout
+    assert "``" not in text and "--version" in text
+    defaults = {"compile": ["(default: auto)", "(default: roller)", "(default: 0)"],
+                "run": ["(default: 20)", "(default: 3)"],
+                "opt": ["(default: -)"]}[tool]
+    flat = " ".join(text.split())
+    for d in defaults:
+        assert d in flat, (d, text)
+
+
+def test_demo_has_a_version():
+    from quartet import __version__
+
+    done = subprocess.run([sys.executable, "-m", "quartet.tools.demo", "--version"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == f"quartet-demo {__version__}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input to quartet-run: inputs at call time, foreign and damaged artifacts
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--bench", "--repeat", "0"], "argument --repeat: expected a positive integer, got 0"),
+    (["--bench", "--warmup", "-1"], "argument --warmup: expected 0 or a positive integer"),
+    (["--repeat", "many"], "argument --repeat: expected an integer, got 'many'"),
+    (["--device", "-1"], "argument --device: expected 0 or a positive integer"),
+    (["--graph"], "graph=True needs the cuda backend; this artifact is for cpu"),
+    (["--input", "a.npy", "--input", "b.npy"], "--input given 2 time(s); the program takes 1"),
+])
+def test_run_command_line_mistakes(conv_artifact, args, expected):
+    line = one_line_error(run("run", conv_artifact, *args))
+    assert expected in line
+
+
+@pytest.mark.parametrize("artifact, model, expected", [
+    ("conv_artifact", "Other", "--check: Other does not match the artifact: its weights "
+                               "fc.weight, fc.bias are not in the artifact"),
+    ("conv_artifact", "Branchy", "--check: Branchy does not match the artifact: the artifact's "
+                                 "weights conv.weight, conv.bias are not in it"),
+    ("small_folder", "WrongForward", "--check: WrongForward.forward fails on the artifact's "
+                                     "inputs (RuntimeError: "),
+    ("small_folder", "Other", "state dict does not fit Other: missing: fc.weight, fc.bias"),
+    ("small_folder", "NoSuchClass", "model file has no class 'NoSuchClass'"),
+    ("small_folder", "NotAModule", "'NotAModule' is not a torch.nn.Module subclass"),
+    ("small_folder", "ReturnsDict", "--check: the PyTorch model returns dict, not tensors"),
+    ("small_folder", "ReturnsTwo", "the artifact returns 1 output(s), the PyTorch model 2"),
+    ("small_folder", "ReturnsWider", "output 0 ('out0'): the artifact gives shape [4, 8], the "
+                                     "PyTorch model [4, 16]"),
+    ("conv_artifact", "ConvOfOtherShape", "--check: weight 'conv.weight' is float32 "
+                                          "[16, 3, 3, 3] in the artifact but float32 [8, 3, 3, 3] "
+                                          "in the model"),
+])
+def test_check_with_the_wrong_model(request, work, artifact, model, expected):
+    path = request.getfixturevalue(artifact)
+    line = one_line_error(run("run", path, "--check", "--model", f"models.py:{model}", cwd=work))
+    assert expected in line
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad input to quartet-run: inputs at call time, foreign and damaged artifacts
 # ----------------------------------------------------------------------------------------------
@@ -334,7 +597,7 @@ def test_artifact_of_another_format_version(conv_artifact, tmp_path):
     manifest["version"] = 99
     (folder / "manifest.json").write_text(json.dumps(manifest))
     line = one_line_error(run("run", folder))
-    assert ("artifact format version 99 is not supported by this runtime (it reads version 1)"
+    assert ("artifact format version 99 is not supported by this runtime (it reads version 1, 2)"
             in line)
 
 

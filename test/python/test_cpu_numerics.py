@@ -507,7 +507,7 @@ def test_inputs_are_never_written_and_results_are_fresh():
 def test_lowered_module_text_runs_and_records_its_entry():
     with context(), ir.Location.unknown():
         module = ir.Module.parse(ACCUMULATE)
-        cpu.LowerCpu().apply(module.operation)
+        cpu.lower_to_llvm(module.operation)
         lowered = str(module)
     assert "linalg." not in lowered and "scf." not in lowered
     assert 'quartet.cpu_entry = {inputs = [tensor<50x64xf32>, tensor<64x40xf32>, ' \
@@ -569,7 +569,7 @@ def test_shared_object_runs_without_mlir(tmp_path, name, dtype, opt_level):
 def _lower(text: str):
     with context(), ir.Location.unknown():
         module = ir.Module.parse(text)
-        cpu.LowerCpu().apply(module.operation)
+        cpu.lower_to_llvm(module.operation)
 
 
 def test_unsupported_op_is_named():

@@ -124,7 +124,7 @@ def test_refusals(ctx):
                                 threads=128)[0])
     assert "tensor cores take f16 or bf16 operands" in gemm.supports(t, "sm_90")
     _, t = tile_of(cases.matmul(256, 256, 128, **MM_MMA)[0])
-    with pytest.raises(QuartetError, match="unknown GEMM target 'gfx1100'"):
+    with pytest.raises(QuartetError, match="unknown target 'gfx1100'"):
         gemm.build_gemm_kernel(t, "gfx1100")
     src = cases.matmul(256, 256, 128, **MM_MMA)[0].replace(
         "block_tile = array<i64: 128, 128, 32>, ", "")

@@ -242,7 +242,9 @@ def test_bert_layer_f16_compiles_to_fewer_kernels_and_computes_the_same(tmp_path
     from quartet.bench.e2e.cpu_twin import cpu_twin
 
     compile_mod = importlib.import_module("quartet.frontend.compile")
-    assert FOLD in compile_mod.pipeline_passes("roller", "sm_90")    # the roller pipeline's
+    from quartet.driver import registry
+    registry.load_all()
+    assert FOLD in registry.PIPELINES["roller"].expand({"target": "sm_90"})   # the pipeline's
     torch.manual_seed(0)
     model = BertLayer(96, 4, 384).to(H).eval()
     (x,) = _inputs("bert_layer", [(2, 16, 96)], H)

@@ -20,7 +20,8 @@ from quartet.passes.footprint import OpModel, parse_expr
 from quartet.passes.roller import policy
 from quartet.passes.roller.config import RollerConfig, check_fits, loop_info
 
-H100 = targets.get("sm_90")
+H100 = targets.get("sm_90", "h100")
+H200 = targets.get("sm_90")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -585,10 +586,14 @@ def test_unsupported_map_is_reported():
 
 
 def test_hardware_tables():
+    assert H200.name == "h200" and H200.target == "sm_90"      # the default chip of sm_90
+    assert H200.hbm_bandwidth == 4.8e12 and H200.dram_bandwidth == 4.16e12
+    assert (H200.num_units, H200.smem_per_block, H200.wgmma) == (132, 227 * 1024, True)
+    assert all(src for src in H200.sources)
     assert (H100.num_units, H100.warp_size, H100.sub_partitions) == (132, 32, 4)
     assert H100.smem_per_block == 227 * 1024 and H100.smem_per_unit == 228 * 1024
     assert H100.max_regs_per_thread == 255 and H100.regs_per_unit == 65536
-    assert H100.dram_bandwidth == 3.0e12 and H100.mma_shape == (16, 8, 16)
+    assert H100.dram_bandwidth == 2.93e12 and H100.mma_shape == (16, 8, 16)
     assert H100.peak_flops["tensor_f16"] < 989.4e12     # mma.sync, not the wgmma peak
     mi300 = targets.get("gfx942")
     assert (mi300.num_units, mi300.warp_size, mi300.smem_per_block) == (304, 64, 64 * 1024)
@@ -731,8 +736,8 @@ def test_hand_given_schedule_that_does_not_fit(block, thread, extra, reason):
 def test_hand_given_tensor_cores_need_f16():
     with pytest.raises(QuartetError, match="tensor_core = true needs a contraction of two f16"):
         configure(_hand((128, 128, 32), (64, 32, 32), ", tensor_core = true", t="f32"))
-    with pytest.raises(QuartetError, match="does not fit cpu: tensor_core = true, but the target "
-                                           "has no tensor cores"):
+    with pytest.raises(QuartetError, match=r"does not fit cpu \(x86-avx2\): tensor_core = true, "
+                                           "but the target has no tensor cores"):
         configure(_hand((128, 128, 32), (64, 32, 32), ", tensor_core = true"), target="cpu")
 
 

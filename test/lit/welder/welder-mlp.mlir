@@ -10,7 +10,7 @@
 // A wider MLP (64 -> 256 -> 64 on 16 tokens, through quartet-compile): fc1 and fc2 become one
 // kernel (welder.pattern = "gemm_chain": the hidden activation stays in shared memory); the
 // residual add and the layer norm stay a row program.
-// RUN: quartet-compile %S/../../../frontend/models.py:MLP --input 2x8x64:f16 --pipeline welder --emit quartet | filecheck %s --check-prefix=CHAIN
+// RUN: quartet-compile %S/../../../frontend/models.py:MLP --input 2x8x64:f16 --target sm_90 --pipeline welder --emit quartet | filecheck %s --check-prefix=CHAIN
 
 // BEFORE-LABEL: func.func @forward
 // BEFORE:         "quartet.tile"() ({
