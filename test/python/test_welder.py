@@ -264,10 +264,11 @@ def test_emulator_reports_a_missing_barrier():
 # Fused kernels on the emulator against the CPU target (one check per pattern at least)
 
 
-def _check_pattern(pattern, model, inputs, nodes, tol=3e-3):
+def _check_pattern(pattern, model, inputs, nodes, tol=3e-3, configs=None):
     """Merge the tiles ``nodes`` (indices after Roller's passes) as welder-fuse would, then
     check every configuration the pattern offers that the emulator runs (mma.sync, not wgmma)
-    against the CPU target; return the merged tile's ops."""
+    against the CPU target (the first ``configs`` of them when given); return the merged
+    tile's ops."""
     from quartet.passes.welder.fuse import configure
     from quartet.passes.welder.group import merged_tile
 
@@ -287,6 +288,8 @@ def _check_pattern(pattern, model, inputs, nodes, tol=3e-3):
             err = check_on_emulator(tile, SM90)
             assert err < tol, f"{pattern} {choice.params}: relative error {err}"
             checked += 1
+            if checked == configs:
+                break
         assert checked
         return [o.name for o in tile.computation], str(tile.operation)
 
@@ -322,6 +325,15 @@ def test_causal_attention_on_the_emulator():
     names, text = _check_pattern("attention", model, inputs, [1, 2, 3, 4, 5])
     assert "arith.select" in text                       # masked_fill is inside the kernel
     assert names.count("linalg.transpose") == 2
+
+
+@pytest.mark.parametrize("tokens", [197, 1000])
+def test_attention_at_odd_sequence_lengths_on_the_emulator(tokens):
+    """Sequence lengths that are not multiples of the query and key tiles (ViT's 197, 1000):
+    the last query block and the last key tile are partial; one head of 16, one configuration
+    (the other configurations are checked at 77 tokens above)."""
+    model, inputs = _attention(tokens=tokens, dim=16, heads=1, batch=1)
+    _check_pattern("attention", model, inputs, [1, 2, 3, 4, 5], configs=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,6 +442,33 @@ def test_welder_cpu_numerics(name):
     out = torch.as_tensor(compiled(*xs)).double()
     ref = model.double()(*[x.double() for x in xs]).detach()
     assert float((out - ref).norm() / ref.norm()) < 5e-3
+
+
+@pytest.mark.parametrize("tokens", [77, 197, 1000])
+def test_welder_attention_cpu_numerics_at_odd_sequence_lengths(tokens):
+    """The fused attention group (scale, softmax, the transposes of Q, K, V and of the result)
+    through the CPU target at sequence lengths that are not multiples of 64, against PyTorch."""
+    model, xs = _attention(tokens=tokens, dim=32, heads=2, batch=1)
+    compiled = quartet.compile(model, xs, pipeline="welder", target="cpu")
+    assert 'welder.pattern = "attention"' in compiled.result.quartet     # the group was made
+    out = torch.as_tensor(compiled(*xs)).double()
+    ref = model.double()(*[x.double() for x in xs]).detach()
+    assert float((out - ref).norm() / ref.norm()) < 5e-3
+
+
+def test_pipeline_name_with_options():
+    """``quartet-compile --pipeline`` and ``quartet.compile(pipeline=)`` take a pipeline's
+    options (not its target) after its name."""
+    from quartet.errors import QuartetError
+    from quartet.frontend.compile import pipeline_passes
+
+    assert pipeline_passes("welder", "cpu") == "builtin.module(welder{target=cpu})"
+    assert (pipeline_passes("welder{verbose=true tuning=r.json}", "sm_90") ==
+            "builtin.module(welder{target=sm_90 verbose=true tuning=r.json})")
+    with pytest.raises(QuartetError, match="unknown option 'topk' for pipeline 'welder'"):
+        pipeline_passes("welder{topk=2}", "sm_90")
+    with pytest.raises(QuartetError, match="the target is not a pipeline option"):
+        pipeline_passes("welder{target=cpu}", "sm_90")
 
 
 def test_tuning_build_writes_candidates(tmp_path):
