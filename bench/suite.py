@@ -34,10 +34,13 @@ Data-dependent work (blocks taken, steps decoded) is counted at its maximum unle
 
 Attention is written op by op (matmul, softmax, matmul), never through
 ``F.scaled_dot_product_attention``, so that torch-mlir imports it and Welder sees every edge.
+:func:`sdpa_twin` switches a module's attention to PyTorch's fused SDPA for one peer of the
+benchmark (what an expert writes by hand); nothing compiles that form.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -173,11 +176,16 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
+    sdpa = False        # sdpa_twin: F.scaled_dot_product_attention instead of the ops
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         h = self.heads
         qkv = self.qkv(x).reshape(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # [b, h, t, d/h]
+        if self.sdpa:
+            context = F.scaled_dot_product_attention(q, k, v)
+            return self.out(context.transpose(1, 2).reshape(b, t, d))
         scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(d // h))
         probs = torch.softmax(scores, dim=-1)
         context = torch.matmul(probs, v)  # [b, h, t, d/h]
@@ -197,6 +205,9 @@ class CausalAttention(Attention):
         h = self.heads
         qkv = self.qkv(x).reshape(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
+        if self.sdpa:
+            context = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.out(context.transpose(1, 2).reshape(b, t, d))
         scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(d // h))
         scores = scores.masked_fill(self.mask[:t, :t], float("-inf"))
         probs = torch.softmax(scores, dim=-1)
@@ -219,6 +230,21 @@ class PreNormBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.norm1(x))
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+@contextlib.contextmanager
+def sdpa_twin(module: nn.Module):
+    """Within the block, every :class:`Attention` of ``module`` runs PyTorch's fused
+    ``F.scaled_dot_product_attention`` (the same function; causal for :class:`CausalAttention`).
+    Yields whether the module has any attention (no twin otherwise)."""
+    found = [m for m in module.modules() if isinstance(m, Attention)]
+    for m in found:
+        m.sdpa = True
+    try:
+        yield bool(found)
+    finally:
+        for m in found:
+            m.sdpa = False
 
 
 class BertLayer(nn.Module):

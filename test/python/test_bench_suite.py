@@ -271,6 +271,41 @@ def test_run_dry_on_cpu_and_report(tmp_path):
         assert not (tmp_path / "plots" / "speedup_quartet.png").exists()
 
 
+@pytest.mark.parametrize("make", [
+    lambda: suite.Attention(32, 4),
+    lambda: suite.CausalAttention(32, 4, 13),
+    lambda: suite.PreNormBlock(32, 4, 64, 13, causal=True),
+])
+def test_sdpa_twin_computes_the_same(make):
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.randn(2, 13, 32)
+    with torch.no_grad():
+        ref = model(x)
+        with suite.sdpa_twin(model) as has:
+            twin = model(x)
+        assert has and not any(getattr(m, "sdpa", False) for m in model.modules())
+    assert torch.allclose(twin, ref, atol=1e-5)
+    with suite.sdpa_twin(suite.MLP(8, 16)) as has:
+        assert not has
+
+
+def test_report_welder_table():
+    def sys_(ms, **kw):
+        return {"status": "ok", "e2e": {"median_ms": ms}, **kw}
+
+    rec = {"name": "attention_f16", "systems": {
+        "eager": sys_(0.4, graph_ms=0.2, sdpa_graph_ms=0.05),
+        "compile": sys_(0.5),
+        "quartet": sys_(0.1, graph_ms=0.08, kernels=3, global_bytes_model={
+            "unfused": 40_000_000, "fused": 10_000_000, "kernels_unfused": 7})}}
+    lines = report.welder_table({"workloads": [rec, {"name": "x", "systems": {}}]},
+                                ["eager", "compile", "quartet"])
+    row = next(line for line in lines if line.startswith("| attention_f16"))
+    assert row == "| attention_f16 | 3 / 7 | 40 | 10 | 0.25 | 0.20 | 0.40 | 1.60 |"
+    assert report.welder_table({"workloads": [{"name": "x", "systems": {}}]}, ["eager"]) == []
+
+
 def test_compare_reports_errors_nans_and_token_mismatches():
     ref = [torch.tensor([3.0, 4.0], dtype=torch.float64), torch.tensor([1, 2])]
     c = run.compare((torch.tensor([3.0, 4.5]), torch.tensor([1, 0])), ref)
