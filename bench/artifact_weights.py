@@ -10,8 +10,9 @@ with ``weights[]``: ``file``, ``offset``, ``size``; ``files[]``: ``name``, ``siz
 - :func:`strip` (build step, here): for every weight file of at least ``keep_below`` bytes,
   match each weight's bytes to a parameter or buffer of the module that was compiled (as stored,
   or transposed for 2-D tensors), check that the bytes no weight covers are zero, then delete
-  the file and write ``bench_weights.json`` saying how to rebuild it.  A file with any byte that
-  cannot be rebuilt is kept as it is.
+  the file and write ``bench_weights.json`` saying how to rebuild it.  Weights of at most
+  ``INLINE_MAX`` bytes that match no parameter (constants the compiler made) are written into
+  the sidecar as they are.  A file with any other byte that cannot be rebuilt is kept as it is.
 - :func:`restore` (run step, on the GPU machine): copy the artifact to a scratch folder and
   rebuild each stripped file there from the same workload and seed, checking every weight's
   SHA-256 and the whole file's SHA-256 against the recorded ones; the result is an artifact
@@ -33,6 +34,7 @@ import torch
 
 SIDECAR = "bench_weights.json"
 KEEP_BELOW = 1 << 20  # weight files smaller than this stay in the artifact
+INLINE_MAX = 4096     # weights this small that match no parameter go into the sidecar as hex
 
 
 def _sha(data: bytes | bytearray | memoryview) -> str:
@@ -101,6 +103,13 @@ def strip(artifact: Path, module: torch.nn.Module, *, workload: str, seed: int, 
                 why = f"weight {w.get('name')} runs past the end of the file"
                 break
             match = index.get(_sha(chunk))
+            if match is None and size <= INLINE_MAX:
+                # a constant the compiler made (a fill value, a folded scale): carried in the
+                # sidecar as it is
+                entries.append({"weight": w.get("name"), "offset": off, "size": size,
+                                "sha256": _sha(chunk), "hex": chunk.hex()})
+                covered[off:off + size] = True
+                continue
             if match is None:
                 why = f"weight {w.get('name')} matches no parameter of the module"
                 break
@@ -142,7 +151,8 @@ def restore(artifact: Path, module: torch.nn.Module, scratch: Path) -> Path:
     for f in sidecar["files"]:
         buf = bytearray(int(f["size"]))
         for e in f["weights"]:
-            data = tensor_bytes(_tensor_of(module, e["param"], e["transform"]))
+            data = (bytes.fromhex(e["hex"]) if "hex" in e else
+                    tensor_bytes(_tensor_of(module, e["param"], e["transform"])))
             if len(data) != e["size"] or _sha(data) != e["sha256"]:
                 raise ValueError(f"weight {e['weight']} ({e['param']}) rebuilt from seed "
                                  f"{sidecar['seed']} differs from the compiled one")

@@ -8,7 +8,7 @@ weights from NumPy's PCG64 of seed 0, ``bench.suite.init_parameters``) with the 
 pipeline for ``sm_90``, saves the artifact with its large weights stripped (rebuilt from the
 seed on the GPU machine, ``bench/artifact_weights.py``: the device tool carries 64 MiB) and
 writes ``welder.json``: per case its kernels, the fused patterns in it and the cost model's
-global bytes before and after fusion.
+global bytes before and after fusion (building some cases keeps the other cases' rows).
 
 ``run`` (the GPU machine: torch and ``quartet.runtime``, no MLIR) rebuilds each module from the
 seed, restores the weights, fills the program's outputs with NaN bytes, runs it on inputs drawn
@@ -126,7 +126,12 @@ def build(out: Path, cases: list[str]) -> list[dict]:
         rows.append(row)
         print(f"{case:20s} {row['kernels']:3d} kernels {row['patterns']} "
               f"({seconds:.0f} s)", flush=True)
-    (out / "welder.json").write_text(json.dumps(rows, indent=1))
+    listing = out / "welder.json"
+    built = {r["case"] for r in rows}
+    kept = [r for r in (json.loads(listing.read_text()) if listing.is_file() else [])
+            if r["case"] not in built and r["case"] in CASES]      # other cases built earlier
+    listing.write_text(json.dumps(sorted(kept + rows, key=lambda r: list(CASES).index(r["case"])),
+                                  indent=1))
     return rows
 
 

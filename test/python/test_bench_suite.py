@@ -221,6 +221,33 @@ def test_weights_that_match_nothing_are_kept(tmp_path):
     assert (tmp_path / row["artifact"] / "weights.bin").exists()
 
 
+def test_small_constants_travel_in_the_sidecar(tmp_path):
+    """A weight file with a constant the compiler made (a fill value) beside the parameters is
+    still stripped: the constant's bytes go into the sidecar."""
+    wl = suite.get("mlp_f16")
+
+    class WithConstant(_FakeCompiled):
+        def save(self, path):
+            from quartet.runtime import ArtifactWriter
+
+            w = ArtifactWriter("cpu")
+            w.add_input("x", (1,), "float32")
+            w.add_weight("fill", torch.tensor([-3.5], dtype=torch.float16))
+            w.add_weight("fc1.weight", self.module.fc1.weight.detach())
+            w.add_output("y", (1,), "float32")
+            return w.save(path)
+
+    m = build.build([wl], tmp_path, isolate=False, log=lambda s: None,
+                    compile_fn=lambda mod, inp, pipeline, target: WithConstant(mod, ""))
+    row = m["rows"][0]
+    art = tmp_path / row["artifact"]
+    assert row["weights"]["stripped"] == ["weights.bin"] and not (art / "weights.bin").exists()
+    rebuilt = artifact_weights.restore(art, wl.module(0, form=row["form"]), tmp_path / "scratch")
+    from quartet.runtime import open_artifact
+
+    open_artifact(rebuilt, verify=True).close()
+
+
 def test_carry_budget_drops_largest_artifacts(tmp_path):
     for name, size in (("a", 3000), ("b", 1000)):
         (tmp_path / name).mkdir()
