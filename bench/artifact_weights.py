@@ -10,8 +10,9 @@ with ``weights[]``: ``file``, ``offset``, ``size``; ``files[]``: ``name``, ``siz
 - :func:`strip` (build step, here): for every weight file of at least ``keep_below`` bytes,
   match each weight's bytes to a parameter or buffer of the module that was compiled (as stored,
   or transposed for 2-D tensors), check that the bytes no weight covers are zero, then delete
-  the file and write ``bench_weights.json`` saying how to rebuild it.  A file with any byte that
-  cannot be rebuilt is kept as it is.
+  the file and write ``bench_weights.json`` saying how to rebuild it.  Weights of at most
+  ``INLINE_MAX`` bytes that match no parameter (constants the compiler made) are written into
+  the sidecar as they are.  A file with any other byte that cannot be rebuilt is kept as it is.
 - :func:`restore` (run step, on the GPU machine): copy the artifact to a scratch folder and
   rebuild each stripped file there from the same workload and seed, checking every weight's
   SHA-256 and the whole file's SHA-256 against the recorded ones; the result is an artifact

@@ -12,6 +12,9 @@ Weight files of 1 MiB or more that the seed rebuilds exactly are then removed fr
 (:mod:`bench.artifact_weights`), so that the folder stays small enough to carry to the GPU
 machine (``--max-mib``, default 40, for all artifacts together).
 
+A row records the kernels per call and, for the ``welder`` pipeline, the global-memory bytes
+per call before and after fusion by Welder's cost model (``global_bytes_model``).
+
 Every row is written to ``<out>/build.json``, compiled or not: a workload Quartet cannot compile
 yet is a row whose status reads ``not compiled: <reason>`` (quartet.compile missing, an
 unsupported operator, a crash, a timeout), never a missing row.  ``--only`` rebuilds some rows
@@ -28,6 +31,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -77,6 +81,25 @@ def find_compile() -> Callable:
     return fn
 
 
+_WELDER_ATTR = re.compile(r"welder\.(bytes|bytes_unfused|tiles) = (\d+) : i64")
+
+
+def model_bytes(quartet_ir: str) -> dict | None:
+    """Global-memory bytes per call by Welder's cost model, summed over the tiles of the IR the
+    passes produced (the ``welder.*`` attributes ``welder-fuse`` writes): ``unfused`` with every
+    operator a kernel of its own (``kernels_unfused`` of them), ``fused`` with the kernels
+    built; None for a pipeline without them."""
+    totals = {"bytes": 0, "bytes_unfused": 0, "tiles": 0}
+    found = False
+    for name, value in _WELDER_ATTR.findall(quartet_ir):
+        totals[name] += int(value)
+        found = True
+    if not found:
+        return None
+    return {"unfused": totals["bytes_unfused"], "fused": totals["bytes"],
+            "kernels_unfused": totals["tiles"]}
+
+
 def pipeline_for(workload: suite.Workload, pipeline: str) -> str:
     return workload.family if pipeline == "family" else pipeline
 
@@ -119,6 +142,7 @@ def build_one(workload: suite.Workload, pipeline: str, out: Path, *, target: str
         row["kernels"] = len(manifest.kernels) if manifest is not None else None
         if manifest is not None:
             row.update(launch_summary(manifest))
+        row["global_bytes_model"] = model_bytes(getattr(result, "quartet", "") or "")
     except Exception as e:
         row["status"] = f"not compiled: {_one_line(e)}"
         return row

@@ -122,6 +122,48 @@ def _err(r: dict) -> str:
     return ", ".join(parts) or "-"
 
 
+def welder_table(run: dict, systems: list[str]) -> list[str]:
+    """The Welder rows (those whose build recorded ``global_bytes_model``): kernels per call,
+    the cost model's global-memory bytes before and after fusion, and Quartet's end-to-end time
+    over each peer's, eager's CUDA graph and the SDPA twin's graph (issue 10, "Measured")."""
+    L: list[str] = []
+    fused = [r for r in run["workloads"]
+             if r["systems"].get("quartet", {}).get("global_bytes_model")]
+    if fused:
+        L.append("## Welder fusion: kernels and global-memory bytes per call")
+        L.append("")
+        L.append("From the build (`bench.build`): kernels Quartet launches per call with Welder's "
+                 "groups, against one kernel per operator, and the global-memory bytes per call "
+                 "by Welder's cost model (`welder.bytes`, `welder.bytes_unfused` in the IR), "
+                 "before and after fusion. Time ratios: Quartet's end-to-end time over each "
+                 "peer's (below 1 is faster).")
+        L.append("")
+        L.append("*eager graph*: eager captured as one CUDA graph; *SDPA graph*: the same model "
+                 "with PyTorch's fused `scaled_dot_product_attention` in its attention, captured "
+                 "as one CUDA graph (issue 10's hand-written reference); both against Quartet's "
+                 "program in graph mode where it has one.")
+        L.append("")
+        peers = [s for s in systems if s != "quartet"]
+        L.append("| workload | kernels (fused / unfused) | MB before | MB after | "
+                 + " | ".join(f"/ {LABELS[s]}" for s in peers)
+                 + " | / eager graph | / SDPA graph |")
+        L.append("|---|---|---|---|" + "---|" * (len(peers) + 2))
+        for rec in fused:
+            q = rec["systems"]["quartet"]
+            g = q["global_bytes_model"]
+            tq = e2e(rec, "quartet")
+            eager = rec["systems"].get("eager", {})
+            tg = q.get("graph_ms") or tq        # graph against graph where Quartet has one
+            pairs = [(tq, e2e(rec, s)) for s in peers] + [(tg, eager.get("graph_ms")),
+                                                          (tg, eager.get("sdpa_graph_ms"))]
+            ratios = [f"{a / b:.2f}" if a and b else "-" for a, b in pairs]
+            L.append(f"| {rec['name']} | {q.get('kernels') or '-'} / "
+                     f"{g.get('kernels_unfused', '-')} | {g['unfused'] / 1e6:.4g} | "
+                     f"{g['fused'] / 1e6:.4g} | " + " | ".join(ratios) + " |")
+        L.append("")
+    return L
+
+
 def markdown(run: dict, run_path: Path, plots: dict[str, Path | None], results: Path) -> str:
     dev, v, c = run["device"], run["versions"], run.get("ceilings") or {}
     when = f"{dev['name']}, {run['date']}"
@@ -289,6 +331,8 @@ def markdown(run: dict, run_path: Path, plots: dict[str, Path | None], results: 
                          f"{p['tasks']} | {p['veus']} | {p['blocks']} x {p['threads']} | "
                          f"{p['blocks_per_sm']} | {p['occupancy']:.0%} |")
         L.append("")
+
+    L += welder_table(run, systems)
 
     # -- workloads -----------------------------------------------------------------------------
     L.append("## Workloads")

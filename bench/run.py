@@ -550,6 +550,23 @@ class Run:
                  + (f"  CHECK ERROR {chk['error']}" if "error" in chk else ""))
         return res
 
+    def _sdpa_graph(self, w: suite.Workload, st: dict) -> dict:
+        """For a model with attention: the same model with PyTorch's fused SDPA in place of the
+        attention ops (``suite.sdpa_twin``), captured as one CUDA graph and replayed - the hand-
+        written reference of issue 10 - with its error on the check inputs."""
+        module = st["module"]
+        try:
+            with suite.sdpa_twin(module) as has, torch.no_grad():
+                if not has:
+                    return {}
+                ms = graph_replay_ms(self.clock, module, st["pool"][0], reps=20)
+                err = compare(module(*st["check"]), st["ref"]).get("rel_err")
+            self.log(f"{w.name}: sdpa graph {_fmt_ms(ms)}  rel err "
+                     f"{'-' if err is None else f'{err:.2e}'}")
+            return {"sdpa_graph_ms": ms, "sdpa_rel_err": err}
+        except Exception as e:
+            return {"sdpa_graph_ms": None, "sdpa_note": f"failed: {_one_line(e)}"}
+
     def measure_eager(self, w: suite.Workload) -> None:
         st = self.state[w.name]
         module = st["module"]
@@ -561,6 +578,7 @@ class Run:
                     res["graph_note"] = "eager captured as one CUDA graph, replayed"
                 except Exception as e:
                     res["graph_ms"], res["graph_note"] = None, f"capture failed: {_one_line(e)}"
+                res.update(self._sdpa_graph(w, st))
         except Exception as e:
             res = {"status": f"error: {_one_line(e)}", "traceback": traceback.format_exc(limit=4)}
             self.log(f"{w.name}: eager failed: {_one_line(e)}")
@@ -586,6 +604,8 @@ class Run:
                     "form": row.get("form"),
                     "launches_per_call": row.get("launches_per_call"),
                     "persistent": row.get("persistent")})
+        if row.get("global_bytes_model"):       # welder rows: the cost model's bytes per call
+            res["global_bytes_model"] = row["global_bytes_model"]
         if bool(row.get("tiny")) != bool(self.args.tiny):
             res["status"] = ("not run: artifact built at "
                              + ("tiny sizes" if row.get("tiny") else "the real sizes")

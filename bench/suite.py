@@ -34,10 +34,13 @@ Data-dependent work (blocks taken, steps decoded) is counted at its maximum unle
 
 Attention is written op by op (matmul, softmax, matmul), never through
 ``F.scaled_dot_product_attention``, so that torch-mlir imports it and Welder sees every edge.
+:func:`sdpa_twin` switches a module's attention to PyTorch's fused SDPA for one peer of the
+benchmark (what an expert writes by hand); nothing compiles that form.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -173,15 +176,75 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
+    sdpa = False        # sdpa_twin: F.scaled_dot_product_attention instead of the ops
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         h = self.heads
         qkv = self.qkv(x).reshape(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # [b, h, t, d/h]
+        if self.sdpa:
+            context = F.scaled_dot_product_attention(q, k, v)
+            return self.out(context.transpose(1, 2).reshape(b, t, d))
         scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(d // h))
         probs = torch.softmax(scores, dim=-1)
         context = torch.matmul(probs, v)  # [b, h, t, d/h]
         return self.out(context.transpose(1, 2).reshape(b, t, d))
+
+
+class CausalAttention(Attention):
+    """:class:`Attention` with a causal mask: key ``j`` is hidden from query ``i`` when ``j > i``
+    (GPT). The mask is a boolean buffer, filled with ``-inf`` by ``masked_fill``."""
+
+    def __init__(self, dim: int, heads: int, tokens: int):
+        super().__init__(dim, heads)
+        self.register_buffer("mask", torch.triu(torch.ones(tokens, tokens, dtype=torch.bool), 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        h = self.heads
+        qkv = self.qkv(x).reshape(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        if self.sdpa:
+            context = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.out(context.transpose(1, 2).reshape(b, t, d))
+        scores = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(d // h))
+        scores = scores.masked_fill(self.mask[:t, :t], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        context = torch.matmul(probs, v)
+        return self.out(context.transpose(1, 2).reshape(b, t, d))
+
+
+class PreNormBlock(nn.Module):
+    """A pre-norm transformer block (ViT, GPT-2): ``x + attn(LN(x))``, then
+    ``x + fc2(gelu(fc1(LN(x))))``; causal attention when ``causal``."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, tokens: int, causal: bool = False):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attention = CausalAttention(dim, heads, tokens) if causal else Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+@contextlib.contextmanager
+def sdpa_twin(module: nn.Module):
+    """Within the block, every :class:`Attention` of ``module`` runs PyTorch's fused
+    ``F.scaled_dot_product_attention`` (the same function; causal for :class:`CausalAttention`).
+    Yields whether the module has any attention (no twin otherwise)."""
+    found = [m for m in module.modules() if isinstance(m, Attention)]
+    for m in found:
+        m.sdpa = True
+    try:
+        yield bool(found)
+    finally:
+        for m in found:
+            m.sdpa = False
 
 
 class BertLayer(nn.Module):
@@ -733,6 +796,17 @@ def _cost_bert(s, isz, trip):
     return layer.scale(s["layers"]) + _bytes(2 * t * d + s["layers"] * params, isz)
 
 
+def _cost_block(s, isz, trip):
+    b, n, d, hd = s["batch"], s["tokens"], s["dim"], s["hidden"]
+    t = b * n
+    block = (_elementwise(t * d, ELEMENTWISE_FLOPS["layernorm"]).scale(2)
+             + _attention_flops(b, n, d, s["heads"]) + _elementwise(t * d, 1).scale(2)
+             + _linear(t, d, hd) + _elementwise(t * hd, ELEMENTWISE_FLOPS["gelu"])
+             + _linear(t, hd, d))
+    params = _attention_params(d) + 4 * d + d * hd + hd + hd * d + d
+    return block + _bytes(2 * t * d + params, isz)
+
+
 def _cost_lstm(s, isz, trip):
     L, H, In, T, B = s["layers"], s["hidden"], s["input"], s["steps"], s["batch"]
     cell = (_linear(B, In, 4 * H, bias=False) + _linear(B, H, 4 * H, bias=False)
@@ -889,6 +963,25 @@ WORKLOADS: tuple[Workload, ...] = (
         input_specs=(InputSpec(lambda s: (s["batch"], s["tokens"], s["dim"])),),
         cost_fn=_cost_bert, sizes=_ws(layers=12, batch=32, tokens=128, **_D),
         tiny=_ws(layers=2, batch=3, tokens=8, dim=32, heads=4, hidden=64)),
+    Workload(
+        name="vit_block_f16", family="welder",
+        title="ViT-B pre-norm block (LN, attention, LN, MLP 768->3072->768); 32x197x768 fp16",
+        dtype=f16,
+        make=lambda s, form: PreNormBlock(s["dim"], s["heads"], s["hidden"], s["tokens"]),
+        input_specs=(InputSpec(lambda s: (s["batch"], s["tokens"], s["dim"])),),
+        cost_fn=_cost_block, sizes=_ws(batch=32, tokens=197, **_D),
+        tiny=_ws(batch=2, tokens=21, dim=64, heads=4, hidden=128),
+        notes="197 tokens (196 patches and the class token): not a multiple of the tiles"),
+    Workload(
+        name="gpt_block_f16", family="welder",
+        title="GPT-2 pre-norm block, causal attention (mask buffer, masked_fill); 4x1024x768 fp16",
+        dtype=f16,
+        make=lambda s, form: PreNormBlock(s["dim"], s["heads"], s["hidden"], s["tokens"],
+                                          causal=True),
+        input_specs=(InputSpec(lambda s: (s["batch"], s["tokens"], s["dim"])),),
+        cost_fn=_cost_block, sizes=_ws(batch=4, tokens=1024, **_D),
+        tiny=_ws(batch=2, tokens=37, dim=64, heads=4, hidden=128),
+        notes="the mask is a boolean buffer (a weight of the artifact); work counted as dense"),
     # ---- rammer: parallel branches ----
     Workload(
         name="branchy_cells_f32", family="rammer",

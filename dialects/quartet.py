@@ -90,7 +90,7 @@ TILE_SCHEDULE_ATTRS = {
 
 #: Block-program families a tile's ``kernel`` attribute may name (the verdict of
 #: ``passes/analysis/kernels.py``, read by ``lowering/kernels``).
-KERNEL_FAMILIES = ("gemm", "row", "colreduce", "fallback")
+KERNEL_FAMILIES = ("gemm", "row", "colreduce", "fallback", "fused")
 
 MEMORY_LEVELS = {0: "global", 1: "shared", 2: "register"}
 

@@ -26,6 +26,10 @@ branches around tiles lifted into one ``quartet.uvirtual`` each (``grinder-lift-
 static loops counted and unrolled, the body scheduled by Rammer's wavefront, device loop or host
 loop chosen by a cost model unless ``control`` says), checked (``grinder-check``): one
 cooperative kernel with device-side loops per uvirtual once lowered.
+``welder{target=T chip=C verbose=B tuning=R}``: the Roller passes with the reshape views
+between operators removed first (``welder-collapse-views``), then Welder's grouping
+(``welder-fuse``): groups of tiles merged into one tile each, fused patterns recorded for the
+lowering (``kernel = "fused"``).
 """
 
 from __future__ import annotations
@@ -73,6 +77,12 @@ def grinder(options: dict[str, str]) -> list[str]:
             "quartet-outline-data-movement", f"roller-config{{{where} topk={topk}}}",
             f"grinder-lift-control-flow{{{where}{' ' + lift if lift else ''}}}",
             "grinder-check"]
+def welder(options: dict[str, str]) -> list[str]:
+    where = _target_options(options)
+    extra = "".join(f" {k}={options[k]}" for k in ("verbose", "tuning") if options.get(k))
+    return ["roller-fold-casts", "welder-collapse-views", "quartet-outline-tiles",
+            f"roller-fuse{{{where}}}", f"roller-config{{{where}}}",
+            f"welder-fuse{{{where}{extra}}}"]
 
 
 def register_all() -> None:
@@ -112,3 +122,10 @@ def register_all() -> None:
                                           "shape (default true)",
                                "verbose": "print why a loop stays on the host (default "
                                           "false)"})(grinder)
+    register_pipeline("welder", "Welder: Roller's passes, then tile-graph fusion by estimated "
+                      "latency; fused groups keep intermediates in shared memory or registers "
+                      "(one kernel per group once lowered)",
+                      options={"target": TARGET_HELP, "chip": CHIP_HELP,
+                               "verbose": "print every grouping decision to stderr",
+                               "tuning": "a tuning record of measured latencies "
+                                         "(passes/welder/record.py)"})(welder)

@@ -20,7 +20,7 @@ and example inputs. The backend
    compile, when any did).
 
 Options (``torch.compile(model, backend="quartet", options={...})``): ``target`` (the CUDA
-target), ``pipeline`` (``roller``), ``graph`` (replay CUDA graphs).
+target), ``pipeline`` (``roller`` or ``welder``), ``graph`` (replay CUDA graphs).
 
 Training mode (issue 15, item 3): when autograd is on and an input requires grad (a model's
 parameters do, outside ``torch.no_grad()``), the graph goes through AOTAutograd first, as

@@ -40,16 +40,25 @@ class CompileResult:
 
 def pipeline_passes(pipeline: str, target: str) -> str:
     """The named pipeline for ``target`` as ``builtin.module(...)`` text (pipelines end with
-    configured tiles; the lowering is the stage after them)."""
+    configured tiles; the lowering is the stage after them). ``pipeline`` is a name, or a name
+    with options other than the target (``welder{verbose=true tuning=record.json}``)."""
     from quartet.driver import registry
 
     registry.load_all()
-    name, options = registry.parse_element(pipeline)   # "rammer{max_per_unit=3}" too
+    name, options = registry.parse_element(pipeline)
     if name not in registry.PIPELINES:
         known = ", ".join(sorted(registry.PIPELINES)) or "none"
         raise QuartetError(f"unknown pipeline '{name}' (known: {known})")
-    options = {"target": target, **{k: v for k, v in options.items() if k != "target"}}
-    return f"builtin.module({name}{{{' '.join(f'{k}={v}' for k, v in options.items())}}})"
+    if "target" in options:
+        raise QuartetError(f"pipeline '{pipeline}': the target is not a pipeline option here "
+                           f"(give it as --target / target=)")
+    unknown = sorted(set(options) - set(registry.PIPELINES[name].options))
+    if unknown:
+        known = ", ".join(sorted(set(registry.PIPELINES[name].options) - {"target"})) or "none"
+        raise QuartetError(f"unknown option '{unknown[0]}' for pipeline '{name}' "
+                           f"(options: {known})")
+    extra = "".join(f" {k}={v}" for k, v in options.items())
+    return f"builtin.module({name}{{target={target}{extra}}})"
 
 
 def import_linalg(module, example_inputs):
@@ -170,12 +179,12 @@ def compile(module, example_inputs, pipeline: str = "roller", target: str = "aut
             graph: bool = False, weights: str = "live") -> CompiledModule:
     """Compile ``module`` for calls like ``module(*example_inputs)``.
 
-    ``pipeline`` names a pipeline of ``quartet-opt --list-passes`` (``roller``); ``target`` is
-    ``auto`` (where the example inputs are: their GPU's architecture for CUDA tensors, else
-    ``cpu``; printed), ``sm_90``, ``sm_80``, ``gfx942`` or ``cpu``. ``weights="live"`` follows
-    the module's current weights at every call; ``"frozen"`` keeps those of compile time (new
-    ones through ``load_state_dict``). ``graph=True`` replays the launch sequence as a CUDA
-    graph (GPU targets without host control flow).
+    ``pipeline`` names a pipeline of ``quartet-opt --list-passes`` (``roller``, ``welder``);
+    ``target`` is ``auto`` (where the example inputs are: their GPU's architecture for CUDA
+    tensors, else ``cpu``; printed), ``sm_90``, ``sm_80``, ``gfx942`` or ``cpu``.
+    ``weights="live"`` follows the module's current weights at every call; ``"frozen"`` keeps
+    those of compile time (new ones through ``load_state_dict``). ``graph=True`` replays the
+    launch sequence as a CUDA graph (GPU targets without host control flow).
     """
     from quartet.frontend.weights import check_mode
 

@@ -49,7 +49,8 @@ def _arguments() -> argparse.ArgumentParser:
                    help="one per forward() argument, e.g. 1x128x768:f16 or scalar:i64 "
                         f"(dtypes: {', '.join(k for k in SHORT_DTYPES if k != 'i1')})")
     p.add_argument("--pipeline", default="roller",
-                   help="named pipeline (quartet-opt --list-passes)")
+                   help="named pipeline (quartet-opt --list-passes), with options other than "
+                        "the target: 'welder{verbose=true}'")
     p.add_argument("--target", default="auto",
                    help="auto (the visible GPU's architecture, else cpu; printed), sm_90, "
                         "sm_80, gfx942 or cpu")

@@ -6,6 +6,7 @@
 | ``row`` | ``rows.py`` | element-wise chains (flat 16-byte vectors) and row programs (softmax, layer norm, reductions over the innermost loop) |
 | ``colreduce`` | ``colreduce.py`` | one reduction over outer loops |
 | ``fallback`` | ``fallback.py`` | any single linalg op, through upstream transform-dialect tiling |
+| ``fused`` | ``fused.py`` (+ ``fused_attention.py``, ``fused_rows.py``) | tiles Welder merged across iteration spaces: attention, a GEMM with a row program |
 
 Which family takes a tile is the passes' decision (``passes/analysis/kernels.py`` records it in
 the tile's ``kernel`` attribute); :func:`build_block_program` builds that family. A tile without
@@ -23,13 +24,13 @@ from quartet.runtime import targets
 from quartet.runtime.targets import Chip
 
 from ..compose.block_program import BlockProgram, from_launch
-from . import colreduce, fallback, gemm, rows
+from . import colreduce, fallback, fused, gemm, rows
 from .common import Unsupported, kernel_inputs
 
 __all__ = ["BlockProgram", "FAMILIES", "Unsupported", "build_block_program", "family_of",
            "kernel_inputs", "simt_plan"]
 
-FAMILIES = ("gemm", "row", "colreduce", "fallback")
+FAMILIES = ("gemm", "row", "colreduce", "fallback", "fused")
 
 
 def simt_plan(tile) -> tuple[str, object]:
@@ -70,6 +71,11 @@ def build_block_program(tile, chip, name: str, family: str | None = None) -> Blo
     chip = targets.get(chip)
     family = family or family_of(tile, chip)
     with tile.operation.context, tile.operation.location:
+        if family == "fused":
+            module = fused.build_fused_kernel(tile, chip, name)
+            pattern = ir.StringAttr(tile.operation.attributes["welder.pattern"]).value \
+                if "welder.pattern" in tile.operation.attributes else "fused"
+            return from_launch(module, name, f"fused:{pattern}")
         if family == "gemm":
             module = gemm.build_gemm_kernel(tile, chip, name=name)
             engine = [op for op in module.body.operations][0].attributes["quartet.engine"]

@@ -596,8 +596,11 @@ def uses_gather(prob: GemmProblem) -> bool:
 
 
 def emit_body(em: Emitter, prob: GemmProblem, s: TCSchedule, args: list[ir.Value],
-              flat: dict[int, ir.Value]) -> None:
-    """The kernel body inside ``gpu.launch``: blocks on (n tiles, m tiles, batch)."""
+              flat: dict[int, ir.Value], epilogue=StagedEpilogue) -> None:
+    """The kernel body inside ``gpu.launch``: blocks on (n tiles, m tiles, batch).
+
+    ``epilogue`` is the writer class that receives the parked accumulators (a
+    :class:`StagedEpilogue`; Welder's fused row programs pass their own)."""
     a_tile, a_k_inner, b_tile, b_k_inner, stage, table_bytes, _ = smem_plan(prob, s)
     gather = uses_gather(prob)
     tid = em.thread_id()
@@ -716,7 +719,7 @@ def emit_body(em: Emitter, prob: GemmProblem, s: TCSchedule, args: list[ir.Value
     em.barrier()
     staged = em.smem(base_shift, s.split_k * stage_bytes(s.bm, s.bn) // 4, "f32")
     split_base = em.mul(eng.kq, stage_bytes(s.bm, s.bn) // 4) if s.split_k > 1 else 0
-    writer = StagedEpilogue(em, prob, args, flat, batch, staged, split_base, s.bm, s.bn, m0, n0,
+    writer = epilogue(em, prob, args, flat, batch, staged, split_base, s.bm, s.bn, m0, n0,
                             splits=s.split_k)
     writer.mark_full(prob.m % s.bm == 0, prob.n % s.bn == 0)
     eng.epilogue(accs, tid, 0, 0, writer)

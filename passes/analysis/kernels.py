@@ -20,7 +20,7 @@ from mlir import ir
 
 from quartet.dialects import TileOp
 from quartet.lowering import kernels
-from quartet.lowering.kernels import colreduce, gemm_problem, rows
+from quartet.lowering.kernels import colreduce, fused, gemm_problem, rows
 from quartet.runtime import targets
 from quartet.runtime.targets import Chip
 
@@ -56,11 +56,22 @@ def row_program(tile: TileOp):
 
 
 def verdict(tile: TileOp, chip: Chip) -> str | None:
-    """The family that will build ``tile`` on ``chip`` (a GPU chip), or None if none does."""
+    """The family that will build ``tile`` on ``chip`` (a GPU chip), or None if none does:
+    the GEMM family, a SIMT family, or a fused pattern of a tile Welder merged across
+    iteration spaces (``fused``)."""
     if kernels.gemm_takes(tile, chip):
         return "gemm"
     try:
         return kernels.simt_plan(tile)[0]
+    except kernels.Unsupported:
+        pass
+    return "fused" if fused_pattern(tile, chip) is not None else None
+
+
+def fused_pattern(tile: TileOp, chip: Chip) -> str | None:
+    """The fused pattern (``lowering/kernels/fused.py``) that builds ``tile``, or None."""
+    try:
+        return fused.analyze(tile, chip).pattern
     except kernels.Unsupported:
         return None
 

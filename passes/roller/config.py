@@ -272,8 +272,8 @@ class RollerConfig(ModulePass):
     def apply(self, module) -> None:
         hw = targets.get(self.target, self.chip or None)
         for tile in _tiles(module):
-            if _unverifiable_fill(tile):
-                continue
+            if _unverifiable_fill(tile) or tile.kernel == "fused":
+                continue       # fused tiles carry Welder's configuration (passes/welder)
             attrs = tile.operation.attributes
             if "block_tile" in attrs or "thread_tile" in attrs:
                 given = check_fits(tile, hw)

@@ -250,6 +250,33 @@ def test_weights_that_match_nothing_are_kept(tmp_path):
     assert (tmp_path / row["artifact"] / "weights.bin").exists()
 
 
+def test_small_constants_travel_in_the_sidecar(tmp_path):
+    """A weight file with a constant the compiler made (a fill value) beside the parameters is
+    still stripped: the constant's bytes go into the sidecar."""
+    wl = suite.get("mlp_f16")
+
+    class WithConstant(_FakeCompiled):
+        def save(self, path):
+            from quartet.runtime import ArtifactWriter
+
+            w = ArtifactWriter("cpu")
+            w.add_input("x", (1,), "float32")
+            w.add_weight("fill", torch.tensor([-3.5], dtype=torch.float16))
+            w.add_weight("fc1.weight", self.module.fc1.weight.detach())
+            w.add_output("y", (1,), "float32")
+            return w.save(path)
+
+    m = build.build([wl], tmp_path, isolate=False, log=lambda s: None,
+                    compile_fn=lambda mod, inp, pipeline, target: WithConstant(mod, ""))
+    row = m["rows"][0]
+    art = tmp_path / row["artifact"]
+    assert row["weights"]["stripped"] == ["weights.bin"] and not (art / "weights.bin").exists()
+    rebuilt = artifact_weights.restore(art, wl.module(0, form=row["form"]), tmp_path / "scratch")
+    from quartet.runtime import open_artifact
+
+    open_artifact(rebuilt, verify=True).close()
+
+
 def test_carry_budget_drops_largest_artifacts(tmp_path):
     for name, size in (("a", 3000), ("b", 1000)):
         (tmp_path / name).mkdir()
@@ -298,6 +325,41 @@ def test_run_dry_on_cpu_and_report(tmp_path):
         assert (tmp_path / "plots" / "roofline.png").stat().st_size > 0
         assert (tmp_path / "plots" / "speedup_vs_eager.png").stat().st_size > 0
         assert not (tmp_path / "plots" / "speedup_quartet.png").exists()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: suite.Attention(32, 4),
+    lambda: suite.CausalAttention(32, 4, 13),
+    lambda: suite.PreNormBlock(32, 4, 64, 13, causal=True),
+])
+def test_sdpa_twin_computes_the_same(make):
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.randn(2, 13, 32)
+    with torch.no_grad():
+        ref = model(x)
+        with suite.sdpa_twin(model) as has:
+            twin = model(x)
+        assert has and not any(getattr(m, "sdpa", False) for m in model.modules())
+    assert torch.allclose(twin, ref, atol=1e-5)
+    with suite.sdpa_twin(suite.MLP(8, 16)) as has:
+        assert not has
+
+
+def test_report_welder_table():
+    def sys_(ms, **kw):
+        return {"status": "ok", "e2e": {"median_ms": ms}, **kw}
+
+    rec = {"name": "attention_f16", "systems": {
+        "eager": sys_(0.4, graph_ms=0.2, sdpa_graph_ms=0.05),
+        "compile": sys_(0.5),
+        "quartet": sys_(0.1, graph_ms=0.08, kernels=3, global_bytes_model={
+            "unfused": 40_000_000, "fused": 10_000_000, "kernels_unfused": 7})}}
+    lines = report.welder_table({"workloads": [rec, {"name": "x", "systems": {}}]},
+                                ["eager", "compile", "quartet"])
+    row = next(line for line in lines if line.startswith("| attention_f16"))
+    assert row == "| attention_f16 | 3 / 7 | 40 | 10 | 0.25 | 0.20 | 0.40 | 1.60 |"
+    assert report.welder_table({"workloads": [{"name": "x", "systems": {}}]}, ["eager"]) == []
 
 
 def test_compare_reports_errors_nans_and_token_mismatches():

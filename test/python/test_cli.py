@@ -335,6 +335,7 @@ def test_bad_input_spec(work, spec, expected):
 @pytest.mark.parametrize("option, expected", [
     (["--target", "sm_12"], "unknown target 'sm_12' (known targets: sm_90, sm_80, gfx942, cpu)"),
     (["--pipeline", "nope"], "unknown pipeline 'nope'"),
+    (["--pipeline", "welder{nope=1}"], "unknown option 'nope' for pipeline 'welder'"),
     (["--emit", "asm"], "unknown --emit stage 'asm' (stages: linalg, quartet, gpu, llvm, ptx)"),
     (["--model-dtype", "f8"], "unknown --model-dtype 'f8'"),
     (["--bogus"], "unrecognized arguments: --bogus"),
