@@ -62,7 +62,7 @@ class QuartetWarning(UserWarning):
 class Options:
     target: str = DEFAULT_CUDA_TARGET   # the target of CUDA tensors; CPU tensors use "cpu"
     pipeline: str = "roller"
-    graph: bool = False
+    graph: bool | None = None          # None: quartet.runtime.load's default
 
     @classmethod
     def from_dict(cls, options: dict | None) -> "Options":

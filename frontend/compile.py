@@ -165,15 +165,16 @@ def _weight_value(value, mlir_dtype: str):
 
 
 def compile(module, example_inputs, pipeline: str = "roller", target: str = "auto", *,
-            graph: bool = False, weights: str = "live") -> CompiledModule:
+            graph: bool | None = None, weights: str = "live") -> CompiledModule:
     """Compile ``module`` for calls like ``module(*example_inputs)``.
 
     ``pipeline`` names a pipeline of ``quartet-opt --list-passes`` (``roller``); ``target`` is
     ``auto`` (where the example inputs are: their GPU's architecture for CUDA tensors, else
     ``cpu``; printed), ``sm_90``, ``sm_80``, ``gfx942`` or ``cpu``. ``weights="live"`` follows
     the module's current weights at every call; ``"frozen"`` keeps those of compile time (new
-    ones through ``load_state_dict``). ``graph=True`` replays the launch sequence as a CUDA
-    graph (GPU targets without host control flow).
+    ones through ``load_state_dict``). ``graph``: CUDA graphs as in
+    ``quartet.runtime.load`` (None: a graph for two or more launches without host control
+    flow; True: always; False: never).
     """
     from quartet.frontend.weights import check_mode
 
