@@ -111,29 +111,23 @@ def check_resources(r: Resources, chip: Chip, tile=None) -> None:
 
 
 def compile_all(op: ir.Operation, chip: Chip, emit: str = "bin") -> list[list[KernelSpec]]:
-    """KernelSpecs of every tile of ``op``, in program order, compiled in a private Context
-    (nested pass managers cannot run in the Context of a running pass, and quartet-lower-gpu is
-    such a pass)."""
-    from quartet.dialects import context as quartet_context
+    """KernelSpecs of every tile of ``op``, in program order. Tiles with the same computation,
+    schedule and chip share one build and one list of specs; distinct builds run in this
+    process and in worker processes, each in a private Context (``jobs.py``; nested pass
+    managers cannot run in the Context of a running pass, and quartet-lower-gpu is such a
+    pass). An error names the tile's op and place."""
+    from quartet import progress
 
-    text = op.get_asm(enable_debug_info=True)
-    with quartet_context(), ir.Location.unknown():
-        copy = ir.Module.parse(text)
-        compiled = []
-        n = 0
-        for fn in copy.body.operations:
-            if fn.operation.name != "func.func":
-                continue
-            for tile in tiles_of(fn):
-                try:
-                    compiled.append(compile_tile(tile, chip, f"q{n}", emit))
-                except QuartetError as e:      # name the tile's op and place
-                    if e.location is None:
-                        raise QuartetError(f"'{tile.root.operation.name}': {e.message}",
-                                           location_of(tile.operation)) from None
-                    raise
-                n += 1
-    return compiled
+    from . import jobs
+
+    chip = targets.get(chip)
+    tiles = [tile for fn in op.regions[0].blocks[0].operations
+             if fn.operation.name == "func.func" for tile in tiles_of(fn)]
+    planned, job_of_tile = jobs.plan_jobs(tiles, chip, emit)
+    reporter = progress.current()
+    reporter.kernels(0, len(planned))
+    built = jobs.run_jobs(planned, progress=reporter.kernels)
+    return [built[j] for j in job_of_tile]
 
 
 def build_kernels_into(module, chip) -> None:
