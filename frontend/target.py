@@ -45,9 +45,9 @@ class Choice:
 
 
 def known_targets() -> tuple[str, ...]:
-    from quartet.passes import hardware
+    from quartet.runtime.targets import TARGETS
 
-    return tuple(hardware.TARGETS)
+    return tuple(TARGETS)
 
 
 def target_for_gpu(arch: str) -> str | None:

@@ -7,5 +7,5 @@ bash scripts/setup.sh
 . .venv/bin/activate
 status=0
 lit -sv test/lit || status=1
-python -m pytest -q test/python || status=1
+python -m pytest -q -n "${QUARTET_TEST_WORKERS:-2}" --durations=25 test/python || status=1
 exit $status

@@ -1,7 +1,7 @@
 """Build the memory-bound benchmark kernels here (no GPU) for bench/simt/run.py.
 
 Each case is a PyTorch function imported with torch-mlir, its whole body wrapped in one
-``quartet.tile`` (what Welder's fusion gives), lowered with ``lowering/simt.py`` and compiled
+``quartet.tile`` (what Welder's fusion gives), lowered with ``lowering/kernels/rows.py`` and compiled
 with ``lowering/binary.py`` for sm_90. Writes ``<out>/<case>.cubin`` and ``<out>/cases.json``
 (entry, grid, block, shared bytes, argument binding, shapes) and prints the compile time of
 each kernel (median of 5 fresh builds, binary cache cleared).

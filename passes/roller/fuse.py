@@ -19,7 +19,7 @@ This pass merges a producer tile into its consumer tile when
 2. the merged tile is still *one iteration space* that a single-kernel lowering takes: a GEMM or
    implicit-GEMM convolution with the fill of its accumulator and element-wise epilogues
    (``lowering/gemm_problem.py``), a row program (element-wise ops, and reductions along the
-   innermost loop broadcast back along it: softmax, layer norm; ``lowering/simt.py``), or a
+   innermost loop broadcast back along it: softmax, layer norm; ``lowering/kernels/rows.py``), or a
    column reduction. The lowerings' own analyses decide, so a merge never produces a tile that
    no lowering can build; ``target`` matters only there: gfx942 has no GEMM lowering (its
    contractions go to the SIMT builders one op at a time), so nothing joins a GEMM on it.

@@ -21,7 +21,7 @@ construction policy applies to any tile (``policy.py``):
 
 The schedule is written on the root's loops (``TileOp.root``), as every schedule is: the
 thread tile's last entry is the inner elements per thread, the block tile's leading entries the
-rows per block. ``lowering/simt.py`` (``row_config``) reads exactly these.
+rows per block. ``lowering/kernels/rows.py`` (``row_config``) reads exactly these.
 """
 
 from __future__ import annotations

@@ -597,7 +597,7 @@ def test_artifact_of_another_format_version(conv_artifact, tmp_path):
     manifest["version"] = 99
     (folder / "manifest.json").write_text(json.dumps(manifest))
     line = one_line_error(run("run", folder))
-    assert ("artifact format version 99 is not supported by this runtime (it reads version 1)"
+    assert ("artifact format version 99 is not supported by this runtime (it reads version 1, 2)"
             in line)
 
 

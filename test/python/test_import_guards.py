@@ -115,7 +115,7 @@ def test_eight_bit_integers_are_right(dtype, target, tmp_path):
     else:         # the GPU artifact's host program with its tiles on the CPU
         import quartet.runtime as rt
         from quartet.frontend.compile import compile_to_artifact
-        from quartet.lowering.device_e2e.cpu_twin import cpu_twin
+        from quartet.bench.e2e.cpu_twin import cpu_twin
 
         writer, result, _ = compile_to_artifact(_Fn(fn), (x, f), target="sm_90")
         assert [o.dtype for o in writer.outputs][:2] == [str(dtype).split(".")[1]] * 2

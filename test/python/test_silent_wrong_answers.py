@@ -34,7 +34,7 @@ class _Fn(torch.nn.Module):
 def _twin_run(fn, xs, tmp_path):
     import quartet.runtime as rt
     from quartet.frontend.compile import compile_to_artifact
-    from quartet.lowering.device_e2e.cpu_twin import cpu_twin
+    from quartet.bench.e2e.cpu_twin import cpu_twin
 
     writer, result, _ = compile_to_artifact(_Fn(fn), xs, target="sm_90")
     prog = rt.load(cpu_twin(writer, result.quartet).save(tmp_path / "twin"))
