@@ -41,7 +41,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -281,6 +280,8 @@ class Cache:
             return None
         try:
             return _read_entry(path, key, values, producer)
+        except _Stale:
+            return None
         except Exception as e:      # noqa: BLE001 - any fault of the entry: rebuild it
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             warnings.warn(f"quartet: ignoring the compile cache entry {path.name} ({reason}); "
@@ -306,19 +307,29 @@ class Cache:
 
 
 def _entry_bytes(key: str, writer, values: dict[str, Any]) -> bytes:
-    from quartet.runtime.artifact import WEIGHTS_FILE
+    """The entry of ``writer``'s artifact: its manifest and kernel files, and the bytes of the
+    weights that are not the model's own values. A weight the compiler derived from a model
+    value (its bytes differ) is stored too, with the SHA-256 of that model value: the entry is
+    stale once the model's value changes (:func:`_read_entry`)."""
+    from quartet.runtime.artifact import WEIGHTS_FILE, _host_bytes, sha256
 
     manifest = writer.manifest()
     files = writer.files()
     weights_bin = files.pop(WEIGHTS_FILE, b"")
-    stored, blob = {}, bytearray()
+    stored, derived, model, blob = {}, {}, [], bytearray()
     for w in manifest.weights:
-        if w.name not in values:       # made by the compiler: kept in the entry
-            stored[w.name] = [len(blob), w.size]
-            blob += weights_bin[w.offset:w.offset + w.size]
+        raw = weights_bin[w.offset:w.offset + w.size]
+        if w.name in values:
+            data = _host_bytes(values[w.name])[0]
+            if data == raw:
+                model.append(w.name)
+                continue
+            derived[w.name] = sha256(data)
+        stored[w.name] = [len(blob), w.size]
+        blob += raw
     members = {MANIFEST: json.dumps(manifest.to_json()).encode(), STORED: bytes(blob), **files}
     entry = {"format": FORMAT, "version": VERSION, "key": key, "stored": stored,
-             "model_weights": sorted(w.name for w in manifest.weights if w.name in values),
+             "derived": derived, "model_weights": model,
              "files": {n: hashlib.sha256(d).hexdigest() for n, d in members.items()}}
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
@@ -328,8 +339,12 @@ def _entry_bytes(key: str, writer, values: dict[str, Any]) -> bytes:
     return out.getvalue()
 
 
+class _Stale(Exception):
+    """A weight the entry derived from a model value that has changed since: compile again."""
+
+
 def _read_entry(path: Path, key: str, values: dict[str, Any], producer: str | None):
-    from quartet.runtime.artifact import ArtifactWriter
+    from quartet.runtime.artifact import ArtifactWriter, _host_bytes, sha256
     from quartet.runtime.parse import manifest_from_json
 
     with zipfile.ZipFile(path) as zf:
@@ -343,6 +358,9 @@ def _read_entry(path: Path, key: str, values: dict[str, Any], producer: str | No
             members[name] = zf.read(name)
             if hashlib.sha256(members[name]).hexdigest() != digest:
                 raise ValueError(f"{name} fails its checksum")
+    for name, digest in entry.get("derived", {}).items():
+        if name in values and sha256(_host_bytes(values[name])[0]) != digest:
+            raise _Stale(name)
     manifest = manifest_from_json(json.loads(members.pop(MANIFEST)), str(path))
     stored = members.pop(STORED)
     weights = {}
@@ -355,10 +373,3 @@ def _read_entry(path: Path, key: str, values: dict[str, Any], producer: str | No
         else:
             raise ValueError(f"the model has no weight {w.name!r}")
     return ArtifactWriter.from_manifest(manifest, members, weights, producer=producer)
-
-
-def timed_load(cache: Cache, key: str, values: dict[str, Any], producer: str | None):
-    """(writer or None, seconds) of :meth:`Cache.load`."""
-    t0 = time.perf_counter()
-    writer = cache.load(key, values, producer)
-    return writer, time.perf_counter() - t0

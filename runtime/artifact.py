@@ -53,6 +53,13 @@ def sha256(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def producer_text(producer: dict | None) -> str:
+    """The manifest's ``producer``: ``{"tool": "quartet", ...producer}`` as sorted JSON."""
+    info = {"tool": "quartet"}
+    info.update(producer or {})
+    return json.dumps(info, sort_keys=True)
+
+
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
@@ -93,6 +100,40 @@ class ArtifactWriter:
         self.checks: list[Check] = []
         self._binaries: dict[str, bytes] = {}
         self._weight_bytes = bytearray()
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, binaries: dict[str, bytes],
+                      weights: dict[str, Any], producer: str | None = None) -> "ArtifactWriter":
+        """A writer holding what ``manifest`` describes again (the compile cache's entries):
+        its kernel files from ``binaries`` (name -> bytes), each weight's value from
+        ``weights`` (name -> raw bytes, numpy array or torch tensor, of the manifest's shape and
+        type). A missing or mismatched file or weight is a QuartetError."""
+        writer = cls(manifest.target, manifest.backend, producer)
+        writer.inputs, writer.outputs = list(manifest.inputs), list(manifest.outputs)
+        writer.buffers = list(manifest.buffers)
+        writer.kernels, writer.program = list(manifest.kernels), list(manifest.program)
+        writer.checks = list(manifest.checks)
+        for k in manifest.kernels:
+            if k.binary not in binaries:
+                raise QuartetError(f"kernel {k.name!r}: no file {k.binary}", "artifact writer")
+            writer._binaries[k.binary] = bytes(binaries[k.binary])
+        for w in manifest.weights:
+            if w.name not in weights:
+                raise QuartetError(f"no value for weight {w.name!r}", "artifact writer")
+            value = weights[w.name]
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                data, shape, dtype = bytes(value), tuple(w.shape), w.dtype
+            else:
+                data, shape, dtype = _host_bytes(value)
+            if shape != tuple(w.shape) or dtype != w.dtype or len(data) != w.size:
+                raise QuartetError(f"weight {w.name!r} is {w.dtype} {list(w.shape)}, got "
+                                   f"{dtype} {list(shape)}", "artifact writer")
+            offset = _align(len(writer._weight_bytes), WEIGHT_ALIGNMENT)
+            writer._weight_bytes.extend(b"\0" * (offset - len(writer._weight_bytes)))
+            writer._weight_bytes.extend(data)
+            writer.weights.append(dataclasses.replace(w, offset=offset, sha256=sha256(data)))
+        writer.manifest()       # checked as any writer's
+        return writer
 
     # tensors and buffers ----------------------------------------------------------------------
 
