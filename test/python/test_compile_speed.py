@@ -196,3 +196,30 @@ def test_progress_waits_before_showing(monkeypatch):
     with progress.reporting(True, term):
         progress.current().stage("importing")
     assert term.getvalue() == ""
+
+
+def test_a_compile_reports_its_stages_and_kernels(monkeypatch, capsys):
+    """Through quartet's compile: each stage, then kernels built out of distinct ones (the
+    three identical cells of the loop are one kernel to build)."""
+    import torch
+
+    from quartet.frontend.compile import compile_to_artifact
+
+    class Loop(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(64, 64))
+
+        def forward(self, x):
+            for _ in range(3):
+                x = torch.tanh(x @ self.w)
+            return x
+
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)
+    writer, result, _ = compile_to_artifact(Loop(), (torch.randn(8, 64),), target="sm_90",
+                                            cache=False, progress=True)
+    err = capsys.readouterr().err
+    for stage in ("exporting", "importing", "passes", "lowering", "building kernels 1/1"):
+        assert f"quartet: {stage}" in err, err
+    manifest = writer.manifest()
+    assert len(manifest.kernels) == 3 and len({k.binary for k in manifest.kernels}) == 1
