@@ -33,10 +33,16 @@ class CompileResult:
 
     target: str
     pipeline: str
-    linalg: str = ""
     quartet: str = ""
     seconds: dict = field(default_factory=dict)
     cached: bool = False        # taken from the compile cache (no linalg / quartet text then)
+    imported: object = field(default=None, repr=False)   # the ImportedProgram
+
+    @property
+    def linalg(self) -> str:
+        """The imported program's text without locations (printed when asked for: it costs a
+        parse of the whole program)."""
+        return self.imported.text() if self.imported is not None else ""
 
 
 def pipeline_passes(pipeline: str, target: str) -> str:
@@ -119,7 +125,6 @@ def compile_to_artifact(module, example_inputs, *, pipeline: str = "roller",
 def _compile_to_artifact(module, example_inputs, pipeline, target, stop_after, producer,
                          imported, cache):
     from quartet import progress
-    from quartet.frontend import cache as compile_cache
     from quartet.frontend.target import resolve_target
 
     if stop_after is not None and stop_after not in STAGES:
@@ -133,26 +138,20 @@ def _compile_to_artifact(module, example_inputs, pipeline, target, stop_after, p
     if imported is None:
         report.stage("exporting")
         exported = export_program(module, example_inputs)
-        entries = compile_cache.open_cache(cache) if stop_after is None else None
-        if entries is not None:
-            from quartet.runtime import targets
-            from quartet.runtime.artifact import producer_text
-
-            key = compile_cache.model_key(exported, module, pipeline, target,
-                                          targets.get(target).name)
-            values = compile_cache.model_values(module, exported)
-            writer = entries.load(key, values, producer_text(producer))
+        result.seconds["export"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if stop_after is None:
+            writer, store = _look_up(cache, exported, module, pipeline, target, producer)
             if writer is not None:
                 result.cached = True
                 result.seconds["cache"] = time.perf_counter() - t0
                 return writer, result, None
-            store = (entries, key, values)
         report.stage("importing")
         imported = import_linalg(module, example_inputs, exported)
     from quartet.frontend.checks import check_runs_eagerly
 
     check_runs_eagerly(module, example_inputs, imported.mlir_text)
-    result.linalg = imported.text()
+    result.imported = imported
     result.seconds["import"] = time.perf_counter() - t0
     if stop_after == "linalg":
         return None, result, result.linalg
@@ -173,6 +172,21 @@ def _compile_to_artifact(module, example_inputs, pipeline, target, stop_after, p
         entries, key, values = store
         entries.store(key, writer, values)
     return writer, result, text
+
+
+def _look_up(cache, exported, module, pipeline, target, producer):
+    """(the cached artifact's writer or None, what storing the new one needs, or None when
+    the cache is off)."""
+    from quartet.frontend import cache as compile_cache
+    from quartet.runtime import targets
+    from quartet.runtime.artifact import producer_text
+
+    entries = compile_cache.open_cache(cache)
+    if entries is None:
+        return None, None
+    key = compile_cache.model_key(exported, module, pipeline, target, targets.get(target).name)
+    values = compile_cache.model_values(module, exported)
+    return entries.load(key, values, producer_text(producer)), (entries, key, values)
 
 
 def _lower(mlir_module, imported, target, stop_after, producer):

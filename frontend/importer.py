@@ -534,12 +534,19 @@ def _check_loops(module) -> None:
             )
 
 
-def _walk(operation):
-    for region in operation.regions:
-        for block in region.blocks:
-            for op in block.operations:
-                yield op.operation
-                yield from _walk(op.operation)
+def _walk(operation) -> list:
+    """Every op nested in ``operation`` (not itself), parents before children, as plain
+    ``Operation`` objects: ``Operation.walk`` makes no op views, so walking does not import the
+    Python modules of the dialects it meets (torch-mlir's ``linalg`` module alone took about
+    half a second of CPU to import; issue 14)."""
+    found = []
+
+    def visit(op):
+        found.append(op)
+        return torch_ir.WalkResult.ADVANCE
+
+    operation.walk(visit, torch_ir.WalkOrder.PRE_ORDER)
+    return found[1:]
 
 
 def _import_to_linalg(gm: torch.fx.GraphModule, func_name: str) \
@@ -595,9 +602,11 @@ def _inline_small_resources(text: str) -> str:
 def _expand_integer_abs(module) -> None:
     """``math.absi x`` -> ``arith.maxsi(x, 0 - x)``: the NVVM conversion has no pattern for
     ``math.absi`` (T5's relative position buckets take the absolute value of an integer)."""
+    doomed = [op for op in _walk(module.operation) if op.name == "math.absi"]
+    if not doomed:
+        return
     from torch_mlir.dialects import arith
 
-    doomed = [op for op in _walk(module.operation) if op.name == "math.absi"]
     with module.context:
         for op in doomed:
             x = op.operands[0]
@@ -610,6 +619,8 @@ def _expand_integer_abs(module) -> None:
 
 def _rewrite_bounds_checks(module, op_names) -> list[tuple[str, str | None]]:
     """torch-mlir's index asserts -> flag results the runtime reads (frontend/bounds_checks.py)."""
+    if not any(op.name == "cf.assert" for op in _walk(module.operation)):
+        return []
     from torch_mlir.dialects import arith, linalg, tensor
 
     with module.context:
@@ -630,6 +641,7 @@ def _type_info(t) -> tuple[tuple[int, ...], str]:
 
 def import_module(
     module: torch.nn.Module, example_inputs: tuple, *, func_name: str = "forward",
+    _upcast: tuple = (),
 ) -> ImportedProgram:
     """Import ``module`` called on ``example_inputs`` to linalg on tensors.
 
@@ -640,7 +652,8 @@ def import_module(
     """
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
-    return import_exported(module, export_model(module, example_inputs), func_name=func_name)
+    return import_exported(module, export_model(module, example_inputs), func_name=func_name,
+                           _upcast=_upcast)
 
 
 def import_exported(

@@ -341,7 +341,8 @@ def main(argv: list[str]) -> int:
     path = writer.save(args.output)
     seconds = ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items())
     if result.cached:
-        seconds = f"from the compile cache in {result.seconds['cache']:.2f} s"
+        seconds = (f"export {result.seconds['export']:.2f} s, from the compile cache in "
+                   f"{result.seconds['cache']:.2f} s")
     auto = f" ({chosen.line()})" if chosen is not None else ""
     print(f"wrote {path} ({args.target}, {args.pipeline}; {seconds}){auto}", file=sys.stderr)
     return 0
