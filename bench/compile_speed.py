@@ -79,7 +79,7 @@ def one(name: str, target: str, steps: int) -> dict:
     writer, result, _ = compile_to_artifact(module, inputs, target=target)
     compile_s, compile_cpu = time.perf_counter() - t1, _cpu() - c1
     manifest = writer.manifest()
-    return {"cached": result.cached, "python_imports_s": round(imported, 2),
+    return {"cached": getattr(result, "cached", False), "python_imports_s": round(imported, 2),
             "compile_s": round(compile_s, 2), "compile_cpu_s": round(compile_cpu, 2),
             "stages_s": {k: round(v, 2) for k, v in result.seconds.items()},
             "launches": len(manifest.kernels),

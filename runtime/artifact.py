@@ -100,6 +100,7 @@ class ArtifactWriter:
         self.checks: list[Check] = []
         self._binaries: dict[str, bytes] = {}
         self._weight_bytes = bytearray()
+        self._weights_sha: str | None = None     # SHA-256 of _weight_bytes, None when changed
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, binaries: dict[str, bytes],
@@ -131,6 +132,7 @@ class ArtifactWriter:
             offset = _align(len(writer._weight_bytes), WEIGHT_ALIGNMENT)
             writer._weight_bytes.extend(b"\0" * (offset - len(writer._weight_bytes)))
             writer._weight_bytes.extend(data)
+            writer._weights_sha = None
             writer.weights.append(dataclasses.replace(w, offset=offset, sha256=sha256(data)))
         writer.manifest()       # checked as any writer's
         return writer
@@ -171,6 +173,7 @@ class ArtifactWriter:
         offset = _align(len(self._weight_bytes), WEIGHT_ALIGNMENT)
         self._weight_bytes.extend(b"\0" * (offset - len(self._weight_bytes)))
         self._weight_bytes.extend(data)
+        self._weights_sha = None
         self.add_buffer(name, len(data), "weight")
         self.weights.append(Weight(name, name, WEIGHTS_FILE, offset, len(data), sha256(data), shape, dtype))
         return name
@@ -187,6 +190,7 @@ class ArtifactWriter:
             raise QuartetError(f"weight {name!r} is {w.dtype} {list(w.shape)}, got {dtype} "
                                f"{list(shape)}", "artifact writer")
         self._weight_bytes[w.offset : w.offset + w.size] = data
+        self._weights_sha = None
         self.weights[i] = dataclasses.replace(w, sha256=sha256(data))
 
     # kernels -----------------------------------------------------------------------------------
@@ -254,7 +258,6 @@ class ArtifactWriter:
 
     def manifest(self) -> Manifest:
         """The manifest of what was added so far, checked (QuartetError if inconsistent)."""
-        files = self.files()
         m = Manifest(
             version=CHECKS_VERSION if self.checks else FORMAT_VERSION,
             target=self.target,
@@ -266,11 +269,21 @@ class ArtifactWriter:
             weights=tuple(self.weights),
             kernels=tuple(self.kernels),
             program=tuple(self.program),
-            files=tuple(FileEntry(n, len(d), sha256(d)) for n, d in sorted(files.items())),
+            files=self._file_entries(),
             checks=tuple(self.checks),
         )
         validate(m, "artifact writer")
         return m
+
+    def _file_entries(self) -> tuple[FileEntry, ...]:
+        """The files' entries, weights.bin hashed in place and once until a weight changes
+        (it is the bulk of a large model's artifact)."""
+        entries = [FileEntry(n, len(d), sha256(d)) for n, d in self._binaries.items()]
+        if self.weights:
+            if self._weights_sha is None:
+                self._weights_sha = sha256(self._weight_bytes)
+            entries.append(FileEntry(WEIGHTS_FILE, len(self._weight_bytes), self._weights_sha))
+        return tuple(sorted(entries, key=lambda e: e.name))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the artifact: a folder, or one zip file when ``path`` ends in ``.qrt``.
