@@ -82,6 +82,7 @@ class Progress(Silent):
             from tqdm import tqdm
 
             self._bar = tqdm(file=self._file, leave=False, dynamic_ncols=True, mininterval=0,
+                             desc=self._stage, delay=1e-6,   # drawn below, once its clock is set
                              bar_format="quartet: {desc}  {elapsed}")
             self._bar.start_t -= time.monotonic() - self._start
         if self._total is None:
