@@ -107,6 +107,31 @@ def _pct(limit: float | None, t: float | None) -> str:
     return f"{100 * limit / t:.0f}%" if limit and t else "-"
 
 
+def host_us(r: dict) -> float | None:
+    """End to end minus kernel-only, in microseconds (issue 14): what one call costs on the
+    host beyond the device's busy time."""
+    if r.get("status") != "ok" or r.get("kernel_ms") is None or not r.get("e2e"):
+        return None
+    return (r["e2e"]["median_ms"] - r["kernel_ms"]) * 1e3
+
+
+def host_overhead_table(run: dict, systems: list[str]) -> list[str]:
+    """The host-overhead column per system: end to end minus kernel-only (µs per call)."""
+    L = ["## Host overhead per call (µs)", "",
+         "End-to-end median minus kernel-only time (the two columns above), per call: "
+         "launches, argument handling, host round trips. Issue 14 aims at 10 µs or less for a "
+         "single-kernel Quartet program called with CUDA tensors.", ""]
+    hdr = ["workload"] + [f"{LABELS[s]} host" for s in systems]
+    L.append("| " + " | ".join(hdr) + " |")
+    L.append("|" + "---|" * len(hdr))
+    for rec in run["workloads"]:
+        values = [host_us(rec["systems"].get(s, {})) for s in systems]
+        L.append("| " + " | ".join([rec["name"]] + ["-" if v is None else f"{v:.0f}"
+                                                     for v in values]) + " |")
+    L.append("")
+    return L
+
+
 def _err(r: dict) -> str:
     if r.get("status") != "ok":
         return "-"
@@ -279,6 +304,9 @@ def markdown(run: dict, run_path: Path, plots: dict[str, Path | None], results: 
         row += [_err(rec["systems"].get(s, {})) for s in systems]
         L.append("| " + " | ".join(row) + " |")
     L.append("")
+
+    # -- table 2b: host overhead ----------------------------------------------------------------
+    L += host_overhead_table(run, systems)
 
     # -- table 3: compile times ---------------------------------------------------------------
     L.append("## Compile time (s)")

@@ -62,15 +62,16 @@ class QuartetWarning(UserWarning):
 class Options:
     target: str = DEFAULT_CUDA_TARGET   # the target of CUDA tensors; CPU tensors use "cpu"
     pipeline: str = "roller"
-    graph: bool = False
+    graph: bool | None = None          # None: quartet.runtime.load's default
+    cache: bool | None = None          # the compile cache (frontend/cache.py); False: bypass
 
     @classmethod
     def from_dict(cls, options: dict | None) -> "Options":
         options = dict(options or {})
-        unknown = sorted(set(options) - {"target", "pipeline", "graph"})
+        unknown = sorted(set(options) - {"target", "pipeline", "graph", "cache"})
         if unknown:
             raise QuartetError(f"unknown quartet backend option(s) {', '.join(unknown)} "
-                               f"(known: target, pipeline, graph)")
+                               f"(known: target, pipeline, graph, cache)")
         return cls(**options)
 
 
@@ -398,7 +399,7 @@ def _compile_partition(sub: torch.fx.GraphModule, call: torch.fx.Node, target: s
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return quartet_compile(module, inputs, pipeline=opts.pipeline, target=target,
-                               graph=opts.graph)
+                               graph=opts.graph, cache=opts.cache)
 
 
 def register() -> None:

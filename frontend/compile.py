@@ -33,9 +33,16 @@ class CompileResult:
 
     target: str
     pipeline: str
-    linalg: str = ""
     quartet: str = ""
     seconds: dict = field(default_factory=dict)
+    cached: bool = False        # taken from the compile cache (no linalg / quartet text then)
+    imported: object = field(default=None, repr=False)   # the ImportedProgram
+
+    @property
+    def linalg(self) -> str:
+        """The imported program's text without locations (printed when asked for: it costs a
+        parse of the whole program)."""
+        return self.imported.text() if self.imported is not None else ""
 
 
 def pipeline_passes(pipeline: str, target: str) -> str:
@@ -61,13 +68,30 @@ def pipeline_passes(pipeline: str, target: str) -> str:
     return f"builtin.module({name}{{target={target}{extra}}})"
 
 
-def import_linalg(module, example_inputs):
+def export_program(module, example_inputs):
+    """``torch.export`` of the model (frontend/export.py): torch only, no torch-mlir."""
     from quartet.frontend import checks
-    from quartet.frontend.importer import import_module
+    from quartet.frontend.export import export_model
 
     with checks.quiet_import():
         try:
-            return import_module(module, tuple(example_inputs))
+            return export_model(module, tuple(example_inputs))
+        except QuartetError as e:
+            raise checks.explain_import_error(e) from e
+
+
+def import_linalg(module, example_inputs, exported=None):
+    """The model as linalg on tensors (``exported``: its :func:`export_program`, when the
+    caller has it already)."""
+    from quartet.frontend import checks
+
+    if exported is None:
+        exported = export_program(module, example_inputs)
+    with checks.quiet_import():
+        try:
+            from quartet.frontend.importer import import_exported
+
+            return import_exported(module, exported)
         except QuartetError as e:
             raise checks.explain_import_error(e) from e
 
@@ -91,13 +115,27 @@ def _check_target(target: str) -> None:
 
 def compile_to_artifact(module, example_inputs, *, pipeline: str = "roller",
                         target: str = "auto", stop_after: str | None = None,
-                        producer: dict | None = None, imported=None):
+                        producer: dict | None = None, imported=None,
+                        cache: bool | None = None, progress: bool | None = None):
     """Compile; return ``(ArtifactWriter or None, CompileResult, text of stop_after stage)``.
 
     ``target="auto"``: where the example inputs are (frontend/target.py), printed once.
     ``imported``: the :func:`import_linalg` result of ``module`` when the caller has it already
-    (compiling one model for several targets imports it once)."""
-    from quartet.frontend.checks import check_runs_eagerly
+    (compiling one model for several targets imports it once; the cache is not used then).
+    ``cache``: the compile cache (``frontend/cache.py``) is used unless False or
+    ``QUARTET_CACHE=0``; only whole artifacts are cached (not ``stop_after`` stages).
+    ``progress``: the stage and kernels built on a terminal (``quartet/progress.py``; None:
+    when stderr is a terminal and ``QUARTET_QUIET`` is unset)."""
+    from quartet import progress as shown
+
+    with shown.reporting(progress):
+        return _compile_to_artifact(module, example_inputs, pipeline, target, stop_after,
+                                    producer, imported, cache)
+
+
+def _compile_to_artifact(module, example_inputs, pipeline, target, stop_after, producer,
+                         imported, cache):
+    from quartet import progress
     from quartet.frontend.target import resolve_target
 
     if stop_after is not None and stop_after not in STAGES:
@@ -105,16 +143,32 @@ def compile_to_artifact(module, example_inputs, *, pipeline: str = "roller",
     target = resolve_target(target, example_inputs)
     _check_target(target)
     result = CompileResult(target, pipeline)
+    report = progress.current()
     t0 = time.perf_counter()
+    store = None
     if imported is None:
-        imported = import_linalg(module, example_inputs)
+        report.stage("exporting")
+        exported = export_program(module, example_inputs)
+        result.seconds["export"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if stop_after is None:
+            writer, store = _look_up(cache, exported, module, pipeline, target, producer)
+            if writer is not None:
+                result.cached = True
+                result.seconds["cache"] = time.perf_counter() - t0
+                return writer, result, None
+        report.stage("importing")
+        imported = import_linalg(module, example_inputs, exported)
+    from quartet.frontend.checks import check_runs_eagerly
+
     check_runs_eagerly(module, example_inputs, imported.mlir_text)
-    result.linalg = imported.text()
+    result.imported = imported
     result.seconds["import"] = time.perf_counter() - t0
     if stop_after == "linalg":
         return None, result, result.linalg
 
     t0 = time.perf_counter()
+    report.stage("passes")
     mlir_module = run_passes(imported.mlir_text, pipeline, target)
     result.quartet = str(mlir_module)
     result.seconds["passes"] = time.perf_counter() - t0
@@ -122,9 +176,28 @@ def compile_to_artifact(module, example_inputs, *, pipeline: str = "roller",
         return None, result, result.quartet
 
     t0 = time.perf_counter()
+    report.stage("lowering")
     writer, text = _lower(mlir_module, imported, target, stop_after, producer)
     result.seconds["lower"] = time.perf_counter() - t0
+    if store is not None and writer is not None:
+        entries, key, values = store
+        entries.store(key, writer, values)
     return writer, result, text
+
+
+def _look_up(cache, exported, module, pipeline, target, producer):
+    """(the cached artifact's writer or None, what storing the new one needs, or None when
+    the cache is off)."""
+    from quartet.frontend import cache as compile_cache
+    from quartet.runtime import targets
+    from quartet.runtime.artifact import producer_text
+
+    entries = compile_cache.open_cache(cache)
+    if entries is None:
+        return None, None
+    key = compile_cache.model_key(exported, module, pipeline, target, targets.get(target).name)
+    values = compile_cache.model_values(module, exported)
+    return entries.load(key, values, producer_text(producer)), (entries, key, values)
 
 
 def _lower(mlir_module, imported, target, stop_after, producer):
@@ -176,15 +249,19 @@ def _weight_value(value, mlir_dtype: str):
 
 
 def compile(module, example_inputs, pipeline: str = "roller", target: str = "auto", *,
-            graph: bool = False, weights: str = "live") -> CompiledModule:
+            graph: bool | None = None, weights: str = "live", cache: bool | None = None,
+            progress: bool | None = None) -> CompiledModule:
     """Compile ``module`` for calls like ``module(*example_inputs)``.
 
-    ``pipeline`` names a pipeline of ``quartet-opt --list-passes`` (``roller``, ``welder``);
-    ``target`` is ``auto`` (where the example inputs are: their GPU's architecture for CUDA
-    tensors, else ``cpu``; printed), ``sm_90``, ``sm_80``, ``gfx942`` or ``cpu``.
-    ``weights="live"`` follows the module's current weights at every call; ``"frozen"`` keeps
-    those of compile time (new ones through ``load_state_dict``). ``graph=True`` replays the
-    launch sequence as a CUDA graph (GPU targets without host control flow).
+    ``pipeline`` names a pipeline of ``quartet-opt --list-passes`` (``roller``, ``welder``,
+    ``rammer``, ``grinder``); ``target`` is ``auto`` (where the example inputs are: their GPU's
+    architecture for CUDA tensors, else ``cpu``; printed), ``sm_90``, ``sm_80``, ``gfx942`` or ``cpu``. ``weights="live"`` follows
+    the module's current weights at every call; ``"frozen"`` keeps those of compile time (new
+    ones through ``load_state_dict``). ``graph``: CUDA graphs as in
+    ``quartet.runtime.load`` (None: a graph for two or more launches without host control
+    flow; True: always; False: never). ``cache=False`` bypasses the compile cache
+    (``frontend/cache.py``; ``QUARTET_CACHE=0`` too); ``progress``: the stage and kernels built
+    on a terminal (None: when stderr is one; False: silent).
     """
     from quartet.frontend.weights import check_mode
 
@@ -193,7 +270,8 @@ def compile(module, example_inputs, pipeline: str = "roller", target: str = "aut
         example_inputs = (example_inputs,)
     producer = {"model": f"{type(module).__module__}.{type(module).__qualname__}"}
     writer, result, _ = compile_to_artifact(module, example_inputs, pipeline=pipeline,
-                                            target=target, producer=producer)
+                                            target=target, producer=producer, cache=cache,
+                                            progress=progress)
     return CompiledModule(writer, result, graph=graph, name=producer["model"], model=module,
                           weights=weights,
                           parameters=forward_parameters(module, len(example_inputs)))

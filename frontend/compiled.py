@@ -25,7 +25,7 @@ class CompiledModule:
     model (``weights="live"``) or stay as compiled (``"frozen"``): frontend/weights.py.
     """
 
-    def __init__(self, writer, result, *, graph: bool = False,
+    def __init__(self, writer, result, *, graph: bool | None = None,
                  name: str | None = None, model=None, weights: str = "frozen",
                  parameters: list[str] | None = None):
         from quartet.frontend.weights import LiveWeights, check_mode

@@ -55,12 +55,17 @@ from torch_mlir.ir import Location
 from . import bounds_checks, decompositions, guards
 from .bounds_checks import IndexCheck
 from .control_flow import ControlFlowGraphNodeImporter
+from .export import export_model
+from .export import first_line as _first_line
+from .export import module_location as _module_location
+from .export import node_location
+from .export import pick_user_frame as _pick_user_frame
+from .export import traceback_location as _traceback_location
 
 # The dialects a Quartet program in linalg form may hold.
 UPSTREAM_DIALECTS = frozenset({"builtin", "func", "linalg", "tensor", "arith", "math", "scf"})
 
 _INT64_MAX = torch.iinfo(torch.int64).max
-_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 
 _TORCH_BACKEND_PIPELINE = (
     "builtin.module(func.func(torch-match-quantized-custom-ops), "
@@ -70,7 +75,6 @@ _LINALG_BACKEND_PIPELINE = (
     "builtin.module(torch-backend-to-linalg-on-tensors-backend-pipeline{allow-non-finites=true})"
 )
 
-_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 _LOC_FRAME = re.compile(r'"([^"]+)":(\d+):(\d+)')
 
 
@@ -157,25 +161,6 @@ class ImportedProgram:
 # ------------------------------------------------------------------------------------------
 
 
-def _pick_user_frame(frames: list[tuple[str, int]]) -> str | None:
-    """The innermost frame in the user's code: not generated (``<eval_with_key>``), not torch.
-
-    ``frames`` runs from innermost to outermost.
-    """
-    real = [(f, line) for f, line in frames if not f.startswith("<")]
-    for f, line in real:
-        if not os.path.abspath(f).startswith(_TORCH_DIR + os.sep):
-            return f"{f}:{line}"
-    return f"{real[0][0]}:{real[0][1]}" if real else None
-
-
-def node_location(node: torch.fx.Node) -> str | None:
-    """``file:line`` of the user's model code an fx node came from, if the node records it."""
-    trace = node.meta.get("stack_trace") or ""
-    frames = [(f, int(line)) for f, line in _FRAME.findall(trace)]
-    return _pick_user_frame(frames[::-1])
-
-
 def mlir_location(loc) -> str | None:
     """``file:line`` of the user's code from a torch-mlir Location (a callsite chain)."""
     frames = [(f, int(line)) for f, line, _ in _LOC_FRAME.findall(str(loc))]
@@ -244,11 +229,6 @@ def _op_name(target) -> str:
     return str(target)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 # ------------------------------------------------------------------------------------------
 # Export
 # ------------------------------------------------------------------------------------------
@@ -314,40 +294,20 @@ def _decomposition_table(upcast=()):
     return table
 
 
-def _export(module: torch.nn.Module, example_inputs: tuple,
-            upcast=()) -> torch.export.ExportedProgram:
-    where = _module_location(module)
+def _decompose(module: torch.nn.Module, exported: torch.export.ExportedProgram,
+               upcast=()) -> torch.export.ExportedProgram:
+    """The exported program with torch-mlir's decompositions and Quartet's overrides."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            program = torch.export.export(module, example_inputs, strict=False)
-            return program.run_decompositions(_decomposition_table(upcast))
+            return exported.run_decompositions(_decomposition_table(upcast))
     except QuartetError:
         raise
     except Exception as e:  # torch.export raises many kinds; all mean "this model won't export"
         raise QuartetError(
             f"torch.export failed for {type(module).__name__}: {_first_line(e)}",
-            _traceback_location(e) or where,
+            _traceback_location(e) or _module_location(module),
         ) from e
-
-
-def _traceback_location(error: BaseException) -> str | None:
-    """The innermost frame of the user's code in an exception raised while tracing it."""
-    import traceback
-
-    frames = [(f.filename, f.lineno) for f in traceback.extract_tb(error.__traceback__)
-              if os.path.abspath(f.filename) != os.path.abspath(__file__)]
-    return _pick_user_frame(frames[::-1])
-
-
-def _module_location(module: torch.nn.Module) -> str | None:
-    import inspect
-
-    try:
-        forward = type(module).forward
-        return f"{inspect.getsourcefile(forward)}:{inspect.getsourcelines(forward)[1]}"
-    except (TypeError, OSError):
-        return None
 
 
 # ------------------------------------------------------------------------------------------
@@ -574,12 +534,19 @@ def _check_loops(module) -> None:
             )
 
 
-def _walk(operation):
-    for region in operation.regions:
-        for block in region.blocks:
-            for op in block.operations:
-                yield op.operation
-                yield from _walk(op.operation)
+def _walk(operation) -> list:
+    """Every op nested in ``operation`` (not itself), parents before children, as plain
+    ``Operation`` objects: ``Operation.walk`` makes no op views, so walking does not import the
+    Python modules of the dialects it meets (torch-mlir's ``linalg`` module alone took about
+    half a second of CPU to import; issue 14)."""
+    found = []
+
+    def visit(op):
+        found.append(op)
+        return torch_ir.WalkResult.ADVANCE
+
+    operation.walk(visit, torch_ir.WalkOrder.PRE_ORDER)
+    return found[1:]
 
 
 def _import_to_linalg(gm: torch.fx.GraphModule, func_name: str) \
@@ -635,9 +602,11 @@ def _inline_small_resources(text: str) -> str:
 def _expand_integer_abs(module) -> None:
     """``math.absi x`` -> ``arith.maxsi(x, 0 - x)``: the NVVM conversion has no pattern for
     ``math.absi`` (T5's relative position buckets take the absolute value of an integer)."""
+    doomed = [op for op in _walk(module.operation) if op.name == "math.absi"]
+    if not doomed:
+        return
     from torch_mlir.dialects import arith
 
-    doomed = [op for op in _walk(module.operation) if op.name == "math.absi"]
     with module.context:
         for op in doomed:
             x = op.operands[0]
@@ -650,6 +619,8 @@ def _expand_integer_abs(module) -> None:
 
 def _rewrite_bounds_checks(module, op_names) -> list[tuple[str, str | None]]:
     """torch-mlir's index asserts -> flag results the runtime reads (frontend/bounds_checks.py)."""
+    if not any(op.name == "cf.assert" for op in _walk(module.operation)):
+        return []
     from torch_mlir.dialects import arith, linalg, tensor
 
     with module.context:
@@ -679,18 +650,18 @@ def import_module(
     tensors. ``ImportedProgram.arguments`` says which is which and holds the weights' values.
     Raises :class:`QuartetError` (one line, with the model's file:line) for what cannot import.
     """
-    if not isinstance(module, torch.nn.Module):
-        raise QuartetError(f"expected a torch.nn.Module, got {type(module).__name__}")
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
-    for i, x in enumerate(example_inputs):
-        if not isinstance(x, torch.Tensor):
-            raise QuartetError(
-                f"example input {i} is a {type(x).__name__}; Quartet takes tensors",
-                _module_location(module),
-            )
+    return import_exported(module, export_model(module, example_inputs), func_name=func_name,
+                           _upcast=_upcast)
 
-    program = _export(module, example_inputs, _upcast)
+
+def import_exported(
+    module: torch.nn.Module, exported: torch.export.ExportedProgram, *,
+    func_name: str = "forward", _upcast: tuple = (),
+) -> ImportedProgram:
+    """:func:`import_module` from the program ``export.export_model`` gave for ``module``."""
+    program = _decompose(module, exported, _upcast)
     placeholders = _classify_placeholders(module, program)
     gm = program.graph_module
     _reject_dynamic_shapes(gm)
@@ -702,7 +673,7 @@ def import_module(
         upcast = () if _upcast else guards.half_ops_to_upcast(e, gm)
         if not upcast:
             raise
-        return import_module(module, example_inputs, func_name=func_name, _upcast=upcast)
+        return import_exported(module, exported, func_name=func_name, _upcast=upcast)
 
     with mlir_ir.Context() as ctx:
         try:

@@ -112,39 +112,59 @@ def check_resources(r: Resources, chip: Chip, tile=None) -> None:
 
 def compile_all(op: ir.Operation, chip: Chip, emit: str = "bin") -> list[list[KernelSpec]]:
     """KernelSpecs of every tile and every uvirtual of ``op`` (one list per unit, in program
-    order: :func:`~quartet.lowering.prepare.units_of`), compiled in a private Context (nested
-    pass managers cannot run in the Context of a running pass, and quartet-lower-gpu is such a
-    pass)."""
+    order: :func:`~quartet.lowering.prepare.units_of`). Tiles with the same computation,
+    schedule and chip share one build and one list of specs; distinct builds run in this
+    process and in worker processes, each in a private Context (``jobs.py``; nested pass
+    managers cannot run in the Context of a running pass, and quartet-lower-gpu is such a
+    pass). A uvirtual (Rammer's persistent kernel, Grinder's device program) is built here, in
+    a private Context too, after the tiles. An error names the tile's op and place."""
+    from quartet import progress
+
+    from . import jobs
+
+    chip = targets.get(chip)
+    fns = [fn for fn in op.regions[0].blocks[0].operations if fn.operation.name == "func.func"]
+    units = [unit for fn in fns for unit in units_of(fn)]
+    tiles = [unit for unit in units if unit.operation.name == "quartet.tile"]
+    virtual = len(units) - len(tiles)
+    planned, job_of_tile = jobs.plan_jobs(tiles, chip, emit)
+    reporter = progress.current()
+    total = len(planned) + virtual
+    reporter.kernels(0, total)
+    built = jobs.run_jobs(planned, progress=lambda done, _: reporter.kernels(done, total))
+    persistent = _compile_uvirtuals(op, chip, emit, first=len(planned), done=len(planned),
+                                    report=lambda done: reporter.kernels(done, total)) \
+        if virtual else []
+    tile_specs = iter(built[j] for j in job_of_tile)
+    persistent_specs = iter(persistent)
+    return [next(tile_specs) if unit.operation.name == "quartet.tile" else next(persistent_specs)
+            for unit in units]
+
+
+def _compile_uvirtuals(op: ir.Operation, chip: Chip, emit: str, first: int, done: int,
+                       report) -> list[list[KernelSpec]]:
+    """The persistent kernel of every uvirtual of ``op``, in program order, named ``q{first}``
+    on; built in a private Context on a copy of ``op``."""
     from quartet.dialects import context as quartet_context
 
+    from .build_device_program import compile_device_program
+    from .build_persistent import compile_uvirtual
+    from .device_program import is_device_program
+
     text = op.get_asm(enable_debug_info=True)
+    compiled = []
     with quartet_context(), ir.Location.unknown():
         copy = ir.Module.parse(text)
-        compiled = []
-        n = 0
         for fn in copy.body.operations:
             if fn.operation.name != "func.func":
                 continue
             for unit in units_of(fn):
-                if unit.operation.name == "quartet.uvirtual":
-                    from .build_device_program import compile_device_program
-                    from .build_persistent import compile_uvirtual
-                    from .device_program import is_device_program
-
-                    build_unit = compile_device_program if is_device_program(unit) \
-                        else compile_uvirtual
-                    compiled.append([build_unit(unit, chip, f"q{n}", emit)])
-                    n += 1
+                if unit.operation.name != "quartet.uvirtual":
                     continue
-                tile = unit
-                try:
-                    compiled.append(compile_tile(tile, chip, f"q{n}", emit))
-                except QuartetError as e:      # name the tile's op and place
-                    if e.location is None:
-                        raise QuartetError(f"'{tile.root.operation.name}': {e.message}",
-                                           location_of(tile.operation)) from None
-                    raise
-                n += 1
+                build_unit = compile_device_program if is_device_program(unit) \
+                    else compile_uvirtual
+                compiled.append([build_unit(unit, chip, f"q{first + len(compiled)}", emit)])
+                report(done + len(compiled))
     return compiled
 
 

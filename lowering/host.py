@@ -527,7 +527,11 @@ def _lower_tile(tile, target: str, module: ir.Module, host: _Host, specs: list,
                     operands.append(outs[a.index])
                     bound.append(out_names[a.index])
             bin_name = spec.name
-            insert_binary(module.body, bin_name, spec, target, emit)
+            inserted = getattr(module, "binaries", None)   # tiles built once share a binary
+            if inserted is None or bin_name not in inserted:
+                insert_binary(module.body, bin_name, spec, target, emit)
+                if inserted is not None:
+                    inserted.add(bin_name)
             smem = arith.constant(ir.IntegerType.get_signless(32), spec.shared_bytes) \
                 if spec.shared_bytes else None
             gpu.LaunchFuncOp([bin_name, spec.entry],
@@ -742,6 +746,7 @@ def lower_module_plans(module, chip, emit: str = "bin",
 
     holder = _Holder()
     holder.body = body
+    holder.binaries = set()
     with op.context, ir.Location.unknown():
         for fn in fns:
             plan = lower_function(fn, chip.target, holder, compiled, emit, arg_names)

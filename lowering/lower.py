@@ -17,7 +17,6 @@ a weight, stored in the artifact). The target comes from the call, else from the
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -27,7 +26,7 @@ from mlir import ir
 
 from quartet.errors import QuartetError
 from quartet.runtime import targets
-from quartet.runtime.artifact import ArtifactWriter
+from quartet.runtime.artifact import ArtifactWriter, producer_text
 from quartet.runtime.manifest import Copy, Launch
 
 from .prepare import dtype_of, nbytes, shape_of
@@ -63,7 +62,7 @@ def lower(module, target: str | None = None, chip: str | None = None, *,
     if len(arguments) != len(types):
         raise QuartetError(f"'{_name(fn)}' takes {len(types)} arguments, {len(arguments)} "
                            f"described")
-    writer = ArtifactWriter(chip_.target, producer=_producer_text(producer))
+    writer = ArtifactWriter(chip_.target, producer=producer_text(producer))
     boundary = _Boundary(checks or {}, list(result_dtypes or []))
     if chip_.kind == "cpu":
         _lower_cpu(op, fn, arguments, writer, boundary)
@@ -205,8 +204,4 @@ def _weight_array(b) -> np.ndarray:
     return np.frombuffer(b.data, dtype=np.dtype(b.dtype)).reshape(b.shape)
 
 
-def _producer_text(producer: dict | None) -> str:
-    info = {"tool": "quartet"}
-    info.update(producer or {})
-    return json.dumps(info, sort_keys=True)
 

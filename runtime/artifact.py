@@ -59,6 +59,13 @@ def sha256(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def producer_text(producer: dict | None) -> str:
+    """The manifest's ``producer``: ``{"tool": "quartet", ...producer}`` as sorted JSON."""
+    info = {"tool": "quartet"}
+    info.update(producer or {})
+    return json.dumps(info, sort_keys=True)
+
+
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
@@ -99,6 +106,42 @@ class ArtifactWriter:
         self.checks: list[Check] = []
         self._binaries: dict[str, bytes] = {}
         self._weight_bytes = bytearray()
+        self._weights_sha: str | None = None     # SHA-256 of _weight_bytes, None when changed
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, binaries: dict[str, bytes],
+                      weights: dict[str, Any], producer: str | None = None) -> "ArtifactWriter":
+        """A writer holding what ``manifest`` describes again (the compile cache's entries):
+        its kernel files from ``binaries`` (name -> bytes), each weight's value from
+        ``weights`` (name -> raw bytes, numpy array or torch tensor, of the manifest's shape and
+        type). A missing or mismatched file or weight is a QuartetError."""
+        writer = cls(manifest.target, manifest.backend, producer)
+        writer.inputs, writer.outputs = list(manifest.inputs), list(manifest.outputs)
+        writer.buffers = list(manifest.buffers)
+        writer.kernels, writer.program = list(manifest.kernels), list(manifest.program)
+        writer.checks = list(manifest.checks)
+        for k in manifest.kernels:
+            if k.binary not in binaries:
+                raise QuartetError(f"kernel {k.name!r}: no file {k.binary}", "artifact writer")
+            writer._binaries[k.binary] = bytes(binaries[k.binary])
+        for w in manifest.weights:
+            if w.name not in weights:
+                raise QuartetError(f"no value for weight {w.name!r}", "artifact writer")
+            value = weights[w.name]
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                data, shape, dtype = bytes(value), tuple(w.shape), w.dtype
+            else:
+                data, shape, dtype = _host_bytes(value)
+            if shape != tuple(w.shape) or dtype != w.dtype or len(data) != w.size:
+                raise QuartetError(f"weight {w.name!r} is {w.dtype} {list(w.shape)}, got "
+                                   f"{dtype} {list(shape)}", "artifact writer")
+            offset = _align(len(writer._weight_bytes), WEIGHT_ALIGNMENT)
+            writer._weight_bytes.extend(b"\0" * (offset - len(writer._weight_bytes)))
+            writer._weight_bytes.extend(data)
+            writer._weights_sha = None
+            writer.weights.append(dataclasses.replace(w, offset=offset, sha256=sha256(data)))
+        writer.manifest()       # checked as any writer's
+        return writer
 
     # tensors and buffers ----------------------------------------------------------------------
 
@@ -137,6 +180,7 @@ class ArtifactWriter:
         offset = _align(len(self._weight_bytes), WEIGHT_ALIGNMENT)
         self._weight_bytes.extend(b"\0" * (offset - len(self._weight_bytes)))
         self._weight_bytes.extend(data)
+        self._weights_sha = None
         self.add_buffer(name, len(data), "weight")
         self.weights.append(Weight(name, name, WEIGHTS_FILE, offset, len(data), sha256(data), shape, dtype))
         return name
@@ -153,6 +197,7 @@ class ArtifactWriter:
             raise QuartetError(f"weight {name!r} is {w.dtype} {list(w.shape)}, got {dtype} "
                                f"{list(shape)}", "artifact writer")
         self._weight_bytes[w.offset : w.offset + w.size] = data
+        self._weights_sha = None
         self.weights[i] = dataclasses.replace(w, sha256=sha256(data))
 
     # kernels -----------------------------------------------------------------------------------
@@ -233,7 +278,6 @@ class ArtifactWriter:
 
     def manifest(self) -> Manifest:
         """The manifest of what was added so far, checked (QuartetError if inconsistent)."""
-        files = self.files()
         m = Manifest(
             version=self._version(),
             target=self.target,
@@ -245,11 +289,21 @@ class ArtifactWriter:
             weights=tuple(self.weights),
             kernels=tuple(self.kernels),
             program=tuple(self.program),
-            files=tuple(FileEntry(n, len(d), sha256(d)) for n, d in sorted(files.items())),
+            files=self._file_entries(),
             checks=tuple(self.checks),
         )
         validate(m, "artifact writer")
         return m
+
+    def _file_entries(self) -> tuple[FileEntry, ...]:
+        """The files' entries, weights.bin hashed in place and once until a weight changes
+        (it is the bulk of a large model's artifact)."""
+        entries = [FileEntry(n, len(d), sha256(d)) for n, d in self._binaries.items()]
+        if self.weights:
+            if self._weights_sha is None:
+                self._weights_sha = sha256(self._weight_bytes)
+            entries.append(FileEntry(WEIGHTS_FILE, len(self._weight_bytes), self._weights_sha))
+        return tuple(sorted(entries, key=lambda e: e.name))
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the artifact: a folder, or one zip file when ``path`` ends in ``.qrt``.

@@ -51,7 +51,13 @@ def _enum_value(e) -> int:
 
 
 class _Prepared:
-    """A kernel ready to launch: its function, launch shape and argument storage."""
+    """A kernel ready to launch: its function, launch shape and argument storage.
+
+    The arguments live in ctypes slots behind one ``void **`` array (``params``) made here,
+    once: a launch passes that array as it is (the driver copies the values at the call), and
+    the interpreter changes an argument by writing its slot (:meth:`set`). ``launch`` is set by
+    :meth:`CudaBackend.pack`.
+    """
 
     def __init__(self, kernel: Kernel, function: Any):
         self.kernel, self.function = kernel, function
@@ -67,6 +73,11 @@ class _Prepared:
             *[ctypes.addressof(s) for s in self.storage]
         )
         self.params = ctypes.addressof(self.pointers) if self.storage else 0
+        self.launch = None
+        self.node_params = None   # CUDA_KERNEL_NODE_PARAMS, made when a graph node is updated
+
+    def set(self, position: int, value: int | float) -> None:
+        self.storage[position].value = value
 
 
 class CudaBackend:
@@ -95,6 +106,8 @@ class CudaBackend:
         self.sm_count = self._attribute(attr.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
         self.cooperative_ok = bool(self._attribute(attr.CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH))
         self.ctx = self._check(d.cuDevicePrimaryCtxRetain(self.dev), "cuDevicePrimaryCtxRetain")
+        self._ok, self._set_current = d.CUresult.CUDA_SUCCESS, d.cuCtxSetCurrent
+        self._memsets = {1: d.cuMemsetD8Async, 2: d.cuMemsetD16Async, 4: d.cuMemsetD32Async}
         self.activate()
         self.stream = 0
         self._pinned = self._check(d.cuMemHostAlloc(16, 0), "cuMemHostAlloc")
@@ -136,10 +149,16 @@ class CudaBackend:
 
     def activate(self) -> None:
         """Make the device's primary context current on the calling thread."""
-        self._check(self.d.cuCtxSetCurrent(self.ctx), "cuCtxSetCurrent")
+        result = self._set_current(self.ctx)
+        if result[0] != self._ok:
+            self._check(result, "cuCtxSetCurrent")
 
     def set_stream(self, stream: int) -> None:
         self.stream = stream
+
+    def function_handle(self, prepared: _Prepared) -> int:
+        """The CUfunction of a prepared kernel as an int (to match it with graph nodes)."""
+        return int(prepared.function)
 
     # the Backend interface --------------------------------------------------------------------
 
@@ -225,37 +244,38 @@ class CudaBackend:
             )
 
     def launch(self, prepared: _Prepared, args: list[int | float]) -> None:
-        for slot, value in zip(prepared.storage, args):
-            slot.value = value
-        g, b = prepared.grid, prepared.block
+        for position, value in enumerate(args):
+            prepared.set(position, value)
+        if prepared.launch is None:
+            self.pack(prepared, args)
+        prepared.launch()
+
+    def pack(self, prepared: _Prepared, values: list[int | float]) -> _Prepared:
+        """Write ``values`` into the kernel's argument slots and give it a ``launch()`` that
+        issues it on the current stream with no per-launch Python work but the driver call."""
+        for position, value in enumerate(values):
+            prepared.set(position, value)
+        d, backend = self.d, self
+        ok = d.CUresult.CUDA_SUCCESS
+        f, (g0, g1, g2), (b0, b1, b2) = prepared.function, prepared.grid, prepared.block
+        smem, params, what = prepared.shared_memory, prepared.params, prepared.kernel.name
         if prepared.cooperative:
-            result = self.d.cuLaunchCooperativeKernel(
-                prepared.function,
-                g[0],
-                g[1],
-                g[2],
-                b[0],
-                b[1],
-                b[2],
-                prepared.shared_memory,
-                self.stream,
-                prepared.params,
-            )
+            cooperative = d.cuLaunchCooperativeKernel
+
+            def launch():
+                result = cooperative(f, g0, g1, g2, b0, b1, b2, smem, backend.stream, params)
+                if result[0] != ok:
+                    backend._check(result, f"launching kernel {what!r}")
         else:
-            result = self.d.cuLaunchKernel(
-                prepared.function,
-                g[0],
-                g[1],
-                g[2],
-                b[0],
-                b[1],
-                b[2],
-                prepared.shared_memory,
-                self.stream,
-                prepared.params,
-                0,
-            )
-        self._check(result, f"launching kernel {prepared.kernel.name!r}")
+            kernel = d.cuLaunchKernel
+
+            def launch():
+                result = kernel(f, g0, g1, g2, b0, b1, b2, smem, backend.stream, params, 0)
+                if result[0] != ok:
+                    backend._check(result, f"launching kernel {what!r}")
+
+        prepared.launch = launch
+        return prepared
 
     def tensor_map(self, arg, address: int) -> int:
         """The device address of ``arg``'s tensor map for data at ``address``.
@@ -285,11 +305,14 @@ class CudaBackend:
 
     def copy(self, dst: int, src: int, size: int) -> None:
         if size:
-            self._check(self.d.cuMemcpyDtoDAsync(dst, src, size, self.stream), "cuMemcpyDtoDAsync")
+            result = self.d.cuMemcpyDtoDAsync(dst, src, size, self.stream)
+            if result[0] != self._ok:
+                self._check(result, "cuMemcpyDtoDAsync")
 
     def memset(self, address: int, value: int, width: int, count: int) -> None:
-        fn = {1: self.d.cuMemsetD8Async, 2: self.d.cuMemsetD16Async, 4: self.d.cuMemsetD32Async}[width]
-        self._check(fn(address, value, count, self.stream), f"cuMemsetD{8 * width}Async")
+        result = self._memsets[width](address, value, count, self.stream)
+        if result[0] != self._ok:
+            self._check(result, f"cuMemsetD{8 * width}Async")
 
     def read_scalar(self, address: int, dtype: str) -> int | float:
         size = dtypes.ITEMSIZE[dtype]
@@ -332,6 +355,49 @@ class CudaBackend:
 
     def replay(self, executable: Any) -> None:
         self._check(self.d.cuGraphLaunch(executable, self.stream), "cuGraphLaunch")
+
+    def kernel_nodes(self, executable: Any) -> list[tuple[Any, int]] | None:
+        """(node, function handle) of every kernel node of the graph ``executable`` was made
+        from, in issue order; None when the graph is not the one chain a single stream's capture
+        makes (then its nodes cannot be matched with the launches)."""
+        d = self.d
+        graph = next(g for g, e in self._graphs if e is executable)
+        kernel_type = d.CUgraphNodeType.CU_GRAPH_NODE_TYPE_KERNEL
+        roots = self._listing(d.cuGraphGetRootNodes, graph, "cuGraphGetRootNodes")
+        if len(roots) > 1:
+            return None
+        found, node = [], roots[0] if roots else None
+        while node is not None:
+            if self._check(d.cuGraphNodeGetType(node), "cuGraphNodeGetType") == kernel_type:
+                params = self._check(d.cuGraphKernelNodeGetParams(node), "cuGraphKernelNodeGetParams")
+                found.append((node, int(params.func)))
+            after = self._listing(d.cuGraphNodeGetDependentNodes, node, "cuGraphNodeGetDependentNodes")
+            if len(after) > 1:
+                return None
+            node = after[0] if after else None
+        return found
+
+    def _listing(self, fn, handle, what: str) -> list:
+        """The list a ``cuGraph...(handle, count)`` query returns: the count first, then the items."""
+        _, count = self._check(fn(handle, 0), what)
+        if not count:
+            return []
+        items, _ = self._check(fn(handle, count), what)
+        return list(items)[:count]
+
+    def update_kernel_node(self, executable: Any, node: Any, prepared: _Prepared) -> None:
+        """Give kernel node ``node`` of ``executable`` the current values of ``prepared``'s
+        argument slots (``cuGraphExecKernelNodeSetParams``; later replays only)."""
+        if prepared.node_params is None:
+            p = self.d.CUDA_KERNEL_NODE_PARAMS()
+            p.func = prepared.function
+            p.gridDimX, p.gridDimY, p.gridDimZ = prepared.grid
+            p.blockDimX, p.blockDimY, p.blockDimZ = prepared.block
+            p.sharedMemBytes = prepared.shared_memory
+            p.kernelParams = prepared.params
+            prepared.node_params = p
+        self._check(self.d.cuGraphExecKernelNodeSetParams(executable, node, prepared.node_params),
+                    f"cuGraphExecKernelNodeSetParams (kernel {prepared.kernel.name!r})")
 
     def timer(self):
         """A (start, stop) pair: call start() and stop() around work; stop() returns milliseconds."""

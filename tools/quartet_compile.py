@@ -3,6 +3,7 @@
     quartet-compile FILE.py:ClassName --input 1x128x768:f16 [--input ...] [--pipeline roller]
                     [--target auto|sm_90|sm_80|gfx942|cpu] -o OUT [--weights STATE_DICT.pt]
                     [--emit linalg|quartet|gpu|llvm|ptx] [--seed N] [--model-dtype auto|f32|...]
+                    [--no-cache] [--clear-cache] [--quiet]
 
 Loads ``ClassName`` from ``FILE.py`` (imported by path, its folder first on ``sys.path``), builds
 it with no arguments under ``torch.manual_seed(seed)`` (random weights) or loads ``--weights``
@@ -12,6 +13,10 @@ runs :func:`quartet.frontend.compile.compile_to_artifact`. The default target ``
 visible GPU's architecture, else ``cpu``; the choice is printed (frontend/target.py). The artifact is a folder, or one file
 when OUT ends in ``.qrt``. ``--emit STAGE`` prints that stage's IR (to stdout, or to ``-o``)
 and stops.
+
+Compiles go through the compile cache (``frontend/cache.py``: ``--no-cache`` bypasses it,
+``--clear-cache`` empties it). A compile that runs longer than two seconds shows its stage and
+the kernels built on a terminal (``quartet/progress.py``), never in a pipe; ``--quiet`` hides it.
 
 The manifest's ``producer`` JSON records what ``quartet-run --check`` needs to rebuild the
 reference: the model file (absolute and as given), the class, the weights file, the model dtype,
@@ -44,7 +49,8 @@ MODEL_DTYPES = ("auto", "f32", "f16", "bf16", "f64")
 
 def _arguments() -> argparse.ArgumentParser:
     p = ToolParser("quartet-compile", __doc__)
-    p.add_argument("model", metavar="FILE.py:ClassName", help="the model class to compile")
+    p.add_argument("model", metavar="FILE.py:ClassName", nargs="?",
+                   help="the model class to compile")
     p.add_argument("--input", action="append", default=[], metavar="DIMS:DTYPE",
                    help="one per forward() argument, e.g. 1x128x768:f16 or scalar:i64 "
                         f"(dtypes: {', '.join(k for k in SHORT_DTYPES if k != 'i1')})")
@@ -65,6 +71,15 @@ def _arguments() -> argparse.ArgumentParser:
     p.add_argument("--model-dtype", default="auto", metavar="DTYPE",
                    help="cast the model's floating parameters: auto (the inputs' floating type "
                         "when they share one), f32, f16, bf16, f64")
+    p.add_argument("--no-cache", action="store_true",
+                   help="compile from scratch: neither read nor write the compile cache "
+                        "(QUARTET_CACHE=0 does the same; its folder: QUARTET_CACHE_DIR, else "
+                        "the user's cache folder)")
+    p.add_argument("--clear-cache", action="store_true",
+                   help="empty the compile cache first (alone: empty it and stop)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress on the terminal (it shows only on a terminal, after "
+                        "2 s; QUARTET_QUIET=1 does the same)")
     return p
 
 
@@ -254,6 +269,16 @@ def _check_choices(args) -> None:
 
 def main(argv: list[str]) -> int:
     args = _arguments().parse_args(argv)
+    if args.clear_cache:
+        from quartet.frontend import cache
+
+        removed = cache.clear()
+        print(f"quartet-compile: removed {removed} compile cache entries from "
+              f"{cache.cache_dir()}", file=sys.stderr)
+        if args.model is None:
+            return 0
+    if args.model is None:
+        raise QuartetError("quartet-compile: give the model to compile, FILE.py:ClassName")
     if args.emit is None and args.output in (None, "-"):
         raise QuartetError("quartet-compile: give the artifact to write with -o OUT "
                            "(or print IR with --emit STAGE)")
@@ -302,7 +327,9 @@ def main(argv: list[str]) -> int:
     producer = {k: v for k, v in producer.items() if v is not None}
     writer, result, text = compile_to_artifact(module, inputs, pipeline=args.pipeline,
                                                target=args.target, stop_after=args.emit,
-                                               producer=producer)
+                                               producer=producer,
+                                               cache=False if args.no_cache else None,
+                                               progress=False if args.quiet else None)
     if args.emit is not None:
         text = text if text.endswith("\n") else text + "\n"
         if args.output in (None, "-"):
@@ -314,6 +341,9 @@ def main(argv: list[str]) -> int:
         return 0
     path = writer.save(args.output)
     seconds = ", ".join(f"{k} {v:.2f} s" for k, v in result.seconds.items())
+    if result.cached:
+        seconds = (f"export {result.seconds['export']:.2f} s, from the compile cache in "
+                   f"{result.seconds['cache']:.2f} s")
     auto = f" ({chosen.line()})" if chosen is not None else ""
     print(f"wrote {path} ({args.target}, {args.pipeline}; {seconds}){auto}", file=sys.stderr)
     return 0

@@ -147,8 +147,9 @@ def _arguments() -> argparse.ArgumentParser:
     p.add_argument("--bench", action="store_true", help="print the program's median time")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of the random inputs (default: the one quartet-compile used, else 0)")
-    p.add_argument("--graph", action="store_true",
-                   help="replay the launches as one CUDA graph (cuda artifacts)")
+    p.add_argument("--graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay the launches as one CUDA graph (cuda artifacts; default: when "
+                        "the program has two or more launches and no host control flow)")
     p.add_argument("--input", action="append", default=[], metavar="FILE.npy",
                    help="read input i from a .npy file instead of drawing it (once per input)")
     p.add_argument("--model", default=None, metavar="FILE.py:Class",

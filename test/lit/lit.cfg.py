@@ -18,6 +18,8 @@ config.environment["PATH"] = os.pathsep.join([bindir, os.environ.get("PATH", "")
 for var in ("HOME", "TMPDIR", "PYTHONPATH"):
     if var in os.environ:
         config.environment[var] = os.environ[var]
+# Every compile in a lit test is a real one (no compile cache, frontend/cache.py).
+config.environment["QUARTET_CACHE"] = "0"
 
 for tool in ("quartet-opt", "filecheck"):
     if not shutil.which(tool, path=config.environment["PATH"]):

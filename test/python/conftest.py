@@ -1,6 +1,12 @@
 """pytest set-up: tests marked ``gpu`` run only where an NVIDIA GPU and cuda-bindings are."""
 
+import os
+
 import pytest
+
+# Every compile of the tests is a real one: the compile cache (frontend/cache.py) is off unless a
+# test turns it on (test_compile_cache.py, with its own folder). Child processes inherit this.
+os.environ.setdefault("QUARTET_CACHE", "0")
 
 # `mlir` before `torch_mlir`: the other order makes MLIR's ExecutionEngine resolve symbols against
 # torch_mlir's copy of LLVM (garbled names). Tests import torch_mlir through the frontend.

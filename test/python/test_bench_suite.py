@@ -436,3 +436,13 @@ def test_compile_time_measures_each_kernel_from_scratch():
     # the binary cache is cleared: every repetition runs NVVM and ptxas (a cached repetition
     # would take only the passes, ~0.03 s)
     assert all(t > 0.08 for t in r["cpu_s"]), r["cpu_s"]
+
+
+def test_host_overhead_is_end_to_end_minus_kernel_only():
+    ok = {"status": "ok", "e2e": {"median_ms": 0.094}, "kernel_ms": 0.040}
+    assert abs(report.host_us(ok) - 54.0) < 1e-9
+    assert report.host_us({"status": "ok", "e2e": {"median_ms": 1.0}, "kernel_ms": None}) is None
+    assert report.host_us({"status": "not compiled: x"}) is None
+    run = {"workloads": [{"name": "softmax_f16", "systems": {"quartet": ok}}]}
+    lines = report.host_overhead_table(run, ["quartet"])
+    assert "| softmax_f16 | 54 |" in lines

@@ -94,9 +94,9 @@ def vadd_writer(so: bytes, target: str = "cpu") -> ArtifactWriter:
     return w
 
 
-def weights_loop_writer(so: bytes) -> ArtifactWriter:
+def weights_loop_writer(so: bytes, target: str = "cpu") -> ArtifactWriter:
     """acc = sum_{i<3} (x * 0.5 + i) + w, with w a weight."""
-    w = ArtifactWriter("cpu")
+    w = ArtifactWriter(target)
     w.add_input("x", (N,), "float32")
     w.add_weight("w", np.arange(N, dtype=np.float32))
     w.add_output("acc", (N,), "float32")
@@ -512,11 +512,36 @@ def test_wrong_torch_inputs(kernels_so, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+class FakePacked:
+    """A kernel's parameters packed once (the interface of CudaBackend.pack); counts writes."""
+
+    def __init__(self, backend, prepared, values):
+        self.backend, self.prepared, self.values = backend, prepared, list(values)
+        self.writes = 0
+
+    def set(self, position, value) -> None:
+        self.values[position] = value
+        self.writes += 1
+
+    def launch(self) -> None:
+        self.backend.launch(self.prepared, list(self.values))
+
+
+class FakeGraph:
+    """What a captured CUDA graph holds: every launch, copy and memset with its arguments as
+    they were at capture (fixed addresses), until a kernel node is updated."""
+
+    def __init__(self):
+        self.ops: list[list] = []
+
+
 class FakeCudaBackend(CpuBackend):
     """The cpu backend under the cuda backend's name: C kernels on host pointers, with a log.
 
     Addresses are host pointers, so torch CPU tensors posing as CUDA tensors can be bound in
-    place and the kernels really read and write them.
+    place and the kernels really read and write them. Graphs are simulated faithfully: a replay
+    runs the captured operations with their captured arguments, so a node the program forgets
+    to update reads and writes stale addresses (and the test's numbers are wrong).
     """
 
     name = "cuda"
@@ -529,7 +554,10 @@ class FakeCudaBackend(CpuBackend):
         self.copies: list[tuple[int, int, int]] = []
         self.uploads: list[int] = []
         self.launches: list[list] = []
+        self.node_updates: list[int] = []
         self.stream = None
+        self.matchable = True
+        self._capturing: FakeGraph | None = None
 
     def activate(self) -> None:
         pass
@@ -543,23 +571,62 @@ class FakeCudaBackend(CpuBackend):
             path.write_bytes(binary)
         return super().prepare(kernel, path)
 
+    def pack(self, prepared, values):
+        return FakePacked(self, prepared, values)
+
     def launch(self, prepared, args) -> None:
+        if self._capturing is not None:
+            self._capturing.ops.append(["launch", prepared, list(args)])
+            return
         self.launches.append(list(args))
         super().launch(prepared, args)
 
     def copy(self, dst: int, src: int, size: int) -> None:
+        if self._capturing is not None:
+            self._capturing.ops.append(["copy", dst, src, size])
+            return
         self.copies.append((dst, src, size))
         super().copy(dst, src, size)
+
+    def memset(self, address, value, width, count) -> None:
+        if self._capturing is not None:
+            self._capturing.ops.append(["memset", address, value, width, count])
+            return
+        super().memset(address, value, width, count)
 
     def upload(self, address: int, data: np.ndarray) -> None:
         self.uploads.append(address)
         super().upload(address, data)
 
     def capture(self, issue):
-        return issue
+        graph = FakeGraph()
+        self._capturing = graph
+        try:
+            issue()
+        finally:
+            self._capturing = None
+        return graph
 
-    def replay(self, issue) -> None:
-        issue()
+    def replay(self, graph) -> None:
+        for op in graph.ops:
+            if op[0] == "launch":
+                self.launch(op[1], op[2])
+            elif op[0] == "copy":
+                self.copy(*op[1:])
+            else:
+                self.memset(*op[1:])
+
+    def function_handle(self, prepared) -> int:
+        return id(prepared)
+
+    def kernel_nodes(self, graph):
+        if not self.matchable:
+            return None
+        return [(k, id(op[1])) for k, op in enumerate(graph.ops) if op[0] == "launch"]
+
+    def update_kernel_node(self, graph, node, packed) -> None:
+        self.node_updates.append(node)
+        graph.ops[node][2] = list(packed.values)
 
     def timer(self):
         import time
@@ -578,6 +645,7 @@ class FakeCudaBackend(CpuBackend):
         self.copies.clear()
         self.uploads.clear()
         self.launches.clear()
+        self.node_updates.clear()
 
 
 @pytest.fixture
@@ -590,6 +658,13 @@ def fake_cuda(monkeypatch, tmp_path):
         @property
         def device(self):
             return torch.device("cuda", 0)
+
+        @property
+        def is_cuda(self):
+            return True
+
+        def get_device(self):
+            return 0
 
     backend = FakeCudaBackend(tmp_path)
     monkeypatch.setattr(program_module, "_make_backend", lambda m, device, where: backend)
@@ -699,10 +774,56 @@ def test_misaligned_and_strided_inputs_are_copied(kernels_so, tmp_path, fake_cud
     assert y.device.type == "cuda" and torch.equal(torch.Tensor(y), -xc)
 
 
-def test_graph_mode_copies(kernels_so, tmp_path, fake_cuda):
+def test_graph_follows_the_callers_tensors(kernels_so, tmp_path, fake_cuda):
+    """graph=True binds inputs and outputs in place too: the kernel nodes are updated when a
+    tensor moves (the fake replays captured arguments, so a missed update gives wrong sums)."""
     torch = pytest.importorskip("torch")
     backend, FakeCuda, _ = fake_cuda
     prog = load(vadd_writer(kernels_so, "sm_90").save(tmp_path / "vadd"), graph=True)
+    assert prog.call_mode == "graph"
+    a, b = torch.randn(N).as_subclass(FakeCuda), torch.randn(N).as_subclass(FakeCuda)
+    backend.clear_log()
+    c = prog(a, b)
+    assert backend.copies == [] and backend.uploads == []
+    assert backend.launches == [[a.data_ptr(), b.data_ptr(), c.data_ptr(), N]]
+    assert backend.node_updates == [0]
+    torch.testing.assert_close(torch.Tensor(c), torch.Tensor(a + b))
+    for _ in range(3):     # new tensors each call: still right
+        a2 = torch.randn(N).as_subclass(FakeCuda)
+        c2 = prog(a2, b)
+        torch.testing.assert_close(torch.Tensor(c2), torch.Tensor(a2 + b))
+    # numpy inputs: back to the program's own buffers, nodes updated again
+    an, bn = rand(1), rand(2)
+    np.testing.assert_allclose(prog(an, bn), an + bn, rtol=1e-6)
+
+
+def test_graph_by_default_for_several_launches(kernels_so, tmp_path, fake_cuda):
+    """graph=None: a graph for two or more launches (loop iterations count), launches for one;
+    a loop's index arguments survive node updates; a buffer a memset touches is copied."""
+    torch = pytest.importorskip("torch")
+    backend, FakeCuda, _ = fake_cuda
+    assert load(vadd_writer(kernels_so, "sm_90").save(tmp_path / "one")).call_mode == "launches"
+    w = weights_loop_writer(kernels_so, "sm_90")
+    prog = load(w.save(tmp_path / "loop"))
+    assert prog.call_mode == "graph"
+    for seed in (3, 4, 5):
+        x = torch.from_numpy(rand(seed)).as_subclass(FakeCuda)
+        backend.clear_log()
+        acc = prog(x)
+        expected = sum(rand(seed) * 0.5 + i for i in range(3)) + np.arange(N, dtype=np.float32)
+        np.testing.assert_allclose(torch.Tensor(acc).numpy(), expected, rtol=1e-5)
+        assert [args[0] for args in backend.launches[:6:2]] == [x.data_ptr()] * 3
+        # acc is memset by the program: copied out of its own buffer, never followed
+        assert backend.copies == [(acc.data_ptr(), prog.addresses["acc"], 4 * N)]
+    assert load(w.save(tmp_path / "loop2"), graph=False).call_mode == "launches"
+
+
+def test_graph_nodes_unmatched_copy(kernels_so, tmp_path, fake_cuda):
+    torch = pytest.importorskip("torch")
+    backend, FakeCuda, _ = fake_cuda
+    backend.matchable = False
+    prog = load(vadd_writer(kernels_so, "sm_90").save(tmp_path / "vadd"), graph=True)
+    assert prog.call_mode == "graph, copies"
     own = prog.addresses
     a, b = torch.randn(N).as_subclass(FakeCuda), torch.randn(N).as_subclass(FakeCuda)
     backend.clear_log()
@@ -714,6 +835,20 @@ def test_graph_mode_copies(kernels_so, tmp_path, fake_cuda):
         (c.data_ptr(), own["c"], 4 * N),
     ]
     torch.testing.assert_close(torch.Tensor(c), torch.Tensor(a + b))
+
+
+def test_same_tensors_write_no_argument(kernels_so, tmp_path, fake_cuda):
+    """Parameters are packed at load: a call with the tensors of the last call writes no slot
+    (only the fresh output's), and no graph node is updated for unmoved buffers."""
+    torch = pytest.importorskip("torch")
+    backend, FakeCuda, _ = fake_cuda
+    prog = load(vadd_writer(kernels_so, "sm_90").save(tmp_path / "vadd"))
+    packed = prog._interpreter.plans["add"].packed
+    a, b = torch.randn(N).as_subclass(FakeCuda), torch.randn(N).as_subclass(FakeCuda)
+    prog(a, b)
+    writes = packed.writes
+    c = prog(a, b)
+    assert packed.writes - writes <= 1 and packed.values[2] == c.data_ptr()
 
 
 def test_bench_binds_once(kernels_so, tmp_path, fake_cuda):
