@@ -281,7 +281,7 @@ class _RowEmitter:
             align = V * _bytes_of(elt)
             return vector.load(ir.VectorType.get([V], elt), mem, idx, alignment=align)
         if last not in amap:
-            return _splat(memref.load(mem, idx), V)
+            return memref.load(mem, idx)    # the same for the whole vector (emit_body splats)
         # A transposed operand: gather V scalars.
         pos = amap.index(last)
         elems = []
@@ -302,7 +302,7 @@ class _RowEmitter:
             got = self.env[value]
             if isinstance(got, _Full):
                 return got.chunks[chunk]
-            return _splat(got.value, V) if full else got.value
+            return got.value        # a scalar: emit_body splats it (and knows it uniform)
         if value not in self.inputs:
             raise Unsupported("an operand that is neither computed in the tile nor an input")
         if full:
@@ -352,9 +352,11 @@ class _RowEmitter:
         block = op.regions[0].blocks[0]
         if step.space == "full":
             per_chunk = []
+            fast = _rounded_to_16_bits(op, step.live)
             for c in range(len(self.j)):
                 args = self._body_args(op, c, True, True)
-                per_chunk.append(emit_body(block, args, self.p.vector, step.live))
+                per_chunk.append(emit_body(block, args, self.p.vector, step.live,
+                                           divide_by_reciprocal=fast))
             for n, k in enumerate(step.live):
                 self.env[op.results[k]] = _Full([vals[n] for vals in per_chunk])
         else:
@@ -454,6 +456,32 @@ class _RowEmitter:
                 idx = self.lead[:rank] + [_index(0)] * (rank - len(self.lead))
                 cond = _and(self.valid, self.lane0)
                 _guarded(cond, lambda got=got, idx=idx: memref.store(got.value, mem, idx))
+
+
+def _is_16_bit_float(t: ir.Type) -> bool:
+    return isinstance(t, (ir.F16Type, ir.BF16Type))
+
+
+def _rounded_to_16_bits(op, live: list[int]) -> bool:
+    """Whether every live result of ``op`` is rounded to fp16/bf16: its own element type, or
+    read only by element-wise ``truncf`` generics (torch-mlir's fp16 softmax divides in fp32 and
+    truncates in the next op). Where it is, a division may multiply by a reciprocal
+    (``common.emit_body``)."""
+    for k in live:
+        r = op.results[k]
+        if _is_16_bit_float(ir.ShapedType(r.type).element_type):
+            continue
+        for use in r.uses:
+            user = use.owner
+            if user.name != "linalg.generic" or use.operand_number >= _num_inputs(user):
+                return False
+            body = [o.operation for o in user.regions[0].blocks[0].operations]
+            barg = user.regions[0].blocks[0].arguments[use.operand_number]
+            truncs = [o for o in body[:-1] if barg in list(o.operands)]
+            if len(truncs) != 1 or truncs[0].name != "arith.truncf" or \
+                    not _is_16_bit_float(truncs[0].results[0].type):
+                return False
+    return True
 
 
 def _shuffle_xor(value: ir.Value, offset: int, width: ir.Value) -> ir.Value:
