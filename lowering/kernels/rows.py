@@ -206,6 +206,7 @@ class _RowEmitter:
         self.smem = smem                # one workgroup memref per reduction (G > warp)
         self.warp = warp
         self.env: dict = {}
+        self.loaded: dict = {}          # (input, map, chunk) -> its loaded vector
         self.red_index = 0
 
     # --- indices -------------------------------------------------------------------------
@@ -213,45 +214,59 @@ class _RowEmitter:
         p, cfg = self.p, self.cfg
         V = p.vector
         if cfg.mode == "flat":
-            total = p.rows * p.inner
-            gid = arith.addi(arith.muli(bid, _index(cfg.threads)), tid)
-            e = arith.muli(gid, _index(V))
-            self.valid = arith.cmpi(arith.CmpIPredicate.ult, e, _index(total))
-            e = arith.minui(e, _index(total - V))
-            r = arith.divui(e, _index(p.inner))
-            self.j = [arith.remui(e, _index(p.inner))]
-            self.chunk_valid = [None]
-            self.lane0 = arith.cmpi(arith.CmpIPredicate.eq, self.j[0], _index(0))
-        else:
-            G, RB = cfg.group, cfg.rows_per_block
-            grp = arith.divui(tid, _index(G)) if RB > 1 else _index(0)
-            lane = arith.remui(tid, _index(G)) if RB > 1 else tid
-            self.lane, self.grp = lane, grp
-            r = arith.addi(arith.muli(bid, _index(RB)), grp) if RB > 1 else bid
-            if cfg.grid * RB != p.rows:
-                self.valid = arith.cmpi(arith.CmpIPredicate.ult, r, _index(p.rows))
-                r = arith.minui(r, _index(p.rows - 1))
-            else:
-                self.valid = None
-            self.j, self.chunk_valid = [], []
-            for c in range(cfg.chunks):
-                j = arith.muli(arith.addi(_index(c * G), lane), _index(V))
-                if (c * G + G) * V > p.inner:
-                    self.chunk_valid.append(arith.cmpi(arith.CmpIPredicate.ult, j,
-                                                       _index(p.inner)))
-                    j = arith.minui(j, _index(p.inner - V))
-                else:
+            # Chunk c of thread t in block b is vector (b * C + c) * T + t: each chunk is one
+            # contiguous, coalesced sweep of the block's threads.
+            total, C, T = p.rows * p.inner, cfg.chunks, cfg.threads
+            exact = cfg.grid * C * T * V == total
+            self.valid = None
+            self.j, self.chunk_valid, self.leads = [], [], []
+            for c in range(C):
+                g = arith.addi(arith.muli(arith.addi(arith.muli(bid, _index(C)), _index(c)),
+                                          _index(T)), tid)
+                e = arith.muli(g, _index(V))
+                if exact:
                     self.chunk_valid.append(None)
-                self.j.append(j)
-            self.lane0 = arith.cmpi(arith.CmpIPredicate.eq, lane, _index(0))
-        # Leading loop indices from the row number.
-        lead = list(p.space[:-1])
-        self.lead = []
+                else:
+                    self.chunk_valid.append(arith.cmpi(arith.CmpIPredicate.ult, e,
+                                                       _index(total)))
+                    e = arith.minui(e, _index(total - V))
+                r = arith.divui(e, _index(p.inner))
+                self.j.append(arith.remui(e, _index(p.inner)))
+                self.leads.append(self._lead_indices(r))
+            self.lane0 = arith.cmpi(arith.CmpIPredicate.eq, self.j[0], _index(0))
+            return
+        G, RB = cfg.group, cfg.rows_per_block
+        grp = arith.divui(tid, _index(G)) if RB > 1 else _index(0)
+        lane = arith.remui(tid, _index(G)) if RB > 1 else tid
+        self.lane, self.grp = lane, grp
+        r = arith.addi(arith.muli(bid, _index(RB)), grp) if RB > 1 else bid
+        if cfg.grid * RB != p.rows:
+            self.valid = arith.cmpi(arith.CmpIPredicate.ult, r, _index(p.rows))
+            r = arith.minui(r, _index(p.rows - 1))
+        else:
+            self.valid = None
+        self.j, self.chunk_valid = [], []
+        for c in range(cfg.chunks):
+            j = arith.muli(arith.addi(_index(c * G), lane), _index(V))
+            if (c * G + G) * V > p.inner:
+                self.chunk_valid.append(arith.cmpi(arith.CmpIPredicate.ult, j,
+                                                   _index(p.inner)))
+                j = arith.minui(j, _index(p.inner - V))
+            else:
+                self.chunk_valid.append(None)
+            self.j.append(j)
+        self.lane0 = arith.cmpi(arith.CmpIPredicate.eq, lane, _index(0))
+        self.leads = [self._lead_indices(r)] * cfg.chunks
+
+    def _lead_indices(self, r: ir.Value) -> list[ir.Value]:
+        """Indices of the leading loops of row number ``r``."""
+        lead = list(self.p.space[:-1])
+        out = []
         for k, extent in enumerate(lead):
             stride = math.prod(lead[k + 1:])
             q = arith.divui(r, _index(stride)) if stride > 1 else r
-            self.lead.append(arith.remui(q, _index(extent)) if k > 0 else q)
-        self.row = r
+            out.append(arith.remui(q, _index(extent)) if k > 0 else q)
+        return out
 
     # --- memory --------------------------------------------------------------------------
     def _indices(self, amap, n_loops: int, chunk: int | None) -> list[ir.Value]:
@@ -259,11 +274,12 @@ class _RowEmitter:
         the last loop is the inner loop (chunk start) of a full op or the unit loop of a row op."""
         idx = []
         n = len(self.p.space)
+        lead = self.leads[chunk if chunk is not None else 0]
         for kind, x in amap:
             if kind == "const":
                 idx.append(_index(x))
             elif x < n - 1:
-                idx.append(self.lead[x])
+                idx.append(lead[x])
             elif chunk is not None:
                 idx.append(self.j[chunk])
             else:
@@ -271,7 +287,31 @@ class _RowEmitter:
         return idx
 
     def load_full(self, value: ir.Value, amap, chunk: int) -> ir.Value:
-        """A vector of V elements of a captured tensor along the inner loop."""
+        """A vector of V elements of a captured tensor along the inner loop (each loaded once:
+        :meth:`prefetch` issues them all before any arithmetic)."""
+        key = (value, tuple(amap), chunk)
+        if key not in self.loaded:
+            self.loaded[key] = self._load_full(value, amap, chunk)
+        return self.loaded[key]
+
+    def prefetch(self) -> None:
+        """Issue the loads of every chunk of every streamed input first, so that a thread has
+        all its bytes in flight at once (the stores come last, so nothing orders them)."""
+        for step in self.p.steps:
+            if step.kind != "generic" or step.space != "full":
+                continue
+            op = step.op
+            block = op.regions[0].blocks[0]
+            for i, (amap, v) in enumerate(zip(_maps(op), op.operands)):
+                if i >= _num_inputs(op) or v not in self.inputs or v in self.env:
+                    continue
+                if not len(list(block.arguments[i].uses)):
+                    continue
+                if amap and amap[-1] == ("loop", len(self.p.space) - 1):
+                    for c in range(len(self.j)):
+                        self.load_full(v, amap, c)
+
+    def _load_full(self, value: ir.Value, amap, chunk: int) -> ir.Value:
         V, n = self.p.vector, len(self.p.space)
         mem = self.inputs[value]
         elt = ir.MemRefType(mem.type).element_type
@@ -311,6 +351,7 @@ class _RowEmitter:
 
     # --- steps ---------------------------------------------------------------------------
     def run(self) -> None:
+        self.prefetch()
         for step in self.p.steps:
             op = step.op
             if step.kind == "empty":
@@ -447,14 +488,15 @@ class _RowEmitter:
             if isinstance(got, _Full):
                 align = V * _bytes_of(mt.element_type)
                 for c, chunk in enumerate(got.chunks):
-                    idx = self.lead + [self.j[c]]
+                    idx = self.leads[c] + [self.j[c]]
                     cond = _and(self.valid, self.chunk_valid[c])
                     _guarded(cond, lambda chunk=chunk, idx=idx:
                              vector.store(chunk, mem, idx, alignment=align))
             else:
                 rank = len(mt.shape)
-                idx = self.lead[:rank] + [_index(0)] * (rank - len(self.lead))
-                cond = _and(self.valid, self.lane0)
+                lead = self.leads[0]
+                idx = lead[:rank] + [_index(0)] * (rank - len(lead))
+                cond = _and(self.valid, _and(self.chunk_valid[0], self.lane0))
                 _guarded(cond, lambda got=got, idx=idx: memref.store(got.value, mem, idx))
 
 
@@ -497,6 +539,67 @@ def _shuffle_xor(value: ir.Value, offset: int, width: ir.Value) -> ir.Value:
     return gpu.shuffle(value, _i32(offset), width, gpu.ShuffleMode.XOR)[0]
 
 
+#: threads per block of an element-wise (flat) kernel: 8 warps, two per scheduler on sm_90
+FLAT_THREADS = 256
+#: most vectors one thread of a flat kernel loads before it computes (registers, code size)
+MAX_FLAT_CHUNKS = 8
+#: the part of its life a flat thread has its loads in flight (the rest it computes, stores
+#: and is replaced by the next block): the model asks for 1 / this of the latency-bandwidth
+#: product in loads
+LOAD_DUTY = 0.5
+
+
+def stream_bytes(prog: RowProgram) -> int:
+    """Bytes one vector of the iteration space reads from DRAM: the inputs as large as the
+    space (a per-column vector or a row value is read once and then hits the caches)."""
+    total = prog.rows * prog.inner
+    seen, out = set(), 0
+    for step in prog.steps:
+        if step.kind != "generic":
+            continue
+        for v in list(step.op.operands)[:_num_inputs(step.op)]:
+            if v in seen or not isinstance(v.type, ir.RankedTensorType):
+                continue
+            seen.add(v)
+            if _in_tile(v, prog.tile):
+                continue            # computed in the tile: in registers
+            if math.prod(_shape(v)) >= total:
+                out += prog.vector * _bytes_of(ir.ShapedType(v.type).element_type)
+    return max(out, prog.vector)
+
+
+def _in_tile(v: ir.Value, tile) -> bool:
+    owner = _owner_op(v)
+    return owner is not None and owner.parent is not None and \
+        owner.parent.operation == tile.operation
+
+
+def has_row_values(prog: RowProgram) -> bool:
+    """Whether the program computes or yields a value per row (then a flat thread keeps one
+    vector, so that the thread holding a row's first vector holds its row value)."""
+    if any(s.kind == "generic" and s.space == "row" for s in prog.steps):
+        return True
+    return any(tuple(_shape(v)) != tuple(prog.space) for v in prog.tile.terminator.operands)
+
+
+def flat_chunks(chip: Chip, threads: int, bytes_per_vector: int, total_vectors: int) -> int:
+    """Vectors per thread of a flat kernel (a power of two, at most ``MAX_FLAT_CHUNKS``).
+
+    Little's law: to stream at the chip's copy bandwidth each unit keeps ``bandwidth *
+    latency / units`` bytes in flight; a resident thread (full occupancy) has its loads in
+    flight ``LOAD_DUTY`` of the time, ``bytes_per_vector`` per chunk. Fewer chunks when the
+    grid would not fill every unit once."""
+    if not chip.is_gpu:
+        return 1
+    need = chip.dram_bandwidth * chip.memory_latency_seconds / chip.num_units / LOAD_DUTY
+    have = chip.max_threads_per_unit * bytes_per_vector
+    chunks = min(MAX_FLAT_CHUNKS, _pow2_at_least(math.ceil(need / have)))
+    slots = chip.num_units * max(1, chip.max_threads_per_unit // threads)
+    while chunks > 1 and math.ceil(total_vectors / (threads * chunks)) < slots:
+        chunks //= 2
+    return chunks
+
+
 def row_config(prog: RowProgram, tile, chip: Chip) -> _RowConfig:
     """Launch shape of a row program: from the tile's schedule where given, else defaults.
 
@@ -515,13 +618,19 @@ def row_config(prog: RowProgram, tile, chip: Chip) -> _RowConfig:
     V, N, R = prog.vector, prog.inner, prog.rows
     NV = N // V
     if prog.reductions == 0:
-        # Flat: one V-element vector per thread over the whole tile, whatever the thread tile
-        # says. Row mode with 2-8 vectors per thread was slower on the H100 (gelu(x+b)*s
-        # 8192x8192 fp16: 0.121 ms flat, 0.146 ms with 2-4 vectors, 0.262 ms with 8;
-        # bench/simt/NOTES.md, run 4).
-        T = threads or 256
+        # Flat: C vectors of V elements per thread, each chunk a coalesced sweep of the block
+        # (row mode with 2-8 vectors per thread was slower on the H100 - its per-chunk row
+        # indices and 8x unrolled bodies; bench/simt/NOTES.md, run 4). T from the schedule,
+        # C from the chip model for that T, whatever the thread tile says (Roller's flat
+        # schedule, ``passes/roller/rows.py``, writes the same C; a plain-policy thread tile
+        # is not a flat layout).
+        T = threads or FLAT_THREADS
         total = R * NV
-        return _RowConfig("flat", T, 1, 1, 1, max(1, math.ceil(total / T)))
+        C = flat_chunks(chip, T, stream_bytes(prog), total)
+        if has_row_values(prog):
+            C = 1           # a row value lives with the thread holding its row's first vector
+        C = max(1, min(C, math.ceil(total / T)))
+        return _RowConfig("flat", T, 1, 1, C, max(1, math.ceil(total / (T * C))))
     per_thread = None
     if thread_tile is not None and len(thread_tile) == len(prog.space):
         per_thread = max(1, math.ceil(thread_tile[-1] / V))

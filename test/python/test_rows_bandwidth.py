@@ -74,3 +74,69 @@ def test_fp16_division_by_a_uniform_value_multiplies_by_its_reciprocal(ctx):
 def test_fp32_division_stays_an_ieee_division(ctx):
     text = kernel_text(scaled_text(64, 256, "f32"))
     assert any("arith.divf" in line and "vector<4xf32>" in line for line in text.splitlines())
+
+
+def add_text(R, N, dt, inputs=2):
+    """``x + y`` (two streamed inputs) or ``x + x`` (one)."""
+    ys = "%y" if inputs == 2 else "%x"
+    return MAPS + f"""
+func.func @add(%x: tensor<{R}x{N}x{dt}>, %y: tensor<{R}x{N}x{dt}>) -> tensor<{R}x{N}x{dt}> {{
+  %r = "quartet.tile"() ({{
+    %e = tensor.empty() : tensor<{R}x{N}x{dt}>
+    %z = linalg.generic {{indexing_maps = [#id, #id, #id], iterator_types = ["parallel", "parallel"]}}
+        ins(%x, {ys} : tensor<{R}x{N}x{dt}>, tensor<{R}x{N}x{dt}>) outs(%e : tensor<{R}x{N}x{dt}>) {{
+      ^bb0(%a: {dt}, %b: {dt}, %o: {dt}):
+        %0 = arith.addf %a, %b : {dt}
+        linalg.yield %0 : {dt}
+    }} -> tensor<{R}x{N}x{dt}>
+    gpu.yield %z : tensor<{R}x{N}x{dt}>
+  }}) : () -> tensor<{R}x{N}x{dt}>
+  return %r : tensor<{R}x{N}x{dt}>
+}}
+"""
+
+
+def _config(text, chip="sm_90"):
+    from quartet.lowering.kernels import rows
+    from quartet.runtime import targets
+
+    source = ir.Module.parse(text)
+    tile = first_tile(source)
+    prog = rows.analyze_rows(tile)
+    return rows.stream_bytes(prog), rows.row_config(prog, tile, targets.get(chip))
+
+
+def test_flat_chunks_follow_the_bytes_in_flight_model(ctx):
+    from quartet.lowering.kernels import rows
+    from quartet.runtime import targets
+
+    h200 = targets.get("sm_90")
+    # 4.16 TB/s x 1 us / 132 SMs / 0.5 = 63 KB per SM; 2048 threads x 16 B = 32 KB a chunk
+    assert rows.flat_chunks(h200, 256, 16, 1 << 24) == 2
+    assert rows.flat_chunks(h200, 256, 32, 1 << 24) == 1
+    assert rows.flat_chunks(h200, 256, 4, 1 << 24) == 8
+    # fewer chunks rather than fewer blocks than the chip holds at once (132 x 8)
+    assert rows.flat_chunks(h200, 256, 4, 132 * 8 * 256 * 2) == 2
+    assert rows.flat_chunks(targets.get("cpu"), 256, 16, 1 << 24) == 1
+    # the streamed bytes: a per-column vector is not streamed, a second full input is
+    assert _config(scaled_text(8192, 8192, "f16"))[0] == 16
+    assert _config(add_text(8192, 8192, "f16"))[0] == 32
+    assert _config(add_text(8192, 8192, "f16", inputs=1))[0] == 16
+    nbytes, cfg = _config(add_text(8192, 8192, "f32"))
+    assert (cfg.mode, cfg.threads, cfg.chunks, cfg.grid) == ("flat", 256, 1, 8192 * 8192 // 1024)
+    nbytes, cfg = _config(scaled_text(8192, 8192, "f32"))
+    assert (cfg.chunks, cfg.grid) == (2, 8192 * 8192 // (256 * 2 * 4))
+
+
+def test_roller_writes_the_flat_schedule_for_element_wise_chains(ctx):
+    from quartet.driver.run import parse, run_pipeline
+
+    module = parse(scaled_text(8192, 8192, "f16"), ctx, "<t>")
+    run_pipeline(module, "builtin.module(roller-config{target=sm_90})", source_name="<t>")
+    tile = first_tile(module)
+    assert tile.threads == 256 and list(tile.thread_tile) == [1, 16]
+    assert list(tile.block_tile) == [1, 4096] and list(tile.grid) == [8192, 2]
+    # under one block of work: the plain policy's small tile, as before
+    module = parse(scaled_text(4, 64, "f16"), ctx, "<t>")
+    run_pipeline(module, "builtin.module(roller-config{target=sm_90})", source_name="<t>")
+    assert first_tile(module).threads != 256
