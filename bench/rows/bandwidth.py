@@ -211,6 +211,7 @@ def _old_sources(rev: str, where: Path) -> Path:
 
 
 def build(folder: Path, only: str | None, old: str) -> None:
+    folder = folder.resolve()
     build_variant(folder / "new", only)
     tmp = Path(tempfile.mkdtemp(prefix="h13b-old-"))
     try:

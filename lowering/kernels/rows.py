@@ -191,8 +191,9 @@ class _RowConfig:
     threads: int          # T
     group: int            # G threads per row (row mode)
     rows_per_block: int   # RB
-    chunks: int           # C vectors per thread per row
+    chunks: int           # C vectors per thread per row (per segment when segments > 1)
     grid: int
+    segments: int = 1     # S: sweeps of C chunks each cover the row (rows too long to hold)
 
 
 class _RowEmitter:
@@ -256,7 +257,26 @@ class _RowEmitter:
                 self.chunk_valid.append(None)
             self.j.append(j)
         self.lane0 = arith.cmpi(arith.CmpIPredicate.eq, lane, _index(0))
-        self.leads = [self._lead_indices(r)] * cfg.chunks
+        self.row_lead = self._lead_indices(r)
+        self.leads = [self.row_lead] * cfg.chunks
+
+    def segment(self, s: ir.Value) -> None:
+        """The chunks of segment ``s`` (a loop index) of the thread's row: chunk c of it is
+        vector ``(s * C + c) * G + lane`` of the row."""
+        p, cfg = self.p, self.cfg
+        G, C, V = cfg.group, cfg.chunks, p.vector
+        exact = cfg.segments * C * G * V == p.inner
+        self.j, self.chunk_valid = [], []
+        for c in range(C):
+            k = arith.addi(arith.muli(s, _index(C)), _index(c))
+            j = arith.muli(arith.addi(arith.muli(k, _index(G)), self.lane), _index(V))
+            if exact:
+                self.chunk_valid.append(None)
+            else:
+                self.chunk_valid.append(arith.cmpi(arith.CmpIPredicate.ult, j, _index(p.inner)))
+                j = arith.minui(j, _index(p.inner - V))
+            self.j.append(j)
+        self.leads = [self.row_lead] * C
 
     def _lead_indices(self, r: ir.Value) -> list[ir.Value]:
         """Indices of the leading loops of row number ``r``."""
@@ -294,10 +314,10 @@ class _RowEmitter:
             self.loaded[key] = self._load_full(value, amap, chunk)
         return self.loaded[key]
 
-    def prefetch(self) -> None:
+    def prefetch(self, steps=None) -> None:
         """Issue the loads of every chunk of every streamed input first, so that a thread has
         all its bytes in flight at once (the stores come last, so nothing orders them)."""
-        for step in self.p.steps:
+        for step in self.p.steps if steps is None else steps:
             if step.kind != "generic" or step.space != "full":
                 continue
             op = step.op
@@ -351,6 +371,9 @@ class _RowEmitter:
 
     # --- steps ---------------------------------------------------------------------------
     def run(self) -> None:
+        if self.cfg.segments > 1:
+            self.run_sweeps()
+            return
         self.prefetch()
         for step in self.p.steps:
             op = step.op
@@ -365,6 +388,54 @@ class _RowEmitter:
             else:
                 self.parallel(step)
         self.store()
+
+    def run_sweeps(self) -> None:
+        """A row too long to keep in registers: each reduction is one loop over the row's S
+        segments (C chunks each; the full-space steps before it recomputed from the inputs,
+        which the block re-reads while its row is still in L2), the row-space steps run
+        between the loops, and a last loop computes and stores the full-space results.
+        The inputs come from DRAM once; the result is the same arithmetic as in registers."""
+        for index, step in enumerate(self.p.steps):
+            op = step.op
+            if step.kind == "empty":
+                continue
+            if step.kind == "fill":
+                self.env[op.results[0]] = _Uniform(self.scalar_operand(op.operands[0]))
+            elif step.kind == "reshape":
+                self.env[op.results[0]] = self.env[op.operands[0]]
+            elif step.reduction:
+                self.sweep(index, step)
+            elif step.space == "row":
+                self.parallel(step)
+        self.sweep(len(self.p.steps), None)
+        self.store_rows()
+
+    def sweep(self, upto: int, target: _Step | None) -> None:
+        """One loop over the segments: the full-space steps before ``upto``, then fold
+        ``target``'s partials (carried by the loop), or store the full-space results."""
+        outer_env, outer_chunks = self.env, (self.j, self.chunk_valid, self.leads)
+        inits, kinds = [], []
+        if target is not None:
+            kinds, inits = self._reduction_start(target)
+        loop = scf.ForOp(_index(0), _index(self.cfg.segments), _index(1), inits)
+        with ir.InsertionPoint(loop.body):
+            self.env = {k: v for k, v in outer_env.items() if not isinstance(v, _Full)}
+            self.loaded = {}
+            self.segment(loop.induction_variable)
+            steps = self.p.steps[:upto + (target is not None)]
+            self.prefetch(steps)
+            for step in self.p.steps[:upto]:
+                if step.kind == "generic" and step.space == "full" and not step.reduction:
+                    self.parallel(step)
+            if target is not None:
+                scf.YieldOp(self._fold(target, kinds, list(loop.inner_iter_args)))
+            else:
+                self.store_full()
+                scf.YieldOp([])
+        self.env, self.loaded = outer_env, {}
+        self.j, self.chunk_valid, self.leads = outer_chunks
+        if target is not None:
+            self._reduction_finish(target, kinds, list(loop.results))
 
     def scalar_operand(self, v: ir.Value) -> ir.Value:
         owner = _owner_op(v)
@@ -410,30 +481,47 @@ class _RowEmitter:
         """Fold the chunks with the body's f(in), then combine across the row's threads.
 
         fp16/bf16 sums and products accumulate in fp32 (rounded once at the end)."""
+        kinds, accs = self._reduction_start(step)
+        self._reduction_finish(step, kinds, self._fold(step, kinds, accs))
+
+    def _reduction_start(self, step: _Step) -> tuple[list, list]:
+        """(combiner, kind, type, accumulator type, x) per live result, and the identities."""
+        op = step.op
+        block = op.regions[0].blocks[0]
+        nin = _num_inputs(op)
+        kinds, accs = [], []
+        for k in step.live:
+            name, x = _split_reduction(block, nin, k)
+            t = ir.ShapedType(op.results[k].type).element_type
+            acc_t = accumulator_type(name, t)
+            kinds.append((name, COMBINERS[name][0], t, acc_t, x))
+            accs.append(_const_like(COMBINERS[name][1](acc_t), acc_t, self.p.vector))
+        return kinds, accs
+
+    def _fold(self, step: _Step, kinds: list, accs: list) -> list:
+        """The accumulators after folding in f(in) of the current chunks."""
         op = step.op
         block = op.regions[0].blocks[0]
         nin = _num_inputs(op)
         V = self.p.vector
-        live = step.live
-        kinds, accs, xs = [], [], []
-        for k in live:
-            name, x = _split_reduction(block, nin, k)
-            t = ir.ShapedType(op.results[k].type).element_type
-            acc_t = accumulator_type(name, t)
-            kinds.append((name, COMBINERS[name][0], t, acc_t))
-            accs.append(_const_like(COMBINERS[name][1](acc_t), acc_t, V))
-            xs.append(x)
+        accs = list(accs)
         for c in range(len(self.j)):
             args = self._body_args(op, c, True, False)
-            vals = emit_body(block, args[:nin] + [None] * (len(args) - nin), V, targets=xs)
+            vals = emit_body(block, args[:nin] + [None] * (len(args) - nin), V,
+                             targets=[kd[4] for kd in kinds])
             valid = self.chunk_valid[c]
-            for n in range(len(live)):
-                name, _, t, acc_t = kinds[n]
+            for n, (name, _, t, acc_t, _) in enumerate(kinds):
                 new = _combine(name, _convert(vals[n], acc_t, V), accs[n])
                 accs[n] = arith.select(valid, new, accs[n]) if valid is not None else new
+        return accs
+
+    def _reduction_finish(self, step: _Step, kinds: list, accs: list) -> None:
+        """Reduce the accumulators across the vector and the row's threads; add the init."""
+        op = step.op
+        nin = _num_inputs(op)
         n_loops = len(_iterators(op))
-        for n, k in enumerate(live):
-            name, kind, t, acc_t = kinds[n]
+        for n, k in enumerate(step.live):
+            name, kind, t, acc_t, _ = kinds[n]
             s = vector.reduction(acc_t, kind, accs[n])
             if self.cfg.mode == "row":
                 s = self.group_combine(name, s)
@@ -478,26 +566,42 @@ class _RowEmitter:
         return total
 
     def store(self) -> None:
-        p, V = self.p, self.p.vector
+        self.store_full()
+        self.store_rows()
+
+    def _outputs(self):
         for i, v in enumerate(self.p.tile.terminator.operands):
             mem = self.outputs[i]
-            mt = ir.MemRefType(mem.type)
-            got = self.env[v]
-            if isinstance(got, _Uniform) and tuple(mt.shape) == p.space:
-                got = _Full([_splat(got.value, V)] * len(self.j))
-            if isinstance(got, _Full):
-                align = V * _bytes_of(mt.element_type)
-                for c, chunk in enumerate(got.chunks):
-                    idx = self.leads[c] + [self.j[c]]
-                    cond = _and(self.valid, self.chunk_valid[c])
-                    _guarded(cond, lambda chunk=chunk, idx=idx:
-                             vector.store(chunk, mem, idx, alignment=align))
-            else:
-                rank = len(mt.shape)
-                lead = self.leads[0]
-                idx = lead[:rank] + [_index(0)] * (rank - len(lead))
-                cond = _and(self.valid, _and(self.chunk_valid[0], self.lane0))
-                _guarded(cond, lambda got=got, idx=idx: memref.store(got.value, mem, idx))
+            got = self.env.get(v)       # after the sweeps: only the row-space results
+            full_shape = tuple(ir.MemRefType(mem.type).shape) == self.p.space
+            if isinstance(got, _Uniform) and full_shape:
+                got = _Full([_splat(got.value, self.p.vector)] * len(self.j))
+            yield mem, got
+
+    def store_full(self) -> None:
+        """Store the current chunks of the full-space results."""
+        V = self.p.vector
+        for mem, got in self._outputs():
+            if not isinstance(got, _Full):
+                continue
+            align = V * _bytes_of(ir.MemRefType(mem.type).element_type)
+            for c, chunk in enumerate(got.chunks):
+                idx = self.leads[c] + [self.j[c]]
+                cond = _and(self.valid, self.chunk_valid[c])
+                _guarded(cond, lambda chunk=chunk, idx=idx, mem=mem:
+                         vector.store(chunk, mem, idx, alignment=align))
+
+    def store_rows(self) -> None:
+        """Store the row-space results (one thread of the row: the first chunk's)."""
+        for mem, got in self._outputs():
+            if got is None or isinstance(got, _Full) or (isinstance(got, _Uniform) and
+                                          tuple(ir.MemRefType(mem.type).shape) == self.p.space):
+                continue
+            rank = len(ir.MemRefType(mem.type).shape)
+            lead = self.leads[0]
+            idx = lead[:rank] + [_index(0)] * (rank - len(lead))
+            cond = _and(self.valid, _and(self.chunk_valid[0], self.lane0))
+            _guarded(cond, lambda got=got, idx=idx, mem=mem: memref.store(got.value, mem, idx))
 
 
 def _is_16_bit_float(t: ir.Type) -> bool:
@@ -539,6 +643,12 @@ def _shuffle_xor(value: ir.Value, offset: int, width: ir.Value) -> ir.Value:
     return gpu.shuffle(value, _i32(offset), width, gpu.ShuffleMode.XOR)[0]
 
 
+#: most elements of its row a thread keeps in registers: 32 (fp32 after conversion) kept
+#: softmax on rows of 32768 fp32 at 64 registers without spills under 1024 threads per block
+#: (ptxas -v, sm_90); 64 spilled 432 bytes per thread. Longer rows are swept in segments.
+ROW_REGISTER_ELEMENTS = 32
+#: elements of the row one thread holds per segment of a sweep (16 B of fp32 x 4 in flight)
+SEGMENT_ELEMENTS = 16
 #: threads per block of an element-wise (flat) kernel: 8 warps, two per scheduler on sm_90
 FLAT_THREADS = 256
 #: most vectors one thread of a flat kernel loads before it computes (registers, code size)
@@ -639,10 +749,6 @@ def row_config(prog: RowProgram, tile, chip: Chip) -> _RowConfig:
     G = min(most, _pow2_at_least(math.ceil(NV / per_thread)))
     if threads is not None and G > threads:
         G = threads
-    C = math.ceil(NV / G)
-    if C > 64:
-        raise QuartetError(f"'quartet.tile' a row of {N} elements needs {C} vectors per thread "
-                           f"with {G} threads per row (at most 64 are kept in registers)", where)
     if threads is not None:
         T = threads
     elif block_tile is not None and len(block_tile) == len(prog.space):
@@ -652,11 +758,13 @@ def row_config(prog: RowProgram, tile, chip: Chip) -> _RowConfig:
     while T % G:      # a block size the policy chose: fewer threads per row, more rows
         G //= 2
     C = math.ceil(NV / G)
-    if C > 64:
-        raise QuartetError(f"'quartet.tile' a row of {N} elements needs {C} vectors per thread "
-                           f"with {G} threads per row (at most 64 are kept in registers)", where)
     RB = T // G
-    return _RowConfig("row", T, G, RB, C, math.ceil(R / RB))
+    if C * V <= ROW_REGISTER_ELEMENTS:
+        return _RowConfig("row", T, G, RB, C, math.ceil(R / RB))
+    # Too long for registers: sweeps over S segments of C' chunks each.
+    per_segment = max(1, SEGMENT_ELEMENTS // V)
+    return _RowConfig("row", T, G, RB, per_segment, math.ceil(R / RB),
+                      segments=math.ceil(C / per_segment))
 
 
 def build_row_kernel(tile, target, prog: RowProgram | None = None, name: str = "kernel"):

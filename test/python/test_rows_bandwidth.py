@@ -140,3 +140,39 @@ def test_roller_writes_the_flat_schedule_for_element_wise_chains(ctx):
     module = parse(scaled_text(4, 64, "f16"), ctx, "<t>")
     run_pipeline(module, "builtin.module(roller-config{target=sm_90})", source_name="<t>")
     assert first_tile(module).threads != 256
+
+
+def test_rows_too_long_for_registers_are_swept_in_segments(ctx):
+    """softmax over rows of 65536 fp16: 1024 threads x 64 elements would spill (ptxas: 432
+    bytes per thread at 64 registers); instead one loop per reduction (max, sum) and one that
+    stores, each over 4 segments of 2 chunks of 8 elements per thread."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_gpu_lowering import softmax_text
+
+    from quartet.lowering.kernels import rows
+    from quartet.runtime import targets
+
+    source = ir.Module.parse(softmax_text(R=8, N=65536))
+    tile = first_tile(source)
+    cfg = rows.row_config(rows.analyze_rows(tile), tile, targets.get("sm_90"))
+    assert (cfg.group, cfg.chunks, cfg.segments) == (1024, 2, 4)
+    text = kernel_text(softmax_text(R=8, N=65536))
+    lines = text.splitlines()
+    loops = [i for i, line in enumerate(lines) if "scf.for" in line]
+    assert len(loops) == 3
+    assert "iter_args" in lines[loops[0]] and "iter_args" in lines[loops[1]]
+    # every loop re-reads the input (two 16-byte vectors a segment), only the last one stores
+    for a, b in zip(loops, loops[1:] + [len(lines)]):
+        body = "\n".join(lines[a:b])
+        assert body.count("vector.load") == 2 and "alignment = 16" in body
+    assert not any("vector.store" in line for line in lines[:loops[2]])
+    assert sum("vector.store" in line for line in lines[loops[2]:]) == 2
+    # the reductions cross the row's 32 warps after their loops, outside them
+    assert text.count("gpu.barrier") == 2
+    # rows that fit stay in registers
+    source = ir.Module.parse(softmax_text(R=8, N=32768))
+    tile = first_tile(source)
+    assert rows.row_config(rows.analyze_rows(tile), tile, targets.get("sm_90")).segments == 1
