@@ -17,6 +17,21 @@ intermediate value of such a chain in registers.
 
 Both are one emitter (:class:`_RowEmitter`): a flat program is a row program without reductions.
 Built op by op (``common.py`` says why upstream transforms do not serve here).
+
+At the copy limit (issue 13, item 3):
+
+* a flat thread loads ``C`` vectors, each chunk a coalesced sweep of the block, ``C`` from the
+  chip's latency-bandwidth product per SM (:func:`flat_chunks`, ``runtime/targets.py``); every
+  thread issues all its loads before any arithmetic (:meth:`_RowEmitter.prefetch`);
+* a row longer than ``ROW_REGISTER_ELEMENTS`` per thread is swept in segments: one loop per
+  reduction, one that stores (:meth:`_RowEmitter.run_sweeps`), so 64k-element rows do not spill;
+* a division by a value uniform over the vector whose quotient is rounded to 16 bits becomes
+  one fp32 reciprocal and a multiply (``common.emit_body``): GELU's ``/ sqrt(2)`` and fp16
+  softmax's ``/ sum`` made those kernels issue-bound.
+
+Not done: a row whose length is not a multiple of the vector width is read with scalar accesses
+(``V`` halves until it divides the row; 1 for odd rows); long softmax rows read the row three
+times from L2 (max, sum, store) where an online softmax would read it twice.
 """
 
 from __future__ import annotations
