@@ -24,8 +24,9 @@ variants, in a worker process watched by the parent (a case that does not finish
 Prints one line per case and variant and a table of old / new / eager; writes
 ``rows-bandwidth.json`` under ``--out``. The shapes: the benchmark's (``bench/suite.py``), rows
 of 64, 1000, 4096 and 65536 elements in fp16 / bf16 / fp32, and 3000 x 777 (chosen by nobody:
-odd, not a multiple of any vector width). Weights are functions of the column index, so the
-reference module here and there are the same without carrying them.
+odd, not a multiple of any vector width; ``add`` and ``silu`` there run over the flattened
+elements in 16-byte vectors, the others with scalar accesses). Weights are functions of the
+column index, so the reference module here and there are the same without carrying them.
 """
 
 from __future__ import annotations
@@ -95,6 +96,16 @@ def _modules():
             ms = (x * x).mean(dim=-1, keepdim=True)
             return x * torch.rsqrt(ms + 1e-6) * self.weight
 
+    class Add(torch.nn.Module):
+        """``x + y``: a contiguous chain (vectors over the flattened elements)."""
+
+        def forward(self, x, y):
+            return x + y
+
+    class SiLU(torch.nn.Module):
+        def forward(self, x):
+            return F.silu(x)
+
     class RowSum(torch.nn.Module):
         def forward(self, x):
             return x.sum(dim=-1)
@@ -107,7 +118,7 @@ def _modules():
         def forward(self, x):
             return x.sum(dim=0)
 
-    return {"gelu": BiasGeluScale, "softmax": Softmax, "layernorm": LayerNorm,
+    return {"gelu": BiasGeluScale, "add": Add, "silu": SiLU, "softmax": Softmax, "layernorm": LayerNorm,
             "rmsnorm": RMSNorm, "rowsum": RowSum, "rowmax": RowMax, "colsum": ColSum}
 
 
@@ -119,7 +130,7 @@ def cases() -> list[dict]:
     for n in (64, 1000, 4096, 65536):
         for dt in ("float16", "bfloat16", "float32"):
             rows = max(1, TARGET_BYTES // (n * BYTES[dt]))
-            kinds = ["gelu", "softmax", "layernorm", "rmsnorm"]
+            kinds = ["gelu", "softmax", "layernorm", "rmsnorm"] + (["add"] if n == 1000 else [])
             if dt != "bfloat16":
                 kinds += ["rowsum", "colsum"]
             if dt == "float32":
@@ -127,7 +138,8 @@ def cases() -> list[dict]:
             out += [dict(kind=k, rows=rows, cols=n, dtype=dt) for k in kinds]
     for dt in ("float16", "float32"):
         out += [dict(kind=k, rows=3000, cols=777, dtype=dt)
-                for k in ("gelu", "softmax", "layernorm", "rmsnorm", "rowsum", "colsum")]
+                for k in ("gelu", "add", "silu", "softmax", "layernorm", "rmsnorm", "rowsum",
+                          "colsum")]
     named = {}
     for c in out:      # the benchmark's softmax is also the 4096-element fp16 row case
         c["name"] = f"{c['kind']}_{SHORT[c['dtype']]}_{c['rows']}x{c['cols']}"
@@ -143,7 +155,9 @@ def make_module(case: dict):
 
 def input_shapes(case: dict) -> list[tuple]:
     r, n = case["rows"], case["cols"]
-    return [(r, n), (n,), (n,)] if case["kind"] == "gelu" else [(r, n)]
+    if case["kind"] == "gelu":
+        return [(r, n), (n,), (n,)]
+    return [(r, n), (r, n)] if case["kind"] == "add" else [(r, n)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -72,6 +72,7 @@ class RowProgram:
     vector: int             # V
     reductions: int
     full_loads: list        # element types of full-space memory accesses (for V)
+    flattened: bool = False  # vectors run over the flattened elements (V does not divide N)
 
 
 def analyze_rows(tile) -> RowProgram:
@@ -176,9 +177,34 @@ def analyze_rows(tile) -> RowProgram:
     elt_bytes = [_bytes_of(t) for t in full_loads] or \
         [_bytes_of(ir.ShapedType(r.type).element_type) for r in tile.results]
     V = max(1, 16 // min(elt_bytes))
-    while V > 1 and N % V:
+    contiguous = reductions == 0 and _contiguous(tile, steps, space, internal)
+    # Vectors along the inner loop; a contiguous element-wise chain runs over the flattened
+    # elements, so only their total need be a multiple (7x7 feature maps, odd rows).
+    while V > 1 and (R * N if contiguous else N) % V:
         V //= 2
-    return RowProgram(tile, steps, space, R, N, V, reductions, full_loads)
+    return RowProgram(tile, steps, space, R, N, V, reductions, full_loads,
+                      contiguous and N % V != 0)
+
+
+def _contiguous(tile, steps, space, internal) -> bool:
+    """Whether every tensor the chain reads from outside and every result it yields is the
+    whole iteration space in row-major order (identity maps): then element ``e`` of every one
+    of them is the same flat offset, and vectors may cross rows."""
+    n = len(space)
+    identity = [("loop", k) for k in range(n)]
+    for step in steps:
+        if step.kind == "reshape" or (step.kind == "generic" and step.space != "full"):
+            return False
+        if step.kind != "generic":
+            continue
+        op = step.op
+        block = op.regions[0].blocks[0]
+        for i, (amap, v) in enumerate(zip(_maps(op), op.operands)):
+            if v in internal or not len(list(block.arguments[i].uses)):
+                continue
+            if amap != identity or _shape(v) != tuple(space):
+                return False
+    return all(_shape(v) == tuple(space) for v in tile.terminator.operands)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +261,7 @@ class _RowEmitter:
             total, C, T = p.rows * p.inner, cfg.chunks, cfg.threads
             exact = cfg.grid * C * T * V == total
             self.valid = None
-            self.j, self.chunk_valid, self.leads = [], [], []
+            self.j, self.chunk_valid, self.leads, self.flat = [], [], [], []
             for c in range(C):
                 g = arith.addi(arith.muli(arith.addi(arith.muli(bid, _index(C)), _index(c)),
                                           _index(T)), tid)
@@ -246,9 +272,17 @@ class _RowEmitter:
                     self.chunk_valid.append(arith.cmpi(arith.CmpIPredicate.ult, e,
                                                        _index(total)))
                     e = arith.minui(e, _index(total - V))
+                self.flat.append(e)
+                if p.flattened:         # accesses go through 1-D views (:meth:`_view`)
+                    self.j.append(e)
+                    self.leads.append([])
+                    continue
                 r = arith.divui(e, _index(p.inner))
                 self.j.append(arith.remui(e, _index(p.inner)))
                 self.leads.append(self._lead_indices(r))
+            if p.flattened:
+                self.views = {id(m): _flat_view(m) for m in
+                              list(self.inputs.values()) + list(self.outputs)}
             self.lane0 = arith.cmpi(arith.CmpIPredicate.eq, self.j[0], _index(0))
             return
         G, RB = cfg.group, cfg.rows_per_block
@@ -349,6 +383,11 @@ class _RowEmitter:
     def _load_full(self, value: ir.Value, amap, chunk: int) -> ir.Value:
         V, n = self.p.vector, len(self.p.space)
         mem = self.inputs[value]
+        if self.p.flattened:            # identity maps only (``_contiguous``)
+            view = self.views[id(mem)]
+            elt = ir.MemRefType(mem.type).element_type
+            return vector.load(ir.VectorType.get([V], elt), view, [self.j[chunk]],
+                               alignment=V * _bytes_of(elt))
         elt = ir.MemRefType(mem.type).element_type
         last = ("loop", n - 1)
         idx = self._indices(amap, n, chunk)
@@ -600,11 +639,12 @@ class _RowEmitter:
             if not isinstance(got, _Full):
                 continue
             align = V * _bytes_of(ir.MemRefType(mem.type).element_type)
+            target = self.views[id(mem)] if self.p.flattened else mem
             for c, chunk in enumerate(got.chunks):
                 idx = self.leads[c] + [self.j[c]]
                 cond = _and(self.valid, self.chunk_valid[c])
-                _guarded(cond, lambda chunk=chunk, idx=idx, mem=mem:
-                         vector.store(chunk, mem, idx, alignment=align))
+                _guarded(cond, lambda chunk=chunk, idx=idx, target=target:
+                         vector.store(chunk, target, idx, alignment=align))
 
     def store_rows(self) -> None:
         """Store the row-space results (one thread of the row: the first chunk's)."""
@@ -617,6 +657,17 @@ class _RowEmitter:
             idx = lead[:rank] + [_index(0)] * (rank - len(lead))
             cond = _and(self.valid, _and(self.chunk_valid[0], self.lane0))
             _guarded(cond, lambda got=got, idx=idx, mem=mem: memref.store(got.value, mem, idx))
+
+
+def _flat_view(mem: ir.Value) -> ir.Value:
+    """A 1-D view of a contiguous (identity-layout) memref."""
+    mt = ir.MemRefType(mem.type)
+    if len(mt.shape) == 1:
+        return mem
+    flat = ir.MemRefType.get([math.prod(mt.shape)], mt.element_type)
+    groups = ir.ArrayAttr.get([ir.ArrayAttr.get(
+        [ir.IntegerAttr.get(ir.IntegerType.get_signless(64), k) for k in range(len(mt.shape))])])
+    return memref.collapse_shape(flat, mem, groups)
 
 
 def _is_16_bit_float(t: ir.Type) -> bool:
@@ -750,7 +801,7 @@ def row_config(prog: RowProgram, tile, chip: Chip) -> _RowConfig:
         # schedule, ``passes/roller/rows.py``, writes the same C; a plain-policy thread tile
         # is not a flat layout).
         T = threads or FLAT_THREADS
-        total = R * NV
+        total = R * N // V
         C = flat_chunks(chip, T, stream_bytes(prog), total)
         if has_row_values(prog):
             C = 1           # a row value lives with the thread holding its row's first vector

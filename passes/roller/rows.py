@@ -105,7 +105,7 @@ def flat_schedule(prog, hw: Chip, *, num_inputs: int,
     is what the lowering derives for these threads (``rows.flat_chunks``)."""
     space = tuple(prog.space)
     row_ranges, n = space[:-1], space[-1]
-    total_vectors = prog.rows * (prog.inner // prog.vector)
+    total_vectors = prog.rows * prog.inner // prog.vector
     threads = min(hw.max_threads_per_block, row_kernels.FLAT_THREADS)
     if total_vectors < threads:
         return None             # under one block of work: the plain policy's small tile

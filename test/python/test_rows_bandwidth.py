@@ -176,3 +176,30 @@ def test_rows_too_long_for_registers_are_swept_in_segments(ctx):
     source = ir.Module.parse(softmax_text(R=8, N=32768))
     tile = first_tile(source)
     assert rows.row_config(rows.analyze_rows(tile), tile, targets.get("sm_90")).segments == 1
+
+
+def test_contiguous_chains_vectorise_rows_of_any_length(ctx):
+    """x + y over 3000 x 777 fp16: 777 is odd, but every access is the whole space in order,
+    so the kernel runs over the 2331000 elements as 16-byte vectors of 1-D views; with a
+    per-column vector (777 elements) it cannot, and keeps scalar accesses."""
+    text = kernel_text(add_text(3000, 777, "f16"))
+    assert "memref.collapse_shape" in text and "memref<2331000xf16>" in text
+    loads = [line for line in text.splitlines() if "vector.load" in line]
+    assert loads and all("memref<2331000xf16>, vector<8xf16>" in line
+                         and "alignment = 16" in line for line in loads)
+    assert any("vector.store" in line and "memref<2331000xf16>, vector<8xf16>" in line
+               for line in text.splitlines())
+    text = kernel_text(scaled_text(3000, 777, "f16"))
+    assert "memref.collapse_shape" not in text and "vector<1xf16>" in text
+
+
+@pytest.mark.parametrize("text", [lambda: add_text(3000, 777, "f16"),
+                                  lambda: scaled_text(3000, 777, "f32"),
+                                  lambda: add_text(4097, 2048, "bf16")])
+def test_row_family_kernels_assemble_for_sm_90(ctx, text):
+    from quartet.lowering.host import lower_module_plans
+
+    module = ir.Module.parse(text())
+    _, plans = lower_module_plans(module, "sm_90", "bin")
+    kernel = next(iter(plans.values())).launches[0].kernel
+    assert kernel.binary[:4] == b"\x7fELF"
