@@ -41,11 +41,12 @@ from dataclasses import dataclass, field
 
 from mlir import ir
 from mlir.dialects import arith, func, gpu, memref, scf, vector
+from mlir.dialects import math as math_d
 
 from quartet.errors import QuartetError
 from quartet.runtime.targets import Chip
 
-from .common import (_read_by_live_op, _reject_gathers, COMBINERS, Unsupported, _and, _bytes_of, _check_internal_read, _check_map, _combine, _combiner_of, _const_like, _convert, _guarded, _i32, _index, _is_float, _iterators, _live_body_ops, _loc, _loop_ranges, _maps, _non_tensor_captures, _num_inputs, _owner_op, _pow2_at_least, _shape, _splat, _split_reduction, accumulator_type, chip_of, emit_body, kernel_func, kernel_inputs)
+from .common import (_float_attr, _read_by_live_op, _reject_gathers, COMBINERS, Unsupported, _and, _bytes_of, _check_internal_read, _check_map, _combine, _combiner_of, _const_like, _convert, _guarded, _i32, _index, _is_float, _iterators, _live_body_ops, _loc, _loop_ranges, _maps, _non_tensor_captures, _num_inputs, _owner_op, _pow2_at_least, _shape, _splat, _split_reduction, accumulator_type, chip_of, emit_body, kernel_func, kernel_inputs)
 
 # ---------------------------------------------------------------------------------------------
 # Analysis of a row program
@@ -449,6 +450,7 @@ class _RowEmitter:
         which the block re-reads while its row is still in L2), the row-space steps run
         between the loops, and a last loop computes and stores the full-space results.
         The inputs come from DRAM once; the result is the same arithmetic as in registers."""
+        done = set()
         for index, step in enumerate(self.p.steps):
             op = step.op
             if step.kind == "empty":
@@ -458,11 +460,73 @@ class _RowEmitter:
             elif step.kind == "reshape":
                 self.env[op.results[0]] = self.env[op.operands[0]]
             elif step.reduction:
-                self.sweep(index, step)
+                if index in done:
+                    continue
+                pair = _online_softmax_pair(self.p.steps, index)
+                if pair is None:
+                    self.sweep(index, step)
+                else:
+                    self.online_sweep(index, pair)
+                    done.add(pair)
             elif step.space == "row":
                 self.parallel(step)
         self.sweep(len(self.p.steps), None)
         self.store_rows()
+
+    def online_sweep(self, ia: int, ib: int) -> None:
+        """Softmax's max and sum in one sweep (online softmax, Milakov and Gimelshein 2018):
+        each thread carries its running max ``m`` and the sum ``s`` of ``exp(y - m)``; a
+        segment with a larger max rescales the sum by ``exp(m_old - m_new)``; across the row's
+        threads the same rescaling combines the partials. ``_online_softmax_pair`` checked that
+        the sum's terms are ``exp(y - max)``, which is what makes the rescaling exact."""
+        steps = self.p.steps
+        a, b = steps[ia], steps[ib]
+        f32 = ir.F32Type.get()
+        m_name = _split_reduction(a.op.regions[0].blocks[0], _num_inputs(a.op), a.live[0])[0]
+        m_result = a.op.results[a.live[0]]
+        for step in steps[ia + 1:ib]:      # fills between them (the sum's init)
+            if step.kind == "fill":
+                self.env[step.op.results[0]] = _Uniform(self.scalar_operand(step.op.operands[0]))
+        outer_env, outer_chunks = self.env, (self.j, self.chunk_valid, self.leads)
+        inits = [_const_like(COMBINERS[m_name][1](f32), f32, None),
+                 _const_like(_float_attr(f32, 0.0), f32, None)]
+        loop = scf.ForOp(_index(0), _index(self.cfg.segments), _index(1), inits)
+        with ir.InsertionPoint(loop.body):
+            self.env = {k: v for k, v in outer_env.items() if not isinstance(v, _Full)}
+            self.loaded = {}
+            self.segment(loop.induction_variable)
+            self.prefetch(steps[:ib + 1])
+            for step in steps[:ia]:
+                if step.kind == "generic" and step.space == "full" and not step.reduction:
+                    self.parallel(step)
+            kinds, accs = self._reduction_start(a)
+            acc = self._fold(a, kinds, accs)[0]
+            m_old, s_old = loop.inner_iter_args
+            m_new = _combine(m_name, m_old, vector.reduction(f32, kinds[0][1], acc))
+            self.env[m_result] = _Row(m_new)
+            for step in steps[ia + 1:ib]:
+                if step.kind == "reshape":
+                    self.env[step.op.results[0]] = self.env[step.op.operands[0]]
+                elif step.kind == "generic" and step.space == "full" and not step.reduction:
+                    self.parallel(step)
+            kinds, accs = self._reduction_start(b)
+            acc = self._fold(b, kinds, accs)[0]
+            seg = vector.reduction(f32, vector.CombiningKind.ADD, acc)
+            s_new = arith.addf(arith.mulf(s_old, _rescale(m_old, m_new)), seg)
+            scf.YieldOp([m_new, s_new])
+        self.env, self.loaded = outer_env, {}
+        self.j, self.chunk_valid, self.leads = outer_chunks
+        m_t, s_t = loop.results
+        m = self.group_combine(m_name, m_t)
+        s = self.group_combine("arith.addf", arith.mulf(s_t, _rescale(m_t, m)))
+        for step, value in ((a, m), (b, s)):
+            op, k = step.op, step.live[0]
+            nin = _num_inputs(op)
+            init_v = self.operand(op.operands[nin + k], _maps(op)[nin + k],
+                                  len(_iterators(op)), None, False)
+            name = _split_reduction(op.regions[0].blocks[0], nin, k)[0]
+            total = _combine(name, value, _convert(init_v, f32, None))
+            self.env[op.results[k]] = _Row(total)
 
     def sweep(self, upto: int, target: _Step | None) -> None:
         """One loop over the segments: the full-space steps before ``upto``, then fold
@@ -657,6 +721,112 @@ class _RowEmitter:
             idx = lead[:rank] + [_index(0)] * (rank - len(lead))
             cond = _and(self.valid, _and(self.chunk_valid[0], self.lane0))
             _guarded(cond, lambda got=got, idx=idx, mem=mem: memref.store(got.value, mem, idx))
+
+
+def _rescale(m_old: ir.Value, m_new: ir.Value) -> ir.Value:
+    """``exp(m_old - m_new)``, 1 where they are equal (both -inf before any element)."""
+    one = arith.ConstantOp(m_old.type, _float_attr(m_old.type, 1.0)).result
+    same = arith.cmpf(arith.CmpFPredicate.OEQ, m_old, m_new)
+    return arith.select(same, one, math_d.exp(arith.subf(m_old, m_new)))
+
+
+def _yielded(op, k: int):
+    """The op computing yielded value ``k`` of a generic's body (None for a block argument)."""
+    block = op.regions[0].blocks[0]
+    return _owner_op(list(block.operations)[-1].operation.operands[k])
+
+
+def _arg_index(op, value) -> int | None:
+    """Which operand of generic ``op`` a body value is the block argument of, else None."""
+    block = op.regions[0].blocks[0]
+    for i, barg in enumerate(block.arguments):
+        if barg == value:
+            return i
+    return None
+
+
+def _online_softmax_pair(steps: list, ia: int) -> int | None:
+    """The index of the sum a max reduction ``steps[ia]`` can share one sweep with, or None.
+
+    Taken: a max (``maximumf``/``maxnumf``) over fp32 with a ``-inf`` fill as its init and one
+    live result ``m``; the next reduction is an fp32 sum with one live result whose terms are
+    ``exp(y - m)`` - an ``exp`` generic of a ``subf`` generic (or ``exp(subf)`` in one body)
+    whose second operand is ``m`` (through row reshapes) and whose first is computed before
+    the max; no row-space op in between."""
+    a = steps[ia]
+    if len(a.live) != 1:
+        return None
+    a_op = a.op
+    nin = _num_inputs(a_op)
+    name = _split_reduction(a_op.regions[0].blocks[0], nin, a.live[0])[0]
+    if name not in ("arith.maximumf", "arith.maxnumf") or \
+            not isinstance(ir.ShapedType(a_op.results[a.live[0]].type).element_type, ir.F32Type):
+        return None
+    fill = _owner_op(a_op.operands[nin + a.live[0]])
+    if fill is None or fill.name != "linalg.fill":
+        return None
+    const = _owner_op(fill.operands[0])
+    if const is None or const.name != "arith.constant" or \
+            ir.FloatAttr(const.attributes["value"]).value != -math.inf:
+        return None
+    ib = next((i for i in range(ia + 1, len(steps)) if steps[i].reduction), None)
+    if ib is None:
+        return None
+    b = steps[ib]
+    if len(b.live) != 1 or any(s.kind == "generic" and s.space == "row"
+                               for s in steps[ia + 1:ib]):
+        return None
+    b_op = b.op
+    b_nin = _num_inputs(b_op)
+    b_name, x = _split_reduction(b_op.regions[0].blocks[0], b_nin, b.live[0])
+    if b_name != "arith.addf" or \
+            not isinstance(ir.ShapedType(b_op.results[b.live[0]].type).element_type, ir.F32Type):
+        return None
+    i = _arg_index(b_op, x)
+    if i is None or i >= b_nin:
+        return None
+    aliases = {a_op.results[a.live[0]]}
+    between = {}
+    for s in steps[ia + 1:ib]:
+        if s.kind == "reshape" and s.op.operands[0] in aliases:
+            aliases.add(s.op.results[0])
+        elif s.kind == "generic":
+            for r in s.op.results:
+                between[r] = s.op
+    earlier = set()
+    for s in steps[:ia]:
+        if s.kind == "generic":
+            earlier.update(s.op.results)
+
+    def producer_body(value):
+        """(generic, body op yielding ``value``) for a full value computed in between."""
+        op = between.get(value)
+        if op is None:
+            return None, None
+        k = list(op.results).index(value)
+        return op, _yielded(op, k)
+
+    def is_exp_of_sub(op, body_op) -> bool:
+        if body_op is None or body_op.name != "math.exp":
+            return False
+        inner = _owner_op(body_op.operands[0])
+        if inner is not None and inner.name == "arith.subf":
+            return is_sub(op, inner)
+        j = _arg_index(op, body_op.operands[0])
+        if j is None or j >= _num_inputs(op):
+            return False
+        sop, sbody = producer_body(op.operands[j])
+        return sbody is not None and sbody.name == "arith.subf" and is_sub(sop, sbody)
+
+    def is_sub(op, sub) -> bool:
+        ja, jb = _arg_index(op, sub.operands[0]), _arg_index(op, sub.operands[1])
+        if ja is None or jb is None or max(ja, jb) >= _num_inputs(op):
+            return False
+        y, m = op.operands[ja], op.operands[jb]
+        return m in aliases and (y in earlier or (y not in between and y not in aliases))
+
+    eop, ebody = producer_body(b_op.operands[i])
+    return ib if eop is not None and is_exp_of_sub(eop, ebody) else None
 
 
 def _flat_view(mem: ir.Value) -> ir.Value:

@@ -143,14 +143,15 @@ def test_roller_writes_the_flat_schedule_for_element_wise_chains(ctx):
 
 
 def test_rows_too_long_for_registers_are_swept_in_segments(ctx):
-    """softmax over rows of 65536 fp16: 1024 threads x 64 elements would spill (ptxas: 432
-    bytes per thread at 64 registers); instead one loop per reduction (max, sum) and one that
-    stores, each over 4 segments of 2 chunks of 8 elements per thread."""
+    """Rows of 65536 fp16: 1024 threads x 64 elements would spill (ptxas: 432 bytes per thread
+    at 64 registers); instead loops over 4 segments of 2 chunks of 8 elements per thread.
+    softmax: its max and sum share one loop (online softmax: the running max and the rescaled
+    sum carried), a second loop stores; a row sum: one loop that folds."""
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_gpu_lowering import softmax_text
+    from test_gpu_lowering import softmax_text, sum_text
 
     from quartet.lowering.kernels import rows
     from quartet.runtime import targets
@@ -162,16 +163,24 @@ def test_rows_too_long_for_registers_are_swept_in_segments(ctx):
     text = kernel_text(softmax_text(R=8, N=65536))
     lines = text.splitlines()
     loops = [i for i, line in enumerate(lines) if "scf.for" in line]
-    assert len(loops) == 3
-    assert "iter_args" in lines[loops[0]] and "iter_args" in lines[loops[1]]
+    assert len(loops) == 2
+    assert "iter_args" in lines[loops[0]] and "-> (f32, f32)" in lines[loops[0]]
+    first = "\n".join(lines[loops[0]:loops[1]])
+    # the rescaling exp(m_old - m_new) of the carried sum, a scalar
+    assert any("math.exp" in line and ": f32" in line and "vector" not in line
+               for line in first.splitlines())
     # every loop re-reads the input (two 16-byte vectors a segment), only the last one stores
     for a, b in zip(loops, loops[1:] + [len(lines)]):
         body = "\n".join(lines[a:b])
         assert body.count("vector.load") == 2 and "alignment = 16" in body
-    assert not any("vector.store" in line for line in lines[:loops[2]])
-    assert sum("vector.store" in line for line in lines[loops[2]:]) == 2
-    # the reductions cross the row's 32 warps after their loops, outside them
+    assert not any("vector.store" in line for line in lines[:loops[1]])
+    assert sum("vector.store" in line for line in lines[loops[1]:]) == 2
+    # max and sum cross the row's 32 warps after the loop, outside it
     assert text.count("gpu.barrier") == 2
+    # a plain reduction: the partials (vectors) carried by the loop
+    text = kernel_text(sum_text(8, 65536, 1))
+    fors = [line for line in text.splitlines() if "scf.for" in line]
+    assert fors and "iter_args" in fors[0] and "vector<8xf32>" in fors[0]
     # rows that fit stay in registers
     source = ir.Module.parse(softmax_text(R=8, N=32768))
     tile = first_tile(source)
