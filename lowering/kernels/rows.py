@@ -25,13 +25,15 @@ At the copy limit (issue 13, item 3):
   thread issues all its loads before any arithmetic (:meth:`_RowEmitter.prefetch`);
 * a row longer than ``ROW_REGISTER_ELEMENTS`` per thread is swept in segments: one loop per
   reduction, one that stores (:meth:`_RowEmitter.run_sweeps`), so 64k-element rows do not spill;
+  softmax's max and sum share one loop (online softmax, :meth:`_RowEmitter.online_sweep`);
 * a division by a value uniform over the vector whose quotient is rounded to 16 bits becomes
   one fp32 reciprocal and a multiply (``common.emit_body``): GELU's ``/ sqrt(2)`` and fp16
   softmax's ``/ sum`` made those kernels issue-bound.
 
 Not done: a row whose length is not a multiple of the vector width is read with scalar accesses
-(``V`` halves until it divides the row; 1 for odd rows); long softmax rows read the row three
-times from L2 (max, sum, store) where an online softmax would read it twice.
+(``V`` halves until it divides the row; 1 for odd rows), unless the chain is element-wise and
+reads and writes the whole space in order (then it runs over the flattened elements); a
+layer norm's two reductions (mean, then the variance around it) stay two sweeps.
 """
 
 from __future__ import annotations
