@@ -11,7 +11,8 @@ limits, wgmma/TMA availability) read :class:`Chip`; no other module holds a hard
     chip = get("sm_90", "h100")      # the H100, e.g. roller{target=sm_90 chip=h100}
 
 Figures marked "model" are estimates used only to rank candidates (the per-SM bandwidth an SM
-alone can draw, the register overhead outside a tile, the resident warps that hide latency);
+alone can draw, the register overhead outside a tile, the resident warps that hide latency, the
+DRAM latency under load that sets how many bytes a memory-bound kernel keeps in flight);
 they are not published numbers and are named as such beside their value. Every other figure
 names its source in the comment above its chip.
 
@@ -87,6 +88,8 @@ class Chip:
     min_accumulators: int           # accumulators a register tile needs to hide FMA latency
     sync_seconds: float             # cost of one reduction step (barrier, pipeline bubble)
     launch_seconds: float           # kernel launch overhead
+    memory_latency_seconds: float   # DRAM latency under load: with the bandwidth and the units,
+    #                                 the bytes a unit keeps in flight to stream at the limit
     # Model figures of a persistent kernel's device-side synchronisation (Rammer's scheduler
     # weighs completion counters against grid barriers with them): a wait on a completion
     # counter (release add, acquire spin through L2, block barrier) and a grid barrier of
@@ -170,6 +173,9 @@ _HOPPER_SOURCES = (
     "Shared memory: 128 B/clock/SM x 132 SMs x 1.98 GHz = 33.4 TB/s",
     "L2: about 5.5 TB/s read bandwidth measured on H100 PCIe (Chips and Cheese, 'Nvidia's "
     "H100: Funny L2, and Tons of Bandwidth', 2023); a model figure for the SXM parts",
+    "DRAM latency under load: 1 us, a model figure (a load that misses L2 takes several "
+    "hundred ns on an idle Hopper and queues longer near the bandwidth limit); "
+    "lowering/kernels/rows.py sizes the bytes an element-wise kernel keeps in flight with it",
     "Tensor cores: Quartet's wgmma/mma.sync GEMMs reach about 2/3 of the 989 TFLOPS dense peak "
     "(FlashAttention-3, Shah et al. 2024, for the mma.sync/wgmma gap; model figure)",
 )
@@ -192,6 +198,7 @@ def _hopper(name: str, description: str, hbm_bytes: int, hbm_bandwidth: float,
         wgmma=True, tma=True, isa="sm_90", isa_features="+ptx80",
         reg_tile_budget=128, reg_overhead=32, unit_bandwidth=2 * copy_bandwidth / 132,
         warps_for_peak=8, min_accumulators=1, sync_seconds=0.3e-6, launch_seconds=3e-6,
+        memory_latency_seconds=1.0e-6,
         sources=_HOPPER_SOURCES + sources,
     )
 
@@ -230,6 +237,7 @@ A100 = Chip(
     wgmma=False, tma=False, isa="sm_80", isa_features="+ptx80",
     reg_tile_budget=128, reg_overhead=32, unit_bandwidth=2 * 1.4e12 / 108,
     warps_for_peak=8, min_accumulators=1, sync_seconds=0.4e-6, launch_seconds=3e-6,
+    memory_latency_seconds=1.0e-6,
     sources=(
         "NVIDIA A100 Tensor Core GPU Architecture whitepaper (2020), tables 1 and 3: 108 SMs, "
         "1410 MHz boost, 40 MB L2, 19.5 TFLOPS FP32, 9.7 TFLOPS FP64, 312 TFLOPS dense FP16 "
@@ -259,6 +267,7 @@ MI300X = Chip(
     wgmma=False, tma=False, isa="gfx942", isa_features="",
     reg_tile_budget=128, reg_overhead=32, unit_bandwidth=2 * 4.3e12 / 304,
     warps_for_peak=8, min_accumulators=1, sync_seconds=0.4e-6, launch_seconds=5e-6,
+    memory_latency_seconds=1.2e-6,
     sources=(
         "AMD Instinct MI300X data sheet (2023): 304 CUs, 2100 MHz peak engine clock, 192 GB "
         "HBM3 at 5.3 TB/s, 256 MB Infinity Cache, 163.4 TFLOPS FP32 (packed; scalar FP32 code "
@@ -288,6 +297,7 @@ CPU = Chip(
     wgmma=False, tma=False, isa="x86-64", isa_features="+avx2",
     reg_tile_budget=96, reg_overhead=0, unit_bandwidth=20e9,
     warps_for_peak=1, min_accumulators=64, sync_seconds=0.0, launch_seconds=10e-6,
+    memory_latency_seconds=0.1e-6,
     sources=(
         "Model: 16 cores; 'thread' = one register tile computed by a core; 16 ymm registers of "
         "32 bytes; 48 KB L1d, 1 MB L2 per core (Sapphire Rapids / Zen 4), 64-byte lines; peak "

@@ -91,17 +91,25 @@ def _root(tile: TileOp):
 
 
 def row_program(tile: TileOp, info: LinalgInfo):
-    """The row program of a tile with reductions along its innermost loop broadcast back
-    (softmax, layer norm after ``roller-fuse``) whose loops are the root's, else None."""
+    """The row program of a tile whose loops are the root's: reductions along its innermost
+    loop broadcast back (softmax, layer norm after ``roller-fuse``), or an element-wise chain
+    of all-parallel ops (the flat layout); else None."""
     ops = [o for o in tile.computation if linalg_info.is_linalg(o)]
+    prog = kernel_analysis.row_program(tile)
+    if prog is None or tuple(prog.space) != tuple(info.loop_ranges):
+        return None
+    if prog.reductions == 0:
+        if not any(o.name == "linalg.generic" for o in ops) or any(_iterator_kinds(o) != {"parallel"} for o in ops if o.name == "linalg.generic"):
+            return None
+        return prog
     if len(ops) < 2:
         return None
-    prog = kernel_analysis.row_program(tile)
-    if prog is None:
-        return None
-    if prog.reductions == 0 or tuple(prog.space) != tuple(info.loop_ranges):
-        return None
     return prog
+
+
+def _iterator_kinds(op) -> set[str]:
+    return {"reduction" if "reduction" in str(a) else "parallel"
+            for a in ir.ArrayAttr(op.attributes["iterator_types"])}
 
 
 def configure(tile: TileOp, hw: Chip, topk: int = 1) -> list[Schedule]:
@@ -114,7 +122,12 @@ def configure(tile: TileOp, hw: Chip, topk: int = 1) -> list[Schedule]:
         info = loop_info(root)
         if hw.kind != "cpu":
             prog = row_program(tile, info)
-            if prog is not None:
+            if prog is not None and prog.reductions == 0:
+                flat = rows.flat_schedule(prog, hw, num_inputs=info.num_inputs,
+                                          inner_parallel=info.iterator_types[-1] == "parallel")
+                if flat is not None:
+                    return [flat]
+            elif prog is not None:
                 return [rows.schedule(tuple(prog.space), prog.vector, hw,
                                       num_inputs=info.num_inputs,
                                       inner_parallel=info.iterator_types[-1] == "parallel")]

@@ -22,12 +22,20 @@ construction policy applies to any tile (``policy.py``):
 The schedule is written on the root's loops (``TileOp.root``), as every schedule is: the
 thread tile's last entry is the inner elements per thread, the block tile's leading entries the
 rows per block. ``lowering/kernels/rows.py`` (``row_config``) reads exactly these.
+
+An element-wise chain (a row program without reductions, the ``flat`` layout) gets
+:func:`flat_schedule`: 256 threads, each loading ``C`` 16-byte vectors before it computes, ``C``
+from the chip's latency-bandwidth product (``rows.flat_chunks``: the bytes in flight per SM that
+stream at the copy limit), never from a measured benchmark row. The construction policy's
+plain-tile estimate is not used for them: on the H200 it moved ``gelu(x + b) * s`` from 256 to
+512 threads, which was 5.6% slower (``bench/results/issue9-before-after.md``).
 """
 
 from __future__ import annotations
 
 import math
 
+from quartet.lowering.kernels import rows as row_kernels
 from quartet.runtime.targets import Chip
 from quartet.passes.roller.policy import Schedule
 
@@ -84,3 +92,44 @@ def schedule(space: tuple[int, ...], vector: int, hw: Chip, *, num_inputs: int,
                     smem_padding=(0,) * num_inputs, tensor_core=False, smem_bytes=0, stages=1,
                     regs_per_thread=regs, blocks_per_unit=0, estimate=0.0, policy="rows",
                     eps=0.0)
+
+
+def flat_schedule(prog, hw: Chip, *, num_inputs: int,
+                  inner_parallel: bool = True) -> Schedule | None:
+    """The schedule of an element-wise chain (a row program ``prog`` without reductions), or
+    None when the flat layout has no exact block tile over the root's loops (then the
+    construction policy's plain tile is written and the lowering keeps the layout).
+
+    Each block is ``threads x chunks x V`` consecutive elements of the iteration space, laid
+    over the loops innermost first; the thread tile's last entry is ``chunks x V``. ``chunks``
+    is what the lowering derives for these threads (``rows.flat_chunks``)."""
+    space = tuple(prog.space)
+    row_ranges, n = space[:-1], space[-1]
+    total_vectors = prog.rows * prog.inner // prog.vector
+    threads = min(hw.max_threads_per_block, row_kernels.FLAT_THREADS)
+    if total_vectors < threads:
+        return None             # under one block of work: the plain policy's small tile
+    chunks = row_kernels.flat_chunks(hw, threads, row_kernels.stream_bytes(prog), total_vectors)
+    if row_kernels.has_row_values(prog):
+        chunks = 1
+    per_thread = chunks * prog.vector
+    elements = threads * per_thread
+    if n >= elements:
+        block_rows = [1] * len(row_ranges)
+        inner = elements
+    else:
+        if n % per_thread or elements % n:
+            return None
+        block_rows = _spread(elements // n, row_ranges)
+        inner = n
+    if math.prod(block_rows) * inner != elements:
+        return None
+    block = tuple(block_rows) + (inner,)
+    thread = (1,) * len(row_ranges) + (per_thread,)
+    grid = tuple(math.ceil(r / b) for r, b in zip(row_ranges, block_rows))
+    if inner_parallel:
+        grid += (math.ceil(n / inner),)
+    return Schedule(block_tile=block, thread_tile=thread, threads=threads, grid=grid,
+                    smem_padding=(0,) * num_inputs, tensor_core=False, smem_bytes=0, stages=1,
+                    regs_per_thread=16 + 2 * per_thread, blocks_per_unit=0,
+                    estimate=0.0, policy="flat", eps=0.0)

@@ -67,7 +67,12 @@ func.func @softmax(%x: tensor<64x256xf16>) -> tensor<64x256xf16> {
 // KERNEL: math.exp {{.*}} : vector<8xf32>
 // KERNEL: vector.reduction <add>
 // KERNEL: gpu.shuffle  xor
-// KERNEL: arith.divf {{.*}} : vector<8xf32>
+// The quotient is truncated to f16 right after: one fp32 reciprocal per row, a multiply per
+// element (no per-element IEEE division).
+// KERNEL-NOT: arith.divf {{.*}} : vector<8xf32>
+// KERNEL: arith.divf %{{.*}}, %{{.*}} : f32
+// KERNEL-NOT: arith.divf {{.*}} : vector<8xf32>
+// KERNEL: arith.mulf {{.*}} : vector<8xf32>
 // KERNEL: arith.truncf {{.*}} : vector<8xf32> to vector<8xf16>
 // KERNEL: vector.store {{.*}} {alignment = 16 : i64} : memref<64x256xf16>, vector<8xf16>
 // KERNEL: return
