@@ -268,29 +268,3 @@ def test_a_bounded_loop_stops_at_its_bound_and_warns(control):
     finally:
         prog.close()
 
-
-def test_a_stacked_lstm_unrolled_by_two_keeps_its_numerics():
-    """The benchmark's LSTM (``while_loop`` form, layers stacked with ``torch.stack``; tiny: 2
-    layers, 5 steps) unrolled by 2: a device loop of 2 iterations of 2 copies of the body and
-    one copy after it, each copy reading the previous one's layers through the concatenation
-    (``loops.forward_concat_parts``); its CPU twin against PyTorch."""
-    import quartet.runtime as rt
-    from quartet.bench import suite
-    from quartet.bench.e2e.cpu_twin import cpu_twin
-    from quartet.frontend.compile import compile_to_artifact
-
-    w = suite.get("lstm_f32")
-    model = w.module(0, form="while_loop", tiny=True)
-    writer, result, _ = compile_to_artifact(model, w.inputs(1, tiny=True),
-                                            pipeline="grinder{unroll=2}", target="sm_90")
-    program = _device_kernel(writer).persistent.program
-    assert '"op":"for","count":2' in program
-    path = Path(tempfile.mkdtemp(prefix="quartet-grinder-")) / "lstm"
-    prog = rt.load(cpu_twin(writer, result.quartet).save(path))
-    xs = w.inputs(7, tiny=True)
-    try:
-        out = prog(*[x.numpy() for x in xs])
-    finally:
-        prog.close()
-    with torch.no_grad():
-        assert _error(out, model(*xs).numpy()) < 1e-5
