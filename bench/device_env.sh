@@ -14,5 +14,9 @@ ln -s "$PWD/runtime" "$_quartet_site/quartet/runtime"
 ln -s "$PWD/tools" "$_quartet_site/quartet/tools"
 # the GPU-machine scripts (bench/selftest.py, bench/profile_call.py, bench/run.py).
 ln -s "$PWD/bench" "$_quartet_site/quartet/bench"
+# bench/suite.py builds the zoo's workloads (frontend/zoo.py: torch only; importing the frontend
+# package imports no MLIR), and quartet/progress.py beside errors.py.
+ln -s "$PWD/frontend" "$_quartet_site/quartet/frontend"
+ln -s "$PWD/quartet/progress.py" "$_quartet_site/quartet/"
 export PYTHONPATH="$_quartet_site${PYTHONPATH:+:$PYTHONPATH}" PYTHONSAFEPATH=1
 unset _quartet_site

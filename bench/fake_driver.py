@@ -36,6 +36,7 @@ class CUdevice_attribute(enum.IntEnum):
 class CUfunction_attribute(enum.IntEnum):
     CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK = 0
     CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
+    CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES = 1
 
 
 class CUstream_flags(enum.IntEnum):

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable as a package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.append(str(Path(__file__).resolve().parents[1]))  # after device_env.sh's site
     __package__ = "bench"
 
 import torch  # noqa: E402

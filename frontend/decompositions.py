@@ -15,6 +15,11 @@ of the op is wrong or missing:
   rounded once.
 * ``aten.linalg_vector_norm`` on half inputs: computed in float32 like eager (the float16
   sum of squares overflowed to inf; found by the OpInfo test), through ``upcasting``.
+* ``aten.mean`` on half inputs: torch-mlir lowers it as a sum in the input's type, then a
+  division; a float16 sum overflows where the mean does not (the mean of squares of 65536
+  values of about 1, an RMSNorm over long rows: inf, every output wrong; found by the GPU
+  bandwidth rows, issue 13). Computed in float32 like eager and rounded once, through
+  ``upcasting``'s float32 copies.
 * ``argmax``/``argmin``/``amax``/``amin`` of a 0-d tensor (torch-mlir cannot lower them: its
   error names their ``torch.constant.bool`` operand): the index 0, or the value itself.
 * ``aten.cumsum``, ``aten.cumprod``, ``aten.logcumsumexp``: torch-mlir lowers the first two to
@@ -162,6 +167,9 @@ def overrides(base: dict) -> dict:
     norm = _upcast(_aten.linalg_vector_norm.default)
     table[_aten.linalg_vector_norm.default] = \
         lambda x, *a, **k: NotImplemented if k.get("dtype") is not None else norm(x, *a, **k)
+    for op in (_aten.mean.dim, _aten.mean.default):
+        mean = _upcast(op)
+        table[op] = functools.partial(_mean_in_float32, mean)
     for op in (_aten.argmax.default, _aten.argmin.default):
         table[op] = _arg_of_scalar
     for op in (_aten.amax.default, _aten.amin.default):
@@ -173,6 +181,14 @@ def overrides(base: dict) -> dict:
 
 
 _HALF = (torch.float16, torch.bfloat16)
+
+
+def _mean_in_float32(mean, x, *args, **kwargs):
+    """``aten.mean`` of a half tensor without a ``dtype``: in float32 (see the module
+    docstring); with one, the op as it is."""
+    if kwargs.get("dtype") is not None:
+        return NotImplemented
+    return mean(x, *args, **kwargs)
 
 
 def _upcast(op):

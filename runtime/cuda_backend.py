@@ -196,7 +196,12 @@ class CudaBackend:
             d.cuModuleGetFunction(module, kernel.entry.encode()), f"cuModuleGetFunction({kernel.entry})"
         )
         fattr = d.CUfunction_attribute
-        if kernel.shared_memory > _STATIC_SHARED_LIMIT:
+        # the opt-in counts static shared memory too: 48 KiB of dynamic shared memory beside
+        # 1 KiB of static (a fused kernel's reduction scratch) fails at launch without it
+        static = self._check(d.cuFuncGetAttribute(fattr.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
+                                                  function), "cuFuncGetAttribute") \
+            if kernel.shared_memory else 0
+        if kernel.shared_memory and kernel.shared_memory + static > _STATIC_SHARED_LIMIT:
             self._check(
                 d.cuFuncSetAttribute(
                     function, fattr.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, kernel.shared_memory
@@ -378,11 +383,15 @@ class CudaBackend:
         return found
 
     def _listing(self, fn, handle, what: str) -> list:
-        """The list a ``cuGraph...(handle, count)`` query returns: the count first, then the items."""
-        _, count = self._check(fn(handle, 0), what)
+        """The list a ``cuGraph...(handle, count)`` query returns: the count first, then the items.
+
+        The bindings return ``(err, items, count)``, or ``(err, items, edge data, count)`` for
+        the queries that CUDA 13 gave edge data (``cuGraphNodeGetDependentNodes``): the items
+        are the first value and the count the last."""
+        count = self._check(fn(handle, 0), what)[-1]
         if not count:
             return []
-        items, _ = self._check(fn(handle, count), what)
+        items = self._check(fn(handle, count), what)[0]
         return list(items)[:count]
 
     def update_kernel_node(self, executable: Any, node: Any, prepared: _Prepared) -> None:

@@ -209,10 +209,10 @@ class Program:
         m = self.manifest
         followed = {s.buffer for s in m.inputs + m.outputs} & interp.kernel_only_buffers()
         followed -= {name for plan, _ in sequence if plan.kernel.cooperative
-                     for _, name, _ in plan.buffer_slots}
+                     for _, name, _, _ in plan.buffer_slots}
         users: dict[str, set[int]] = {name: set() for name in followed}
         for k, (plan, _) in enumerate(sequence):
-            for _, name, _ in plan.buffer_slots:
+            for _, name, _, _ in plan.buffer_slots:
                 if name in users:
                     users[name].add(k)
         self._nodes = [(node, plan, env) for (node, _), (plan, env) in zip(nodes, sequence)]

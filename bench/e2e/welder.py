@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 if __package__ in (None, ""):       # run as a script on the GPU machine
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    sys.path.append(str(Path(__file__).resolve().parents[2]))  # after device_env.sh's site
 
 D = dict(dim=768, heads=12)
 

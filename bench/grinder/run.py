@@ -42,7 +42,7 @@ import traceback
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable as a package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    sys.path.append(str(Path(__file__).resolve().parents[2]))  # after device_env.sh's site
     __package__ = "bench.grinder"
 
 import torch  # noqa: E402
@@ -221,7 +221,8 @@ def measure_quartet(w, rows, args, deadline) -> dict:
             (["--tiny"] if TINY else [])
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=min(90, left),
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                  env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                      filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))})
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(CHILD_TAG)]
             if lines:
                 out[key] = json.loads(lines[-1][len(CHILD_TAG):])

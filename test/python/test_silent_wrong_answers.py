@@ -171,3 +171,18 @@ def test_multi_result_and_power_ops_on_the_gpu(name):
                                        atol=1e-5)
         else:
             np.testing.assert_array_equal(g.cpu().numpy(), r.numpy())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_mean_does_not_overflow_its_sum(dtype):
+    """``mean`` of half tensors whose sum leaves float16's range (the mean of squares of an
+    RMSNorm over long rows): computed in float32 like eager, rounded once (it was a float16
+    sum, then a division: inf for every row, on the GPU and the CPU)."""
+    import quartet
+
+    model = _Fn(lambda x: ((x * x).mean(dim=-1, keepdim=True), x.mean(), x.mean(dim=(0, 1))))
+    x = (100 + torch.rand(4, 1024)).to(dtype)
+    compiled = quartet.compile(model, (x,), target="cpu")
+    for got, want in zip(compiled(x), model(x)):
+        assert torch.isfinite(got).all()
+        assert torch.allclose(got.float(), want.float(), rtol=1e-2)
