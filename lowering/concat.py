@@ -66,13 +66,19 @@ def _static_source(v: ir.Value) -> ir.Value:
     return v
 
 
-def outline_concat(op: ir.Operation) -> None:
-    """Replace host op ``tensor.concat`` by a tile that gathers its output (module docstring)."""
-    dim = ir.IntegerAttr(op.attributes["dim"]).value
+def take_static_sources(op: ir.Operation) -> None:
+    """Make concat ``op`` read the static tensors behind its operands' casts to dynamic types
+    (:func:`_static_source`), erasing casts left unused."""
     for i, v in enumerate(op.operands):
         op.operands[i] = _static_source(v)
         if op.operands[i] != v and not any(True for _ in v.uses):
             v.owner.erase()
+
+
+def outline_concat(op: ir.Operation) -> None:
+    """Replace host op ``tensor.concat`` by a tile that gathers its output (module docstring)."""
+    dim = ir.IntegerAttr(op.attributes["dim"]).value
+    take_static_sources(op)
     if not all(ir.RankedTensorType(t).has_static_shape
                for t in [v.type for v in op.operands] + [op.results[0].type]):
         raise QuartetError("'tensor.concat' of dynamic shapes cannot be lowered for the GPU "

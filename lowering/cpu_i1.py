@@ -87,6 +87,9 @@ def widen_bool_tensors(module: ir.Operation) -> None:
     ops = _all_ops(module)
     i8 = ir.IntegerType.get_signless(8)
     constants = [op for op in ops if op.name == "arith.constant" and _bool_tensor(op.results[0].type)]
+    # functions first: step 2 erases ops inside linalg bodies (reductions combined in bytes),
+    # and an erased op of `ops` must not be touched again
+    functions = [op for op in ops if op.name == "func.func"]
     # 1. Every value of a boolean tensor type changes type.
     for op in ops:
         for result in op.results:
@@ -97,8 +100,12 @@ def widen_bool_tensors(module: ir.Operation) -> None:
                 for arg in block.arguments:
                     if _bool_tensor(arg.type):
                         arg.set_type(_widened(arg.type))
-    # 2. Conversions where scalars meet byte tensors.
-    for op in ops:
+    # 2. Conversions where scalars meet byte tensors. The ops are chosen before any is
+    # rewritten: rewriting a linalg body erases ops of that body, which are in `ops` too.
+    chosen = [op for op in ops if (op.name.startswith("linalg.") and len(op.regions)) or
+              op.name in ("tensor.extract", "tensor.insert", "tensor.splat",
+                          "tensor.from_elements", "tensor.yield")]
+    for op in chosen:
         name = op.name
         if name.startswith("linalg.") and len(op.regions) and len(op.regions[0].blocks):
             _fix_linalg(op, i8)
@@ -114,7 +121,6 @@ def widen_bool_tensors(module: ir.Operation) -> None:
                 and op.parent.name in ("tensor.pad", "tensor.generate") \
                 and _byte_tensor(op.parent.results[0].type):
             _extend_operand(op, 0, i8)
-    functions = [op for op in ops if op.name == "func.func"]
     for op in constants:             # erases the old constants: `ops` is stale after this
         _widen_constant(op, i8)
     for op in functions:

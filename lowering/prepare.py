@@ -24,7 +24,7 @@ from quartet.errors import QuartetError, location_of
 from quartet.runtime.dtypes import ITEMSIZE, mlir_name_to_dtype
 
 from . import cpu_i1
-from .concat import outline_concat
+from .concat import outline_concat, take_static_sources
 
 
 def tiles_of(fn) -> list:
@@ -214,6 +214,7 @@ def outline_data_movement(fn: ir.Operation, concats: str = "strided") -> None:
         elif op.name == "tensor.extract_slice" and contiguous_slice(op) is None:
             _gather_tile(op, *_slice_gather(op))
         elif op.name == "tensor.concat":
+            take_static_sources(op)        # torch.roll's slices, cast to dynamic shapes
             if concat_offsets(op) is None or (concats == "copied" and
                                               not concat_in_place(op, claimed)):
                 outline_concat(op)         # the gathering tile (lowering/concat.py, issue 16)

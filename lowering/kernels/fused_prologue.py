@@ -189,7 +189,8 @@ class _ToShared(rows._RowEmitter):
                 self.chunk_valid.append(None)
             self.j.append(j)
         self.lane0 = arith.cmpi(arith.CmpIPredicate.eq, lane, em.c(0))
-        self.lead = [r]
+        self.lead = self.row_lead = [r]
+        self.leads = [self.row_lead] * self.cfg.chunks     # rows.py: the lead of each chunk
         self.row = r
 
     def store(self) -> None:

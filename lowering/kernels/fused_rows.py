@@ -154,7 +154,8 @@ def _configs(prob, chip):
 def _choices(prob, roles, chip) -> list[Choice]:
     out = []
     for bm, bk, wm, wn, threads in _configs(prob, chip):
-        force = None if wm == 64 else "mma"
+        # "wgmma": the cp.async wgmma body this pattern builds on, never the TMA kernel
+        force = "wgmma" if wm == 64 else "mma"
         try:
             plan = gemm_mod._build_plan(prob, chip, bm, prob.n, bk, wm, wn, threads, True, None,
                                         None, force, 1)
@@ -201,7 +202,8 @@ class _SharedRows(rows._RowEmitter):
                 self.chunk_valid.append(None)
             self.j.append(j)
         self.lane0 = arith.cmpi(arith.CmpIPredicate.eq, lane, em.c(0))
-        self.lead = [r]
+        self.lead = self.row_lead = [r]
+        self.leads = [self.row_lead] * self.cfg.chunks     # rows.py: the lead of each chunk
         self.row = r
         self.row_base = arith.muli(r_local, em.c(self.row_stride))
 
@@ -221,7 +223,7 @@ def build(tile, chip, plan: FusedPlan, params: dict, name: str) -> ir.Module:
     prob, prog, part, con = plan.problem
     bm, bk = int(params["bm"]), int(params["bk"])
     wm, wn, threads = int(params["wm"]), int(params["wn"]), int(params["threads"])
-    force = None if params.get("engine") == "wgmma" else "mma"
+    force = "wgmma" if params.get("engine") == "wgmma" else "mma"
     try:
         gp = gemm_mod._build_plan(prob, chip, bm, prob.n, bk, wm, wn, threads, True, None, None,
                                   force, 1)

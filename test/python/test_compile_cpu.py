@@ -249,10 +249,16 @@ def test_roller_config_configures_every_zoo_tile(zoo, target):
                 schedule = check_fits(tile, hw)
                 assert schedule.threads == tile.threads and tuple(tile.grid) == schedule.grid
                 info = loop_info(tile.root)
-                if hw.kind != "cpu" and row_program(tile, info) is not None:
+                prog = row_program(tile, info) if hw.kind != "cpu" else None
+                if prog is not None and prog.reductions:
                     # roller-fuse made a row program (softmax, layer norm): the row policy
                     # (passes/roller/rows.py) keeps whole rows in a block, whole warps.
                     assert tile.block_tile[-1] == info.loop_ranges[-1], where
+                    assert tile.threads % hw.warp_size == 0, where
+                    continue
+                if prog is not None:
+                    # an element-wise chain: the flat layout (rows.flat_schedule) in whole
+                    # warps, or the plain policy's tile where the flat one has no exact tile
                     assert tile.threads % hw.warp_size == 0, where
                     continue
                 check_threads(info, hw, schedule)

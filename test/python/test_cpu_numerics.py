@@ -464,7 +464,7 @@ func.func @rammer(%a: tensor<20x30xf32>, %b: tensor<30x10xf32>, %x: tensor<20x10
       gpu.yield %t : tensor<20x10xf32>
     }) {veu_begin = 0 : i64, veu_count = 4 : i64, step = 1 : i64} : () -> tensor<20x10xf32>
     gpu.yield %s : tensor<20x10xf32>
-  }) {num_veus = 4 : i64} : () -> tensor<20x10xf32>
+  }) {num_veus = 4 : i64, resultSegmentSizes = array<i32: 1, 0, 0, 0, 0, 0, 0, 0>} : () -> tensor<20x10xf32>
   return %r : tensor<20x10xf32>
 }
 """
