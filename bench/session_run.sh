@@ -8,7 +8,8 @@
 # selftest (runtime), welder (bench/e2e/welder.py: fused kernels checked and timed), rammer and
 # welder_rows (bench/run.py: every peer), grinder (bench/grinder/run.py), rows
 # (bench/rows/bandwidth.py; rows_rms: only the RMSNorm cases of .artifacts/h13b_rms), opinfo (test/opinfo/run_gpu.py). Each step runs in its own process
-# under `timeout`, so a trap or a hang ends only that step. Everything is written under
+# under `timeout`, so a trap or a hang ends only that step. SYSTEMS=eager,quartet limits the
+# peers of the benchmark rows (torch.compile's compiles cost about a minute for the Welder rows). Everything is written under
 # /tmp/quartet-session/ and packed into $OUT/session.tgz (the device tool returns at most 8 files); the
 # summary ($OUT/summary.txt) is also the end of the output.
 set -uo pipefail
@@ -38,7 +39,8 @@ for step in "${steps[@]}"; do
     rammer) cmd=(python3 bench/run.py --artifacts .artifacts/bench --only rammer --out "$w/rammer"
                  --budget-s "$budget" --compile-cap-s 40) ;;
     welder_rows) cmd=(python3 bench/run.py --artifacts .artifacts/bench --only welder
-                      --out "$w/welder_rows" --budget-s "$budget" --compile-cap-s 40) ;;
+                      --out "$w/welder_rows" --budget-s "$budget" --compile-cap-s 40
+                      --systems "${SYSTEMS:-eager,compile,compile_ro,quartet}") ;;
     grinder) cmd=(python3 bench/grinder/run.py --artifacts .artifacts/grinder --out "$w"
                   --budget-s "$budget") ;;
     rows) cmd=(python3 bench/rows/bandwidth.py run .artifacts/h13b --out "$w") ;;

@@ -20,8 +20,10 @@ of the op is wrong or missing:
   values of about 1, an RMSNorm over long rows: inf, every output wrong; found by the GPU
   bandwidth rows, issue 13). Computed in float32 like eager and rounded once, through
   ``upcasting``'s float32 copies.
-* ``argmax``/``argmin``/``amax``/``amin`` of a 0-d tensor (torch-mlir cannot lower them: its
-  error names their ``torch.constant.bool`` operand): the index 0, or the value itself.
+* ``argmax``/``argmin``: the extreme, then the least index holding it (two single-result
+  reductions; torch-mlir's one reduction with two results has no GPU kernel). Of a 0-d tensor
+  (torch-mlir cannot lower them: its error names their ``torch.constant.bool`` operand): the
+  index 0; ``amax``/``amin`` of a 0-d tensor: the value itself.
 * ``aten.cumsum``, ``aten.cumprod``, ``aten.logcumsumexp``: torch-mlir lowers the first two to
   ``tm_tensor.scan`` (outside linalg; the last it does not lower at all). As scans over a
   triangular mask, ``out[..., i] = reduce_j<=i x[..., j]`` (a ``where`` and a sum / product /
@@ -76,10 +78,36 @@ def rms_norm(x, normalized_shape, weight=None, eps=None):
     return out.to(x.dtype)
 
 
-def _arg_of_scalar(x, dim=None, keepdim=False):
-    if x.dim() != 0:
-        return NotImplemented
-    return torch.zeros((), dtype=torch.int64, device=x.device)
+def _arg_extreme(x, dim=None, keepdim=False, *, largest: bool):
+    """``argmax`` (``largest``) / ``argmin`` as two single-result reductions: the extreme along
+    ``dim``, then the least index holding it (or holding a NaN, which both propagate: eager
+    returns the first NaN). torch-mlir lowers the op itself as one reduction with two results
+    (value and index), which no GPU kernel family takes, and which a tile cannot yield whole
+    (two result types); the greedy decoder's argmax had no GPU kernel (issue 12). The input is
+    read twice instead of once."""
+    if x.dim() == 0:
+        return torch.zeros((), dtype=torch.int64, device=x.device)
+    if dim is None:
+        out = _arg_extreme(x.reshape(-1), 0, False, largest=largest)
+        return out.reshape([1] * x.dim()) if keepdim else out
+    dim = dim % x.dim()
+    n = x.shape[dim]
+    extreme = (torch.amax if largest else torch.amin)(x, dim, keepdim=True)
+    hit = x == extreme
+    if x.is_floating_point():
+        hit = hit | torch.isnan(x)
+    shape = [1] * x.dim()
+    shape[dim] = n
+    index = torch.arange(n, dtype=torch.int64, device=x.device).reshape(shape)
+    return torch.amin(torch.where(hit, index, n), dim, keepdim=keepdim)
+
+
+def _argmax(x, dim=None, keepdim=False):
+    return _arg_extreme(x, dim, keepdim, largest=True)
+
+
+def _argmin(x, dim=None, keepdim=False):
+    return _arg_extreme(x, dim, keepdim, largest=False)
 
 
 def _extreme_of_scalar(x, dim=(), keepdim=False):
@@ -170,8 +198,8 @@ def overrides(base: dict) -> dict:
     for op in (_aten.mean.dim, _aten.mean.default):
         mean = _upcast(op)
         table[op] = functools.partial(_mean_in_float32, mean)
-    for op in (_aten.argmax.default, _aten.argmin.default):
-        table[op] = _arg_of_scalar
+    table[_aten.argmax.default] = _argmax
+    table[_aten.argmin.default] = _argmin
     for op in (_aten.amax.default, _aten.amin.default):
         table[op] = _extreme_of_scalar
     table[_aten.cumsum.default] = cumsum

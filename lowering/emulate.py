@@ -263,6 +263,15 @@ class _Exec:
         for r, v in zip(op.results, outs):
             self.env[r] = v
 
+    # -- affine -----------------------------------------------------------------------------
+    def op_affine_apply(self, op, mask):
+        """One-result affine map over index operands (dims, then symbols), lane by lane."""
+        amap = ir.AffineMapAttr(op.attributes["map"]).value
+        values = [self.get(v) for v in op.operands]
+        dims, syms = values[:amap.n_dims], values[amap.n_dims:]
+        (expr,) = amap.results
+        return [np.asarray(_affine(expr, dims, syms), dtype=np.int64)]
+
     # -- arith ------------------------------------------------------------------------------
     def op_arith_constant(self, op, mask):
         attr = op.attributes["value"]
@@ -796,3 +805,22 @@ class _Exec:
 
     def op_llvm_mlir_zero(self, op, mask):
         raise Unsupported("wgmma accumulators (LLVM structs) are not emulated")
+
+
+def _affine(e, dims, syms):
+    """The value of affine expression ``e`` (floor division and modulo as MLIR defines them:
+    rounding toward negative infinity, a result of the divisor's sign)."""
+    e = e.maybe_downcast()
+    if isinstance(e, ir.AffineDimExpr):
+        return dims[e.position]
+    if isinstance(e, ir.AffineSymbolExpr):
+        return syms[e.position]
+    if isinstance(e, ir.AffineConstantExpr):
+        return np.int64(e.value)
+    for kind, fn in ((ir.AffineAddExpr, np.add), (ir.AffineMulExpr, np.multiply),
+                     (ir.AffineModExpr, np.mod), (ir.AffineFloorDivExpr, np.floor_divide),
+                     (ir.AffineCeilDivExpr, lambda a, b: -np.floor_divide(-a, b))):
+        if isinstance(e, kind):
+            return fn(np.asarray(_affine(e.lhs, dims, syms), np.int64),
+                      np.asarray(_affine(e.rhs, dims, syms), np.int64))
+    raise Unsupported(f"the emulator does not evaluate the affine expression {e}")

@@ -186,3 +186,38 @@ def test_half_mean_does_not_overflow_its_sum(dtype):
     for got, want in zip(compiled(x), model(x)):
         assert torch.isfinite(got).all()
         assert torch.allclose(got.float(), want.float(), rtol=1e-2)
+
+
+def test_argmax_and_argmin_as_two_reductions_keep_eager_semantics():
+    """argmax/argmin are decomposed into the extreme and the least index holding it (one
+    kernel family each on the GPU): ties give the first index, a NaN is the extreme (its first
+    index), over a dim, with keepdim, over everything, on integers (CPU target)."""
+    import quartet
+
+    model = _Fn(lambda x: (x.argmax(-1), x.argmin(0, keepdim=True), x.argmax(),
+                           x.int().argmin(1)))
+    x = torch.randn(6, 7)
+    x[1, 3] = float("nan")
+    x[2, 2] = x[2, 5] = 9.0
+    compiled = quartet.compile(model, (x,), target="cpu")
+    for got, want in zip(compiled(x), model(x)):
+        assert torch.equal(torch.as_tensor(got), want)
+
+
+def test_argmax_row_kernel_on_the_emulator():
+    """The greedy decoder's argmax over a vocabulary row, for sm_90: its reduction tile (the
+    maximum, then the least index holding it, one row program) run on the NumPy GPU emulator
+    matches the CPU target. The index vector (an iota) is a fallback kernel of its own."""
+    from quartet.dialects import collect
+    from quartet.frontend.compile import import_linalg, run_passes
+    from quartet.passes.welder.standalone import check_on_emulator
+    from quartet.runtime import targets
+
+    model = _Fn(lambda x: x.argmax(-1))
+    module = run_passes(import_linalg(model, (torch.randn(37, 1000),)).mlir_text, "roller",
+                        "sm_90")
+    with module.context, ir.Location.unknown():
+        tiles = [t.opview for t in collect(module, lambda o: o.name == "quartet.tile")]
+        reductions = [t for t in tiles if t.kernel == "row"]
+        assert len(reductions) == 1 and len(tiles) == 2
+        assert check_on_emulator(reductions[0], targets.get("sm_90")) == 0.0
