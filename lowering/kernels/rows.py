@@ -368,7 +368,15 @@ class _RowEmitter:
 
     def prefetch(self, steps=None) -> None:
         """Issue the loads of every chunk of every streamed input first, so that a thread has
-        all its bytes in flight at once (the stores come last, so nothing orders them)."""
+        all its bytes in flight at once (the stores come last, so nothing orders them).
+
+        In the row layouts an input read along the inner loop only (a layer norm's weight and
+        bias: the same vector for every row, from L2) is not streamed and is loaded where it is
+        used: held across the row's reductions it cost 14 registers a thread (40 -> 54 for an
+        fp16 layer norm of 4096-wide rows: 6 -> 4 blocks per SM; 0.90x of the kernel before the
+        prefetch on the H200, 2026-12-03, ``bench/results/rows-bandwidth-*``)."""
+        last = ("loop", len(self.p.space) - 1)
+        flat = self.cfg.mode == "flat"
         for step in self.p.steps if steps is None else steps:
             if step.kind != "generic" or step.space != "full":
                 continue
@@ -379,7 +387,9 @@ class _RowEmitter:
                     continue
                 if not len(list(block.arguments[i].uses)):
                     continue
-                if amap and amap[-1] == ("loop", len(self.p.space) - 1):
+                if not flat and all(a == last or a[0] != "loop" for a in amap):
+                    continue            # per column: the same for every row
+                if amap and amap[-1] == last:
                     for c in range(len(self.j)):
                         self.load_full(v, amap, c)
 
