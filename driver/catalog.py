@@ -15,10 +15,12 @@ from quartet.passes.rammer.schedule import RammerSchedule
 from quartet.passes.roller.casts import RollerFoldCasts
 from quartet.passes.roller.config import RollerConfig
 from quartet.passes.roller.fuse import RollerFuse
+from quartet.passes.roller.split import RollerSplitReductions
 from quartet.passes.welder.fuse import WelderFuse
 from quartet.passes.welder.views import WelderCollapseViews
 
 for _pass in (OutlineTiles, InlineTiles, RollerConfig, RollerFuse, RollerFoldCasts,
+              RollerSplitReductions,
               OutlineDataMovement, RammerSchedule, RammerCheck, GrinderLift,
               GrinderCheck, WelderCollapseViews, WelderFuse, LowerCpu, LowerGpu,
               GpuToBinary):

@@ -9,8 +9,9 @@ is :func:`quartet.lowering.lower.lower` (``quartet.compile``, ``quartet-compile`
 ``roller{target=T chip=C topk=K}``: linalg on tensors -> casts and transposes in front of
 contractions folded into mixed-precision contractions (``roller-fold-casts``) -> one
 ``quartet.tile`` per linalg op (``quartet-outline-tiles``) -> one per operator (``roller-fuse``:
-fills, casts and element-wise ops join the op that owns their iteration space) -> Roller's tile
-programs (``roller-config``), which also record on each tile the block program that takes it.
+fills, casts and element-wise ops join the op that owns their iteration space) -> column
+reductions over too few columns split in two (``roller-split-reductions``, GPU targets) ->
+Roller's tile programs (``roller-config``), which also record on each tile the block program that takes it.
 
 ``rammer{target=T chip=C topk=K sync=S}``: Roller's pipeline with its top-k schedules kept as
 kernel versions (``topk``, default 8: enough for versions of 128 threads beside the
@@ -54,7 +55,7 @@ def roller(options: dict[str, str]) -> list[str]:
     where = _target_options(options)
     topk = options.get("topk", "1")
     return ["roller-fold-casts", "quartet-outline-tiles", f"roller-fuse{{{where}}}",
-            f"roller-config{{{where} topk={topk}}}"]
+            f"roller-split-reductions{{{where}}}", f"roller-config{{{where} topk={topk}}}"]
 
 
 def rammer(options: dict[str, str]) -> list[str]:
