@@ -5,7 +5,8 @@
 #     bash bench/session_build.sh [STEP ...]      # steps: welder bench grinder rows opinfo
 #
 # welder   bench/e2e/welder.py's cases (fused kernels at real sizes)     -> .artifacts/welder
-# bench    the benchmark's Welder and Rammer rows (bench/build.py)      -> .artifacts/bench
+# bench    the benchmark's Welder and Rammer rows, and the two single-kernel rows that
+#          bench/profile_call.py times (bench/build.py)                 -> .artifacts/bench
 # grinder  the Grinder rows, device and host loops (bench/grinder)      -> .artifacts/grinder
 # rows     memory-bound kernels, old and new (bench/rows/bandwidth.py)  -> .artifacts/h13b
 # opinfo   PyTorch's OpInfo samples for sm_90 (test/opinfo/build_gpu.py) -> .artifacts/opinfo_sm90
@@ -22,7 +23,8 @@ for step in "${steps[@]}"; do
   start=$(date +%s)
   case "$step" in
     welder)  python -m quartet.bench.e2e.welder build .artifacts/welder ;;
-    bench)   python -m bench.build --out .artifacts/bench --only rammer,welder --max-mib 30 ;;
+    bench)   python -m bench.build --out .artifacts/bench --only rammer,welder,softmax_f16,matmul_f32_1024 \
+               --max-mib 30 ;;
     grinder) python -m bench.build --out .artifacts/grinder --only grinder \
                --pipelines 'grinder,grinder{control=host}' --max-mib 20 ;;
     rows)    python bench/rows/bandwidth.py build .artifacts/h13b ;;

@@ -7,7 +7,8 @@
 # what is left (steps that no longer fit are skipped and said so). Steps, in order (default all):
 # selftest (runtime), welder (bench/e2e/welder.py: fused kernels checked and timed), rammer and
 # welder_rows (bench/run.py: every peer), grinder (bench/grinder/run.py), rows
-# (bench/rows/bandwidth.py; rows_rms: only the RMSNorm cases of .artifacts/h13b_rms), opinfo (test/opinfo/run_gpu.py). Each step runs in its own process
+# (bench/rows/bandwidth.py; rows_rms: only the RMSNorm cases of .artifacts/h13b_rms), profile
+# (bench/profile_call.py: host time of one call, issue 14), opinfo (test/opinfo/run_gpu.py). Each step runs in its own process
 # under `timeout`, so a trap or a hang ends only that step. SYSTEMS=eager,quartet limits the
 # peers of the benchmark rows (torch.compile's compiles cost about a minute for the Welder rows). Everything is written under
 # /tmp/quartet-session/ and packed into $OUT/session.tgz (the device tool returns at most 8 files); the
@@ -18,7 +19,7 @@ export PYTHONUNBUFFERED=1
 source bench/device_env.sh
 total=${1:-540}; shift || true
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(selftest welder rammer welder_rows grinder rows)
+[ ${#steps[@]} -eq 0 ] && steps=(selftest welder grinder welder_rows profile rows rammer)
 out=${OUT:-/tmp/out}; w=/tmp/quartet-session; rm -rf "$w"; mkdir -p "$w" "$out"
 deadline=$(( $(date +%s) + total ))
 summary="$out/summary.txt"
@@ -26,6 +27,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=c
 echo "session $(date -u +%Y-%m-%dT%H%MZ) $(head -2 "$w/gpu.txt" | tail -1)" > "$summary"
 cap_of() { case "$1" in selftest) echo 40;; welder) echo 110;; rammer) echo 90;;
   welder_rows) echo 200;; grinder) echo 110;; rows) echo 110;; rows_rms) echo 40;; opinfo) echo 330;;
+  profile) echo 60;;
   *) echo 60;; esac; }
 for step in "${steps[@]}"; do
   left=$(( deadline - $(date +%s) - 5 ))
@@ -44,6 +46,7 @@ for step in "${steps[@]}"; do
     grinder) cmd=(python3 bench/grinder/run.py --artifacts .artifacts/grinder --out "$w"
                   --budget-s "$budget") ;;
     rows) cmd=(python3 bench/rows/bandwidth.py run .artifacts/h13b --out "$w") ;;
+    profile) cmd=(python3 -m quartet.bench.profile_call) ;;
     rows_rms) mkdir -p "$w/rms"
               cmd=(python3 bench/rows/bandwidth.py run .artifacts/h13b_rms --only rmsnorm --out "$w/rms") ;;
     opinfo) cmd=(python3 test/opinfo/run_gpu.py .artifacts/opinfo_sm90 --out "$w/opinfo_gpu.json"
