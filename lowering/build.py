@@ -132,7 +132,7 @@ def compile_all(op: ir.Operation, chip: Chip, emit: str = "bin") -> list[list[Ke
     total = len(planned) + virtual
     reporter.kernels(0, total)
     built = jobs.run_jobs(planned, progress=lambda done, _: reporter.kernels(done, total))
-    persistent = _compile_uvirtuals(op, chip, emit, first=len(planned), done=len(planned),
+    persistent = _compile_uvirtuals(op, chip, emit, first=len(planned),
                                     report=lambda done: reporter.kernels(done, total)) \
         if virtual else []
     tile_specs = iter(built[j] for j in job_of_tile)
@@ -141,10 +141,11 @@ def compile_all(op: ir.Operation, chip: Chip, emit: str = "bin") -> list[list[Ke
             for unit in units]
 
 
-def _compile_uvirtuals(op: ir.Operation, chip: Chip, emit: str, first: int, done: int,
+def _compile_uvirtuals(op: ir.Operation, chip: Chip, emit: str, first: int,
                        report) -> list[list[KernelSpec]]:
     """The persistent kernel of every uvirtual of ``op``, in program order, named ``q{first}``
-    on; built in a private Context on a copy of ``op``."""
+    on (the tile jobs are ``q0`` to ``q{first - 1}``; ``report(builds done)`` after each);
+    built in a private Context on a copy of ``op``."""
     from quartet.dialects import context as quartet_context
 
     from .build_device_program import compile_device_program
@@ -164,7 +165,7 @@ def _compile_uvirtuals(op: ir.Operation, chip: Chip, emit: str, first: int, done
                 build_unit = compile_device_program if is_device_program(unit) \
                     else compile_uvirtual
                 compiled.append([build_unit(unit, chip, f"q{first + len(compiled)}", emit)])
-                report(done + len(compiled))
+                report(first + len(compiled))
     return compiled
 
 

@@ -100,8 +100,7 @@ class _LaunchPlan:
     values (None: the backend packs nothing and gets ``values`` at every launch).
     """
 
-    def __init__(self, kernel: Kernel, prepared: Any, addresses: dict[str, int], backend,
-                 pack=None):
+    def __init__(self, kernel: Kernel, prepared: Any, addresses: dict[str, int], backend):
         self.kernel = kernel
         self.prepared = prepared
         self.name = kernel.name
@@ -124,6 +123,7 @@ class _LaunchPlan:
             elif isinstance(a, IndexArg):
                 self.values.append(0)
                 self.index_slots.append((i, a.loop))
+        pack = getattr(backend, "pack", None)
         self.packed = pack(prepared, list(self.values)) if pack is not None else None
 
     def set(self, position: int, value: int | float) -> None:
@@ -184,9 +184,8 @@ class Interpreter:
     ):
         self.manifest, self.backend = manifest, backend
         self.addresses: dict[str, int] = dict(addresses)
-        pack = getattr(backend, "pack", None)
         self.plans = {
-            k.name: _LaunchPlan(k, prepared[k.name], self.addresses, backend, pack)
+            k.name: _LaunchPlan(k, prepared[k.name], self.addresses, backend)
             for k in manifest.kernels
         }
         uses: dict[str, list] = {name: [] for name in self.addresses}
