@@ -86,6 +86,19 @@ def welder(options: dict[str, str]) -> list[str]:
             f"welder-fuse{{{where}{extra}}}"]
 
 
+def quartet(options: dict[str, str]) -> list[str]:
+    """All four (issue 17): Roller's tiles with their top-k versions, Welder's grouping of the
+    configured tiles, Grinder's lifting of loops and branches around tiles into device
+    programs, then Rammer's schedule of what is left into persistent kernels."""
+    where = _target_options(options)
+    topk = options.get("topk", "8")
+    return ["roller-fold-casts", "welder-collapse-views", "quartet-outline-tiles",
+            f"roller-fuse{{{where}}}", f"roller-split-reductions{{{where}}}",
+            "quartet-outline-data-movement", f"roller-config{{{where} topk={topk}}}",
+            f"welder-fuse{{{where}}}", f"grinder-lift-control-flow{{{where}}}",
+            f"rammer-schedule{{{where}}}", "rammer-check", "grinder-check"]
+
+
 def register_all() -> None:
     register_pipeline("roller", "Roller: outline one tile per operator and give each its tile "
                       "program (one kernel per operator once lowered)",
@@ -130,3 +143,8 @@ def register_all() -> None:
                                "verbose": "print every grouping decision to stderr",
                                "tuning": "a tuning record of measured latencies "
                                          "(passes/welder/record.py)"})(welder)
+    register_pipeline("quartet", "All four: Roller's tiles and kernel versions, Welder's fusion, "
+                      "Grinder's device-side control flow, Rammer's persistent kernels "
+                      "(each pass leaves alone what it finds nothing to do for)",
+                      options={"target": TARGET_HELP, "chip": CHIP_HELP,
+                               "topk": "kernel versions kept per tile (default 8)"})(quartet)

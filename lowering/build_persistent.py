@@ -43,7 +43,8 @@ def task_program(tile, chip: Chip, name: str) -> BlockProgram:
     family = _family(tile, chip)
     if family == "gemm":
         try:
-            return kernels.build_block_program(tile, chip, name, "gemm")
+            with kernels.gemm.without_tma():      # tasks take plain buffers (gemm.without_tma)
+                return kernels.build_block_program(tile, chip, name, "gemm")
         except Exception as e:      # noqa: BLE001 - any failure of the claimed family
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             where = location_of(tile.operation)

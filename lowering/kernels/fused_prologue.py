@@ -60,7 +60,10 @@ def _gemm_of(tile, ops_from_fill):
                 remap(new, mapping)
                 mapping.update(zip(op.results, new.results))
                 original[new] = op
-            yield_([mapping[tile.terminator.operands[0]]])
+            result = mapping.get(tile.terminator.operands[0])
+            if result is None:      # the tile's result is not computed from the GEMM's fill on
+                raise Unsupported("the tile's result is not the contraction's epilogue")
+            yield_([result])
         prob = gemm_analyze(scratch)
         if isinstance(prob, str):
             raise Unsupported(f"the GEMM: {prob}")

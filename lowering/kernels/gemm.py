@@ -43,6 +43,7 @@ promotion and mapping produce, so the kernels are built directly from nvgpu/nvvm
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -236,9 +237,25 @@ def _build_plan(prob, target, bm, bn, bk, wm, wn, threads, tc, padding, stages, 
                 target.isa)
 
 
+_WITHOUT_TMA = [0]
+
+
+@contextlib.contextmanager
+def without_tma():
+    """GEMMs built inside keep the cp.async engines: the block programs of a persistent kernel's
+    tasks (Rammer, Grinder), whose arguments are plain buffers and whose warps are not
+    specialised (the TMA kernel takes tensor maps and a warpgroup layout of its own)."""
+    _WITHOUT_TMA[0] += 1
+    try:
+        yield
+    finally:
+        _WITHOUT_TMA[0] -= 1
+
+
 def tma_enabled() -> bool:
-    """Whether TMA kernels may be chosen (``QUARTET_GEMM_TMA=0`` keeps the cp.async ones)."""
-    return os.environ.get("QUARTET_GEMM_TMA", "1") != "0"
+    """Whether TMA kernels may be chosen (``QUARTET_GEMM_TMA=0`` keeps the cp.async ones; so
+    does :func:`without_tma`)."""
+    return not _WITHOUT_TMA[0] and os.environ.get("QUARTET_GEMM_TMA", "1") != "0"
 
 
 def _tma_plan(prob, target, bm, bn, stages, force, split) -> Plan | None:

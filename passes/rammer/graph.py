@@ -64,7 +64,12 @@ class TileGraph:
 
 def _segment_op(op: ir.Operation, claimed: set) -> bool:
     name = op.name
-    if name == "quartet.tile" or name in FREE_OPS:
+    if name == "quartet.tile":
+        # Welder's merged tiles (``kernel = "fused"``, the quartet pipeline) stay kernels of
+        # their own: their block programs are not built as persistent-kernel tasks
+        return "kernel" not in op.attributes or \
+            ir.StringAttr(op.attributes["kernel"]).value != "fused"
+    if name in FREE_OPS:
         return True
     if name in ("tensor.expand_shape", "tensor.collapse_shape"):
         return True
