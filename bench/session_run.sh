@@ -8,7 +8,8 @@
 # selftest (runtime), welder (bench/e2e/welder.py: fused kernels checked and timed), rammer and
 # welder_rows (bench/run.py: every peer), grinder (bench/grinder/run.py), rows
 # (bench/rows/bandwidth.py; rows_rms: only the RMSNorm cases of .artifacts/h13b_rms), profile
-# (bench/profile_call.py: host time of one call, issue 14), opinfo (test/opinfo/run_gpu.py). Each step runs in its own process
+# (bench/profile_call.py: host time of one call, issue 14), quartet_rows (bench/run.py on the
+# quartet pipeline's artifacts: session_build.sh quartet), opinfo (test/opinfo/run_gpu.py). Each step runs in its own process
 # under `timeout`, so a trap or a hang ends only that step. SYSTEMS=eager,quartet limits the
 # peers of the benchmark rows (torch.compile's compiles cost about a minute for the Welder rows). Everything is written under
 # /tmp/quartet-session/ and packed into $OUT/session.tgz (the device tool returns at most 8 files); the
@@ -27,7 +28,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=c
 echo "session $(date -u +%Y-%m-%dT%H%MZ) $(head -2 "$w/gpu.txt" | tail -1)" > "$summary"
 cap_of() { case "$1" in selftest) echo 40;; welder) echo 110;; rammer) echo 90;;
   welder_rows) echo 200;; grinder) echo 110;; rows) echo 110;; rows_rms) echo 40;; opinfo) echo 330;;
-  profile) echo 60;;
+  profile) echo 60;; quartet_rows) echo 240;;
   *) echo 60;; esac; }
 for step in "${steps[@]}"; do
   left=$(( deadline - $(date +%s) - 5 ))
@@ -47,13 +48,16 @@ for step in "${steps[@]}"; do
                   --budget-s "$budget") ;;
     rows) cmd=(python3 bench/rows/bandwidth.py run .artifacts/h13b --out "$w") ;;
     profile) cmd=(python3 -m quartet.bench.profile_call) ;;
+    quartet_rows) cmd=(python3 bench/run.py --artifacts .artifacts/bench_quartet
+                       --only welder,rammer,grinder --out "$w/quartet_rows" --budget-s "$budget"
+                       --compile-cap-s 40 --systems "${SYSTEMS:-eager,compile,compile_ro,quartet}") ;;
     rows_rms) mkdir -p "$w/rms"
               cmd=(python3 bench/rows/bandwidth.py run .artifacts/h13b_rms --only rmsnorm --out "$w/rms") ;;
     opinfo) cmd=(python3 test/opinfo/run_gpu.py .artifacts/opinfo_sm90 --out "$w/opinfo_gpu.json"
                  --table "$w/opinfo_gpu.md" --budget "$budget") ;;
     *) echo "$step: unknown step" >> "$summary"; continue ;;
   esac
-  mkdir -p "$w/rammer" "$w/welder_rows"
+  mkdir -p "$w/rammer" "$w/welder_rows" "$w/quartet_rows"
   timeout -k 5 "$cap" "${cmd[@]}" > "$w/$step.log" 2>&1
   rc=$?
   echo "$step: exit $rc after $(( $(date +%s) - start )) s (cap $cap s)" >> "$summary"
