@@ -81,6 +81,29 @@ def test_tiny_model_matches_eager_on_cpu_and_compiles_for_sm_90(name):
     assert manifest.kernels and manifest.target == "sm_90"
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_tiny_model_with_the_quartet_pipeline(name):
+    """The quartet pipeline (all four, issue 17) on models nobody here wrote: the CPU program
+    against eager, then sm_90 (Welder's fusion, Grinder's and Rammer's persistent kernels)."""
+    model, inputs = zoo.build(name, tiny=True)
+    with torch.no_grad():
+        want = model(*inputs)
+    imported = import_linalg(model, inputs)
+    writer, result, _ = compile_to_artifact(model, inputs, target="cpu", pipeline="quartet",
+                                            imported=imported)
+    got = torch.as_tensor(CompiledModule(writer, result, name=name)(*inputs))
+    scale = want.abs().max()
+    torch.testing.assert_close(got / scale, want / scale, rtol=0, atol=2e-5)
+    if name in SM90_FAILS:
+        with pytest.raises(QuartetError, match=SM90_FAILS[name]):
+            compile_to_artifact(model, inputs, target="sm_90", pipeline="quartet",
+                                imported=imported)
+        return
+    writer, _, _ = compile_to_artifact(model, inputs, target="sm_90", pipeline="quartet",
+                                       imported=imported)
+    assert writer.manifest().kernels
+
+
 def test_benchmark_zoo_rows_are_the_zoo_at_full_size():
     from bench import suite
 
