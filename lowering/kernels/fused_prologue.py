@@ -178,23 +178,8 @@ class _ToShared(rows._RowEmitter):
     """The row emitter storing its result into the resident A tile (shared memory)."""
 
     def setup_row(self, em: Emitter, r_local, r, lane) -> None:
-        p, V, G = self.p, self.p.vector, self.cfg.group
         self.em_, self.r_local = em, r_local
-        self.lane, self.grp = lane, em.c(0)
-        self.valid = None
-        self.j, self.chunk_valid = [], []
-        for c in range(self.cfg.chunks):
-            j = arith.muli(arith.addi(em.c(c * G), lane), em.c(V))
-            if (c * G + G) * V > p.inner:
-                self.chunk_valid.append(arith.cmpi(arith.CmpIPredicate.ult, j, em.c(p.inner)))
-                j = arith.minui(j, em.c(p.inner - V))
-            else:
-                self.chunk_valid.append(None)
-            self.j.append(j)
-        self.lane0 = arith.cmpi(arith.CmpIPredicate.eq, lane, em.c(0))
-        self.lead = self.row_lead = [r]
-        self.leads = [self.row_lead] * self.cfg.chunks     # rows.py: the lead of each chunk
-        self.row = r
+        self.setup_fused_row(em.c, r, lane)
 
     def store(self) -> None:
         from .common import _guarded

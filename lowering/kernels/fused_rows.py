@@ -188,23 +188,7 @@ class _SharedRows(rows._RowEmitter):
         self.park, self.staged, self.row_stride, self.init = park, staged, row_stride, init
 
     def setup_row(self, em: Emitter, r_local, r, lane) -> None:
-        p, V = self.p, self.p.vector
-        G = self.cfg.group
-        self.lane, self.grp = lane, em.c(0)
-        self.valid = None
-        self.j, self.chunk_valid = [], []
-        for c in range(self.cfg.chunks):
-            j = arith.muli(arith.addi(em.c(c * G), lane), em.c(V))
-            if (c * G + G) * V > p.inner:
-                self.chunk_valid.append(arith.cmpi(arith.CmpIPredicate.ult, j, em.c(p.inner)))
-                j = arith.minui(j, em.c(p.inner - V))
-            else:
-                self.chunk_valid.append(None)
-            self.j.append(j)
-        self.lane0 = arith.cmpi(arith.CmpIPredicate.eq, lane, em.c(0))
-        self.lead = self.row_lead = [r]
-        self.leads = [self.row_lead] * self.cfg.chunks     # rows.py: the lead of each chunk
-        self.row = r
+        self.setup_fused_row(em.c, r, lane)
         self.row_base = arith.muli(r_local, em.c(self.row_stride))
 
     def operand(self, value, amap, n_loops, chunk, full):

@@ -312,6 +312,28 @@ class _RowEmitter:
         self.row_lead = self._lead_indices(r)
         self.leads = [self.row_lead] * cfg.chunks
 
+    def setup_fused_row(self, const, r: ir.Value, lane: ir.Value) -> None:
+        """Row ``r`` (an index, always valid) for ``lane`` of a fused kernel's row loop (Welder's
+        GEMM + rows and rows + GEMM patterns): the lane's chunks of the row, as :meth:`setup`
+        lays them out for one row per group. ``const(n)``: the fused kernel's index constants."""
+        p, G, V = self.p, self.cfg.group, self.p.vector
+        self.lane, self.grp = lane, const(0)
+        self.valid = None
+        self.j, self.chunk_valid = [], []
+        for c in range(self.cfg.chunks):
+            j = arith.muli(arith.addi(const(c * G), lane), const(V))
+            if (c * G + G) * V > p.inner:
+                self.chunk_valid.append(arith.cmpi(arith.CmpIPredicate.ult, j,
+                                                   const(p.inner)))
+                j = arith.minui(j, const(p.inner - V))
+            else:
+                self.chunk_valid.append(None)
+            self.j.append(j)
+        self.lane0 = arith.cmpi(arith.CmpIPredicate.eq, lane, const(0))
+        self.row_lead = [r]
+        self.leads = [self.row_lead] * self.cfg.chunks
+        self.row = r
+
     def segment(self, s: ir.Value) -> None:
         """The chunks of segment ``s`` (a loop index) of the thread's row: chunk c of it is
         vector ``(s * C + c) * G + lane`` of the row."""
